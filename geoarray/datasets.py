@@ -1,0 +1,299 @@
+"""Cubes with known truth: :func:`synthetic_cube` for tests, :func:`sample_cube` for the demo.
+
+Both are deterministic and need no network: the synthetic cube is generated from a seed, and the sample cube
+is built on a real Landsat-7 ETM+ scene that ships inside the package (``geoarray/data/L7_ETMs.tif``,
+Apache-2.0, see ``geoarray/data/NOTICE``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from importlib import resources
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+__all__ = ["LABEL_NODATA", "sample_cube", "sample_path", "synthetic_cube"]
+
+#: The ``nodata`` value of the integer ``labels`` these cubes carry.
+LABEL_NODATA = 255
+
+
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], scale: float) -> np.ndarray:
+    """Gaussian-filtered white noise (via FFT), unit variance; ``scale`` is the blob size in pixels."""
+    noise = rng.standard_normal(shape)
+    fy = np.fft.fftfreq(shape[0])[:, None]
+    fx = np.fft.fftfreq(shape[1])[None, :]
+    kernel = np.exp(-2 * (np.pi * scale) ** 2 * (fy**2 + fx**2))
+    out = np.real(np.fft.ifft2(np.fft.fft2(noise) * kernel))
+    return (out - out.mean()) / (out.std() + 1e-12)
+
+
+def _grid(ny: int, nx: int, res: float, x0: float, y0: float) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-centre coordinates of a north-up grid whose top-left corner is (x0, y0)."""
+    x = x0 + res * (np.arange(nx) + 0.5)
+    y = y0 - res * (np.arange(ny) + 0.5)
+    return y, x
+
+
+def synthetic_cube(
+    *,
+    size: int | tuple[int, int] = 256,
+    n_times: int = 4,
+    bands: Sequence[str] = ("blue", "green", "red", "nir"),
+    classes: Sequence[str] = ("water", "forest", "field", "urban", "new_building"),
+    blob_scale: float = 12.0,
+    n_objects: int | None = None,
+    noise: float = 0.02,
+    cloud_fraction: float = 0.05,
+    nan_fraction: float = 0.002,
+    start: str = "2021-03-01",
+    step_days: int = 45,
+    crs: str = "EPSG:32633",
+    resolution: float = 10.0,
+    seed: int = 0,
+    chunks: int | None = None,
+) -> xr.Dataset:
+    """A deterministic cube with known land-cover truth, change, clouds and NaNs.
+
+    The scene is a mosaic of smooth blobs, one land-cover class each (all ``classes`` but the last). Every
+    class has its own spectral signature over ``bands`` and its own texture (ripples, speckle, stripes or a
+    street grid), plus a seasonal cycle for vegetated classes. Square objects of the last class
+    (``"new_building"``) appear between dates, so change and temporal order are learnable. Clouds (bright,
+    ``valid == False``) and NaN pixels (``valid == False``) are scattered over the dates.
+
+    Parameters
+    ----------
+    size
+        Height and width in pixels (an int for a square).
+    n_times
+        Number of dates.
+    bands
+        Band names; each gets a distinct reflectance per class.
+    classes
+        Class names; the last one is the class of the objects that appear over time.
+    blob_scale
+        Size of land-cover blobs in pixels.
+    n_objects
+        Number of appearing objects (default: one per ~3000 pixels).
+    noise
+        Standard deviation of the per-pixel Gaussian noise (reflectance units).
+    cloud_fraction, nan_fraction
+        Fraction of pixels per date covered by cloud, and set to NaN.
+    start, step_days
+        Date of the first acquisition and the spacing of dates.
+    crs, resolution
+        Grid CRS and pixel size (metres).
+    seed
+        Random seed; the same seed gives the same cube.
+    chunks
+        If given, the cube is dask-chunked ``(time=1, band=all, y=chunks, x=chunks)``.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``imagery(time, band, y, x)`` float32 reflectance, ``valid(time, y, x)`` bool and
+        ``labels(time, y, x)`` uint8 truth with attrs ``classes`` and ``nodata`` (255, never used here since
+        the truth is known everywhere).
+
+    Examples
+    --------
+    >>> ds = synthetic_cube(size=64, n_times=3, seed=1)
+    >>> ds.imagery.shape
+    (3, 4, 64, 64)
+    >>> list(ds.labels.attrs["classes"])
+    ['water', 'forest', 'field', 'urban', 'new_building']
+    """
+    import rioxarray  # noqa: F401  (registers .rio)
+
+    ny, nx = (size, size) if isinstance(size, int) else size
+    nb, nc, nt = len(bands), len(classes), n_times
+    if nc < 2:
+        raise ValueError(f"classes={list(classes)}; expected at least 2 (land cover + the appearing class).")
+    rng = np.random.default_rng(seed)
+    n_static = nc - 1
+
+    # Land cover: argmax of smooth noise fields gives natural, blobby regions.
+    fields = np.stack([_smooth_noise(rng, (ny, nx), blob_scale) for _ in range(n_static)])
+    static = np.argmax(fields, axis=0).astype(np.uint8)
+
+    # Spectral signatures: well separated per class, reproducible; row = class, col = band.
+    sig = rng.uniform(0.05, 0.6, size=(nc, nb)).astype(np.float32)
+    for c in range(nc):  # guarantee separation: each class has one band where it is the brightest
+        sig[c, c % nb] += 0.25
+    yy, xx = np.mgrid[0:ny, 0:nx].astype(np.float32)
+    textures = [
+        0.03 * np.sin(xx / 3.0 + yy / 5.0),  # ripples
+        0.06 * _smooth_noise(rng, (ny, nx), 1.0),  # speckle (canopy)
+        0.05 * np.sign(np.sin(yy / 2.5)),  # stripes (fields)
+        0.06 * ((xx % 8 < 2) | (yy % 8 < 2)),  # street grid
+    ]
+
+    # Appearing objects: squares of the last class, each with an appearance date index >= 1.
+    n_obj = max(1, (ny * nx) // 3000) if n_objects is None else n_objects
+    appear = np.full((ny, nx), nt, dtype=np.int64)  # nt means "never"
+    for _ in range(n_obj):
+        s = int(rng.integers(6, 14))
+        y0, x0 = int(rng.integers(0, max(1, ny - s))), int(rng.integers(0, max(1, nx - s)))
+        t0 = int(rng.integers(1, max(2, nt)))
+        appear[y0 : y0 + s, x0 : x0 + s] = np.minimum(appear[y0 : y0 + s, x0 : x0 + s], t0)
+
+    times = pd.date_range(start, periods=nt, freq=f"{step_days}D").values
+    season = np.cos(2 * np.pi * (pd.DatetimeIndex(times).dayofyear.values - 200) / 365.25)
+    imagery = np.empty((nt, nb, ny, nx), dtype=np.float32)
+    labels = np.empty((nt, ny, nx), dtype=np.uint8)
+    valid = np.ones((nt, ny, nx), dtype=bool)
+    for t in range(nt):
+        lab = np.where(appear <= t, np.uint8(nc - 1), static)
+        labels[t] = lab
+        img = sig[lab].transpose(2, 0, 1).copy()  # (band, y, x)
+        for c in range(n_static):
+            m = static == c
+            img[:, m] += textures[c % len(textures)][m]
+            if c in (1, 2):  # vegetated classes follow the season, mostly in the last bands
+                img[-1, m] *= np.float32(1 + 0.15 * season[t])
+        img += rng.normal(0, noise, size=img.shape).astype(np.float32)
+        if cloud_fraction > 0:
+            field = _smooth_noise(rng, (ny, nx), blob_scale * 1.5)
+            cloud = field > np.quantile(field, 1 - cloud_fraction)
+            img[:, cloud] = np.float32(0.9)
+            valid[t, cloud] = False
+        if nan_fraction > 0:
+            holes = rng.random((ny, nx)) < nan_fraction
+            img[:, holes] = np.nan
+            valid[t, holes] = False
+        imagery[t] = img
+
+    y, x = _grid(ny, nx, resolution, 500_000.0, 5_000_000.0 + ny * resolution)
+    ds = xr.Dataset(
+        {
+            "imagery": (("time", "band", "y", "x"), imagery, {"long_name": "surface reflectance"}),
+            "valid": (("time", "y", "x"), valid),
+            "labels": (
+                ("time", "y", "x"),
+                labels,
+                {"classes": list(classes), "nodata": LABEL_NODATA, "long_name": "land cover (truth)"},
+            ),
+        },
+        coords={"time": times, "band": np.asarray(list(bands), dtype=object), "y": y, "x": x},
+        attrs={"title": "geoarray synthetic cube", "seed": seed},
+    )
+    ds = ds.rio.write_crs(crs)
+    if chunks:
+        ds = ds.chunk({"time": 1, "band": -1, "y": chunks, "x": chunks})
+    return ds
+
+
+# ------------------------------------------------------------------------------------------------------
+# The embedded sample (real Landsat-7 + planted truth)
+# ------------------------------------------------------------------------------------------------------
+SAMPLE_BANDS = ("B1", "B2", "B3", "B4", "B5", "B7")
+SAMPLE_CLASSES = ("water", "vegetation", "built", "new_construction")
+
+
+def sample_path() -> str:
+    """Path of the real Landsat-7 ETM+ GeoTIFF that ships with geoarray (352 x 349 px, 6 bands, uint8)."""
+    return str(resources.files("geoarray") / "data" / "L7_ETMs.tif")
+
+
+def sample_cube(*, n_times: int = 4, seed: int = 0) -> xr.Dataset:
+    """The demo cube: a short time series built around a real Landsat-7 ETM+ scene.
+
+    What is real
+        The pixels of the first date: Landsat-7 ETM+ bands 1, 2, 3, 4, 5 and 7 over Olinda, Brazil
+        (EPSG:31985, 28.5 m, 352 x 349 px, uint8 DN) from the ``stars`` package, Apache-2.0. The grid and CRS
+        are the file's own.
+    What is derived
+        ``labels`` for ``water``, ``vegetation`` and ``built`` come from spectral indices of the real pixels
+        (NDWI > 0.2 is water, else NDVI > 0.25 is vegetation, else built), so they agree with the imagery
+        but are not surveyed ground truth.
+    What is planted
+        The dates (the file has none; ``n_times`` dates 60 days apart from 2000-01-15); a seasonal cycle
+        of the near/short-wave infrared over vegetation; rectangles of ``new_construction`` (bright,
+        concrete-like spectra) that appear from the second date on, whose truth is exact; clouds at one date
+        (saturated DN, ``valid == False``).
+
+    Returns
+    -------
+    xarray.Dataset
+        ``imagery(time, band, y, x)`` uint8, ``valid(time, y, x)``, ``labels(time, y, x)`` uint8 with attrs
+        ``classes`` and ``nodata``. About 3 MB in memory.
+
+    Examples
+    --------
+    >>> ds = sample_cube()
+    >>> ds.imagery.shape
+    (4, 6, 352, 349)
+    >>> ds.rio.crs.to_epsg()
+    31985
+    """
+    import rioxarray
+
+    real = rioxarray.open_rasterio(sample_path()).load()
+    img0 = real.values.astype(np.float32)  # (band, y, x)
+    b, g, r, n, s1, _s2 = img0
+    ndvi = (n - r) / (n + r + 1e-6)
+    ndwi = (g - n) / (g + n + 1e-6)
+    base = np.full(ndvi.shape, 2, dtype=np.uint8)
+    base[ndvi > 0.25] = 1
+    base[ndwi > 0.2] = 0
+    veg = base == 1
+
+    rng = np.random.default_rng(seed)
+    ny, nx = base.shape
+    appear = np.full((ny, nx), n_times, dtype=np.int64)
+    land = np.argwhere(base != 0)
+    for _ in range(14):
+        cy, cx = land[rng.integers(len(land))]
+        h, w = int(rng.integers(6, 14)), int(rng.integers(6, 14))
+        y0, x0 = max(0, cy - h // 2), max(0, cx - w // 2)
+        t0 = int(rng.integers(1, max(2, n_times)))
+        appear[y0 : y0 + h, x0 : x0 + w] = np.minimum(appear[y0 : y0 + h, x0 : x0 + w], t0)
+    concrete = np.array([150, 140, 150, 120, 160, 150], dtype=np.float32)  # DN, bright and flat
+
+    times = pd.date_range("2000-01-15", periods=n_times, freq="60D").values
+    doy = pd.DatetimeIndex(times).dayofyear.values
+    imagery = np.empty((n_times, 6, ny, nx), dtype=np.uint8)
+    labels = np.empty((n_times, ny, nx), dtype=np.uint8)
+    valid = np.ones((n_times, ny, nx), dtype=bool)
+    for t in range(n_times):
+        img = img0.copy()
+        if t > 0:
+            f = 1 + 0.2 * np.sin(2 * np.pi * (doy[t] - doy[0]) / 365.25)
+            img[3, veg] *= f  # NIR follows the green-up
+            img[4, veg] *= 2 - f  # SWIR moves the other way (leaf water)
+            img += rng.normal(0, 1.5, size=img.shape).astype(np.float32)
+        new = appear <= t
+        img[:, new] = concrete[:, None] + rng.normal(0, 6, size=(6, int(new.sum()))).astype(np.float32)
+        lab = np.where(new, np.uint8(3), base)
+        if t == 1:
+            cloud = _smooth_noise(rng, (ny, nx), 10.0) > 1.6
+            img[:, cloud] = 255
+            valid[t, cloud] = False
+        imagery[t] = np.clip(np.round(img), 0, 255).astype(np.uint8)
+        labels[t] = lab
+
+    ds = xr.Dataset(
+        {
+            "imagery": (("time", "band", "y", "x"), imagery, {"long_name": "Landsat-7 ETM+ DN"}),
+            "valid": (("time", "y", "x"), valid),
+            "labels": (
+                ("time", "y", "x"),
+                labels,
+                {"classes": list(SAMPLE_CLASSES), "nodata": LABEL_NODATA, "long_name": "land cover"},
+            ),
+        },
+        coords={
+            "time": times,
+            "band": np.asarray(SAMPLE_BANDS, dtype=object),
+            "y": real.y.values,
+            "x": real.x.values,
+            "sensor": ("time", np.asarray(["L7"] * n_times, dtype=object)),
+        },
+        attrs={
+            "title": "geoarray sample cube (real Landsat-7 ETM+ first date, planted change)",
+            "source": "stars package L7_ETMs.tif, Apache-2.0, (c) 2016-2018 E. Pebesma, M. Sumner, E. Racine, A. Fantini",
+        },
+    )
+    return ds.rio.write_crs(real.rio.crs)

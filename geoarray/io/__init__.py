@@ -1,0 +1,1 @@
+"""Readers and writers: GeoTIFF (rioxarray/rasterio) and STAC (odc-stac, stackstac)."""
