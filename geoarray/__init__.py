@@ -14,24 +14,24 @@ from geoarray.errors import GeoArrayError
 __version__ = "0.1.0"
 
 __all__ = [
-    # cube
-    "open_cube",
-    "validate_cube",
-    "write_cube",
+    # errors and submodules
+    "GeoArrayError",
+    "__version__",
+    "datasets",
+    "errors",
     # I/O
     "export_geotiff",
     "from_geotiff",
     "from_stac",
-    "read_labels",
     # models and inference
     "load_checkpoint",
+    # cube
+    "open_cube",
     "predict",
+    "read_labels",
     "save_checkpoint",
-    # errors and submodules
-    "GeoArrayError",
-    "datasets",
-    "errors",
-    "__version__",
+    "validate_cube",
+    "write_cube",
 ]
 
 # Lazy attributes: keep `import geoarray` light (no torch, no rasterio warp machinery until used).

@@ -96,7 +96,9 @@ def validate_cube(ds: xr.Dataset, *, var: str = "imagery") -> None:
             )
         c = np.asarray(ds[dim].values)
         if c.size > 1 and not (np.all(np.diff(c) > 0) or np.all(np.diff(c) < 0)):
-            raise DimensionError(f"coordinate {dim!r} is not strictly monotonic; sort it with `ds.sortby({dim!r})`.")
+            raise DimensionError(
+                f"coordinate {dim!r} is not strictly monotonic; sort it with `ds.sortby({dim!r})`."
+            )
     if ds.rio.crs is None:
         raise CRSError(
             "the cube has no CRS (no `spatial_ref` coordinate with a crs_wkt); expected one so outputs can be "
@@ -114,7 +116,9 @@ def _missing_dim_hint(missing: list[str], dims: tuple[str, ...]) -> str:
             return f"Rename your band axis: `ds.rename({{{renames[0]!r}: 'band'}})`."
         return "Add a band axis with `ds.expand_dims(band=['B1'])`."
     if {"y", "x"} & set(missing):
-        return "Rename spatial dims, e.g. `ds.rename({'lat': 'y', 'lon': 'x'})` or `{'rows': 'y', 'cols': 'x'}`."
+        return (
+            "Rename spatial dims, e.g. `ds.rename({'lat': 'y', 'lon': 'x'})` or `{'rows': 'y', 'cols': 'x'}`."
+        )
     return ""
 
 
@@ -138,7 +142,11 @@ def _validate_time(ds: xr.Dataset) -> None:
             raise TimeError(
                 f"coordinate 'time' is {kind}: {t[i]} is followed by {t[i + 1]}; expected strictly increasing "
                 "dates. Use `ds.sortby('time')`"
-                + (", and merge duplicates with `ds.groupby('time').first()`." if kind == "duplicate" else ".")
+                + (
+                    ", and merge duplicates with `ds.groupby('time').first()`."
+                    if kind == "duplicate"
+                    else "."
+                )
             )
 
 
@@ -169,7 +177,9 @@ def _validate_optional_vars(ds: xr.Dataset) -> None:
         if tuple(v.dims) != ("time", "y", "x"):
             raise DimensionError(f"'valid' has dims {tuple(v.dims)}; expected ('time', 'y', 'x').")
         if v.dtype != bool:
-            raise CubeError(f"'valid' has dtype {v.dtype}; expected bool. Use `ds['valid'] = ds.valid.astype(bool)`.")
+            raise CubeError(
+                f"'valid' has dtype {v.dtype}; expected bool. Use `ds['valid'] = ds.valid.astype(bool)`."
+            )
     if "labels" in ds.data_vars:
         lab = ds["labels"]
         if tuple(lab.dims) not in (("y", "x"), ("time", "y", "x")):
@@ -296,7 +306,9 @@ def _prepare_for_zarr(ds: xr.Dataset, chunk: int) -> xr.Dataset:
     for name in list(ds.variables):
         # Encodings inherited from a source file (GeoTIFF block sizes, old zarr chunks/codecs) conflict with
         # the storage layout we choose; drop them and keep only what describes the values.
-        keep = {k: v for k, v in ds[name].encoding.items() if k in ("dtype", "_FillValue", "units", "calendar")}
+        keep = {
+            k: v for k, v in ds[name].encoding.items() if k in ("dtype", "_FillValue", "units", "calendar")
+        }
         ds[name].encoding = keep
     for name, c in ds.coords.items():
         if c.dtype.kind in "UST" and c.ndim == 1:  # fixed-width unicode triggers zarr v3 spec warnings
@@ -375,7 +387,9 @@ def write_cube(
     ['imagery', 'labels', 'valid']
     """
     if mode not in ("w-", "w", "a"):
-        raise StoreError(f"mode={mode!r}; expected one of 'w-' (create), 'w' (overwrite) or 'a' (add variables).")
+        raise StoreError(
+            f"mode={mode!r}; expected one of 'w-' (create), 'w' (overwrite) or 'a' (add variables)."
+        )
     path = Path(store)
     if mode == "a":
         return _append(ds, path, chunk=chunk, progress=progress)
@@ -387,7 +401,12 @@ def write_cube(
         )
     prepared = _prepare_for_zarr(ds, chunk)
     job = prepared.to_zarr(
-        path, mode=mode, zarr_format=3, consolidated=False, encoding=_encoding_for(prepared, chunk), compute=False
+        path,
+        mode=mode,
+        zarr_format=3,
+        consolidated=False,
+        encoding=_encoding_for(prepared, chunk),
+        compute=False,
     )
     compute_with_progress(job, enabled=progress, desc=f"writing {path.name}")
     return sorted(map(str, prepared.data_vars))
@@ -422,7 +441,12 @@ def _append(ds: xr.Dataset, path: Path, *, chunk: int, progress: bool) -> list[s
         if "spatial_ref" in drop and {"y", "x"} <= set(map(str, prepared[name].dims)):
             prepared[name].encoding["grid_mapping"] = "spatial_ref"
     job = prepared.to_zarr(
-        path, mode="a", zarr_format=3, consolidated=False, encoding=_encoding_for(prepared, chunk), compute=False
+        path,
+        mode="a",
+        zarr_format=3,
+        consolidated=False,
+        encoding=_encoding_for(prepared, chunk),
+        compute=False,
     )
     compute_with_progress(job, enabled=progress, desc=f"adding {', '.join(new_vars)}")
     return sorted(new_vars)
@@ -435,7 +459,9 @@ def cube_summary(ds: xr.Dataset, *, var: str = "imagery") -> str:
     times = ds["time"].values
     if times.size:
         dates = [str(np.datetime_as_string(t, unit="D")) for t in times]
-        lines.append(f"dates            : {len(dates)}: {', '.join(dates[:6])}{' ...' if len(dates) > 6 else ''}")
+        lines.append(
+            f"dates            : {len(dates)}: {', '.join(dates[:6])}{' ...' if len(dates) > 6 else ''}"
+        )
     lines.append(f"bands            : {', '.join(map(str, ds['band'].values))}")
     crs = ds.rio.crs
     lines.append(f"crs              : {crs.to_string() if crs else None}")
@@ -457,4 +483,3 @@ def cube_summary(ds: xr.Dataset, *, var: str = "imagery") -> str:
             extra = f" classes={list(v.attrs['classes'])}"
         lines.append(f"  {name:<15s}{tuple(map(str, v.dims))} {v.dtype}{extra}")
     return "\n".join(lines)
-

@@ -230,9 +230,10 @@ def sample_cube(*, n_times: int = 4, seed: int = 0) -> xr.Dataset:
     """
     import rioxarray
 
-    real = rioxarray.open_rasterio(sample_path()).load()
-    img0 = real.values.astype(np.float32)  # (band, y, x)
-    b, g, r, n, s1, _s2 = img0
+    real = rioxarray.open_rasterio(sample_path())
+    assert isinstance(real, xr.DataArray)  # one plain GeoTIFF, not user input
+    img0 = np.asarray(real.values, dtype=np.float32)  # (band, y, x)
+    _b, g, r, n, _s1, _s2 = img0
     ndvi = (n - r) / (n + r + 1e-6)
     ndwi = (g - n) / (g + n + 1e-6)
     base = np.full(ndvi.shape, 2, dtype=np.uint8)

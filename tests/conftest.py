@@ -1,0 +1,126 @@
+"""Shared fixtures: small real files (GeoTIFF, STAC JSON, Zarr) written in tmp_path, seeded."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+CRS = "EPSG:32633"
+
+
+def write_tif(
+    path: Path,
+    data: np.ndarray,
+    *,
+    crs: str = CRS,
+    transform=None,
+    nodata=None,
+    descriptions=None,
+    tags=None,
+    cog: bool = False,
+) -> Path:
+    """Write a real GeoTIFF with rasterio; ``data`` is (band, y, x)."""
+    data = np.asarray(data)
+    if data.ndim == 2:
+        data = data[None]
+    transform = transform or from_origin(500_000.0, 5_001_000.0, 10.0, 10.0)
+    profile = {
+        "driver": "COG" if cog else "GTiff",
+        "height": data.shape[1],
+        "width": data.shape[2],
+        "count": data.shape[0],
+        "dtype": data.dtype,
+        "crs": crs,
+        "transform": transform,
+        "nodata": nodata,
+    }
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+        for i, d in enumerate(descriptions or []):
+            dst.set_band_description(i + 1, d)
+        if tags:
+            dst.update_tags(**tags)
+    return path
+
+
+def coded(shape: tuple[int, ...], offset: int = 0) -> np.ndarray:
+    """Test data that encodes each pixel's position in its value (odc-geo style): exact crop checks."""
+    return (np.arange(int(np.prod(shape)), dtype=np.int64).reshape(shape) + offset).astype(np.float32)
+
+
+def tree_digest(root: Path, *, exclude: tuple[str, ...] = ()) -> dict[str, str]:
+    """sha256 of every file under root (relative path -> digest), skipping top-level names in exclude."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root)
+        if p.is_file() and rel.parts[0] not in exclude:
+            out[str(rel)] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="session")
+def synth():
+    from geoarray.datasets import synthetic_cube
+
+    return synthetic_cube(size=96, n_times=3, seed=3)
+
+
+@pytest.fixture
+def stac_catalog(tmp_path):
+    """A real local STAC catalog: 3 dates x 3 single-band COG assets (uint16), pystac Items with proj/raster/eo."""
+    import pystac
+    from pystac.extensions.eo import Band, EOExtension
+    from pystac.extensions.projection import ProjectionExtension
+    from pystac.extensions.raster import RasterBand, RasterExtension
+
+    rng = np.random.default_rng(0)
+    cat = pystac.Catalog(id="test", description="local test catalog")
+    bands = ["red", "green", "nir"]
+    ny, nx, res = 80, 96, 20.0
+    transform = from_origin(600_000.0, 4_000_000.0, res, res)
+    truth = {}
+    for t in range(3):
+        date = dt.datetime(2022, 4 + t, 1, 10, 30, tzinfo=dt.UTC)
+        item_id = f"scene-{t}"
+        item_dir = tmp_path / "catalog" / item_id
+        item_dir.mkdir(parents=True)
+        item = pystac.Item(
+            id=item_id,
+            geometry=None,
+            bbox=None,
+            datetime=date,
+            properties={},
+        )
+        proj = ProjectionExtension.ext(item, add_if_missing=True)
+        proj.code, proj.shape, proj.transform = CRS, [ny, nx], list(transform)[:6]
+        # geometry/bbox in lon/lat from the grid
+        from rasterio.warp import transform_bounds
+
+        b = transform_bounds(
+            CRS, "EPSG:4326", 600_000.0, 4_000_000.0 - ny * res, 600_000.0 + nx * res, 4_000_000.0
+        )
+        item.bbox = list(b)
+        item.geometry = {
+            "type": "Polygon",
+            "coordinates": [[[b[0], b[1]], [b[2], b[1]], [b[2], b[3]], [b[0], b[3]], [b[0], b[1]]]],
+        }
+        for k, band in enumerate(bands):
+            data = rng.integers(1, 10_000, size=(ny, nx), dtype=np.uint16)
+            truth[(t, band)] = data
+            path = write_tif(item_dir / f"{band}.tif", data, crs=CRS, transform=transform, nodata=0, cog=True)
+            asset = pystac.Asset(href=str(path), media_type=pystac.MediaType.COG, roles=["data"])
+            item.add_asset(band, asset)
+            RasterExtension.ext(asset, add_if_missing=True).bands = [
+                RasterBand.create(data_type="uint16", nodata=0)
+            ]
+            EOExtension.ext(asset, add_if_missing=True).bands = [Band.create(name=f"B{k}", common_name=band)]
+        cat.add_item(item)
+    cat.normalize_hrefs(str(tmp_path / "catalog"))
+    cat.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
+    return {"path": tmp_path / "catalog" / "catalog.json", "bands": bands, "truth": truth, "shape": (ny, nx)}

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import numpy as np
+from conftest import coded, write_tif
+from typer.testing import CliRunner
+
+import geoarray
+from geoarray.cli import app
+
+runner = CliRunner()
+
+
+def test_help_on_every_command():
+    for args in (
+        ["--help"],
+        ["info", "--help"],
+        ["ingest", "--help"],
+        ["ingest", "geotiff", "--help"],
+        ["ingest", "stac", "--help"],
+        ["demo", "--help"],
+    ):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 0, r.output
+        assert "Usage" in r.output
+
+
+def test_ingest_geotiff_then_info(tmp_path):
+    write_tif(tmp_path / "a_20200105.tif", coded((2, 16, 16)), descriptions=["red", "nir"])
+    write_tif(tmp_path / "b_20200205.tif", coded((2, 16, 16), 7), descriptions=["red", "nir"])
+    store = tmp_path / "c.zarr"
+    r = runner.invoke(
+        app,
+        [
+            "ingest",
+            "geotiff",
+            str(tmp_path / "a_20200105.tif"),
+            str(tmp_path / "b_20200205.tif"),
+            "-o",
+            str(store),
+            "--sensor",
+            "S2",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    ds = geoarray.open_cube(store)
+    assert list(ds.band.values) == ["red", "nir"] and list(ds.sensor.values) == ["S2", "S2"]
+    np.testing.assert_array_equal(ds.imagery.values[1], coded((2, 16, 16), 7))
+    r = runner.invoke(app, ["info", str(store)])
+    assert r.exit_code == 0
+    assert "EPSG:32633" in r.output and "2020-01-05, 2020-02-05" in r.output and "red, nir" in r.output
+
+
+def test_ingest_stac(stac_catalog, tmp_path):
+    store = tmp_path / "s.zarr"
+    r = runner.invoke(
+        app, ["ingest", "stac", str(stac_catalog["path"]), "-o", str(store), "--bands", "red,nir"]
+    )
+    assert r.exit_code == 0, r.output
+    assert geoarray.open_cube(store).sizes["band"] == 2
+
+
+def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, stac_catalog):
+    r = runner.invoke(app, ["info", str(tmp_path / "missing.zarr")])
+    assert r.exit_code == 2 and "error: no Zarr store" in r.output and "Traceback" not in r.output
+    r = runner.invoke(
+        app,
+        ["ingest", "stac", str(stac_catalog["path"]), "-o", str(tmp_path / "x.zarr"), "--bands", "red,swir"],
+    )
+    assert r.exit_code == 2 and "lacks the requested band" in r.output
+    assert not (tmp_path / "x.zarr").exists()
+
+
+def test_demo_writes_the_sample_cube(tmp_path):
+    r = runner.invoke(app, ["demo", "-o", str(tmp_path / "demo")])
+    assert r.exit_code == 0, r.output
+    ds = geoarray.open_cube(tmp_path / "demo" / "sample.zarr")
+    assert ds.imagery.shape == (4, 6, 352, 349)
