@@ -7,11 +7,15 @@ from __future__ import annotations
 
 from typing import Any
 
+__version__ = "0.1.0"
+
 from geoarray import errors
+from geoarray.checkpoint import load_checkpoint, save_checkpoint
 from geoarray.cube import open_cube, validate_cube, write_cube
 from geoarray.errors import GeoArrayError
-
-__version__ = "0.1.0"
+from geoarray.io.geotiff import export_geotiff, from_geotiff, read_labels
+from geoarray.io.stac import from_stac
+from geoarray.predict import predict
 
 __all__ = [
     # errors and submodules
@@ -34,24 +38,13 @@ __all__ = [
     "write_cube",
 ]
 
-# Lazy attributes: keep `import geoarray` light (no torch, no rasterio warp machinery until used).
-_LAZY = {
-    "from_geotiff": "geoarray.io.geotiff",
-    "read_labels": "geoarray.io.geotiff",
-    "export_geotiff": "geoarray.io.geotiff",
-    "from_stac": "geoarray.io.stac",
-    "predict": "geoarray.predict",
-    "save_checkpoint": "geoarray.checkpoint",
-    "load_checkpoint": "geoarray.checkpoint",
-}
+# Submodules that import torch (models) or are rarely needed load on first attribute access.
 _LAZY_MODULES = {"datasets", "models", "metrics", "plot", "io"}
 
 
 def __getattr__(name: str) -> Any:
     import importlib
 
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
     if name in _LAZY_MODULES:
         return importlib.import_module(f"geoarray.{name}")
     raise AttributeError(f"module 'geoarray' has no attribute {name!r}")

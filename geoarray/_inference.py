@@ -1,0 +1,208 @@
+"""Per-process model cache and the block kernels predict runs inside dask tasks.
+
+This module is importable on every worker, so tasks reference these functions by name (never pickled by
+value) and the model loads once per process, keyed by the checkpoint's sha256.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+import numpy as np
+
+_LOCK = threading.Lock()
+_MODELS: dict[tuple[str, str], Any] = {}
+_ZARR: dict[str, Any] = {}
+_THREADS_SET = False
+
+
+def _configure_threads() -> None:
+    """Keep dask threads x torch threads <= cores (oversubscription costs ~2.5x on small machines)."""
+    global _THREADS_SET
+    if _THREADS_SET:
+        return
+    import torch
+
+    cores = os.cpu_count() or 1
+    try:
+        from distributed import get_worker
+
+        dask_threads = get_worker().state.nthreads
+        if os.environ.get("OMP_NUM_THREADS"):  # the Nanny has already budgeted threads per worker
+            dask_threads = cores
+    except (ImportError, ValueError, AttributeError):
+        import dask
+
+        dask_threads = int(dask.config.get("num_workers", None) or cores)
+    torch.set_num_threads(max(1, cores // max(1, dask_threads)))
+    _THREADS_SET = True
+
+
+def get_model(path: str, sha256: str, device: str) -> Any:
+    """The checkpoint's model, loaded once per process (and per device)."""
+    key = (sha256, device)
+    model = _MODELS.get(key)
+    if model is None:
+        with _LOCK:
+            model = _MODELS.get(key)
+            if model is None:
+                from geoarray.checkpoint import file_sha256, load_checkpoint
+
+                if file_sha256(path) != sha256:
+                    raise RuntimeError(f"checkpoint {path} changed while predicting (sha256 differs)")
+                _configure_threads()
+                model = load_checkpoint(path, device=device).model
+                _MODELS[key] = model
+    return model
+
+
+def assemble(neighbours: list[list[np.ndarray]], crop: tuple[int, int, int, int]) -> np.ndarray:
+    """Stitch a grid of neighbouring chunks ``(..., y, x)`` and crop ``[y0:y1, x0:x1]`` of the result."""
+    rows = [np.concatenate(r, axis=-1) if len(r) > 1 else r[0] for r in neighbours]
+    full = np.concatenate(rows, axis=-2) if len(rows) > 1 else rows[0]
+    y0, y1, x0, x1 = crop
+    return full[..., y0:y1, x0:x1]
+
+
+def _postprocess(logits: Any, kind: str, spec: dict[str, Any]) -> list[np.ndarray]:
+    """Model outputs ``(N, K, h, w)`` -> the float/mask arrays predict writes, in spec order."""
+    import torch
+
+    outs: list[np.ndarray] = []
+    if kind == "segmentation":
+        probs = torch.softmax(logits.float(), dim=1)
+        for name in spec["outputs"]:
+            if name == "probabilities":
+                outs.append(probs.numpy().astype(spec["float_dtype"], copy=False))
+            elif name == "mask":
+                outs.append(probs.argmax(1).numpy().astype(spec["mask_dtype"]))
+    elif kind == "multilabel":
+        probs = torch.sigmoid(logits.float())
+        for name in spec["outputs"]:
+            if name == "probabilities":
+                outs.append(probs.numpy().astype(spec["float_dtype"], copy=False))
+            elif name == "mask":
+                outs.append((probs > spec["threshold"]).numpy().astype(spec["mask_dtype"]))
+    else:
+        outs.append(logits.float().numpy().astype(spec["float_dtype"], copy=False))
+    return outs
+
+
+def _mark_invalid(outs: list[np.ndarray], invalid: np.ndarray, spec: dict[str, Any], class_axis: int) -> None:
+    """Invalid pixels: NaN for floats, the nodata value for masks. ``invalid`` has the outputs' leading dims."""
+    if not invalid.any():
+        return
+    for arr in outs:
+        fill = np.nan if arr.dtype.kind == "f" else spec["nodata"]
+        if arr.ndim == invalid.ndim + 1:  # has a class/feature axis
+            np.moveaxis(arr, class_axis, -1)[invalid] = fill
+        else:
+            arr[invalid] = fill
+
+
+def run_block(
+    neighbours: list[list[np.ndarray]], valid: np.ndarray, spec: dict[str, Any]
+) -> tuple[np.ndarray, ...]:
+    """Predict one output block from its input chunk neighbourhood.
+
+    ``neighbours`` are normalised, filled input chunks ``(T, C, y, x)``; ``valid`` is the block's validity
+    ``(T, y, x)``. Returns the outputs named in ``spec["outputs"]``, cropped to the block.
+    """
+    import torch
+
+    window = assemble(neighbours, spec["crop"])
+    model = get_model(spec["path"], spec["sha256"], spec["device"])
+    kind, input_kind = spec["kind"], spec["input_kind"]
+    run = np.asarray(spec["run_times"], dtype=bool)
+    t = window.shape[0]
+    oy, ox, by, bx = spec["inner"]  # offset of the block inside the window, and its size
+    device = spec["device"]
+    with torch.inference_mode():
+        if input_kind == "pixels":
+            return _run_pixels(model, window, valid, spec)
+        shape_k = spec["channels"]
+        outs_full: list[np.ndarray] | None = None
+        if input_kind == "image":
+            idx = np.flatnonzero(run)
+            results: list[list[np.ndarray]] = []
+            bs = spec["batch_size"] or max(1, len(idx))
+            for s in range(0, len(idx), bs):
+                sel = idx[s : s + bs]
+                x = torch.from_numpy(np.ascontiguousarray(window[sel])).to(device)
+                logits = model(x)[..., oy : oy + by, ox : ox + bx].cpu()
+                results.append(_postprocess(logits, kind, spec))
+            outs_full = _scatter(results, idx, t, spec, shape_k, by, bx)
+        else:  # sequence: the whole series at once, output per frame
+            x = torch.from_numpy(np.ascontiguousarray(window))[None].to(device)
+            dates = torch.as_tensor(np.asarray(spec["dates"], dtype=np.float32))[None].to(device)
+            logits = model(x, dates=dates)[0][..., oy : oy + by, ox : ox + bx].cpu()
+            outs_full = _postprocess(logits, kind, spec)
+    invalid = ~valid | ~run[:, None, None]
+    _mark_invalid(outs_full, invalid, spec, class_axis=1)
+    return tuple(outs_full)
+
+
+def _scatter(
+    results: list[list[np.ndarray]], idx: np.ndarray, t: int, spec: dict[str, Any], k: int, by: int, bx: int
+) -> list[np.ndarray]:
+    """Put per-batch results for the run dates into full ``(T, ...)`` arrays (skipped dates stay invalid)."""
+    outs = []
+    for j, name in enumerate(spec["outputs"]):
+        dtype = spec["mask_dtype"] if name == "mask" else spec["float_dtype"]
+        has_k = name != "mask" or spec["kind"] == "multilabel"
+        shape = (t, k, by, bx) if has_k else (t, by, bx)
+        full = np.zeros(shape, dtype=dtype)
+        if results:
+            full[idx] = np.concatenate([r[j] for r in results], axis=0)
+        outs.append(full)
+    return outs
+
+
+def _run_pixels(
+    model: Any, window: np.ndarray, valid: np.ndarray, spec: dict[str, Any]
+) -> tuple[np.ndarray, ...]:
+    """Pixel time-series models: every pixel's ``(T, C)`` series -> one vector; no time dim in the output."""
+    import torch
+
+    t, c, h, w = window.shape
+    run = np.asarray(spec["run_times"], dtype=bool)
+    ok = valid & run[:, None, None]  # (T, h, w)
+    series = np.ascontiguousarray(window.transpose(2, 3, 0, 1).reshape(h * w, t, c))
+    vmask = np.ascontiguousarray(ok.transpose(1, 2, 0).reshape(h * w, t))
+    doy = np.broadcast_to(np.asarray(spec["dates"], dtype=np.float32), (h * w, t))
+    bs = spec["batch_size"] or 65536
+    chunks = []
+    for s in range(0, h * w, bs):
+        x = torch.from_numpy(series[s : s + bs]).to(spec["device"])
+        d = torch.from_numpy(np.ascontiguousarray(doy[s : s + bs])).to(spec["device"])
+        v = torch.from_numpy(vmask[s : s + bs]).to(spec["device"])
+        chunks.append(model(x, d, v).cpu())
+    out = torch.cat(chunks, 0) if chunks else torch.zeros(0, spec["channels"])
+    logits = out.T.reshape(1, -1, h, w)  # (1, K, h, w)
+    outs = [o[0] for o in _postprocess(logits, spec["kind"], spec)]
+    invalid = ~ok.any(0)
+    _mark_invalid(outs, invalid, spec, class_axis=0)
+    return tuple(outs)
+
+
+def write_block(results: tuple[np.ndarray, ...], targets: list[tuple[str, str, tuple[slice, ...]]]) -> int:
+    """Write one block's outputs into their Zarr arrays (one chunk each: dask chunks == zarr chunks).
+
+    ``targets`` holds ``(array path, run token, region)`` per output; the token keys the cache of open arrays
+    so a variable recreated by a later run is never written through stale metadata.
+    """
+    import zarr
+
+    for arr, (path, token, region) in zip(results, targets, strict=True):
+        z = _ZARR.get(path + token)
+        if z is None:
+            z = zarr.open_array(path, mode="r+", config={"write_empty_chunks": True})
+            _ZARR[path + token] = z
+        z[region] = arr
+    return 1
+
+
+def count(*done: int) -> int:
+    return int(sum(done))

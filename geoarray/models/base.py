@@ -1,0 +1,117 @@
+"""The base class of geoarray models, and the receptive-field measurement."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import nn
+
+InputKind = Literal["image", "sequence", "pixels", "chip"]
+
+
+class GeoModel(nn.Module):
+    """A model that knows how it consumes a cube.
+
+    Attributes
+    ----------
+    input_kind
+        ``"image"``: ``(B, C, H, W)`` per date; ``"sequence"``: ``(B, T, C, H, W)`` plus dates, output per
+        frame; ``"pixels"``: ``(B, T, C)`` plus dates and validity, one output per pixel series;
+        ``"chip"``: ``(B, C, H, W)`` to one vector per chip.
+    stride
+        Input sizes must be multiples of it (the total down-sampling factor).
+    out_channels
+        Channels (classes or features) of the output.
+    """
+
+    input_kind: ClassVar[InputKind] = "image"
+    name: str = ""
+    hparams: dict[str, Any]
+    stride: int = 1
+    out_channels: int = 1
+
+    def receptive_field(self) -> int:
+        """Radius in input pixels of the region that influences one output pixel (cached per instance)."""
+        cached = self.__dict__.get("_rf")
+        if cached is None:
+            cached = receptive_field(self)
+            self.__dict__["_rf"] = cached
+        return int(cached)
+
+    def halo(self) -> int:
+        """The receptive-field radius rounded up to the stride: what blockwise predict must read around a block."""
+        rf = self.receptive_field()
+        return int(math.ceil(rf / self.stride) * self.stride) if rf else 0
+
+
+def _example_input(model: GeoModel, size: int, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, Any]]:
+    c = int(model.hparams.get("in_channels", 1))
+    if model.input_kind == "sequence":
+        t = 3
+        x = torch.randn(1, t, c, size, size, generator=gen)
+        return x, {"dates": torch.tensor([[10.0, 40.0, 70.0]])}
+    return torch.randn(1, c, size, size, generator=gen), {}
+
+
+def receptive_field(model: GeoModel, *, max_size: int = 2048) -> int:
+    """Measure the receptive-field radius from the gradient footprint of one stride-cell of outputs.
+
+    A ``stride x stride`` block of output pixels in the middle of a large random input covers every phase of
+    the down-sampling grid; the bounding box of the input pixels with a non-zero gradient, minus that block,
+    is the radius. The input grows until the footprint no longer touches its border. Pixel-wise models
+    (``input_kind == "pixels"``) return 0; chip models have no per-pixel receptive field and return 0.
+    """
+    if model.input_kind in ("pixels", "chip"):
+        return 0
+    was_training = model.training
+    model.eval()
+    try:
+        s = model.stride
+        size = max(64, 8 * s)
+        gen = torch.Generator().manual_seed(0)
+        while size <= max_size:
+            footprint = torch.zeros(size, size, dtype=torch.bool)
+            for _ in range(2):  # two random inputs: dead ReLUs can't hide the footprint of both
+                x, extra = _example_input(model, size, gen)
+                x.requires_grad_(True)
+                out = model(x, **extra)
+                c0 = (size // 2) // s * s
+                sel = out[..., c0 : c0 + s, c0 : c0 + s]
+                sel.abs().sum().backward()
+                g = x.grad
+                assert g is not None
+                footprint |= g.abs().reshape(-1, size, size).amax(0) > 0
+            ys, xs = torch.nonzero(footprint, as_tuple=True)
+            lo = int(min(ys.min(), xs.min()))
+            hi = int(max(ys.max(), xs.max()))
+            if lo > 0 and hi < size - 1:
+                return max(c0 - lo, hi - (c0 + s - 1), 0)
+            size *= 2
+        raise RuntimeError(f"receptive field of {model.name!r} exceeds {max_size} px")
+    finally:
+        model.train(was_training)
+
+
+def pad_to_stride(x: torch.Tensor, stride: int) -> tuple[torch.Tensor, int, int]:
+    """Zero-pad the last two dims at the bottom/right to multiples of ``stride``; returns the original H, W."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % stride, (-w) % stride
+    if ph or pw:
+        x = nn.functional.pad(x, (0, pw, 0, ph))
+    return x, h, w
+
+
+def sinusoidal_encoding(days: torch.Tensor, dim: int, *, period: float = 365.25) -> torch.Tensor:
+    """Sinusoidal encoding of dates given in days, shape ``(..., dim)``.
+
+    Frequencies are geometric from one cycle per ``period`` up to ``dim / 2`` cycles per period, so day of
+    year (``period=365.25``) and days since an epoch (longer period) both encode smoothly.
+    """
+    if dim % 2:
+        raise ValueError(f"encoding dim={dim} must be even")
+    k = torch.arange(dim // 2, dtype=torch.float32, device=days.device)
+    freqs = 2 * math.pi * (2.0**k) / period
+    angles = days.to(torch.float32)[..., None] * freqs
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
