@@ -436,6 +436,7 @@ def _append(ds: xr.Dataset, path: Path, *, chunk: int, progress: bool) -> list[s
     # their bytes are never touched.
     drop = [c for c in new.coords if c in existing.variables]
     new = new.drop_vars(drop)
+    new.attrs = dict(existing.attrs)  # xarray rewrites the group attrs: keep them byte-identical
     prepared = _prepare_for_zarr(new, chunk)
     for name in new_vars:
         if "spatial_ref" in drop and {"y", "x"} <= set(map(str, prepared[name].dims)):

@@ -176,7 +176,10 @@ def predict(
 
     img = cube[var].sel(band=needed)
     if not isinstance(img.data, dsa.Array):
-        img = img.chunk({"time": 1, "band": -1, "y": DEFAULT_CHUNK, "x": DEFAULT_CHUNK})
+        whole_series = input_kind in ("sequence", "pixels")
+        img = img.chunk(
+            {"time": -1 if whole_series else 1, "band": -1, "y": DEFAULT_CHUNK, "x": DEFAULT_CHUNK}
+        )
     chunks = img.data.chunks
     if input_kind in ("sequence", "pixels") and len(chunks[0]) > 1:
         raise PredictError(
@@ -203,7 +206,7 @@ def predict(
     x = (x * scale - mean) / std
     finite = dsa.isfinite(x).all(axis=1)
     if "valid" in cube.data_vars:
-        finite = finite & cube["valid"].data.astype(bool).rechunk(finite.chunks)
+        finite = finite & dsa.asarray(cube["valid"].data).astype(bool).rechunk(finite.chunks)
     x = dsa.where(finite[:, None], x, np.float32(0))
 
     times = cube["time"].values
@@ -432,6 +435,7 @@ def _write_to_store(
             if "spatial_ref" in ds.coords:
                 ds[n].encoding["grid_mapping"] = "spatial_ref"
         ds = ds.drop_vars([c for c in ds.coords if c in existing.variables])
+        ds.attrs = dict(existing.attrs)  # xarray rewrites the group attrs: keep them byte-identical
         # compute=False writes only the metadata now; the chunks are written by our own tasks below
         ds.to_zarr(root, mode="a", zarr_format=3, consolidated=False, compute=False)
     if resume:

@@ -124,3 +124,50 @@ def stac_catalog(tmp_path):
     cat.normalize_hrefs(str(tmp_path / "catalog"))
     cat.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
     return {"path": tmp_path / "catalog" / "catalog.json", "bands": bands, "truth": truth, "shape": (ny, nx)}
+
+
+@pytest.fixture(scope="session")
+def local_cluster():
+    """One real LocalCluster (2 worker processes, 1 thread each) shared by the whole session."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        with Client(cluster, set_as_default=False) as client:
+            yield client
+
+
+def make_checkpoint(
+    path,
+    name="unet",
+    *,
+    bands=("blue", "green", "red", "nir"),
+    classes=None,
+    task="segmentation",
+    seed=0,
+    **hparams,
+):
+    """A real, randomly initialised registry model saved as a geoarray checkpoint (BN stats made non-trivial)."""
+    import torch
+
+    from geoarray.checkpoint import save_checkpoint
+    from geoarray.models import create_model
+
+    meta = dict(hparams.pop("_meta", {}))
+    torch.manual_seed(seed)
+    hparams.setdefault("in_channels", len(bands))
+    model = create_model(name, **hparams)
+    g = torch.Generator().manual_seed(seed)
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d):
+            mod.running_mean.copy_(torch.randn(mod.running_mean.shape, generator=g) * 0.1)
+            mod.running_var.copy_(torch.rand(mod.running_var.shape, generator=g) + 0.5)
+    return save_checkpoint(
+        path,
+        model,
+        task=task,
+        bands=list(bands),
+        mean=[0.3] * len(bands),
+        std=[0.2] * len(bands),
+        classes=classes,
+        **meta,
+    )

@@ -173,3 +173,11 @@ def test_open_store_that_is_not_a_cube(tmp_path):
 def test_synthetic_cube_chunks_option():
     ds = synthetic_cube(size=64, chunks=32)
     assert ds.imagery.chunks[2] == (32, 32)
+
+
+def test_append_keeps_group_attributes(tmp_path, synth):
+    store = tmp_path / "c.zarr"
+    geoarray.write_cube(synth, store)
+    extra = xr.Dataset({"flag": synth.valid.astype("uint8")})  # no attrs of its own
+    geoarray.write_cube(extra, store, mode="a")
+    assert geoarray.open_cube(store).attrs["title"] == "geoarray synthetic cube"

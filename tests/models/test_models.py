@@ -1,0 +1,160 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from geoarray.errors import ModelError
+from geoarray.models import create_model, list_models, model_info
+
+
+def test_registry_lists_every_family():
+    names = list_models()
+    for n in (
+        "unet",
+        "res_unet",
+        "attention_unet",
+        "pixel_mlp",
+        "pixel_cnn",
+        "pixel_transformer",
+        "resnet18",
+        "resnet50",
+    ):
+        assert n in names
+    assert list_models("pixel_*") == ["pixel_cnn", "pixel_mlp", "pixel_transformer"]
+    assert model_info("unet")["depth"] == 5
+
+
+def test_unknown_model_and_hparam():
+    with pytest.raises(ModelError, match=r"unknown model 'unett'.*Did you mean 'unet'"):
+        create_model("unett")
+    with pytest.raises(ModelError, match=r"has no hparam\(s\) \['layers'\]"):
+        create_model("unet", layers=3)
+    with pytest.raises(ModelError, match="depth=9"):
+        create_model("unet", depth=9)
+
+
+def test_unet_seed004_shape_and_logits():
+    m = create_model("unet", in_channels=20, num_classes=10, width=8).eval()
+    assert m.hparams == {"in_channels": 20, "num_classes": 10, "depth": 5, "width": 8, "dropout": 0.2}
+    assert m.stride == 16
+    with torch.no_grad():
+        y = m(torch.randn(2, 20, 224, 224) * 3)
+    assert y.shape == (2, 10, 224, 224)
+    assert (y < 0).any()  # logits: no sigmoid (or softmax) inside the model
+    dropouts = [mod for mod in m.encoder.modules() if isinstance(mod, torch.nn.Dropout2d)]
+    assert len(dropouts) == 4 and all(d.p == 0.2 for d in dropouts)
+
+
+def test_models_accept_sizes_that_are_not_multiples_of_the_stride():
+    for name in ("unet", "res_unet"):
+        kw = {"encoder": "resnet18"} if name == "res_unet" else {}
+        m = create_model(name, in_channels=3, num_classes=4, width=4, **kw).eval()
+        with torch.no_grad():
+            assert m(torch.randn(1, 3, 37, 50)).shape == (1, 4, 37, 50)
+
+
+def test_res_unet_encoders_and_stem():
+    for enc in ("resnet18", "resnet50"):
+        m = create_model("res_unet", in_channels=20, num_classes=10, width=8, encoder=enc).eval()
+        with torch.no_grad():
+            assert m(torch.randn(1, 20, 64, 64)).shape == (1, 10, 64, 64)
+        assert isinstance(m.stem_short[0], torch.nn.Conv2d) and m.stem_short[0].kernel_size == (1, 1)
+        assert m.stem_short[0].in_channels == 20
+        drops = [mod for mod in m.layers[2].modules() if isinstance(mod, torch.nn.Dropout2d)]
+        assert drops and not [mod for mod in m.layers[0].modules() if isinstance(mod, torch.nn.Dropout2d)]
+
+
+def test_resnet_classifiers_take_n_bands():
+    for name in ("resnet18", "resnet50"):
+        m = create_model(name, in_channels=5, num_classes=31, width=8).eval()
+        with torch.no_grad():
+            assert m(torch.randn(2, 5, 64, 64)).shape == (2, 31)
+
+
+@pytest.mark.parametrize(
+    ("name", "kw"),
+    [
+        ("unet", {"depth": 3, "width": 4}),
+        ("unet", {"depth": 5, "width": 4}),
+        ("res_unet", {"encoder": "resnet18", "width": 4}),
+    ],
+)
+def test_receptive_field_matches_brute_force_perturbation(name, kw):
+    torch.manual_seed(0)
+    m = create_model(name, in_channels=2, num_classes=2, **kw).eval()
+    r, s = m.receptive_field(), m.stride
+    size = 2 * (r + 2 * s) // s * s + 2 * s
+    c0 = size // 2 // s * s
+    x = torch.randn(1, 2, size, size)
+    with torch.no_grad():
+        base = m(x)[..., c0 : c0 + s, c0 : c0 + s]
+
+    def changed(row: int, col: int) -> bool:
+        x2 = x.clone()
+        x2[..., row, col] += 10.0
+        with torch.no_grad():
+            out = m(x2)[..., c0 : c0 + s, c0 : c0 + s]
+        return bool((out - base).abs().max() > 0)
+
+    mid = c0 + s // 2
+    # a pixel r away from the stride cell reaches it; r + 1 away does not (top, bottom, left, right)
+    assert (
+        changed(c0 - r, mid)
+        or changed(c0 + s - 1 + r, mid)
+        or changed(mid, c0 - r)
+        or changed(mid, c0 + s - 1 + r)
+    )
+    for row, col in ((c0 - r - 1, mid), (c0 + s + r, mid), (mid, c0 - r - 1), (mid, c0 + s + r)):
+        assert not changed(row, col)
+    assert m.halo() % s == 0 and m.halo() >= r
+
+
+def test_attention_unet_mixes_frames_and_encodes_dates():
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 2, 32, 32)
+    dates = torch.tensor([[10.0, 100.0, 200.0]])
+    m = create_model("attention_unet", in_channels=2, num_classes=2, width=4, depth=3).eval()
+    m0 = create_model(
+        "attention_unet",
+        in_channels=2,
+        num_classes=2,
+        width=4,
+        depth=3,
+        num_attention_layers=0,
+        positional_encoding="none",
+    ).eval()
+    with torch.no_grad():
+        y = m(x, dates=dates)
+        assert y.shape == (1, 3, 2, 32, 32)
+        x2 = x.clone()
+        x2[:, 2] += 1.0
+        assert (m(x2, dates=dates)[:, 0] - y[:, 0]).abs().max() > 1e-6  # frame 0 sees frame 2
+        y0 = m0(x)
+        assert (m0(x2)[:, 0] - y0[:, 0]).abs().max() == 0  # no attention: frames independent
+        assert (m(x, dates=dates + 30) - y).abs().max() > 1e-6  # dates matter
+    with pytest.raises(ModelError, match="num_attention_layers=5"):
+        create_model("attention_unet", num_attention_layers=5)
+    for pe in ("concat", "add", "none"):
+        mm = create_model(
+            "attention_unet", in_channels=2, num_classes=2, width=4, depth=3, positional_encoding=pe
+        )
+        assert mm.eval()(x, dates=dates).shape == (1, 3, 2, 32, 32)
+
+
+@pytest.mark.parametrize("name", ["pixel_mlp", "pixel_cnn", "pixel_transformer"])
+def test_pixel_models_ignore_invalid_dates(name):
+    torch.manual_seed(0)
+    kw = {"num_timesteps": 6} if name == "pixel_mlp" else {}
+    m = create_model(name, in_channels=3, out_channels=16, **kw).eval()
+    x = torch.randn(4, 6, 3)
+    doy = torch.linspace(1, 300, 6).repeat(4, 1)
+    valid = torch.ones(4, 6, dtype=torch.bool)
+    valid[:, 2] = False
+    x2 = x.clone()
+    x2[:, 2] = 1e3  # garbage at an invalid date
+    with torch.no_grad():
+        a, b = m(x, doy, valid), m(x2, doy, valid)
+    assert a.shape == (4, 16)
+    torch.testing.assert_close(a, b)
+    mc = create_model(name, in_channels=3, out_channels=16, num_classes=5, **kw).eval()
+    assert mc(x, doy, valid).shape == (4, 5) and mc.out_channels == 5

@@ -1,0 +1,273 @@
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_checkpoint, tree_digest
+
+import geoarray
+from geoarray.checkpoint import read_metadata
+from geoarray.datasets import synthetic_cube
+from geoarray.errors import BandError, PredictError, StoreExistsError
+
+CLASSES = ["water", "forest", "field", "urban", "new_building"]
+
+
+@pytest.fixture(scope="module")
+def cube():
+    # sizes that are not multiples of any stride
+    return synthetic_cube(size=(150, 131), n_times=2, seed=1)
+
+
+def _reference(cube, ckpt_path, *, sequence=False):
+    """Whole-image inference by hand: normalise, fill invalid with 0, run the model once, softmax."""
+    ck = geoarray.load_checkpoint(ckpt_path)
+    meta = ck.meta
+    bands = meta["input"]["bands"]
+    x = cube.imagery.sel(band=bands).values.astype(np.float32)
+    mean = np.asarray(meta["input"]["mean"], np.float32)[:, None, None]
+    std = np.asarray(meta["input"]["std"], np.float32)[:, None, None]
+    x = (x - mean) / std
+    ok = np.isfinite(x).all(1) & cube.valid.values
+    x = np.where(ok[:, None], x, 0).astype(np.float32)
+    with torch.no_grad():
+        if sequence:
+            doy = torch.tensor([[float(t.dayofyear) for t in cube.indexes["time"]]])
+            logits = ck.model(torch.from_numpy(x)[None], dates=doy)[0]
+        else:
+            logits = ck.model(torch.from_numpy(x))
+    probs = torch.softmax(logits, 1).numpy()
+    probs[np.broadcast_to(~ok[:, None], probs.shape)] = np.nan
+    return probs
+
+
+def _smallest_chunk(ckpt):
+    meta = read_metadata(ckpt)
+    return max(meta["stride"], int(np.ceil(meta["halo"] / meta["stride"]) * meta["stride"]))
+
+
+@pytest.mark.parametrize(
+    ("name", "hp", "size"),
+    [
+        ("unet", {"width": 4}, (250, 211)),
+        ("res_unet", {"width": 4, "encoder": "resnet18"}, (330, 301)),
+        ("attention_unet", {"width": 4, "num_attention_layers": 2}, (250, 211)),
+    ],
+)
+def test_seamless_small_chunks_equal_one_chunk_and_whole_image(tmp_path, name, hp, size):
+    c = synthetic_cube(size=size, n_times=2, seed=2)
+    ckpt = make_checkpoint(tmp_path / "m.safetensors", name, num_classes=5, classes=CLASSES, **hp)
+    chunk = _smallest_chunk(ckpt)
+    seq = name == "attention_unet"
+    one = geoarray.predict(c.chunk({"time": -1 if seq else 1, "y": -1, "x": -1}), ckpt)
+    many_cube = c.chunk({"time": -1 if seq else 1, "y": chunk, "x": chunk})
+    assert len(many_cube.chunks["y"]) >= 3 and len(many_cube.chunks["x"]) >= 3
+    many = geoarray.predict(many_cube, ckpt)
+    a, b = one.probabilities.values, many.probabilities.values
+    assert np.nanmax(np.abs(a - b)) <= 1e-4
+    np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+    ref = _reference(c, ckpt, sequence=seq)
+    assert np.nanmax(np.abs(ref - b)) <= 1e-4
+    np.testing.assert_array_equal(one["mask"].values, many["mask"].values)
+
+
+def test_outputs_dims_coords_and_provenance(tmp_path, cube):
+    ckpt = make_checkpoint(tmp_path / "m.safetensors", num_classes=5, classes=CLASSES, width=4, depth=3)
+    out = geoarray.predict(cube.chunk({"y": 64, "x": 64}), ckpt)
+    p, m = out.probabilities, out["mask"]
+    assert p.dims == ("time", "class", "y", "x") and m.dims == ("time", "y", "x")
+    assert list(p["class"].values) == CLASSES and m.dtype == np.uint8
+    np.testing.assert_array_equal(p.x.values, cube.x.values)
+    assert p.rio.crs == cube.rio.crs
+    assert m.attrs["checkpoint_sha256"] == geoarray.load_checkpoint(ckpt).sha256
+    assert m.attrs["model"] == "unet" and m.attrs["geoarray_version"] == geoarray.__version__
+    assert m.attrs["nodata"] == 255
+    pv, mv = p.values, m.values
+    invalid = ~cube.valid.values
+    assert np.isnan(pv).any(axis=1)[invalid].all() and (mv[invalid] == 255).all()
+    assert not np.isnan(pv).any(axis=1)[~invalid].any()
+    np.testing.assert_allclose(np.nansum(pv, axis=1)[~invalid], 1.0, atol=1e-5)
+    np.testing.assert_array_equal(np.nanargmax(np.nan_to_num(pv, nan=-1), axis=1)[~invalid], mv[~invalid])
+
+
+def test_predict_is_lazy(tmp_path, cube):
+    from helpers import raise_if_dask_computes
+
+    ckpt = make_checkpoint(tmp_path / "m.safetensors", num_classes=5, classes=CLASSES, width=4, depth=3)
+    c = cube.chunk({"y": 64, "x": 64})
+    with raise_if_dask_computes():
+        out = geoarray.predict(c, ckpt)
+    assert out.probabilities.chunks[2][0] == 64
+
+
+def test_bands_are_matched_by_name(tmp_path, cube):
+    ckpt = make_checkpoint(
+        tmp_path / "m.safetensors", num_classes=5, classes=CLASSES, width=4, depth=3, bands=("nir", "red")
+    )
+    ref = geoarray.predict(cube, ckpt).probabilities.values
+    shuffled = cube.isel(band=[3, 0, 2, 1])
+    np.testing.assert_array_equal(geoarray.predict(shuffled, ckpt).probabilities.values, ref)
+    with pytest.raises(
+        BandError, match=r"lacks band\(s\) \['nir'\].*needs \['nir', 'red'\].*has \['blue', 'green', 'red'\]"
+    ):
+        geoarray.predict(cube.isel(band=[0, 1, 2]), ckpt)
+
+
+def test_multilabel_masks_per_class(tmp_path, cube):
+    ckpt = make_checkpoint(
+        tmp_path / "m.safetensors",
+        num_classes=3,
+        classes=["a", "b", "c"],
+        width=4,
+        depth=3,
+        _meta={"multilabel": True},
+    )
+    out = geoarray.predict(cube, ckpt)
+    assert out["mask"].dims == ("time", "class", "y", "x")
+    p, m = out.probabilities.values, out["mask"].values
+    ok = cube.valid.values
+    np.testing.assert_array_equal(
+        m.transpose(0, 2, 3, 1)[ok], (p.transpose(0, 2, 3, 1)[ok] > 0.5).astype(np.uint8)
+    )
+    assert (m.transpose(0, 2, 3, 1)[~ok] == 255).all()
+
+
+def test_feature_model_float16(tmp_path, cube):
+    ckpt = make_checkpoint(tmp_path / "f.safetensors", task="features", num_classes=6, width=4, depth=3)
+    out = geoarray.predict(cube, ckpt, dtype="float16")
+    f = out.features
+    assert f.dims == ("time", "feature", "y", "x") and f.sizes["feature"] == 6 and f.dtype == np.float16
+
+
+def test_pixel_time_series_model_drops_time(tmp_path, cube):
+    ckpt = make_checkpoint(
+        tmp_path / "p.safetensors",
+        "pixel_transformer",
+        task="pixel_classification",
+        num_classes=5,
+        out_channels=8,
+        classes=CLASSES,
+    )
+    with pytest.raises(PredictError, match=r"time is chunked.*chunk\(time=-1\)"):
+        geoarray.predict(cube.chunk({"time": 1}), ckpt)
+    out = geoarray.predict(cube.chunk({"time": -1, "y": 50, "x": 50}), ckpt)
+    assert out.probabilities.dims == ("class", "y", "x") and out["mask"].dims == ("y", "x")
+    whole = geoarray.predict(cube.chunk({"time": -1, "y": -1, "x": -1}), ckpt)
+    np.testing.assert_allclose(out.probabilities.values, whole.probabilities.values, atol=1e-5)
+
+
+def test_sensor_mismatch_leaves_dates_invalid_and_prefix_names(tmp_path, cube):
+    c = cube.assign_coords(sensor=("time", np.array(["S2", "L8"], dtype=object)))
+    ckpt = make_checkpoint(
+        tmp_path / "m.safetensors", num_classes=5, classes=CLASSES, width=4, depth=3, _meta={"sensor": "S2"}
+    )
+    out = geoarray.predict(c, ckpt, prefix="s2_")
+    p = out["s2_probabilities"].values
+    assert np.isnan(p[1]).all() and not np.isnan(p[0]).all()
+    assert (out["s2_mask"].values[1] == 255).all()
+
+
+def test_chunk_smaller_than_halo(tmp_path, cube):
+    ckpt = make_checkpoint(tmp_path / "m.safetensors", num_classes=5, classes=CLASSES, width=4)  # halo 96
+    with pytest.raises(PredictError, match=r"smaller than the halo \(96 px\).*at least 96"):
+        geoarray.predict(cube.chunk({"y": 64, "x": 64}), ckpt)
+    out = geoarray.predict(cube.chunk({"y": 64, "x": 64}), ckpt, halo=16)  # explicit small halo is allowed
+    assert out.probabilities.shape[2:] == (150, 131)
+
+
+def test_chunks_are_realigned_to_the_stride(tmp_path, cube):
+    ckpt = make_checkpoint(tmp_path / "m.safetensors", num_classes=5, classes=CLASSES, width=4, depth=3)
+    a = geoarray.predict(cube.chunk({"y": 50, "x": 50}), ckpt).probabilities
+    b = geoarray.predict(cube.chunk({"y": -1, "x": -1}), ckpt).probabilities
+    assert all(ch % 4 == 0 for ch in a.chunks[2][:-1])
+    assert np.nanmax(np.abs(a.values - b.values)) <= 1e-4
+
+
+def test_chip_classifier_is_refused(tmp_path, cube):
+    ckpt = make_checkpoint(
+        tmp_path / "c.safetensors", "resnet18", task="classification", num_classes=3, width=4
+    )
+    with pytest.raises(PredictError, match="chip classifier"):
+        geoarray.predict(cube, ckpt)
+
+
+def test_distributed_matches_threaded(tmp_path, cube, local_cluster):
+    ckpt = make_checkpoint(tmp_path / "m.safetensors", num_classes=5, classes=CLASSES, width=4, depth=3)
+    store = tmp_path / "c.zarr"
+    geoarray.write_cube(cube, store, chunk=64)
+    import dask
+
+    with dask.config.set(scheduler="threads"):
+        threaded = geoarray.predict(geoarray.open_cube(store), ckpt).probabilities.values
+    dist = (
+        local_cluster.compute(geoarray.predict(geoarray.open_cube(store), ckpt).probabilities).result().values
+    )
+    np.testing.assert_allclose(dist, threaded, atol=1e-6)
+    # the model was loaded in the worker processes, once each, not per task
+    loads = local_cluster.run(lambda: len(__import__("geoarray._inference", fromlist=["_MODELS"])._MODELS))
+    assert set(loads.values()) <= {0, 1} and sum(loads.values()) >= 1
+
+
+# -- writing into the store -------------------------------------------------------------------------------
+def test_store_write_adds_only_outputs(tmp_path, cube):
+    ckpt = make_checkpoint(tmp_path / "m.safetensors", num_classes=5, classes=CLASSES, width=4, depth=3)
+    store = tmp_path / "c.zarr"
+    geoarray.write_cube(cube, store, chunk=64)
+    before = tree_digest(store)
+    out = geoarray.predict(geoarray.open_cube(store), ckpt, store=store)
+    assert tree_digest(store, exclude=("probabilities", "mask", "class")) == before
+    ref = geoarray.predict(cube, ckpt)
+    np.testing.assert_allclose(out.probabilities.values, ref.probabilities.values, atol=1e-6)
+    np.testing.assert_array_equal(out["mask"].values, ref["mask"].values)
+    assert out["mask"].attrs["geoarray_complete"] is True
+    reopened = geoarray.open_cube(store)
+    assert reopened.probabilities.rio.crs == cube.rio.crs
+    with pytest.raises(StoreExistsError, match="overwrite=True"):
+        geoarray.predict(reopened, ckpt, store=store)
+    geoarray.predict(reopened, ckpt, store=store, overwrite=True)
+    assert tree_digest(store, exclude=("probabilities", "mask", "class")) == before
+
+
+_KILL_SCRIPT = """
+import sys, dask, geoarray
+dask.config.set(scheduler="synchronous")
+geoarray.predict(geoarray.open_cube(sys.argv[1]), sys.argv[2], store=sys.argv[1])
+"""
+
+
+def test_killed_run_resumes_byte_identical(tmp_path):
+    c = synthetic_cube(size=(256, 256), n_times=2, seed=4)
+    ckpt = make_checkpoint(tmp_path / "m.safetensors", num_classes=5, classes=CLASSES, width=8, depth=3)
+    a, b = tmp_path / "a.zarr", tmp_path / "b.zarr"
+    geoarray.write_cube(c, a, chunk=32)
+    geoarray.write_cube(c, b, chunk=32)
+    base = tree_digest(a)
+    geoarray.predict(geoarray.open_cube(b), ckpt, store=b)  # uninterrupted
+    # a run killed part-way (SIGKILL: no cleanup) ...
+    proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, str(a), str(ckpt)])
+    deadline = time.time() + 120
+    chunks = a / "mask" / "c"
+    while time.time() < deadline and proc.poll() is None:
+        if chunks.exists() and sum(1 for p in chunks.rglob("*") if p.is_file()) >= 5:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    partial = sum(1 for p in chunks.rglob("*") if p.is_file())
+    assert 5 <= partial < 2 * 8 * 8
+    assert geoarray.open_cube(a)["mask"].attrs["geoarray_complete"] is False
+    # ... run again, finishes the rest
+    geoarray.predict(geoarray.open_cube(a), ckpt, store=a)
+    done_a = tree_digest(a)
+    done_b = tree_digest(b)
+    assert done_a == done_b  # outputs byte-identical to the uninterrupted run
+    assert {
+        k: v for k, v in done_a.items() if k.split("/")[0] not in ("mask", "probabilities", "class")
+    } == base
