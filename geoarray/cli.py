@@ -142,6 +142,87 @@ def ingest_stac(
 
 @app.command()
 @_friendly
+def predict(
+    store: Store,
+    ckpt: Annotated[Path, typer.Option("--ckpt", "-c", help="Checkpoint (.safetensors) from geoarray fit.")],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write into this Zarr store instead (a copy of STORE's cube is made)."),
+    ] = None,
+    halo: Annotated[str, typer.Option(help="Halo in pixels, or 'auto' (the receptive field: seamless).")] = "auto",
+    batch_size: Annotated[int | None, typer.Option(help="Dates (image models) or pixels per forward pass.")] = None,
+    prefix: Annotated[str, typer.Option(help="Prefix of output variable names, e.g. s2_.")] = "",
+    overwrite: Annotated[bool, typer.Option(help="Replace outputs that exist in the store.")] = False,
+    float16: Annotated[bool, typer.Option("--float16", help="Store probabilities/features as float16.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    var: Annotated[str, typer.Option(help="Imagery variable.")] = "imagery",
+) -> None:
+    """Apply a checkpoint blockwise (with a halo) and write its outputs into the cube's Zarr store.
+
+    A run that is interrupted resumes where it stopped when the same command runs again.
+    """
+    from geoarray.cube import open_cube, write_cube
+    from geoarray.errors import PredictError
+    from geoarray.predict import predict as run_predict
+
+    if halo != "auto" and not halo.isdigit():
+        raise PredictError(f"--halo {halo!r}; expected 'auto' or a number of pixels.")
+    cube = open_cube(store, var=var)
+    target = store
+    if output is not None:
+        if not output.exists():
+            write_cube(cube, output, var=var, progress=True)
+        cube, target = open_cube(output, var=var), output
+    t0 = time.perf_counter()
+    out = run_predict(
+        cube,
+        ckpt,
+        var=var,
+        halo="auto" if halo == "auto" else int(halo),
+        batch_size=batch_size,
+        device=device,
+        prefix=prefix,
+        store=target,
+        overwrite=overwrite,
+        dtype="float16" if float16 else "float32",
+        progress=True,
+    )
+    new = [str(v) for v in out.data_vars if str(v) not in cube.data_vars]
+    px = cube.sizes["time"] * cube.sizes["y"] * cube.sizes["x"]
+    dt = time.perf_counter() - t0
+    typer.echo(f"wrote {', '.join(new) or 'nothing new'} to {target} in {dt:.1f} s ({px / dt / 1e6:.2f} Mpx/s)")
+
+
+@app.command()
+@_friendly
+def export(
+    store: Store,
+    variable: Annotated[str, typer.Argument(help="Variable to export, e.g. mask or probabilities.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="GeoTIFF to write (COG).")],
+    time_index: Annotated[
+        str | None, typer.Option("--time", help="Date (YYYY-MM-DD) or index to export; needed for many dates.")
+    ] = None,
+) -> None:
+    """Export one variable (one date) as a Cloud-Optimized GeoTIFF with its georeferencing."""
+    from geoarray.cube import _open_zarr
+    from geoarray.errors import RasterError
+    from geoarray.io.geotiff import export_geotiff
+
+    ds = _open_zarr(store)
+    if variable not in ds.data_vars:
+        raise RasterError(f"no variable {variable!r} in {store}; it has {sorted(map(str, ds.data_vars))}.")
+    da = ds[variable]
+    if time_index is None and "time" in da.dims and da.sizes["time"] > 1:
+        dates = [str(t)[:10] for t in da["time"].values]
+        raise RasterError(f"{variable!r} has {len(dates)} dates {dates}; pass --time with one date or index.")
+    if time_index is not None and "time" in da.dims:
+        da = da.isel(time=[int(time_index)]) if time_index.lstrip("-").isdigit() else da.sel(time=[time_index])
+    path = export_geotiff(da, output)
+    typer.echo(f"wrote {path}")
+
+
+@app.command()
+@_friendly
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the demo's cube and pictures.")] = Path(
         "geoarray-demo"

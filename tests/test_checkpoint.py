@@ -83,7 +83,7 @@ def test_truncated_and_corrupt_files(unet_ckpt, tmp_path):
     with pytest.raises(CheckpointError):
         geoarray.load_checkpoint(tmp_path / "trunc.safetensors")
     (tmp_path / "junk.safetensors").write_bytes(b"hello world, not a checkpoint")
-    with pytest.raises(CheckpointError, match="not a readable .safetensors file"):
+    with pytest.raises(CheckpointError, match=r"not a readable \.safetensors file"):
         geoarray.load_checkpoint(tmp_path / "junk.safetensors")
     with pytest.raises(CheckpointError, match="no checkpoint file"):
         geoarray.load_checkpoint(tmp_path / "missing.safetensors")

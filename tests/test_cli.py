@@ -75,3 +75,32 @@ def test_demo_writes_the_sample_cube(tmp_path):
     assert r.exit_code == 0, r.output
     ds = geoarray.open_cube(tmp_path / "demo" / "sample.zarr")
     assert ds.imagery.shape == (4, 6, 352, 349)
+
+
+def test_predict_and_export(tmp_path):
+    import rasterio
+    from conftest import make_checkpoint
+
+    from geoarray.datasets import synthetic_cube
+
+    cube = synthetic_cube(size=(80, 70), n_times=2, seed=0)
+    store = tmp_path / "c.zarr"
+    geoarray.write_cube(cube, store)
+    ckpt = make_checkpoint(tmp_path / "m.safetensors", num_classes=5, classes=list(cube.labels.attrs["classes"]),
+                           width=4, depth=3)
+    r = runner.invoke(app, ["predict", str(store), "--ckpt", str(ckpt), "--float16"])
+    assert r.exit_code == 0, r.output
+    assert "wrote mask, probabilities" in r.output
+    ds = geoarray.open_cube(store)
+    assert ds.probabilities.dtype == np.float16
+    r = runner.invoke(app, ["predict", str(store), "--ckpt", str(ckpt)])
+    assert r.exit_code == 2 and "overwrite" in r.output
+    r = runner.invoke(app, ["export", str(store), "mask", "-o", str(tmp_path / "m.tif")])
+    assert r.exit_code == 2 and "pass --time" in r.output
+    r = runner.invoke(app, ["export", str(store), "mask", "-o", str(tmp_path / "m.tif"), "--time", "1"])
+    assert r.exit_code == 0, r.output
+    with rasterio.open(tmp_path / "m.tif") as src:
+        np.testing.assert_array_equal(src.read(1), ds["mask"].values[1])
+        assert src.crs == cube.rio.crs
+    r = runner.invoke(app, ["predict", str(store), "--ckpt", str(tmp_path / "nope.safetensors")])
+    assert r.exit_code == 2 and "no checkpoint file" in r.output
