@@ -48,12 +48,17 @@ def get_model(path: str, sha256: str, device: str) -> Any:
         with _LOCK:
             model = _MODELS.get(key)
             if model is None:
+                import torch
+
                 from geoarray.checkpoint import file_sha256, load_checkpoint
 
                 if file_sha256(path) != sha256:
                     raise RuntimeError(f"checkpoint {path} changed while predicting (sha256 differs)")
                 _configure_threads()
                 model = load_checkpoint(path, device=device).model
+                if getattr(model, "input_kind", "") in ("image", "sequence"):
+                    # NHWC convolutions are ~1.6x faster on CPU (oneDNN) and standard on GPU (tensor cores)
+                    model = model.to(memory_format=torch.channels_last)
                 _MODELS[key] = model
     return model
 
@@ -103,25 +108,31 @@ def _mark_invalid(outs: list[np.ndarray], invalid: np.ndarray, spec: dict[str, A
 
 
 def run_block(
-    neighbours: list[list[np.ndarray]], valid: np.ndarray, spec: dict[str, Any]
+    neighbours: list[list[np.ndarray]], valid_nb: list[list[np.ndarray]] | None, spec: dict[str, Any]
 ) -> tuple[np.ndarray, ...]:
     """Predict one output block from its input chunk neighbourhood.
 
-    ``neighbours`` are normalised, filled input chunks ``(T, C, y, x)``; ``valid`` is the block's validity
-    ``(T, y, x)``. Returns the outputs named in ``spec["outputs"]``, cropped to the block.
+    ``neighbours`` are the raw input chunks ``(T, C, y, x)`` around the block, ``valid_nb`` the matching
+    ``valid`` chunks (or None). The window is normalised and filled like the training stream does, the model
+    runs, and the outputs named in ``spec["outputs"]`` come back cropped to the block.
     """
     import torch
 
-    window = assemble(neighbours, spec["crop"])
+    from geoarray._preprocess import normalize_fill
+
+    mean, std, scale = spec["norm"]
+    vwin = assemble(valid_nb, spec["crop"]) if valid_nb is not None else None
+    window, ok = normalize_fill(assemble(neighbours, spec["crop"]), vwin, mean, std, scale)
+    oy, ox, by, bx = spec["inner"]  # offset of the block inside the window, and its size
+    valid = ok[..., oy : oy + by, ox : ox + bx]
     model = get_model(spec["path"], spec["sha256"], spec["device"])
     kind, input_kind = spec["kind"], spec["input_kind"]
     run = np.asarray(spec["run_times"], dtype=bool)
     t = window.shape[0]
-    oy, ox, by, bx = spec["inner"]  # offset of the block inside the window, and its size
     device = spec["device"]
     with torch.inference_mode():
         if input_kind == "pixels":
-            return _run_pixels(model, window, valid, spec)
+            return _run_pixels(model, window[..., oy : oy + by, ox : ox + bx], valid, spec)
         shape_k = spec["channels"]
         outs_full: list[np.ndarray] | None = None
         if input_kind == "image":
@@ -130,7 +141,7 @@ def run_block(
             bs = spec["batch_size"] or max(1, len(idx))
             for s in range(0, len(idx), bs):
                 sel = idx[s : s + bs]
-                x = torch.from_numpy(np.ascontiguousarray(window[sel])).to(device)
+                x = torch.from_numpy(window[sel]).to(device).contiguous(memory_format=torch.channels_last)
                 logits = model(x)[..., oy : oy + by, ox : ox + bx].cpu()
                 results.append(_postprocess(logits, kind, spec))
             outs_full = _scatter(results, idx, t, spec, shape_k, by, bx)

@@ -147,13 +147,21 @@ def predict(
     ckpt: Annotated[Path, typer.Option("--ckpt", "-c", help="Checkpoint (.safetensors) from geoarray fit.")],
     output: Annotated[
         Path | None,
-        typer.Option("--output", "-o", help="Write into this Zarr store instead (a copy of STORE's cube is made)."),
+        typer.Option(
+            "--output", "-o", help="Write into this Zarr store instead (a copy of STORE's cube is made)."
+        ),
     ] = None,
-    halo: Annotated[str, typer.Option(help="Halo in pixels, or 'auto' (the receptive field: seamless).")] = "auto",
-    batch_size: Annotated[int | None, typer.Option(help="Dates (image models) or pixels per forward pass.")] = None,
+    halo: Annotated[
+        str, typer.Option(help="Halo in pixels, or 'auto' (the receptive field: seamless).")
+    ] = "auto",
+    batch_size: Annotated[
+        int | None, typer.Option(help="Dates (image models) or pixels per forward pass.")
+    ] = None,
     prefix: Annotated[str, typer.Option(help="Prefix of output variable names, e.g. s2_.")] = "",
     overwrite: Annotated[bool, typer.Option(help="Replace outputs that exist in the store.")] = False,
-    float16: Annotated[bool, typer.Option("--float16", help="Store probabilities/features as float16.")] = False,
+    float16: Annotated[
+        bool, typer.Option("--float16", help="Store probabilities/features as float16.")
+    ] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     var: Annotated[str, typer.Option(help="Imagery variable.")] = "imagery",
 ) -> None:
@@ -190,7 +198,9 @@ def predict(
     new = [str(v) for v in out.data_vars if str(v) not in cube.data_vars]
     px = cube.sizes["time"] * cube.sizes["y"] * cube.sizes["x"]
     dt = time.perf_counter() - t0
-    typer.echo(f"wrote {', '.join(new) or 'nothing new'} to {target} in {dt:.1f} s ({px / dt / 1e6:.2f} Mpx/s)")
+    typer.echo(
+        f"wrote {', '.join(new) or 'nothing new'} to {target} in {dt:.1f} s ({px / dt / 1e6:.2f} Mpx/s)"
+    )
 
 
 @app.command()
@@ -200,7 +210,8 @@ def export(
     variable: Annotated[str, typer.Argument(help="Variable to export, e.g. mask or probabilities.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="GeoTIFF to write (COG).")],
     time_index: Annotated[
-        str | None, typer.Option("--time", help="Date (YYYY-MM-DD) or index to export; needed for many dates.")
+        str | None,
+        typer.Option("--time", help="Date (YYYY-MM-DD) or index to export; needed for many dates."),
     ] = None,
 ) -> None:
     """Export one variable (one date) as a Cloud-Optimized GeoTIFF with its georeferencing."""
@@ -216,7 +227,9 @@ def export(
         dates = [str(t)[:10] for t in da["time"].values]
         raise RasterError(f"{variable!r} has {len(dates)} dates {dates}; pass --time with one date or index.")
     if time_index is not None and "time" in da.dims:
-        da = da.isel(time=[int(time_index)]) if time_index.lstrip("-").isdigit() else da.sel(time=[time_index])
+        da = (
+            da.isel(time=[int(time_index)]) if time_index.lstrip("-").isdigit() else da.sel(time=[time_index])
+        )
     path = export_geotiff(da, output)
     typer.echo(f"wrote {path}")
 

@@ -198,16 +198,10 @@ def predict(
                 "or pass a smaller `halo=` (not seamless)."
             )
 
-    # Normalise and fill lazily; invalid pixels (NaN or valid == False) become 0 = the band mean.
-    mean = np.asarray(in_spec["mean"], dtype=np.float32)[:, None, None]
-    std = np.asarray(in_spec["std"], dtype=np.float32)[:, None, None]
-    scale = np.float32(in_spec.get("scale", 1.0))
-    x = img.data.rechunk({1: -1, 2: ych, 3: xch}).astype(np.float32)
-    x = (x * scale - mean) / std
-    finite = dsa.isfinite(x).all(axis=1)
+    data = img.data.rechunk({1: -1, 2: ych, 3: xch})
+    valid = None
     if "valid" in cube.data_vars:
-        finite = finite & dsa.asarray(cube["valid"].data).astype(bool).rechunk(finite.chunks)
-    x = dsa.where(finite[:, None], x, np.float32(0))
+        valid = dsa.asarray(cube["valid"].data).rechunk((data.chunks[0], ych, xch))
 
     times = cube["time"].values
     run_times = np.ones(len(times), dtype=bool)
@@ -232,7 +226,8 @@ def predict(
         "threshold": threshold,
         "batch_size": batch_size,
     }
-    arrays, blocks = _build_graph(x, finite, spec, h, run_times, dates)
+    spec["norm"] = (in_spec["mean"], in_spec["std"], float(in_spec.get("scale", 1.0)))
+    arrays, blocks = _build_graph(data, valid, spec, h, run_times, dates)
     new = _wrap(arrays, cube, wanted, spec, meta, prefix, Path(path).name)
     if store is None:
         return cube.assign(new)
@@ -264,7 +259,12 @@ def _outputs(kind: str, out_spec: dict[str, Any], outputs: Sequence[str] | None)
 
 
 def _build_graph(
-    x: dsa.Array, valid: dsa.Array, spec: dict[str, Any], h: int, run_times: np.ndarray, dates: np.ndarray
+    x: dsa.Array,
+    valid: dsa.Array | None,
+    spec: dict[str, Any],
+    h: int,
+    run_times: np.ndarray,
+    dates: np.ndarray,
 ) -> tuple[list[dsa.Array], list[tuple[Any, list[Any]]]]:
     """One task per output block; outputs are getitem views of it (one dask array per output).
 
@@ -274,7 +274,7 @@ def _build_graph(
     ybounds, xbounds = np.cumsum((0, *ych)), np.cumsum((0, *xch))
     ny, nx = int(ybounds[-1]), int(xbounds[-1])
     input_kind = spec["input_kind"]
-    name = "geoarray-predict-" + tokenize(x.name, valid.name, spec, h)
+    name = "geoarray-predict-" + tokenize(x.name, valid.name if valid is not None else None, spec, h)
     dsk: dict[Any, Any] = {}
     tbounds = np.cumsum((0, *tch))
     for ti in range(len(tch)):
@@ -296,8 +296,10 @@ def _build_graph(
                     dates=dates[t0:t1].tolist(),
                 )
                 keys = [[(x.name, ti, 0, yj, xj) for xj in xs] for yj in ys]
-                dsk[(name, ti, yi, xi)] = (_inference.run_block, keys, (valid.name, ti, yi, xi), block_spec)
-    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[x, valid])  # type: ignore[list-item]
+                vkeys = None if valid is None else [[(valid.name, ti, yj, xj) for xj in xs] for yj in ys]
+                dsk[(name, ti, yi, xi)] = (_inference.run_block, keys, vkeys, block_spec)
+    deps = [x] if valid is None else [x, valid]
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=deps)  # type: ignore[arg-type]
 
     arrays = []
     out_keys: dict[Any, list[Any]] = {key: [] for key in dsk}

@@ -86,8 +86,13 @@ def test_predict_and_export(tmp_path):
     cube = synthetic_cube(size=(80, 70), n_times=2, seed=0)
     store = tmp_path / "c.zarr"
     geoarray.write_cube(cube, store)
-    ckpt = make_checkpoint(tmp_path / "m.safetensors", num_classes=5, classes=list(cube.labels.attrs["classes"]),
-                           width=4, depth=3)
+    ckpt = make_checkpoint(
+        tmp_path / "m.safetensors",
+        num_classes=5,
+        classes=list(cube.labels.attrs["classes"]),
+        width=4,
+        depth=3,
+    )
     r = runner.invoke(app, ["predict", str(store), "--ckpt", str(ckpt), "--float16"])
     assert r.exit_code == 0, r.output
     assert "wrote probabilities, mask" in r.output

@@ -81,3 +81,23 @@ def unet(
 ) -> UNet:
     """5-level UNet as in seed 004 (224x224 chips, 20 bands in, 10 classes out works)."""
     return UNet(in_channels, num_classes, depth, width, dropout)
+
+
+class Linear(GeoModel):
+    """A per-pixel linear map (1x1 convolution): a linear probe on features, and a zero-halo baseline."""
+
+    input_kind = "image"
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.out_channels = num_classes
+        self.proj = nn.Conv2d(in_channels, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+
+@register_model
+def linear(in_channels: int = 3, num_classes: int = 2) -> Linear:
+    """Per-pixel linear model (1x1 conv); receptive field 0."""
+    return Linear(in_channels, num_classes)

@@ -1,0 +1,105 @@
+"""B1: predict throughput vs the best raw-torch loop over the same pixels, already in memory.
+
+Same model, same thread budget (2 cores). Raw candidates: NCHW and channels_last, batch 1/2/4 tiles of 512²;
+the best one is the reference. predict reads a Zarr cube (4 x 2048², 512² chunks), normalises, runs the model
+with the halo, and applies softmax; so does the raw loop (minus the read). Also a naive
+``dask.array.map_overlap`` wrapper of the same model.
+
+    .venv/bin/python benchmarks/bench_predict.py [--size 2048] [--times 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import dask
+import dask.array as dsa
+import numpy as np
+import torch
+from _common import best_of, load_report, make_ckpt, make_store, workdir
+
+import geoarray
+
+
+def raw_loop(x: np.ndarray, model: torch.nn.Module, tile: int, batch: int, channels_last: bool) -> None:
+    t, c, h, w = x.shape
+    tiles = [(ti, y, xx) for ti in range(t) for y in range(0, h, tile) for xx in range(0, w, tile)]
+    with torch.inference_mode():
+        for i in range(0, len(tiles), batch):
+            sel = tiles[i : i + batch]
+            b = torch.from_numpy(np.stack([x[ti, :, y : y + tile, xx : xx + tile] for ti, y, xx in sel]))
+            if channels_last:
+                b = b.contiguous(memory_format=torch.channels_last)
+            torch.softmax(model(b), 1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=2048)
+    ap.add_argument("--times", type=int, default=4)
+    ap.add_argument("--model", default="unet")
+    args = ap.parse_args()
+    wd = workdir("b1")
+    store = make_store(wd / f"cube{args.size}.zarr", times=args.times, size=args.size)
+    ckpt = make_ckpt(wd / "unet.safetensors", args.model, 4, num_classes=4, depth=3, width=8)
+    meta = geoarray.checkpoint.read_metadata(ckpt)
+    halo = meta["halo"]
+    model = geoarray.load_checkpoint(ckpt).model
+    print(load_report())
+    print(
+        f"cube {args.times}x4x{args.size}² float32, 512² chunks; model {args.model} depth 3 width 8, halo {halo}"
+    )
+
+    cube = geoarray.open_cube(store)
+    x = ((cube.imagery.values - 0.35) / 0.15).astype(np.float32)
+    px = x.shape[0] * x.shape[2] * x.shape[3]
+
+    torch.set_num_threads(2)
+    raw = {}
+    for cl in (False, True):
+        for batch in (1, 2, 4):
+            raw[(cl, batch)] = best_of(
+                lambda cl=cl, batch=batch: raw_loop(x, model, 512, batch, cl), repeat=1
+            )
+            print(
+                f"  raw torch  channels_last={cl!s:5} batch={batch}: {px / raw[(cl, batch)] / 1e6:6.2f} Mpx/s"
+            )
+    best = min(raw.values())
+    print(f"best raw: {px / best / 1e6:.2f} Mpx/s")
+
+    def run_predict(h: int | str) -> None:
+        out = geoarray.predict(geoarray.open_cube(store), ckpt, halo=h, outputs=["probabilities"])
+        out.probabilities.data.sum(axis=(1, 2, 3)).compute()
+
+    def run_map_overlap() -> None:
+        cube = geoarray.open_cube(store)
+        img = cube.imagery.data.astype(np.float32)
+
+        def fn(b: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                t = torch.from_numpy(((b - 0.35) / 0.15).astype(np.float32))
+                return torch.softmax(model(t), 1).numpy()
+
+        out = dsa.map_overlap(fn, img, depth={2: halo, 3: halo}, boundary="none", dtype=np.float32)
+        out.sum(axis=(1, 2, 3)).compute()
+
+    torch.set_num_threads(1)  # predict sets its own budget per process; this is for the map_overlap wrapper
+    results = {}
+    with dask.config.set(scheduler="threads", num_workers=2):
+        geoarray._inference._THREADS_SET = False
+        results["predict halo 0"] = best_of(lambda: run_predict(0), repeat=2)
+        results[f"predict halo {halo} (auto)"] = best_of(lambda: run_predict("auto"), repeat=2)
+        results["naive map_overlap"] = best_of(run_map_overlap, repeat=2)
+    t, h = 512, halo
+    target_h = 0.9 * (t / (t + 2 * h)) ** 2
+    for name, secs in results.items():
+        print(f"  {name:28s}: {px / secs / 1e6:6.2f} Mpx/s   ratio to best raw {best / secs:5.2f}")
+    print(f"B1 halo 0    : {best / results['predict halo 0']:.2f} (target >= 0.90)")
+    print(f"B1 halo {h:<4d}: {best / results[f'predict halo {halo} (auto)']:.2f} (target >= {target_h:.2f})")
+    print(
+        f"B1 vs map_overlap: {results['naive map_overlap'] / results[f'predict halo {halo} (auto)']:.2f}x faster (target > 1)"
+    )
+
+
+if __name__ == "__main__":
+    main()

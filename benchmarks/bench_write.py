@@ -1,0 +1,102 @@
+"""B3: Zarr write of predict outputs vs a raw numcodecs-encode-and-write floor for the same chunks.
+
+The outputs (float32 and float16 features, uint8 masks; 512² chunks) are already in memory, so only writing
+is timed. geoarray's path is the one predict uses (`_inference.write_block`: zarr-python, one chunk per task,
+2 dask threads). The floor encodes each chunk with the same codec (numcodecs, same threads) and writes the
+bytes to a file, with nothing else.
+
+    .venv/bin/python benchmarks/bench_write.py [--size 2048]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import dask
+import numcodecs
+import numpy as np
+import zarr
+from _common import best_of, load_report, workdir
+from dask.delayed import delayed
+
+from geoarray import _inference
+
+
+def arrays(size: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    smooth = rng.random((4, 8, size, size), dtype=np.float32)
+    return {
+        "features float32": smooth,
+        "features float16": smooth.astype(np.float16),
+        "mask uint8": (rng.random((4, size, size)) * 5).astype(np.uint8),
+    }
+
+
+def chunk_slices(shape: tuple[int, ...], chunks: tuple[int, ...]) -> list[tuple[slice, ...]]:
+    grids = [range(0, n, c) for n, c in zip(shape, chunks, strict=True)]
+    import itertools
+
+    return [
+        tuple(slice(s, min(s + c, n)) for s, c, n in zip(starts, chunks, shape, strict=True))
+        for starts in itertools.product(*grids)
+    ]
+
+
+def geoarray_write(data: np.ndarray, path: Path, chunks: tuple[int, ...], compressor: object) -> None:
+    if path.exists():
+        shutil.rmtree(path)
+    zarr.create_array(
+        str(path), shape=data.shape, chunks=chunks, dtype=data.dtype, compressors=[compressor], zarr_format=3
+    )
+    token = str(path.stat().st_mtime_ns)
+    tasks = [
+        delayed(_inference.write_block)((data[s],), [(str(path), token, s)])
+        for s in chunk_slices(data.shape, chunks)
+    ]
+    with dask.config.set(scheduler="threads", num_workers=2):
+        dask.compute(*tasks)
+
+
+def floor_write(data: np.ndarray, path: Path, chunks: tuple[int, ...], codec: numcodecs.abc.Codec) -> None:
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+
+    def one(i_s: tuple[int, tuple[slice, ...]]) -> None:
+        i, s = i_s
+        (path / str(i)).write_bytes(codec.encode(np.ascontiguousarray(data[s])))
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(one, enumerate(chunk_slices(data.shape, chunks))))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=2048)
+    args = ap.parse_args()
+    wd = workdir("b3")
+    print(load_report())
+    codecs = {
+        "zstd(3)": (zarr.codecs.ZstdCodec(level=3), numcodecs.Zstd(level=3)),
+        "blosc lz4+shuffle": (
+            zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),
+            numcodecs.Blosc(cname="lz4", clevel=5, shuffle=numcodecs.Blosc.SHUFFLE),
+        ),
+    }
+    for name, data in arrays(args.size).items():
+        chunks = (1, data.shape[1], 512, 512) if data.ndim == 4 else (1, 512, 512)
+        mb = data.nbytes / 1e6
+        for cname, (zc, nc) in codecs.items():
+            g = best_of(lambda: geoarray_write(data, wd / "g.zarr", chunks, zc))
+            f = best_of(lambda: floor_write(data, wd / "floor", chunks, nc))
+            print(
+                f"  {name:17s} {cname:18s}: geoarray {mb / g:7.0f} MB/s  floor {mb / f:7.0f} MB/s  "
+                f"ratio {f / g:.2f} (target >= 0.8)"
+            )
+
+
+if __name__ == "__main__":
+    main()
