@@ -16,6 +16,7 @@ from geoarray.errors import GeoArrayError
 from geoarray.io.geotiff import export_geotiff, from_geotiff, read_labels
 from geoarray.io.stac import from_stac
 from geoarray.predict import predict
+from geoarray.train import fit
 
 __all__ = [
     # errors and submodules
@@ -25,6 +26,7 @@ __all__ = [
     "errors",
     # I/O
     "export_geotiff",
+    "fit",
     "from_geotiff",
     "from_stac",
     # models and inference

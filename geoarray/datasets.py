@@ -118,10 +118,13 @@ def synthetic_cube(
     fields = np.stack([_smooth_noise(rng, (ny, nx), blob_scale) for _ in range(n_static)])
     static = np.argmax(fields, axis=0).astype(np.uint8)
 
-    # Spectral signatures: well separated per class, reproducible; row = class, col = band.
-    sig = rng.uniform(0.05, 0.6, size=(nc, nb)).astype(np.float32)
-    for c in range(nc):  # guarantee separation: each class has one band where it is the brightest
-        sig[c, c % nb] += 0.25
+    # Spectral signatures, one row per class: redrawn until every pair of classes differs by >= 0.25 (L2),
+    # so the truth is learnable from the spectra alone, whatever the band count.
+    for _ in range(1000):
+        sig = rng.uniform(0.05, 0.75, size=(nc, nb)).astype(np.float32)
+        dist = np.linalg.norm(sig[:, None] - sig[None], axis=-1) + np.eye(nc)
+        if dist.min() >= 0.25:
+            break
     yy, xx = np.mgrid[0:ny, 0:nx].astype(np.float32)
     textures = [
         0.03 * np.sin(xx / 3.0 + yy / 5.0),  # ripples

@@ -1,0 +1,26 @@
+"""Training objectives, one file each. A task says how a model consumes a batch and how it is scored."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from geoarray.errors import TrainError
+from geoarray.tasks.base import Task
+from geoarray.tasks.classification import ClassificationTask
+from geoarray.tasks.pixel_classification import PixelClassificationTask
+from geoarray.tasks.segmentation import SegmentationTask
+
+TASKS: dict[str, type[Task]] = {
+    "segmentation": SegmentationTask,
+    "classification": ClassificationTask,
+    "pixel_classification": PixelClassificationTask,
+}
+
+
+def get_task(name: str, **options: Any) -> Task:
+    if name not in TASKS:
+        raise TrainError(f"task={name!r} is unknown; expected one of {sorted(TASKS)}.")
+    return TASKS[name](**options)
+
+
+__all__ = ["TASKS", "Task", "get_task"]

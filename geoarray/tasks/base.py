@@ -1,0 +1,83 @@
+"""The task interface used by the training loop."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from geoarray.chips import Batch
+from geoarray.errors import TrainError
+from geoarray.metrics import confusion_matrix, scores
+from geoarray.tasks import _losses
+
+
+class Task:
+    """How a model consumes a batch, the loss, and the validation score (higher is better)."""
+
+    name = ""
+    default_loss = "ce"
+    stream_kind = "image"
+
+    def __init__(self, loss: str | None = None, multilabel: bool = False) -> None:
+        self.multilabel = multilabel
+        self.loss_name = loss or ("bce" if multilabel else self.default_loss)
+        if self.loss_name not in _losses.LOSSES:
+            raise TrainError(f"loss={self.loss_name!r}; expected one of {sorted(_losses.LOSSES)}.")
+        if multilabel and self.loss_name in ("ce", "focal"):
+            raise TrainError(f"loss={self.loss_name!r} is for single-label classes; use 'bce' or 'bce_dice'.")
+        if not multilabel and self.loss_name in ("bce", "bce_dice"):
+            raise TrainError(f"loss={self.loss_name!r} needs multi-label targets; use 'ce' or 'focal'.")
+        self.classes: list[str] = []
+
+    def kind_for(self, model: Any) -> str:
+        return str(getattr(model, "input_kind", "image"))
+
+    def forward(self, model: Any, batch: Batch) -> torch.Tensor:
+        kind = getattr(model, "input_kind", "image")
+        if kind == "sequence":
+            return model(batch.x, dates=batch.dates)
+        if kind == "pixels":
+            return model(batch.x, batch.dates, batch.valid)
+        return model(batch.x)
+
+    def loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        fn = _losses.LOSSES[self.loss_name]
+        return fn(*self._flat(logits, batch.y))
+
+    def _flat(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if logits.ndim == 5:  # (B, T, K, H, W) per-frame outputs
+            b, t = logits.shape[:2]
+            return logits.reshape(b * t, *logits.shape[2:]), y.reshape(b * t, *y.shape[2:])
+        return logits, y
+
+    # -- validation ------------------------------------------------------------------------------------
+    def new_state(self) -> dict[str, Any]:
+        k = max(2, len(self.classes)) if self.multilabel else len(self.classes)
+        return {"cm": np.zeros((2, 2) if self.multilabel else (k, k), dtype=np.int64), "loss": 0.0, "n": 0}
+
+    def update(self, state: dict[str, Any], logits: torch.Tensor, batch: Batch, loss: float) -> None:
+        lg, y = self._flat(logits.float(), batch.y)
+        if self.multilabel:
+            pred = (lg > 0).long().cpu().numpy()
+            state["cm"] += confusion_matrix(pred, y.cpu().numpy(), 2, ignore_index=_losses.IGNORE)
+        else:
+            pred = lg.argmax(1).cpu().numpy()
+            state["cm"] += confusion_matrix(
+                pred, y.cpu().numpy(), len(self.classes), ignore_index=_losses.IGNORE
+            )
+        state["loss"] += loss * len(batch.x)
+        state["n"] += len(batch.x)
+
+    def summarize(self, state: dict[str, Any]) -> dict[str, float]:
+        names = ["0", "1"] if self.multilabel else self.classes
+        s = scores(state["cm"], names)
+        out = {"val_loss": state["loss"] / max(1, state["n"]), "val_accuracy": s["accuracy"]}
+        if self.multilabel:
+            out["val_iou"] = s["iou"]["1"] if s["iou"]["1"] is not None else float("nan")
+            out["score"] = out["val_iou"]
+        else:
+            out["val_mean_iou"] = s["mean_iou"]
+            out["score"] = s["mean_iou"]
+        return out
