@@ -182,9 +182,12 @@ def _validate_optional_vars(ds: xr.Dataset) -> None:
             )
     if "labels" in ds.data_vars:
         lab = ds["labels"]
-        if tuple(lab.dims) not in (("y", "x"), ("time", "y", "x")):
+        # (class, y, x) / (time, class, y, x): 0/1 masks of independent classes (multi-label segmentation)
+        allowed = (("y", "x"), ("time", "y", "x"), ("class", "y", "x"), ("time", "class", "y", "x"))
+        if tuple(lab.dims) not in allowed:
             raise DimensionError(
-                f"'labels' has dims {tuple(lab.dims)}; expected ('y', 'x') or ('time', 'y', 'x')."
+                f"'labels' has dims {tuple(lab.dims)}; expected ('y', 'x') or ('time', 'y', 'x') "
+                "(or with a 'class' dim before y, x for multi-label masks)."
             )
         if not np.issubdtype(lab.dtype, np.integer):
             raise CubeError(

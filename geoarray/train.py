@@ -176,13 +176,13 @@ def prepare(cube: xr.Dataset, cfg: FitConfig) -> Setup:
     from geoarray.models import create_model
     from geoarray.tasks import get_task
 
+    lab = _labels_of(cube, cfg)  # first: its message says how to align labels, which is the usual fix
     validate_cube(cube, var=cfg.var)
     present = [str(b) for b in cube["band"].values]
     bands = list(cfg.bands) if cfg.bands else present
     missing = [b for b in bands if b not in present]
     if missing:
         raise TrainError(f"bands {missing} are not in the cube; it has {present}.")
-    lab = _labels_of(cube, cfg)
     multilabel = cfg.multilabel or (lab is not None and "class" in lab.dims)
     task = get_task(cfg.task, loss=cfg.loss, multilabel=multilabel)
 

@@ -1,0 +1,237 @@
+"""Dask clusters, and DDP training with one rank per Dask worker.
+
+``cluster()`` gives a client on dask-cuda's ``LocalCUDACluster`` when GPUs and dask-cuda are there, else on a
+``LocalCluster`` of worker processes, or on an existing scheduler. ``fit(..., client=client)`` runs one
+DistributedDataParallel rank per worker (nccl on GPU, gloo on CPU); each rank streams its own shard of read
+blocks from the shared store, and rank 0 validates and writes the checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import xarray as xr
+
+from geoarray.errors import TrainError
+
+__all__ = ["cluster", "fit_ddp", "run_ddp"]
+
+log = logging.getLogger(__name__)
+
+
+def _cuda_count() -> int:
+    try:
+        import torch
+
+        return int(torch.cuda.device_count())
+    except Exception:
+        return 0
+
+
+@contextlib.contextmanager
+def cluster(
+    address: str | None = None,
+    *,
+    gpus: Literal["auto"] | bool = "auto",
+    n_workers: int | None = None,
+    threads_per_worker: int = 1,
+) -> Iterator[Any]:
+    """A ``distributed.Client`` for the best cluster available, closed on exit.
+
+    Parameters
+    ----------
+    address
+        Scheduler address (``"tcp://host:8786"``) to connect to an existing cluster.
+    gpus
+        ``"auto"``: LocalCUDACluster (one worker per GPU) when CUDA GPUs and dask-cuda are available;
+        ``True``: require it; ``False``: CPU workers.
+    n_workers, threads_per_worker
+        Size of a LocalCluster (default: one single-threaded worker process per core).
+
+    Examples
+    --------
+    >>> with geoarray.distributed.cluster() as client:  # doctest: +SKIP
+    ...     geoarray.fit(cube, task="segmentation", client=client, ...)
+    """
+    from distributed import Client, LocalCluster
+
+    if address:
+        with Client(address) as client:
+            yield client
+        return
+    local: Any = None
+    if gpus and _cuda_count() > 0:
+        try:  # dask-cuda is an optional extra and fails to import without CUDA bindings
+            from dask_cuda import LocalCUDACluster
+
+            local = LocalCUDACluster(n_workers=n_workers, threads_per_worker=threads_per_worker)
+        except Exception as e:
+            if gpus is True:
+                raise TrainError(
+                    f"gpus=True but LocalCUDACluster is unavailable ({e}); pip install geoarray[gpu]."
+                ) from None
+            log.warning("GPUs found but dask-cuda is unavailable (%s); using CPU workers", e)
+    elif gpus is True:
+        raise TrainError("gpus=True but no CUDA device is visible.")
+    if local is None:
+        n = n_workers or max(1, (os.cpu_count() or 1) // threads_per_worker)
+        local = LocalCluster(
+            n_workers=n, threads_per_worker=threads_per_worker, processes=True, dashboard_address=None
+        )
+    try:
+        with Client(local) as client:
+            yield client
+    finally:
+        local.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return int(s.getsockname()[1])
+
+
+def _host_of(address: str) -> str:
+    return address.split("://")[-1].rsplit(":", 1)[0]
+
+
+def _rank_main(
+    rank: int,
+    world: int,
+    master: str,
+    port: int,
+    backend: str,
+    cube: xr.Dataset,
+    cfg: Any,
+    setup: Any,
+    timeout: float,
+) -> dict[str, Any]:
+    """One DDP rank, inside a Dask worker."""
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from geoarray._trainer import Trainer
+
+    try:
+        from distributed import get_worker
+
+        torch.set_num_threads(max(1, get_worker().state.nthreads))
+    except (ImportError, ValueError):
+        pass
+    dist.init_process_group(
+        backend,
+        init_method=f"tcp://{master}:{port}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=timeout),
+    )
+    try:
+        if backend == "nccl":
+            torch.cuda.set_device(rank % torch.cuda.device_count())
+            cfg.device = f"cuda:{torch.cuda.current_device()}"
+        elif cfg.device == "auto":
+            cfg.device = "cpu"
+        trainer = Trainer(cube, cfg, setup, rank=rank, world=world)
+        steps = torch.tensor([trainer.steps_per_epoch])
+        dist.all_reduce(steps, op=dist.ReduceOp.MIN)  # every rank must run the same number of steps
+        trainer.steps_per_epoch = int(steps.item())
+        ids = [trainer.model.parameters().__next__().device.index] if backend == "nccl" else None
+        trainer.ddp_model = DistributedDataParallel(trainer.model, device_ids=ids)
+        out = trainer.run()
+        return {
+            "rank": rank,
+            "out": str(out),
+            "digests": trainer.weight_digests,
+            "history": trainer.history,
+            "steps_per_epoch": trainer.steps_per_epoch,
+            "reads": trainer.train_stream.reads,
+        }
+    finally:
+        dist.destroy_process_group()
+
+
+def run_ddp(
+    client: Any, cube: xr.Dataset, cfg: Any, setup: Any, *, timeout: float = 120.0
+) -> list[dict[str, Any]]:
+    """Run DDP with one rank per worker of ``client``; returns each rank's report (rank order).
+
+    A worker that dies, or a rank that fails, stops the run with a :class:`TrainError` naming it, instead of
+    leaving the other ranks waiting.
+    """
+    from distributed import wait
+
+    workers = sorted(client.scheduler_info()["workers"])
+    if not workers:
+        raise TrainError("the Dask cluster has no workers; start some (e.g. geoarray.distributed.cluster()).")
+    world = len(workers)
+    gpu = client.run(_cuda_count, workers=[workers[0]])[workers[0]] > 0 and cfg.device in ("auto", "cuda")
+    backend = "nccl" if gpu else "gloo"
+    master = _host_of(workers[0])
+    port = client.run(_free_port, workers=[workers[0]])[workers[0]]
+    log.info("DDP: %d ranks (%s) on %s", world, backend, ", ".join(workers))
+    futures = [
+        client.submit(
+            _rank_main,
+            rank,
+            world,
+            master,
+            port,
+            backend,
+            cube,
+            cfg,
+            setup,
+            timeout,
+            workers=[w],
+            allow_other_workers=False,
+            pure=False,
+            retries=0,
+            key=f"geoarray-ddp-rank{rank}-{port}",
+        )
+        for rank, w in enumerate(workers)
+    ]
+    try:
+        while True:
+            try:
+                done, pending = wait(futures, timeout=0.5, return_when="FIRST_COMPLETED")
+            except TimeoutError:
+                done, pending = set(), set(futures)
+            for f in done:
+                if f.status == "error":
+                    rank = futures.index(f)
+                    exc = f.exception()
+                    if isinstance(exc, TrainError):
+                        raise exc
+                    raise TrainError(
+                        f"DDP rank {rank} on {workers[rank]} failed: {type(exc).__name__}: {exc}"
+                    )
+            if not pending:
+                break
+            alive = set(client.scheduler_info()["workers"])
+            lost = [w for w in workers if w not in alive]
+            if lost:
+                raise TrainError(
+                    f"Dask worker(s) {lost} died during DDP training; the other ranks were stopped. "
+                    "Check the workers' memory limits and logs, then run again (resume= continues from the "
+                    "last epoch)."
+                )
+            time.sleep(0.1)
+        return [f.result() for f in futures]
+    finally:
+        for f in futures:
+            if not f.done():
+                f.cancel()
+
+
+def fit_ddp(client: Any, cube: xr.Dataset, cfg: Any, setup: Any) -> Path:
+    """``fit(..., client=client)``: DDP training; returns rank 0's best checkpoint."""
+    reports = run_ddp(client, cube, cfg, setup)
+    return Path(reports[0]["out"])

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import dask.array as dsa
+import numpy as np
+import xarray as xr
+
+from geoarray.metrics import change_f1, confusion_matrix, effective_rank, scores, topk_accuracy
+
+
+def test_confusion_and_scores_against_hand_computation():
+    truth = np.array([0, 0, 1, 1, 1, 2, 2, 255])
+    pred = np.array([0, 1, 1, 1, 0, 2, 1, 2])
+    cm = confusion_matrix(pred, truth, 3, ignore_index=255)
+    np.testing.assert_array_equal(cm, [[1, 1, 0], [1, 2, 0], [0, 1, 1]])
+    s = scores(cm, ["a", "b", "c"])
+    # class b: tp 2, fp 2, fn 1 -> IoU 2/5, precision 1/2, recall 2/3, F1 4/7, Dice 4/7
+    assert np.isclose(s["iou"]["b"], 2 / 5) and np.isclose(s["precision"]["b"], 0.5)
+    assert (
+        np.isclose(s["recall"]["b"], 2 / 3)
+        and np.isclose(s["f1"]["b"], 4 / 7)
+        and np.isclose(s["dice"]["b"], 4 / 7)
+    )
+    assert np.isclose(s["mean_iou"], np.mean([1 / 3, 2 / 5, 1 / 2]))
+    assert np.isclose(s["accuracy"], 4 / 7)
+
+
+def test_dask_and_xarray_inputs_match_numpy():
+    rng = np.random.default_rng(0)
+    t = rng.integers(0, 4, size=(3, 50, 60))
+    p = np.where(rng.random(t.shape) < 0.8, t, rng.integers(0, 4, size=t.shape))
+    ref = confusion_matrix(p, t, 4)
+    lazy = xr.DataArray(dsa.from_array(p, chunks=(1, 20, 25)), dims=("time", "y", "x"))
+    np.testing.assert_array_equal(confusion_matrix(lazy, xr.DataArray(t, dims=("time", "y", "x")), 4), ref)
+
+
+def test_topk_change_and_rank():
+    logits = np.array([[0.1, 0.9, 0.0], [0.8, 0.1, 0.1], [0.2, 0.3, 0.5]])
+    assert topk_accuracy(logits, [1, 1, 0], k=1) == 1 / 3
+    assert topk_accuracy(logits, [1, 1, 0], k=2) == 2 / 3
+    a, b = np.array([0, 0, 1, 1]), np.array([0, 1, 1, 0])
+    assert change_f1(a, b, a, b) == 1.0
+    assert change_f1(a, a, a, b) == 0.0
+    z = np.random.default_rng(0).normal(size=(500, 8))
+    assert 7 < effective_rank(z) <= 8
+    assert effective_rank(np.outer(np.arange(100), np.ones(8))) < 1.01

@@ -1,0 +1,260 @@
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import geoarray
+from geoarray.checkpoint import read_metadata
+from geoarray.datasets import synthetic_cube
+from geoarray.errors import ModelError, TrainError
+from geoarray.metrics import confusion_matrix, scores
+
+SMALL = {"model": "unet", "model_kwargs": {"width": 16, "depth": 3}, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def cube():
+    return synthetic_cube(size=256, n_times=3, seed=0, chunks=128)
+
+
+@pytest.fixture(scope="module")
+def trained(cube, tmp_path_factory):
+    d = tmp_path_factory.mktemp("fit")
+    out = geoarray.fit(
+        cube,
+        task="segmentation",
+        chip_size=64,
+        stride=32,
+        epochs=12,
+        batch_size=16,
+        lr=3e-3,
+        warmup_epochs=0.5,
+        out=str(d / "unet.safetensors"),
+        log_dir=str(d / "log"),
+        seed=0,
+        **SMALL,
+    )
+    return out, d
+
+
+def test_unet_reaches_iou_on_held_out_block_and_predict_writes_it_back(cube, trained, tmp_path):
+    ckpt, d = trained
+    meta = read_metadata(ckpt)
+    assert meta["task"] == "segmentation" and meta["input"]["bands"] == list(cube.band.values)
+    assert meta["training"]["epoch"] >= 1 and meta["training"]["best_metric"] > 0.8
+    store = tmp_path / "c.zarr"
+    geoarray.write_cube(cube, store)
+    out = geoarray.predict(geoarray.open_cube(store), ckpt, store=store)
+    # IoU on the held-out spatial tiles, computed from the cube itself
+    from geoarray.chips import plan_chips
+
+    plan = plan_chips(cube, chip_size=64, stride=32, val_fraction=0.2, seed=0)
+    held = np.zeros((cube.sizes["y"], cube.sizes["x"]), bool)
+    for i in plan.val_tiles:
+        t = plan.tiles[i]
+        held[t.y0 : t.y1, t.x0 : t.x1] = True
+    truth = out.labels.where(out.valid & held, 255).astype("uint8")
+    pred = out["mask"].where(held, 255)
+    s = scores(confusion_matrix(pred, truth, 5, ignore_index=255), cube.labels.attrs["classes"])
+    assert s["mean_iou"] >= 0.9, s["iou"]
+    rows = list(csv.DictReader(open(d / "log" / "metrics.csv")))
+    assert len(rows) == 12 and float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+
+
+def test_training_is_deterministic_with_a_seed(cube, tmp_path):
+    kw = dict(
+        task="segmentation", chip_size=64, epochs=1, batch_size=8, lr=1e-3, seed=3, steps_per_epoch=3, **SMALL
+    )
+    a = geoarray.fit(cube, out=str(tmp_path / "a.safetensors"), **kw)
+    b = geoarray.fit(cube, out=str(tmp_path / "b.safetensors"), **kw)
+    from safetensors.numpy import load_file
+
+    wa, wb = load_file(str(a)), load_file(str(b))
+    assert all(np.array_equal(wa[k], wb[k]) for k in wa)
+
+
+def test_resume_continues_from_the_saved_epoch(cube, tmp_path):
+    kw = dict(task="segmentation", chip_size=64, batch_size=8, lr=1e-3, steps_per_epoch=2, **SMALL)
+    out = tmp_path / "m.safetensors"
+    geoarray.fit(cube, epochs=2, out=str(out), log_dir=str(tmp_path / "l1"), **kw)
+    assert (tmp_path / "m.safetensors.train-state.safetensors").exists()
+    geoarray.fit(cube, epochs=4, out=str(out), resume=str(out), log_dir=str(tmp_path / "l2"), **kw)
+    rows = list(csv.DictReader(open(tmp_path / "l2" / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [3, 4]
+
+
+def test_multilabel_sigmoid_segmentation_trains(tmp_path):
+    c = synthetic_cube(size=128, n_times=1, seed=1, bands=[f"b{i}" for i in range(12)], chunks=64)
+    lab = c.labels.isel(time=0)
+    classes = ["water", "forest", "field", "urban"]
+    masks = np.stack([(lab.values == k) | ((k == 3) & (lab.values == 4)) for k in range(4)]).astype("uint8")
+    c["labels"] = xr.DataArray(
+        masks, dims=("class", "y", "x"), coords={"class": classes}, attrs={"classes": classes, "nodata": 255}
+    )
+    out = geoarray.fit(
+        c,
+        task="segmentation",
+        loss="bce_dice",
+        chip_size=32,
+        stride=16,
+        epochs=8,
+        batch_size=16,
+        lr=3e-3,
+        out=str(tmp_path / "ml.safetensors"),
+        log_dir=str(tmp_path / "log"),
+        **SMALL,
+    )
+    meta = read_metadata(out)
+    assert meta["output"]["kind"] == "multilabel" and meta["output"]["classes"] == classes
+    rows = list(csv.DictReader(open(tmp_path / "log" / "metrics.csv")))
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    assert float(rows[-1]["val_iou"]) > 0.6
+    pred = geoarray.predict(c, out)
+    assert pred["mask"].dims == ("time", "class", "y", "x")
+
+
+def test_pixel_time_series_classification_trains(tmp_path):
+    c = synthetic_cube(size=96, n_times=4, seed=2, chunks=48)
+    out = geoarray.fit(
+        c,
+        task="pixel_classification",
+        model="pixel_cnn",
+        model_kwargs={"width": 32},
+        chip_size=24,
+        epochs=4,
+        batch_size=256,
+        lr=3e-3,
+        loss="focal",
+        pixels_per_chip=128,
+        out=str(tmp_path / "px.safetensors"),
+        log_dir=str(tmp_path / "log"),
+        progress=False,
+    )
+    rows = list(csv.DictReader(open(tmp_path / "log" / "metrics.csv")))
+    assert float(rows[-1]["val_accuracy"]) > 0.7
+    pred = geoarray.predict(c.chunk(time=-1), out)
+    assert pred["mask"].dims == ("y", "x")
+
+
+def test_chip_classification_with_region_labels(tmp_path):
+    c = synthetic_cube(size=128, n_times=2, seed=3, chunks=64)
+    east = c.x > c.x[64]
+    c["imagery"] = c.imagery + 0.3 * east  # the two regions differ
+    lon = c.x.values
+    from pyproj import Transformer
+
+    tr = Transformer.from_crs(c.rio.crs, "EPSG:4326", always_xy=True)
+    x0, x1, xm = float(lon[0]) - 5, float(lon[-1]) + 5, float(lon[64])
+    y0, y1 = float(c.y.values[-1]) - 5, float(c.y.values[0]) + 5
+
+    def poly(xa, xb):
+        ring = [tr.transform(x, y) for x, y in ((xa, y0), (xb, y0), (xb, y1), (xa, y1), (xa, y0))]
+        return {"type": "Polygon", "coordinates": [ring]}
+
+    gj = {
+        "type": "FeatureCollection",
+        "features": [
+            {"type": "Feature", "properties": {"country": "west"}, "geometry": poly(x0, xm)},
+            {"type": "Feature", "properties": {"country": "east"}, "geometry": poly(xm, x1)},
+        ],
+    }
+    (tmp_path / "regions.geojson").write_text(json.dumps(gj))
+    out = geoarray.fit(
+        c,
+        task="classification",
+        model="resnet18",
+        model_kwargs={"width": 8},
+        chip_size=32,
+        stride=8,
+        epochs=6,
+        batch_size=16,
+        lr=1e-3,
+        regions=str(tmp_path / "regions.geojson"),
+        region_property="country",
+        out=str(tmp_path / "cls.safetensors"),
+        log_dir=str(tmp_path / "log"),
+        progress=False,
+    )
+    meta = read_metadata(out)
+    assert meta["output"]["classes"] == ["east", "west"]
+    rows = list(csv.DictReader(open(tmp_path / "log" / "metrics.csv")))
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    assert max(float(r["val_accuracy"]) for r in rows) >= 0.75
+
+
+# -- bad input ---------------------------------------------------------------------------------------------
+def test_missing_labels(cube, tmp_path):
+    with pytest.raises(TrainError, match=r"needs labels, but the cube has no 'labels'.*read_labels"):
+        geoarray.fit(
+            cube.drop_vars("labels"), task="segmentation", out=str(tmp_path / "x.safetensors"), **SMALL
+        )
+
+
+def test_labels_on_another_grid(cube, tmp_path):
+    bad = cube.drop_vars("labels").assign(labels=(("row", "col"), np.zeros((10, 10), "uint8")))
+    with pytest.raises(TrainError, match="labels are on another grid"):
+        geoarray.fit(bad, task="segmentation", out=str(tmp_path / "x.safetensors"), **SMALL)
+
+
+def test_class_count_mismatch(cube, tmp_path):
+    with pytest.raises(TrainError, match=r"num_classes=3 but the labels have 5 classes"):
+        geoarray.fit(
+            cube,
+            task="segmentation",
+            model="unet",
+            model_kwargs={"num_classes": 3, "width": 4},
+            out=str(tmp_path / "x.safetensors"),
+            progress=False,
+        )
+
+
+def test_chip_problems(cube, tmp_path):
+    with pytest.raises(TrainError, match="does not fit the cube"):
+        geoarray.fit(cube, task="segmentation", chip_size=512, out=str(tmp_path / "x.safetensors"), **SMALL)
+    with pytest.raises(TrainError, match="not a multiple of the model stride 4"):
+        geoarray.fit(cube, task="segmentation", chip_size=30, out=str(tmp_path / "x.safetensors"), **SMALL)
+    with pytest.raises(TrainError, match="leaves no training tiles"):
+        geoarray.fit(
+            cube,
+            task="segmentation",
+            chip_size=64,
+            val_fraction=0.95,
+            out=str(tmp_path / "x.safetensors"),
+            **SMALL,
+        )
+    with pytest.raises(TrainError, match="filtered out.*min_positive"):
+        geoarray.fit(
+            cube,
+            task="segmentation",
+            chip_size=64,
+            min_positive=10**6,
+            out=str(tmp_path / "x.safetensors"),
+            **SMALL,
+        )
+    with pytest.raises(ModelError, match="unknown model"):
+        geoarray.fit(
+            cube, task="segmentation", model="nope", out=str(tmp_path / "x.safetensors"), progress=False
+        )
+    with pytest.raises(TrainError, match="unknown option"):
+        geoarray.fit(cube, task="segmentation", chipsize=64)
+
+
+def test_nan_loss_stops_with_epoch_and_step_and_saves_nothing(cube, tmp_path):
+    out = tmp_path / "nan.safetensors"
+    with pytest.raises(TrainError, match=r"the loss became (nan|inf) at epoch 1, step \d+"):
+        geoarray.fit(
+            cube,
+            task="segmentation",
+            chip_size=64,
+            epochs=2,
+            batch_size=8,
+            lr=1e30,
+            optimizer="sgd",
+            out=str(out),
+            **SMALL,
+        )
+    assert not out.exists()
