@@ -167,8 +167,6 @@ def run_ddp(
     A worker that dies, or a rank that fails, stops the run with a :class:`TrainError` naming it, instead of
     leaving the other ranks waiting.
     """
-    from distributed import wait
-
     workers = sorted(client.scheduler_info()["workers"])
     if not workers:
         raise TrainError("the Dask cluster has no workers; start some (e.g. geoarray.distributed.cluster()).")
@@ -200,10 +198,8 @@ def run_ddp(
     ]
     try:
         while True:
-            try:
-                done, pending = wait(futures, timeout=0.5, return_when="FIRST_COMPLETED")
-            except TimeoutError:
-                done, pending = set(), set(futures)
+            done = [f for f in futures if f.done()]
+            pending = [f for f in futures if not f.done()]
             for f in done:
                 if f.status == "error":
                     rank = futures.index(f)
@@ -223,7 +219,7 @@ def run_ddp(
                     "Check the workers' memory limits and logs, then run again (resume= continues from the "
                     "last epoch)."
                 )
-            time.sleep(0.1)
+            time.sleep(0.2)
         return [f.result() for f in futures]
     finally:
         for f in futures:

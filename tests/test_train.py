@@ -226,7 +226,7 @@ def test_chip_problems(cube, tmp_path):
             out=str(tmp_path / "x.safetensors"),
             **SMALL,
         )
-    with pytest.raises(TrainError, match="filtered out.*min_positive"):
+    with pytest.raises(TrainError, match=r"filtered out.*min_positive"):
         geoarray.fit(
             cube,
             task="segmentation",
