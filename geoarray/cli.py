@@ -234,27 +234,237 @@ def export(
     typer.echo(f"wrote {path}")
 
 
+def _parse_kv(items: list[str] | None) -> dict[str, Any]:
+    """``["width=16", "encoder=resnet18"]`` -> ``{"width": 16, "encoder": "resnet18"}`` (JSON values)."""
+    import json
+
+    from geoarray.errors import TrainError
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise TrainError(f"--model-kw {item!r}; expected name=value, e.g. --model-kw width=16.")
+        k, v = item.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+@app.command()
+@_friendly
+def fit(
+    store: Store,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint to write (.safetensors).")],
+    task: Annotated[
+        str, typer.Option(help="segmentation, classification or pixel_classification.")
+    ] = "segmentation",
+    model: Annotated[str, typer.Option(help="Registry model name (geoarray models).")] = "unet",
+    model_kw: Annotated[
+        list[str] | None, typer.Option("--model-kw", help="Model hparam name=value (repeat).")
+    ] = None,
+    labels: Annotated[str, typer.Option(help="Label variable in the cube.")] = "labels",
+    bands: Annotated[str | None, typer.Option(help="Comma-separated bands (default: all).")] = None,
+    chip_size: Annotated[int, typer.Option(help="Chip size in pixels.")] = 64,
+    stride: Annotated[int | None, typer.Option(help="Grid step between chips (default: chip size).")] = None,
+    epochs: Annotated[int, typer.Option(help="Epochs.")] = 10,
+    batch_size: Annotated[int, typer.Option(help="Chips per batch.")] = 16,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-3,
+    loss: Annotated[str | None, typer.Option(help="ce, focal, bce or bce_dice (default by task).")] = None,
+    val_fraction: Annotated[float, typer.Option(help="Fraction of tiles held out.")] = 0.2,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    precision: Annotated[str, typer.Option(help="32, bf16 or 16 (16 needs a GPU).")] = "32",
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    log_dir: Annotated[Path | None, typer.Option(help="Folder for metrics.csv (and TensorBoard).")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue from this checkpoint's last epoch.")] = None,
+    workers: Annotated[int, typer.Option(help="DDP ranks on a local Dask cluster (0: one process).")] = 0,
+    scheduler: Annotated[str | None, typer.Option(help="Address of a Dask scheduler for DDP.")] = None,
+    regions: Annotated[
+        Path | None, typer.Option(help="GeoJSON of chip-label regions (classification).")
+    ] = None,
+    region_property: Annotated[str | None, typer.Option(help="Property holding the region label.")] = None,
+) -> None:
+    """Train a model on a cube and write the best epoch as a self-describing checkpoint."""
+    from geoarray.cube import open_cube
+    from geoarray.train import fit as run_fit
+
+    cube = open_cube(store)
+    opts: dict[str, Any] = dict(
+        model=model,
+        model_kwargs=_parse_kv(model_kw),
+        labels=labels,
+        bands=bands.split(",") if bands else None,
+        chip_size=chip_size,
+        stride=stride,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        loss=loss,
+        val_fraction=val_fraction,
+        seed=seed,
+        precision=precision,
+        device=device,
+        out=str(output),
+        log_dir=str(log_dir) if log_dir else None,
+        resume=str(resume) if resume else None,
+        regions=str(regions) if regions else None,
+        region_property=region_property,
+    )
+    t0 = time.perf_counter()
+    if workers or scheduler:
+        from geoarray.distributed import cluster
+
+        with cluster(scheduler, n_workers=workers or None) as client:
+            path = run_fit(cube, task=task, client=client, **opts)
+    else:
+        path = run_fit(cube, task=task, **opts)
+    from geoarray.checkpoint import read_metadata
+
+    tr = read_metadata(path)["training"]
+    typer.echo(
+        f"wrote {path} (best epoch {tr['epoch']}, score {tr['best_metric']:.4f}) in {time.perf_counter() - t0:.1f} s"
+    )
+
+
+def _score_table(s: dict[str, Any]) -> str:
+    lines = [
+        f"{'class':<18s} {'IoU':>6s} {'Dice':>6s} {'prec':>6s} {'recall':>6s} {'F1':>6s} {'support':>9s}"
+    ]
+    for c in s["iou"]:
+        vals = [s[k][c] for k in ("iou", "dice", "precision", "recall", "f1")]
+        cells = " ".join(f"{v:6.3f}" if v is not None else f"{'-':>6s}" for v in vals)
+        lines.append(f"{c:<18s} {cells} {s['support'][c]:9d}")
+    lines.append(
+        f"{'mean':<18s} {s['mean_iou']:6.3f} {s['mean_dice']:6.3f} {'':6s} {'':6s} {s['mean_f1']:6.3f}"
+    )
+    lines.append(f"overall accuracy {s['accuracy']:.4f}")
+    return "\n".join(lines)
+
+
+@app.command()
+@_friendly
+def evaluate(
+    store: Store,
+    pred: Annotated[str, typer.Option(help="Predicted class variable.")] = "mask",
+    truth: Annotated[str, typer.Option(help="Truth variable.")] = "labels",
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the scores as JSON here.")] = None,
+) -> None:
+    """Score a predicted mask against the truth: per-class IoU, Dice, precision, recall, F1."""
+    import json
+
+    import xarray as xr
+
+    from geoarray.cube import open_cube
+    from geoarray.errors import CubeError
+    from geoarray.metrics import confusion_matrix, scores
+
+    ds = open_cube(store)
+    for v in (pred, truth):
+        if v not in ds.data_vars:
+            raise CubeError(f"no variable {v!r} in {store}; it has {sorted(map(str, ds.data_vars))}.")
+    p, t = ds[pred], ds[truth]
+    classes = [str(c) for c in (t.attrs.get("classes") or p.attrs.get("classes") or [])]
+    nodata = int(t.attrs.get("nodata", 255))
+    t = t.broadcast_like(p) if set(p.dims) - set(t.dims) else t
+    if "valid" in ds.data_vars and "time" in p.dims:
+        t = t.where(ds["valid"], nodata)
+    p = p.where(p != int(p.attrs.get("nodata", 255)), nodata)
+    if not classes:
+        classes = [str(i) for i in range(int(xr.DataArray(t).where(t != nodata).max()) + 1)]
+    s = scores(confusion_matrix(p, t, len(classes), ignore_index=nodata), classes)
+    typer.echo(_score_table(s))
+    if json_out:
+        json_out.write_text(json.dumps(s, indent=2))
+        typer.echo(f"wrote {json_out}")
+
+
 @app.command()
 @_friendly
 def demo(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the demo's cube and pictures.")] = Path(
-        "geoarray-demo"
-    ),
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder for the demo's cube, checkpoint and pictures.")
+    ] = Path("geoarray-demo"),
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 15,
 ) -> None:
-    """Run the main job on the embedded sample: build the cube and write it to Zarr."""
-    from geoarray.cube import cube_summary, open_cube, write_cube
+    """The main job on the embedded sample: cube -> Zarr -> fit a UNet -> predict back into Zarr -> IoU + PNGs."""
+    import numpy as np
+
+    from geoarray import plot
+    from geoarray.chips import plan_chips
+    from geoarray.cube import open_cube, write_cube
     from geoarray.datasets import sample_cube
+    from geoarray.metrics import confusion_matrix, scores
+    from geoarray.predict import predict as run_predict
+    from geoarray.train import fit as run_fit
 
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     store = out / "sample.zarr"
-    typer.echo("building the sample cube (real Landsat-7 ETM+ scene + planted change) ...")
-    ds = sample_cube()
-    write_cube(ds, store, mode="w", progress=True)
+    typer.echo("1/4 building the sample cube (real Landsat-7 ETM+ scene, planted change) -> " + str(store))
+    write_cube(sample_cube(), store, mode="w")
     cube = open_cube(store)
-    typer.echo(f"store            : {store}")
-    typer.echo(cube_summary(cube))
+    typer.echo(cube_summary_short(cube))
+
+    typer.echo(f"2/4 training a small UNet ({epochs} epochs, 64 px chips, spatial-block validation)")
+    opts = dict(
+        model="unet",
+        model_kwargs={"width": 16, "depth": 3},
+        chip_size=64,
+        stride=32,
+        epochs=epochs,
+        batch_size=16,
+        lr=3e-3,
+        warmup_epochs=0.5,
+        seed=0,
+        log_dir=str(out / "log"),
+        class_weights="balanced",
+    )
+    ckpt = run_fit(cube, task="segmentation", out=str(out / "unet.safetensors"), **opts)
+    typer.echo(f"    checkpoint: {ckpt}")
+
+    typer.echo("3/4 predicting blockwise back into the Zarr store")
+    for v in ("probabilities", "mask", "class"):
+        if (store / v).exists():
+            import shutil
+
+            shutil.rmtree(store / v)
+    res = run_predict(cube, ckpt, store=store, progress=True)
+
+    typer.echo("4/4 scoring and drawing")
+    classes = list(res.labels.attrs["classes"])
+    plan = plan_chips(cube, chip_size=64, stride=32, val_fraction=0.2, seed=0)
+    held = np.zeros((cube.sizes["y"], cube.sizes["x"]), bool)
+    for i in plan.val_tiles:
+        t = plan.tiles[i]
+        held[t.y0 : t.y1, t.x0 : t.x1] = True
+    truth = res.labels.where(res.valid, 255)
+    s_all = scores(confusion_matrix(res["mask"], truth, len(classes), ignore_index=255), classes)
+    s_held = scores(
+        confusion_matrix(res["mask"].where(held, 255), truth, len(classes), ignore_index=255), classes
+    )
+    typer.echo("held-out tiles (never seen in training):")
+    typer.echo(_score_table(s_held))
+    typer.echo(f"whole scene: mean IoU {s_all['mean_iou']:.3f}, accuracy {s_all['accuracy']:.3f}")
+    last = res.isel(time=-1)
+    rgb = plot.false_color(last.imagery, bands=["B3", "B2", "B1"])
+    png = plot.overlay(
+        rgb,
+        {"truth": last.labels.values, "prediction": last["mask"].values},
+        classes,
+        out / "overlay.png",
+        title=f"last date, mean IoU on held-out tiles {s_held['mean_iou']:.2f}",
+    )
+    plot.curves(
+        out / "log" / "metrics.csv", out / "curves.png", keys=["train_loss", "val_loss", "val_mean_iou"]
+    )
+    typer.echo(f"wrote {png} and {out / 'curves.png'}")
     typer.echo(f"done in {time.perf_counter() - t0:.1f} s")
+
+
+def cube_summary_short(ds: Any) -> str:
+    dates = [str(t)[:10] for t in ds["time"].values]
+    return f"    {dict(ds.imagery.sizes)} bands {list(map(str, ds.band.values))} {ds.rio.crs} dates {dates[0]}..{dates[-1]}"
 
 
 def main() -> None:  # pragma: no cover

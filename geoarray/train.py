@@ -52,6 +52,7 @@ class FitConfig:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     loss: str | None = None
     multilabel: bool = False
+    class_weights: Literal["balanced"] | list[float] | None = None
     optimizer: Literal["adamw", "sgd"] = "adamw"
     weight_decay: float = 1e-4
     schedule: Literal["cosine", "step", "plateau", "constant"] = "cosine"
@@ -248,6 +249,8 @@ def prepare(cube: xr.Dataset, cfg: FitConfig) -> Setup:
             )
         mk["num_classes"] = len(classes)
     task.classes = classes
+    if cfg.class_weights is not None:
+        task.class_weights = _class_weights(cfg.class_weights, lab, classes)
     log.info("%s", plan.summary())
 
     from geoarray._preprocess import band_stats
@@ -259,6 +262,25 @@ def prepare(cube: xr.Dataset, cfg: FitConfig) -> Setup:
         ).encode()
     ).hexdigest()[:16]
     return Setup(bands, classes, mean, std, plan, task, mk, stream_kind, ident)
+
+
+def _class_weights(spec: Any, lab: xr.DataArray | None, classes: list[str]) -> list[float]:
+    """Explicit weights, or "balanced": inverse square root of each class's pixel frequency, mean 1."""
+    if spec != "balanced":
+        w = [float(v) for v in spec]
+        if len(w) != len(classes):
+            raise TrainError(f"class_weights has {len(w)} values for {len(classes)} classes {classes}.")
+        return w
+    if lab is None or "class" in lab.dims:
+        raise TrainError("class_weights='balanced' needs single-label class ids in the labels.")
+    from geoarray.metrics import confusion_matrix
+
+    k = len(classes)
+    counts = np.diag(confusion_matrix(lab, lab, k)).astype(
+        np.float64
+    )  # per-class pixel counts, one dask pass
+    inv = np.where(counts > 0, 1.0 / np.sqrt(np.maximum(counts, 1.0)), 0.0)
+    return [float(v) for v in inv / inv[counts > 0].mean()]
 
 
 class MetricsLog:

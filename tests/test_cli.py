@@ -70,11 +70,55 @@ def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, stac_catalog):
     assert not (tmp_path / "x.zarr").exists()
 
 
-def test_demo_writes_the_sample_cube(tmp_path):
-    r = runner.invoke(app, ["demo", "-o", str(tmp_path / "demo")])
+def test_demo_runs_the_whole_pipeline(tmp_path):
+    r = runner.invoke(app, ["demo", "-o", str(tmp_path / "demo"), "--epochs", "2"])
     assert r.exit_code == 0, r.output
     ds = geoarray.open_cube(tmp_path / "demo" / "sample.zarr")
     assert ds.imagery.shape == (4, 6, 352, 349)
+    assert ds["mask"].dims == ("time", "y", "x") and ds.probabilities.sizes["class"] == 4
+    assert "held-out tiles" in r.output and "mean" in r.output
+    for f in ("overlay.png", "curves.png", "unet.safetensors", "log/metrics.csv"):
+        assert (tmp_path / "demo" / f).stat().st_size > 0
+
+
+def test_fit_and_evaluate(tmp_path):
+    import json
+
+    from geoarray.datasets import synthetic_cube
+
+    store = tmp_path / "c.zarr"
+    geoarray.write_cube(synthetic_cube(size=128, n_times=2, seed=0), store)
+    ckpt = tmp_path / "m.safetensors"
+    r = runner.invoke(
+        app,
+        [
+            "fit",
+            str(store),
+            "-o",
+            str(ckpt),
+            "--model-kw",
+            "width=8",
+            "--model-kw",
+            "depth=3",
+            "--chip-size",
+            "32",
+            "--epochs",
+            "2",
+            "--log-dir",
+            str(tmp_path / "log"),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert "best epoch" in r.output and ckpt.exists()
+    r = runner.invoke(app, ["predict", str(store), "--ckpt", str(ckpt)])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["evaluate", str(store), "--json", str(tmp_path / "s.json")])
+    assert r.exit_code == 0, r.output
+    assert "water" in r.output and "overall accuracy" in r.output
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert 0 <= s["mean_iou"] <= 1 and set(s["iou"]) == {"water", "forest", "field", "urban", "new_building"}
+    r = runner.invoke(app, ["fit", str(store), "-o", str(ckpt), "--model-kw", "width"])
+    assert r.exit_code == 2 and "name=value" in r.output
 
 
 def test_predict_and_export(tmp_path):

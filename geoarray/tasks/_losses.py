@@ -8,13 +8,17 @@ from torch.nn import functional as F
 IGNORE = -100
 
 
-def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits, target, ignore_index=IGNORE)
+def cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    return F.cross_entropy(logits, target, weight=weight, ignore_index=IGNORE)
 
 
-def focal(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+def focal(
+    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None, gamma: float = 2.0
+) -> torch.Tensor:
     """Multi-class focal loss (Lin et al.), mean over non-ignored samples (seed 001's Focal Loss option)."""
-    ce = F.cross_entropy(logits, target, ignore_index=IGNORE, reduction="none")
+    ce = F.cross_entropy(logits, target, weight=weight, ignore_index=IGNORE, reduction="none")
     keep = target != IGNORE
     if not keep.any():
         return logits.sum() * 0
@@ -22,7 +26,7 @@ def focal(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> tor
     return ((1 - pt) ** gamma * ce[keep]).mean()
 
 
-def bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def bce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """BCE-with-logits over independent classes; ``target`` holds 0/1 or -100 per class and pixel."""
     keep = target != IGNORE
     if not keep.any():
@@ -41,7 +45,7 @@ def soft_dice(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> t
     return 1 - ((2 * inter + eps) / (denom + eps)).mean()
 
 
-def bce_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def bce_dice(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     return bce(logits, target) + soft_dice(logits, target)
 
 

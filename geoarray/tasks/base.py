@@ -30,6 +30,7 @@ class Task:
         if not multilabel and self.loss_name in ("bce", "bce_dice"):
             raise TrainError(f"loss={self.loss_name!r} needs multi-label targets; use 'ce' or 'focal'.")
         self.classes: list[str] = []
+        self.class_weights: list[float] | None = None
 
     def kind_for(self, model: Any) -> str:
         return str(getattr(model, "input_kind", "image"))
@@ -44,7 +45,10 @@ class Task:
 
     def loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         fn = _losses.LOSSES[self.loss_name]
-        return fn(*self._flat(logits, batch.y))
+        w = None
+        if self.class_weights is not None and self.loss_name in ("ce", "focal"):
+            w = torch.as_tensor(self.class_weights, dtype=logits.dtype, device=logits.device)
+        return fn(*self._flat(logits, batch.y), weight=w)
 
     def _flat(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if logits.ndim == 5:  # (B, T, K, H, W) per-frame outputs

@@ -1,0 +1,176 @@
+"""Pictures: false colour (bands or PCA of features), overlays, per-class masks, training curves,
+cross-correlation matrices. Everything writes a PNG with matplotlib's Agg backend and returns its path."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["class_masks", "cross_correlation", "curves", "false_color", "overlay", "pca_rgb"]
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _stretch(rgb: np.ndarray, lo: float = 2, hi: float = 98) -> np.ndarray:
+    out = np.zeros_like(rgb, dtype=np.float32)
+    for i in range(rgb.shape[-1]):
+        ch = rgb[..., i].astype(np.float32)
+        finite = ch[np.isfinite(ch)]
+        if finite.size == 0:
+            continue
+        a, b = np.percentile(finite, [lo, hi])
+        out[..., i] = np.clip((ch - a) / max(b - a, 1e-12), 0, 1)
+    return np.nan_to_num(out)
+
+
+def false_color(da: Any, bands: Sequence[str] | None = None) -> np.ndarray:
+    """``(y, x, 3)`` RGB in [0, 1] from a ``(band, y, x)`` DataArray: the named bands, or PCA of all bands."""
+    if bands is not None:
+        return _stretch(np.stack([np.asarray(da.sel(band=b).values) for b in bands], -1))
+    return pca_rgb(np.asarray(da.values))
+
+
+def pca_rgb(features: np.ndarray) -> np.ndarray:
+    """First three principal components of ``(channels, y, x)`` features as an RGB image (seed 001's maps)."""
+    c, h, w = features.shape
+    x = features.reshape(c, -1).T.astype(np.float64)
+    ok = np.isfinite(x).all(1)
+    rgb = np.zeros((h * w, 3))
+    if ok.sum() > 3:
+        z = x[ok] - x[ok].mean(0)
+        _, _, vt = np.linalg.svd(z, full_matrices=False)
+        comps = z @ vt[: min(3, vt.shape[0])].T
+        rgb[ok, : comps.shape[1]] = comps
+    rgb[~ok] = np.nan
+    return _stretch(rgb.reshape(h, w, 3))
+
+
+def _class_cmap(n: int) -> Any:
+    from matplotlib.colors import ListedColormap
+
+    base = np.array(
+        [
+            [0.12, 0.47, 0.71],
+            [0.17, 0.63, 0.17],
+            [0.84, 0.15, 0.16],
+            [1.0, 0.5, 0.05],
+            [0.58, 0.4, 0.74],
+            [0.55, 0.34, 0.29],
+            [0.89, 0.47, 0.76],
+            [0.5, 0.5, 0.5],
+            [0.74, 0.74, 0.13],
+            [0.09, 0.75, 0.81],
+        ]
+    )
+    return ListedColormap(base[np.arange(n) % len(base)])
+
+
+def overlay(
+    rgb: np.ndarray,
+    masks: dict[str, np.ndarray],
+    classes: Sequence[str],
+    path: str | Path,
+    *,
+    nodata: int = 255,
+    title: str = "",
+) -> Path:
+    """Side-by-side panels: the image, then each class map (truth, prediction, ...) blended over it."""
+    plt = _plt()
+    n = 1 + len(masks)
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4.6), constrained_layout=True)
+    axes = np.atleast_1d(axes)
+    axes[0].imshow(rgb)
+    axes[0].set_title("image")
+    cmap = _class_cmap(len(classes))
+    for ax, (name, m) in zip(axes[1:], masks.items(), strict=True):
+        ax.imshow(rgb)
+        shown = np.ma.masked_where(np.asarray(m) == nodata, np.asarray(m))
+        ax.imshow(shown, cmap=cmap, vmin=-0.5, vmax=len(classes) - 0.5, alpha=0.6, interpolation="nearest")
+        ax.set_title(name)
+    for ax in axes:
+        ax.set_axis_off()
+    handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(i)) for i in range(len(classes))]
+    fig.legend(
+        handles,
+        list(classes),
+        loc="lower center",
+        ncol=min(len(classes), 6),
+        frameon=False,
+        bbox_to_anchor=(0.5, -0.06),
+    )
+    if title:
+        fig.suptitle(title)
+    out = Path(path)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
+def class_masks(mask: np.ndarray, classes: Sequence[str], path: str | Path, *, nodata: int = 255) -> Path:
+    """One binary panel per class (seed 004's individual segmentation masks)."""
+    plt = _plt()
+    n = len(classes)
+    cols = min(n, 5)
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False, constrained_layout=True)
+    m = np.asarray(mask)
+    for i, ax in enumerate(axes.ravel()):
+        ax.set_axis_off()
+        if i < n:
+            ax.imshow(np.where(m == nodata, np.nan, (m == i).astype(float)), cmap="gray", vmin=0, vmax=1)
+            ax.set_title(str(classes[i]))
+    out = Path(path)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def curves(
+    metrics: str | Path | list[dict[str, Any]], path: str | Path, *, keys: Sequence[str] | None = None
+) -> Path:
+    """Training curves from ``metrics.csv`` (or rows): losses on the left, validation scores on the right."""
+    plt = _plt()
+    rows = list(csv.DictReader(open(metrics))) if isinstance(metrics, (str, Path)) else list(metrics)
+    epochs = [int(r["epoch"]) for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
+    names = keys or [k for k in rows[0] if k not in ("epoch", "lr", "seconds")]
+    for k in names:
+        vals = [float(r[k]) if r.get(k) not in (None, "") else np.nan for r in rows]
+        (a if "loss" in k else b).plot(epochs, vals, marker="o", label=k)
+    for ax, t in ((a, "loss"), (b, "validation")):
+        ax.set_xlabel("epoch")
+        ax.set_title(t)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend()
+    out = Path(path)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def cross_correlation(z1: np.ndarray, z2: np.ndarray, path: str | Path) -> Path:
+    """The normalised cross-correlation matrix of two embedding batches (Barlow Twins' diagnostic)."""
+    plt = _plt()
+    a = (z1 - z1.mean(0)) / (z1.std(0) + 1e-8)
+    b = (z2 - z2.mean(0)) / (z2.std(0) + 1e-8)
+    c = a.T @ b / len(a)
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    im = ax.imshow(c, cmap="RdBu_r", vmin=-1, vmax=1)
+    fig.colorbar(im, ax=ax)
+    ax.set_title("cross-correlation")
+    out = Path(path)
+    fig.savefig(out, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return out
