@@ -27,8 +27,17 @@ from geoarray.chips import ChipStream, plan_chips
 def geoarray_epoch(cube, mode: str) -> tuple[int, float]:
     plan = plan_chips(cube, chip_size=256, mode=mode, n_random=16, val_fraction=0.0)
     n = cube.sizes["band"]
-    s = ChipStream(cube, plan.train, plan, bands=list(cube.band.values), mean=[0.0] * n, std=[1.0] * n,
-                   batch_size=16, shuffle=True, readers=2)
+    s = ChipStream(
+        cube,
+        plan.train,
+        plan,
+        bands=list(cube.band.values),
+        mean=[0.0] * n,
+        std=[1.0] * n,
+        batch_size=16,
+        shuffle=True,
+        readers=2,
+    )
     t0 = time.perf_counter()
     count = sum(len(b.x) for b in s)
     return count, time.perf_counter() - t0
@@ -78,8 +87,17 @@ def step_fraction(cube) -> tuple[float, float]:
     opt = torch.optim.AdamW(model.parameters(), 1e-3)
     plan = plan_chips(cube, chip_size=128, val_fraction=0.0)
     n = cube.sizes["band"]
-    s = ChipStream(cube, plan.train, plan, bands=list(cube.band.values), mean=[3e4] * n, std=[1e4] * n,
-                   batch_size=16, labels=None, readers=2)
+    s = ChipStream(
+        cube,
+        plan.train,
+        plan,
+        bands=list(cube.band.values),
+        mean=[3e4] * n,
+        std=[1e4] * n,
+        batch_size=16,
+        labels=None,
+        readers=2,
+    )
 
     def step(x):
         opt.zero_grad()
@@ -108,7 +126,9 @@ def main() -> None:
     ap.add_argument("--times", type=int, default=2)
     args = ap.parse_args()
     wd = workdir("b2")
-    store = make_store(wd / f"u16_{args.size}.zarr", times=args.times, size=args.size, bands=8, dtype="uint16")
+    store = make_store(
+        wd / f"u16_{args.size}.zarr", times=args.times, size=args.size, bands=8, dtype="uint16"
+    )
     cube = geoarray.open_cube(store)
     print(load_report())
     print(f"cube {args.times}x8x{args.size}² uint16, 512² chunks; 256² patches, batch 16")
@@ -125,12 +145,16 @@ def main() -> None:
         xn, xt = xbatcher_epoch(cube, shuffle, limit=max(64, n))
         x = xn / xt
         results[mode] = (g, x)
-        print(f"  {mode:6s} geoarray {g:8.1f} patches/s   xbatcher {x:8.1f} patches/s   "
-              f"ratio {g / x:5.1f}x (target >= 3)   vs decode limit {g / limit:4.2f} (target >= 0.7)")
+        print(
+            f"  {mode:6s} geoarray {g:8.1f} patches/s   xbatcher {x:8.1f} patches/s   "
+            f"ratio {g / x:5.1f}x (target >= 3)   vs decode limit {g / limit:4.2f} (target >= 0.7)"
+        )
     real, synth = step_fraction(cube)
     frac = max(0.0, (real - synth) / real)
-    print(f"  UNet step: real loader {real:.2f} s, synthetic tensors {synth:.2f} s -> loader-bound {frac:.1%} "
-          "(target < 10%)")
+    print(
+        f"  UNet step: real loader {real:.2f} s, synthetic tensors {synth:.2f} s -> loader-bound {frac:.1%} "
+        "(target < 10%)"
+    )
 
 
 if __name__ == "__main__":

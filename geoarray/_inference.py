@@ -108,12 +108,12 @@ def _mark_invalid(outs: list[np.ndarray], invalid: np.ndarray, spec: dict[str, A
 
 
 def run_block(
-    neighbours: list[list[np.ndarray]], valid_nb: list[list[np.ndarray]] | None, spec: dict[str, Any]
+    neighbours: list[list[np.ndarray]] | None, valid_nb: list[list[np.ndarray]] | None, spec: dict[str, Any]
 ) -> tuple[np.ndarray, ...]:
     """Predict one output block from its input chunk neighbourhood.
 
     ``neighbours`` are the raw input chunks ``(T, C, y, x)`` around the block, ``valid_nb`` the matching
-    ``valid`` chunks (or None). The window is normalised and filled like the training stream does, the model
+    ``valid`` chunks (or None); or, with ``spec["direct"]``, the task reads its window from the store itself. The window is normalised and filled like the training stream does, the model
     runs, and the outputs named in ``spec["outputs"]`` come back cropped to the block.
     """
     import torch
@@ -121,8 +121,18 @@ def run_block(
     from geoarray._preprocess import normalize_fill
 
     mean, std, scale = spec["norm"]
-    vwin = assemble(valid_nb, spec["crop"]) if valid_nb is not None else None
-    window, ok = normalize_fill(assemble(neighbours, spec["crop"]), vwin, mean, std, scale)
+    direct = spec.get("direct")
+    if direct is not None:  # untouched store variables: read block + halo with zarr in this task
+        from geoarray._source import read
+
+        (t0, t1), (wy0, wy1, wx0, wx1) = direct["t"], direct["win"]
+        space = (slice(wy0, wy1), slice(wx0, wx1))
+        raw = read(*direct["img"], (slice(t0, t1), direct["bands"], *space))
+        vwin = read(*direct["valid"], (slice(t0, t1), *space)) if direct["valid"] else None
+    else:
+        raw = assemble(neighbours, spec["crop"])
+        vwin = assemble(valid_nb, spec["crop"]) if valid_nb is not None else None
+    window, ok = normalize_fill(raw, vwin, mean, std, scale)
     oy, ox, by, bx = spec["inner"]  # offset of the block inside the window, and its size
     valid = ok[..., oy : oy + by, ox : ox + bx]
     model = get_model(spec["path"], spec["sha256"], spec["device"])

@@ -23,6 +23,18 @@ def normalize_fill(
     shape[band_axis] = -1
     m = np.asarray(mean, dtype=np.float32).reshape(shape)
     s = np.asarray(std, dtype=np.float32).reshape(shape)
+    if isinstance(x, np.ndarray):  # in place on one float32 copy: this runs per block in the hot paths
+        z = x.astype(np.float32)
+        if scale != 1.0:
+            z *= np.float32(scale)
+        z -= m
+        z *= np.float32(1.0) / s
+        ok = np.isfinite(z).all(axis=band_axis)
+        if valid is not None:
+            ok &= valid.astype(bool)
+        if not ok.all():
+            np.moveaxis(z, band_axis, -1)[~ok] = 0
+        return z, ok
     z = (x.astype(np.float32) * np.float32(scale) - m) / s
     ok = np.isfinite(z).all(axis=band_axis)
     if valid is not None:

@@ -13,13 +13,13 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from geoarray._atomic import atomic_write
 from geoarray.errors import TrainError
 from geoarray.train import (
     FitConfig,
     MetricsLog,
     Setup,
     _device,
-    atomic_write,
     check_finite,
     lr_factor,
     seed_everything,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from geoarray._atomic import atomic_write
 from geoarray.errors import CheckpointError
 
 __all__ = [
@@ -188,16 +189,7 @@ def save_checkpoint(
         text = json.dumps(doc)
     except TypeError as e:
         raise CheckpointError(f"checkpoint metadata is not JSON-serialisable: {e}") from None
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        save_model(model, str(tmp), metadata={_KEY: text})
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return out
+    return atomic_write(path, lambda tmp: save_model(model, str(tmp), metadata={_KEY: text}))
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:

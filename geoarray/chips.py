@@ -75,6 +75,14 @@ class ChipPlan:
     times: list[tuple[int, ...]]
     dropped: dict[str, int] = field(default_factory=dict)
 
+    def val_mask(self, shape: tuple[int, int]) -> np.ndarray:
+        """Boolean ``(y, x)`` mask of the validation tiles: where held-out scores are computed."""
+        held = np.zeros(shape, dtype=bool)
+        for i in self.val_tiles:
+            t = self.tiles[i]
+            held[t.y0 : t.y1, t.x0 : t.x1] = True
+        return held
+
     def summary(self) -> str:
         return (
             f"{len(self.train)} training and {len(self.val)} validation chips of {self.chip_size}² from "
@@ -84,6 +92,13 @@ class ChipPlan:
 
 def _chunk_edges(chunks: tuple[int, ...]) -> np.ndarray:
     return np.cumsum((0, *chunks))
+
+
+def _take_times(a: np.ndarray, tpos: list[int]) -> np.ndarray:
+    """``a[tpos]`` as a view when the positions are a contiguous run (the usual case), a copy otherwise."""
+    if tpos == list(range(tpos[0], tpos[0] + len(tpos))):
+        return a[tpos[0] : tpos[0] + len(tpos)]
+    return a[tpos]
 
 
 def _time_sets(n: int, times: TimeSelection) -> list[tuple[int, ...]]:
@@ -479,6 +494,8 @@ class ChipStream:
         self._lab_dims = tuple(map(str, lab.dims)) if lab is not None else ()
         self._nodata = int(lab.attrs.get("nodata", -1)) if lab is not None else -1
         self.multilabel = "class" in self._lab_dims
+        present = [str(b) for b in cube["band"].values]
+        self._band_idx = [present.index(b) for b in self.bands]
         doy = cube["time"].to_index().dayofyear.to_numpy()
         self._doy = doy.astype(np.float32)
         by_block: dict[int, list[Window]] = defaultdict(list)
@@ -500,19 +517,38 @@ class ChipStream:
     def _read(self, bi: int) -> dict[str, Any]:
         import dask
 
+        from geoarray._source import read, source_of
+
         b = self.plan.blocks[bi]
         sl: dict[str, Any] = {"y": slice(b.y0, b.y1), "x": slice(b.x0, b.x1)}
         times = sorted({t for w in self._by_block[bi] for t in w.t})
-        parts = {"img": self.cube[self.var].sel(band=self.bands).isel(time=times, **sl).data}
+        vals: dict[str, Any] = {}
+        lazy: dict[str, Any] = {}
+        img = self.cube[self.var]
+        src = source_of(img)
+        if src is not None:  # straight from the store: one zarr read, no dask graph
+            vals["img"] = read(*src, (times, self._band_idx, sl["y"], sl["x"]))
+        else:
+            lazy["img"] = img.sel(band=self.bands).isel(time=times, **sl).data
         if "valid" in self.cube.data_vars:
-            parts["valid"] = self.cube["valid"].isel(time=times, **sl).data
+            v = self.cube["valid"]
+            vsrc = source_of(v)
+            if vsrc is not None:
+                vals["valid"] = read(*vsrc, (times, sl["y"], sl["x"]))
+            else:
+                lazy["valid"] = v.isel(time=times, **sl).data
         if self._lab_dims:
-            lab = self.cube[self.labels].isel(**sl)
-            if "time" in self._lab_dims:
-                lab = lab.isel(time=times)
-            parts["labels"] = lab.data
-        with dask.config.set(scheduler="synchronous"):
-            (vals,) = dask.compute(parts)
+            lab = self.cube[self.labels]
+            lsrc = source_of(lab)
+            idx = tuple(times if d == "time" else sl.get(d, slice(None)) for d in self._lab_dims)
+            if lsrc is not None:
+                vals["labels"] = read(*lsrc, idx)
+            else:
+                lazy["labels"] = lab.isel(dict(zip(self._lab_dims, idx, strict=True))).data
+        if lazy:
+            with dask.config.set(scheduler="synchronous"):
+                (computed,) = dask.compute(lazy)
+            vals.update(computed)
         with self._lock:
             self.reads += 1
         x, ok = normalize_fill(np.asarray(vals["img"]), vals.get("valid"), self.mean, self.std, self.scale)
@@ -521,9 +557,9 @@ class ChipStream:
     def _target(self, block: dict[str, Any], w: Window, ys: slice, xs: slice) -> np.ndarray:
         tpos = [block["times"].index(t) for t in w.t]
         lab = block["labels"]
-        ok = block["ok"][tpos][:, ys, xs]
+        ok = _take_times(block["ok"][:, ys, xs], tpos)
         if "time" in self._lab_dims:
-            lt = lab[tpos][..., ys, xs]
+            lt = _take_times(lab[..., ys, xs], tpos)
         else:
             lt = np.broadcast_to(lab[..., ys, xs], (len(tpos), *lab[..., ys, xs].shape))
         lt = lt.astype(np.int64)
@@ -539,7 +575,7 @@ class ChipStream:
         for w in self._by_block[block["bi"]]:
             ys, xs = slice(w.y - b.y0, w.y - b.y0 + w.size), slice(w.x - b.x0, w.x - b.x0 + w.size)
             tpos = [block["times"].index(t) for t in w.t]
-            x = block["x"][tpos][:, :, ys, xs]  # (T, C, h, w)
+            x = _take_times(block["x"][:, :, ys, xs], tpos)  # (T, C, h, w): a view into the block
             doy = self._doy[list(w.t)]
             if self.kind == "pixels":
                 out.extend(self._pixel_samples(block, w, x, ys, xs, doy, rng))
@@ -567,7 +603,7 @@ class ChipStream:
         rng: np.random.Generator,
     ) -> list[tuple[Any, ...]]:
         tpos = [block["times"].index(t) for t in w.t]
-        ok = block["ok"][tpos][:, ys, xs]  # (T, h, w)
+        ok = _take_times(block["ok"][:, ys, xs], tpos)  # (T, h, w)
         lab = block["labels"]
         lt = lab[..., ys, xs] if lab is not None else None
         if lt is not None and lt.ndim == 3:  # labels(time, y, x): a pixel series takes the last date's label

@@ -388,7 +388,6 @@ def demo(
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 15,
 ) -> None:
     """The main job on the embedded sample: cube -> Zarr -> fit a UNet -> predict back into Zarr -> IoU + PNGs."""
-    import numpy as np
 
     from geoarray import plot
     from geoarray.chips import plan_chips
@@ -434,10 +433,7 @@ def demo(
     typer.echo("4/4 scoring and drawing")
     classes = list(res.labels.attrs["classes"])
     plan = plan_chips(cube, chip_size=64, stride=32, val_fraction=0.2, seed=0)
-    held = np.zeros((cube.sizes["y"], cube.sizes["x"]), bool)
-    for i in plan.val_tiles:
-        t = plan.tiles[i]
-        held[t.y0 : t.y1, t.x0 : t.x1] = True
+    held = plan.val_mask((cube.sizes["y"], cube.sizes["x"]))
     truth = res.labels.where(res.valid, 255)
     s_all = scores(confusion_matrix(res["mask"], truth, len(classes), ignore_index=255), classes)
     s_held = scores(

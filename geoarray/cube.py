@@ -274,6 +274,9 @@ def open_cube(store: str | os.PathLike[str], *, var: str = "imagery", chunks: An
         validate_cube(ds, var=var)
     except CubeError as e:
         raise StoreError(f"the Zarr store {str(store)!r} is not a geoarray cube: {e}") from None
+    from geoarray._source import tag
+
+    tag(ds, str(Path(store).resolve()))
     return ds
 
 

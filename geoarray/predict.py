@@ -227,7 +227,8 @@ def predict(
         "batch_size": batch_size,
     }
     spec["norm"] = (in_spec["mean"], in_spec["std"], float(in_spec.get("scale", 1.0)))
-    arrays, blocks = _build_graph(data, valid, spec, h, run_times, dates)
+    direct = _direct_sources(cube, var, needed, present)
+    arrays, blocks = _build_graph(data, valid, spec, h, run_times, dates, direct=direct)
     new = _wrap(arrays, cube, wanted, spec, meta, prefix, Path(path).name)
     if store is None:
         return cube.assign(new)
@@ -235,6 +236,25 @@ def predict(
     from geoarray.cube import open_cube
 
     return open_cube(store, var=var)
+
+
+def _direct_sources(
+    cube: xr.Dataset, var: str, needed: list[str], present: list[str]
+) -> dict[str, Any] | None:
+    """Store locations when imagery (and valid) are untouched store variables: tasks then read their own windows."""
+    from geoarray._source import source_of
+
+    img = source_of(cube[var])
+    if img is None:
+        return None
+    valid = None
+    if "valid" in cube.data_vars:
+        valid = source_of(cube["valid"])
+        if valid is None:
+            return None
+    idx = [present.index(b) for b in needed]
+    bands: Any = slice(None) if idx == list(range(len(present))) else idx
+    return {"img": img, "valid": valid, "bands": bands}
 
 
 def _resolve_halo(halo: int | str, meta: dict[str, Any], stride: int, input_kind: str) -> int:
@@ -265,6 +285,8 @@ def _build_graph(
     h: int,
     run_times: np.ndarray,
     dates: np.ndarray,
+    *,
+    direct: dict[str, Any] | None = None,
 ) -> tuple[list[dsa.Array], list[tuple[Any, list[Any]]]]:
     """One task per output block; outputs are getitem views of it (one dask array per output).
 
@@ -274,7 +296,7 @@ def _build_graph(
     ybounds, xbounds = np.cumsum((0, *ych)), np.cumsum((0, *xch))
     ny, nx = int(ybounds[-1]), int(xbounds[-1])
     input_kind = spec["input_kind"]
-    name = "geoarray-predict-" + tokenize(x.name, valid.name if valid is not None else None, spec, h)
+    name = "geoarray-predict-" + tokenize(x.name, valid.name if valid is not None else None, spec, h, direct)
     dsk: dict[Any, Any] = {}
     tbounds = np.cumsum((0, *tch))
     for ti in range(len(tch)):
@@ -295,10 +317,14 @@ def _build_graph(
                     run_times=run_times[t0:t1].tolist(),
                     dates=dates[t0:t1].tolist(),
                 )
+                if direct is not None:
+                    block_spec["direct"] = dict(direct, t=(t0, t1), win=(wy0, wy1, wx0, wx1))
+                    dsk[(name, ti, yi, xi)] = (_inference.run_block, None, None, block_spec)
+                    continue
                 keys = [[(x.name, ti, 0, yj, xj) for xj in xs] for yj in ys]
                 vkeys = None if valid is None else [[(valid.name, ti, yj, xj) for xj in xs] for yj in ys]
                 dsk[(name, ti, yi, xi)] = (_inference.run_block, keys, vkeys, block_spec)
-    deps = [x] if valid is None else [x, valid]
+    deps = [] if direct is not None else [x] if valid is None else [x, valid]
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=deps)  # type: ignore[arg-type]
 
     arrays = []

@@ -11,8 +11,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -326,16 +324,6 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     if schedule == "step":
         return 0.1 ** int(3 * (step - warmup) / max(1, total - warmup))
     return 1.0
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def check_finite(loss: Any, epoch: int, step: int) -> None:

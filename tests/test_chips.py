@@ -145,3 +145,18 @@ def test_pixel_and_sequence_streams(cube):
     pix = next(iter(_stream(cube, plan, batch_size=50, kind="pixels", pixels_per_window=20)))
     assert pix.x.shape == (50, 3, 4) and pix.valid.shape == (50, 3) and pix.y.shape == (50,)
     assert pix.valid.any(1).all()
+
+
+def test_store_fast_path_gives_the_same_batches_as_dask(tmp_path):
+    c = synthetic_cube(size=(128, 128), n_times=2, seed=5)
+    geoarray.write_cube(c, tmp_path / "c.zarr", chunk=64)
+    fast = geoarray.open_cube(tmp_path / "c.zarr")
+    slow = fast.copy()
+    slow["imagery"] = slow.imagery + 0  # same values, but no longer the untouched store variable
+    plan = plan_chips(fast, chip_size=32, val_fraction=0.0)
+    a = list(_stream(fast, plan, batch_size=8, shuffle=False))
+    b = list(_stream(slow, plan, batch_size=8, shuffle=False))
+    assert len(a) == len(b) > 0
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x.x.numpy(), y.x.numpy())
+        np.testing.assert_array_equal(x.y.numpy(), y.y.numpy())

@@ -53,10 +53,7 @@ def test_unet_reaches_iou_on_held_out_block_and_predict_writes_it_back(cube, tra
     from geoarray.chips import plan_chips
 
     plan = plan_chips(cube, chip_size=64, stride=32, val_fraction=0.2, seed=0)
-    held = np.zeros((cube.sizes["y"], cube.sizes["x"]), bool)
-    for i in plan.val_tiles:
-        t = plan.tiles[i]
-        held[t.y0 : t.y1, t.x0 : t.x1] = True
+    held = plan.val_mask((cube.sizes["y"], cube.sizes["x"]))
     truth = out.labels.where(out.valid & held, 255).astype("uint8")
     pred = out["mask"].where(held, 255)
     s = scores(confusion_matrix(pred, truth, 5, ignore_index=255), cube.labels.attrs["classes"])

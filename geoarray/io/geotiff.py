@@ -23,6 +23,7 @@ from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 
+from geoarray._atomic import atomic_write
 from geoarray.cube import DEFAULT_CHUNK
 from geoarray.datasets import LABEL_NODATA
 from geoarray.errors import CRSError, NoOverlapError, RasterError, TimeError
@@ -446,11 +447,4 @@ def export_geotiff(
     data.encoding = {}
     if nodata is not None:
         data = data.rio.write_nodata(nodata, encoded=False)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        data.rio.to_raster(tmp, driver="COG", compress=compress)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return out
+    return atomic_write(out, lambda tmp: data.rio.to_raster(tmp, driver="COG", compress=compress))
