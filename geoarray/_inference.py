@@ -127,9 +127,14 @@ def run_block(
 
         (t0, t1), (wy0, wy1, wx0, wx1) = direct["t"], direct["win"]
         space = (slice(wy0, wy1), slice(wx0, wx1))
-        raw = read(*direct["img"], (slice(t0, t1), direct["bands"], *space))
-        vwin = read(*direct["valid"], (slice(t0, t1), *space)) if direct["valid"] else None
+        store, name = direct["img"]
+        raw = read(store, name, (slice(t0, t1), direct["bands"], *space))
+        vwin = None
+        if direct["valid"]:
+            vstore, vname = direct["valid"]
+            vwin = read(vstore, vname, (slice(t0, t1), *space))
     else:
+        assert neighbours is not None  # the graph passes chunks whenever it does not pass "direct"
         raw = assemble(neighbours, spec["crop"])
         vwin = assemble(valid_nb, spec["crop"]) if valid_nb is not None else None
     window, ok = normalize_fill(raw, vwin, mean, std, scale)

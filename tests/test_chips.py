@@ -154,9 +154,10 @@ def test_store_fast_path_gives_the_same_batches_as_dask(tmp_path):
     slow = fast.copy()
     slow["imagery"] = slow.imagery + 0  # same values, but no longer the untouched store variable
     plan = plan_chips(fast, chip_size=32, val_fraction=0.0)
-    a = list(_stream(fast, plan, batch_size=8, shuffle=False))
-    b = list(_stream(slow, plan, batch_size=8, shuffle=False))
-    assert len(a) == len(b) > 0
-    for x, y in zip(a, b, strict=True):
-        np.testing.assert_array_equal(x.x.numpy(), y.x.numpy())
-        np.testing.assert_array_equal(x.y.numpy(), y.y.numpy())
+    # batches reuse two buffers: copy each one out before drawing the next
+    a = [(t.x.clone(), t.y.clone()) for t in _stream(fast, plan, batch_size=8, shuffle=False)]
+    b = [(t.x.clone(), t.y.clone()) for t in _stream(slow, plan, batch_size=8, shuffle=False)]
+    assert len(a) == len(b) > 1
+    for (xa, ya), (xb, yb) in zip(a, b, strict=True):
+        np.testing.assert_array_equal(xa.numpy(), xb.numpy())
+        np.testing.assert_array_equal(ya.numpy(), yb.numpy())
