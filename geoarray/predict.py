@@ -502,6 +502,19 @@ def _write_to_store(
         zarr.open_array(str(root / n), mode="r+").attrs.update({_COMPLETE: True})
 
 
+def _check_writable(root: Path) -> None:
+    """Probe with a real file: permission bits alone miss read-only mounts, immutable dirs and root's bypass."""
+    probe = root / f".geoarray-write-probe-{uuid.uuid4().hex}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise StoreError(
+            f"the store {str(root)!r} is not writable ({e.strerror or e}); predict(store=...) writes its outputs "
+            "there. Fix the permissions, or pass store= a writable copy (geoarray predict --output NEW.zarr)."
+        ) from None
+
+
 def _chunk_exists(z: Any, folder: Path, coords: tuple[int, ...]) -> bool:
     key = z.metadata.encode_chunk_key(coords)
     return (folder / key).exists()

@@ -271,3 +271,21 @@ def test_killed_run_resumes_byte_identical(tmp_path):
     assert {
         k: v for k, v in done_a.items() if k.split("/")[0] not in ("mask", "probabilities", "class")
     } == base
+
+
+def test_store_that_is_not_writable(tmp_path, cube):
+    import shutil
+
+    ckpt = make_checkpoint(tmp_path / "m.safetensors", num_classes=5, classes=CLASSES, width=4, depth=3)
+    store = tmp_path / "ro.zarr"
+    geoarray.write_cube(cube, store)
+    before = tree_digest(store)
+    chattr = shutil.which("chattr")
+    if chattr is None or subprocess.run([chattr, "+i", str(store)], capture_output=True).returncode != 0:
+        pytest.skip("cannot make a directory read-only here (no chattr +i)")
+    try:
+        with pytest.raises(geoarray.errors.StoreError, match="not writable"):
+            geoarray.predict(geoarray.open_cube(store), ckpt, store=store)
+    finally:
+        subprocess.run([chattr, "-i", str(store)], check=True)
+    assert tree_digest(store) == before
