@@ -59,6 +59,17 @@ def _aligned(chunks: tuple[int, ...], stride: int, size: int) -> tuple[int, ...]
     return dsa.core.normalize_chunks(c, (size,))[0]
 
 
+MIN_BLOCK = 256
+
+
+def _grouped(chunks: tuple[int, ...], size: int) -> tuple[int, ...]:
+    """Whole multiples of the (regular) chunk size, at least MIN_BLOCK pixels, for direct-read blocks."""
+    c = chunks[0]
+    if c >= MIN_BLOCK or len(chunks) == 1:
+        return chunks
+    return dsa.core.normalize_chunks(math.ceil(MIN_BLOCK / c) * c, (size,))[0]
+
+
 def _dates_in_days(times: np.ndarray, encoding: str | None) -> np.ndarray:
     t = np.asarray(times).astype("datetime64[D]")
     if encoding == "days":
@@ -198,6 +209,13 @@ def predict(
                 "or pass a smaller `halo=` (not seamless)."
             )
 
+    # Tasks read their own window only without a halo: with one, neighbouring tasks would each decode the
+    # chunks they share, where the chunk-neighbour graph decodes every chunk once.
+    direct = _direct_sources(cube, var, needed, present) if h == 0 else None
+    if direct is not None:
+        # Small storage chunks: let one task cover several (zarr fetches them in one call), so per-task
+        # overhead is paid once per MIN_BLOCK² pixels rather than once per tiny chunk.
+        ych, xch = _grouped(ych, ny), _grouped(xch, nx)
     data = img.data.rechunk({1: -1, 2: ych, 3: xch})
     valid = None
     if "valid" in cube.data_vars:
@@ -227,7 +245,6 @@ def predict(
         "batch_size": batch_size,
     }
     spec["norm"] = (in_spec["mean"], in_spec["std"], float(in_spec.get("scale", 1.0)))
-    direct = _direct_sources(cube, var, needed, present)
     arrays, blocks = _build_graph(data, valid, spec, h, run_times, dates, direct=direct)
     new = _wrap(arrays, cube, wanted, spec, meta, prefix, Path(path).name)
     if store is None:
