@@ -16,7 +16,6 @@ import argparse
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import zarr
 from _common import load_report, make_store, workdir
 

@@ -27,7 +27,7 @@ def main() -> None:
     print(load_report())
     rows = []
     for n in (int(v) for v in args.counts.split(",")):
-        side = int(round(n**0.5)) * args.chunk
+        side = round(n**0.5) * args.chunk
         store = make_store(wd / f"c{n}.zarr", times=1, size=side, chunk=args.chunk)
         with dask.config.set(scheduler="threads", num_workers=2):
             cube = geoarray.open_cube(store)

@@ -22,7 +22,7 @@ import geoarray
 
 
 def raw_loop(x: np.ndarray, model: torch.nn.Module, tile: int, batch: int, channels_last: bool) -> None:
-    t, c, h, w = x.shape
+    t, _c, h, w = x.shape
     tiles = [(ti, y, xx) for ti in range(t) for y in range(0, h, tile) for xx in range(0, w, tile)]
     with torch.inference_mode():
         for i in range(0, len(tiles), batch):

@@ -16,11 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import dask
+import dask.threaded
 import numcodecs
 import numpy as np
 import zarr
 from _common import best_of, load_report, workdir
-from dask.delayed import delayed
 
 from geoarray import _inference
 
@@ -52,12 +52,12 @@ def geoarray_write(data: np.ndarray, path: Path, chunks: tuple[int, ...], compre
         str(path), shape=data.shape, chunks=chunks, dtype=data.dtype, compressors=[compressor], zarr_format=3
     )
     token = str(path.stat().st_mtime_ns)
-    tasks = [
-        delayed(_inference.write_block)((data[s],), [(str(path), token, s)])
-        for s in chunk_slices(data.shape, chunks)
-    ]
-    with dask.config.set(scheduler="threads", num_workers=2):
-        dask.compute(*tasks)
+    # the task predict runs after each block, in dask's threaded scheduler (outputs already in memory)
+    dsk = {
+        ("w", i): (_inference.write_block, (data[s],), [(str(path), token, s)])
+        for i, s in enumerate(chunk_slices(data.shape, chunks))
+    }
+    dask.threaded.get(dsk, list(dsk), num_workers=2)
 
 
 def floor_write(data: np.ndarray, path: Path, chunks: tuple[int, ...], codec: numcodecs.abc.Codec) -> None:
