@@ -255,3 +255,40 @@ def test_nan_loss_stops_with_epoch_and_step_and_saves_nothing(cube, tmp_path):
             **SMALL,
         )
     assert not out.exists()
+
+
+def test_bf16_autocast_and_early_stopping(cube, tmp_path):
+    # lr=0: only BatchNorm statistics move, so the score soon stops improving; patience 1 must stop training
+    # right after the first epoch that does not beat the best, and the checkpoint is the best epoch
+    out = geoarray.fit(
+        cube,
+        task="segmentation",
+        chip_size=64,
+        epochs=8,
+        batch_size=8,
+        lr=0.0,
+        precision="bf16",
+        early_stopping=1,
+        steps_per_epoch=2,
+        out=str(tmp_path / "b.safetensors"),
+        log_dir=str(tmp_path / "log"),
+        **SMALL,
+    )
+    rows = list(csv.DictReader(open(tmp_path / "log" / "metrics.csv")))
+    scores_ = [float(r["score"]) for r in rows]
+    first_flat = next(
+        i for i in range(1, len(scores_) + 1) if i == len(scores_) or scores_[i] <= max(scores_[:i])
+    )
+    assert len(rows) == min(first_flat + 1, 8) < 8
+    assert read_metadata(out)["training"]["epoch"] == int(np.argmax(scores_)) + 1
+    with pytest.raises(TrainError, match="needs a GPU"):
+        geoarray.fit(
+            cube,
+            task="segmentation",
+            chip_size=64,
+            epochs=1,
+            precision="16",
+            device="cpu",
+            out=str(tmp_path / "c.safetensors"),
+            **SMALL,
+        )
