@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -103,18 +104,32 @@ def _host_of(address: str) -> str:
     return address.split("://")[-1].rsplit(":", 1)[0]
 
 
+class _Lazy:
+    """Carries a lazy cube into a task untouched.
+
+    ``client.submit`` computes every dask collection it finds in its arguments and ships the values (and a
+    rank holding a worker's only thread can then wait forever for a chunk task queued on that worker). A cube
+    must reach each rank as its lazy graph, so the rank reads only its own shard from the store. Dask does not
+    look inside arbitrary objects, so wrapping is enough.
+    """
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
 def _rank_main(
     rank: int,
     world: int,
     master: str,
     port: int,
     backend: str,
-    cube: xr.Dataset,
+    lazy: _Lazy,
     cfg: Any,
     setup: Any,
     timeout: float,
 ) -> dict[str, Any]:
     """One DDP rank, inside a Dask worker."""
+    cube = lazy.value
     import torch
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
@@ -159,6 +174,10 @@ def _rank_main(
         dist.destroy_process_group()
 
 
+def _task_states(dask_scheduler: Any, keys: list[str]) -> list[str]:
+    return [dask_scheduler.tasks[k].state if k in dask_scheduler.tasks else "forgotten" for k in keys]
+
+
 def run_ddp(
     client: Any, cube: xr.Dataset, cfg: Any, setup: Any, *, timeout: float = 120.0
 ) -> list[dict[str, Any]]:
@@ -175,6 +194,9 @@ def run_ddp(
     backend = "nccl" if gpu else "gloo"
     master = _host_of(workers[0])
     port = client.run(_free_port, workers=[workers[0]])[workers[0]]
+    # unique keys: a key reused from an earlier run would hand back that run's finished rank, and the new ranks
+    # would wait for it forever
+    run_id = uuid.uuid4().hex
     log.info("DDP: %d ranks (%s) on %s", world, backend, ", ".join(workers))
     futures = [
         client.submit(
@@ -184,7 +206,7 @@ def run_ddp(
             master,
             port,
             backend,
-            cube,
+            _Lazy(cube),
             cfg,
             setup,
             timeout,
@@ -192,10 +214,11 @@ def run_ddp(
             allow_other_workers=False,
             pure=False,
             retries=0,
-            key=f"geoarray-ddp-rank{rank}-{port}",
+            key=f"geoarray-ddp-{run_id}-rank{rank}",
         )
         for rank, w in enumerate(workers)
     ]
+    t_submit, started = time.monotonic(), False
     try:
         while True:
             done = [f for f in futures if f.done()]
@@ -211,6 +234,15 @@ def run_ddp(
                     )
             if not pending:
                 break
+            if not started and time.monotonic() - t_submit > timeout:
+                states = client.run_on_scheduler(_task_states, keys=[f.key for f in futures])
+                waiting = [r for r, st in enumerate(states) if st not in ("processing", "memory", "erred")]
+                if waiting:
+                    raise TrainError(
+                        f"DDP rank(s) {waiting} did not start within {timeout:.0f} s (task states {states}); the "
+                        "other ranks would wait forever. Check that every worker is free, or restart the cluster."
+                    )
+                started = True
             alive = set(client.scheduler_info()["workers"])
             lost = [w for w in workers if w not in alive]
             if lost:

@@ -41,11 +41,14 @@ def _cfg(out, **kw):
     return FitConfig(**base)
 
 
-def test_ddp_two_ranks_keep_identical_weights_and_learn(store, tmp_path, local_cluster):
+# Each DDP test gets a fresh cluster: repeated DDP runs on one long-lived cluster occasionally never start
+# rank 1 (under investigation, see the issue note); a first run on fresh workers has never failed here.
+def test_ddp_two_ranks_keep_identical_weights_and_learn(store, tmp_path):
     cube = geoarray.open_cube(store)
     cfg = _cfg(tmp_path / "ddp.safetensors")
     setup = prepare(cube, cfg)
-    reports = run_ddp(local_cluster, cube, cfg, setup)
+    with cluster(n_workers=2) as client:
+        reports = run_ddp(client, cube, cfg, setup, timeout=60)
     assert [r["rank"] for r in reports] == [0, 1]
     d0, d1 = reports[0]["digests"], reports[1]["digests"]
     assert len(d0) == 3 * reports[0]["steps_per_epoch"] and d0 == d1  # identical after every step
@@ -68,19 +71,20 @@ def test_ddp_two_ranks_keep_identical_weights_and_learn(store, tmp_path, local_c
     assert ck.meta["training"]["world_size"] == 2
 
 
-def test_fit_with_client_returns_rank0_checkpoint(store, tmp_path, local_cluster):
-    out = geoarray.fit(
-        geoarray.open_cube(store),
-        task="segmentation",
-        client=local_cluster,
-        model="unet",
-        model_kwargs={"width": 4, "depth": 3},
-        chip_size=32,
-        epochs=1,
-        batch_size=8,
-        out=str(tmp_path / "c.safetensors"),
-        progress=False,
-    )
+def test_fit_with_client_returns_rank0_checkpoint(store, tmp_path):
+    with cluster(n_workers=2) as client:
+        out = geoarray.fit(
+            geoarray.open_cube(store),
+            task="segmentation",
+            client=client,
+            model="unet",
+            model_kwargs={"width": 4, "depth": 3},
+            chip_size=32,
+            epochs=1,
+            batch_size=8,
+            out=str(tmp_path / "c.safetensors"),
+            progress=False,
+        )
     assert out.exists() and geoarray.load_checkpoint(out).meta["training"]["world_size"] == 2
 
 
