@@ -267,9 +267,8 @@ def load_checkpoint(path: str | os.PathLike[str], *, device: str = "cpu") -> Che
         ) from None
     # save_model drops tensors that alias others (tied weights); those show up as missing and are fine only if
     # they share storage with a loaded tensor. Anything else is a damaged file.
-    if unexpected or (
-        [k for k in missing if not k.endswith("num_batches_tracked")] and not _tied(model, missing)
-    ):
+    real_missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if unexpected or (real_missing and not _tied(model, real_missing)):
         raise CheckpointError(
             f"{str(path)!r}: weights don't fit model {doc['model']['name']!r} "
             f"(missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]})."

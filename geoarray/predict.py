@@ -446,10 +446,7 @@ def _write_to_store(
         raise StoreError(
             f"cannot write outputs into {str(root)!r}: {problem}. Predict on the cube opened from it."
         )
-    if not os.access(root, os.W_OK):
-        raise StoreError(
-            f"the store {str(root)!r} is not writable; choose a store you can write, or fix permissions."
-        )
+    _check_writable(root)
 
     to_create, resume = [], []
     for name in new:

@@ -11,7 +11,6 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -341,7 +340,3 @@ def seed_everything(seed: int) -> None:
 
     random.seed(seed)
     torch.manual_seed(seed)  # geoarray's own randomness uses seeded numpy Generators
-
-
-def sequence_sizes(seq: Sequence[Any]) -> int:
-    return len(seq)
