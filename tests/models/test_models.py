@@ -5,6 +5,7 @@ import torch
 
 from geoarray.errors import ModelError
 from geoarray.models import create_model, list_models, model_info
+from geoarray.models.base import fuse_batchnorm
 
 
 def test_registry_lists_every_family():
@@ -158,3 +159,40 @@ def test_pixel_models_ignore_invalid_dates(name):
     torch.testing.assert_close(a, b)
     mc = create_model(name, in_channels=3, out_channels=16, num_classes=5, **kw).eval()
     assert mc(x, doy, valid).shape == (4, 5) and mc.out_channels == 5
+
+
+@pytest.mark.parametrize(
+    ("name", "kw", "shape", "extra"),
+    [
+        ("unet", {"depth": 3, "width": 8}, (2, 4, 40, 40), {}),
+        ("res_unet", {"encoder": "resnet18", "width": 8}, (1, 4, 64, 64), {}),
+        ("pixel_mlp", {"num_timesteps": 5, "out_channels": 6}, (8, 5, 4), "pixels"),
+        ("pixel_cnn", {"out_channels": 6}, (8, 5, 4), "pixels"),
+    ],
+)
+def test_fuse_batchnorm_keeps_outputs(name, kw, shape, extra):
+    torch.manual_seed(1)
+    m = create_model(name, in_channels=4, **kw)
+    for mod in m.modules():  # non-trivial statistics, as after training
+        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+            mod.running_mean.uniform_(-1, 1)
+            mod.running_var.uniform_(0.5, 2.0)
+            torch.nn.init.uniform_(mod.weight, 0.5, 1.5)
+            torch.nn.init.uniform_(mod.bias, -0.5, 0.5)
+    m.eval()
+    x = torch.randn(*shape)
+    args = (x, torch.linspace(1, 300, shape[1]).repeat(shape[0], 1), torch.ones(shape[:2], dtype=torch.bool))
+    args = args if extra == "pixels" else (x,)
+
+    def n_bn() -> int:
+        return sum(isinstance(mod, torch.nn.modules.batchnorm._BatchNorm) for mod in m.modules())
+
+    bn_before = n_bn()
+    with torch.no_grad():
+        before = m(*args)
+        n = fuse_batchnorm(m)
+        after = m(*args)
+    assert n >= 2 and n_bn() == bn_before - n  # every folded BatchNorm is gone
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="eval mode"):
+        fuse_batchnorm(m.train())
