@@ -69,12 +69,14 @@ def fuse_batchnorm(model: nn.Module) -> int:
         for i in range(len(seq) - 1):
             layer, bn = seq[i], seq[i + 1]
             pair = next((p for p in _FUSABLE if type(layer) is p[0] and type(bn) is p[1]), None)
-            if pair is None or not bn.track_running_stats or bn.running_mean is None:
+            if pair is None or not isinstance(bn, nn.modules.batchnorm._BatchNorm):
+                continue
+            if not bn.track_running_stats or bn.running_mean is None:
                 continue
             if isinstance(layer, nn.Linear):
                 seq[i] = fuse_linear_bn_eval(layer, bn)
-            else:
-                seq[i] = fuse_conv_bn_eval(layer, bn)  # type: ignore[arg-type]
+            elif isinstance(layer, (nn.Conv1d, nn.Conv2d)):
+                seq[i] = fuse_conv_bn_eval(layer, bn)
             seq[i + 1] = nn.Identity()
             folded += 1
     return folded
