@@ -60,12 +60,13 @@ def _aligned(chunks: tuple[int, ...], stride: int, size: int) -> tuple[int, ...]
 
 
 MIN_BLOCK = 256
+TINY = 32
 
 
-def _grouped(chunks: tuple[int, ...], size: int) -> tuple[int, ...]:
-    """Whole multiples of the (regular) chunk size, at least MIN_BLOCK pixels, for direct-read blocks."""
+def _grouped(chunks: tuple[int, ...], size: int, below: int) -> tuple[int, ...]:
+    """Chunks under ``below`` px grouped into whole multiples of the chunk size of at least MIN_BLOCK px."""
     c = chunks[0]
-    if c >= MIN_BLOCK or len(chunks) == 1:
+    if c >= below or len(chunks) == 1:
         return chunks
     return dsa.core.normalize_chunks(math.ceil(MIN_BLOCK / c) * c, (size,))[0]
 
@@ -200,6 +201,13 @@ def predict(
     ny, nx = img.sizes["y"], img.sizes["x"]
     ych = _aligned(chunks[2], stride, ny)
     xch = _aligned(chunks[3], stride, nx)
+    # Small chunks: one task covers several, so per-task overhead is paid once per MIN_BLOCK² pixels rather
+    # than once per chunk. Direct (halo-free) store reads fetch a group in one zarr call at no extra cost, so
+    # every chunk under MIN_BLOCK is grouped; dask chunks are merged only when tiny (a rechunk copies them,
+    # and the block grid the user chose is otherwise kept).
+    direct = _direct_sources(cube, var, needed, present) if h == 0 else None
+    below = MIN_BLOCK if direct is not None else TINY
+    ych, xch = _grouped(ych, ny, below), _grouped(xch, nx, below)
     for dim, ch in (("y", ych), ("x", xch)):
         if len(ch) > 1 and min(ch[:-1]) < h:
             need = int(math.ceil(h / stride) * stride)
@@ -211,15 +219,12 @@ def predict(
 
     # Tasks read their own window only without a halo: with one, neighbouring tasks would each decode the
     # chunks they share, where the chunk-neighbour graph decodes every chunk once.
-    direct = _direct_sources(cube, var, needed, present) if h == 0 else None
-    if direct is not None:
-        # Small storage chunks: let one task cover several (zarr fetches them in one call), so per-task
-        # overhead is paid once per MIN_BLOCK² pixels rather than once per tiny chunk.
-        ych, xch = _grouped(ych, ny), _grouped(xch, nx)
-    data = img.data.rechunk({1: -1, 2: ych, 3: xch})
+    # Blocks take the source chunks that intersect their window as they are (no rechunk layer in between):
+    # a block may span several small chunks or start inside a chunk that was realigned to the stride.
+    data = img.data.rechunk({1: -1})
     valid = None
     if "valid" in cube.data_vars:
-        valid = dsa.asarray(cube["valid"].data).rechunk((data.chunks[0], ych, xch))
+        valid = dsa.asarray(cube["valid"].data).rechunk((data.chunks[0], data.chunks[2], data.chunks[3]))
 
     times = cube["time"].values
     run_times = np.ones(len(times), dtype=bool)
@@ -245,7 +250,7 @@ def predict(
         "batch_size": batch_size,
     }
     spec["norm"] = (in_spec["mean"], in_spec["std"], float(in_spec.get("scale", 1.0)))
-    arrays, blocks = _build_graph(data, valid, spec, h, run_times, dates, direct=direct)
+    arrays, blocks = _build_graph(data, valid, (ych, xch), spec, h, run_times, dates, direct=direct)
     new = _wrap(arrays, cube, wanted, spec, meta, prefix, Path(path).name)
     if store is None:
         return cube.assign(new)
@@ -298,6 +303,7 @@ def _outputs(kind: str, out_spec: dict[str, Any], outputs: Sequence[str] | None)
 def _build_graph(
     x: dsa.Array,
     valid: dsa.Array | None,
+    blocks: tuple[tuple[int, ...], tuple[int, ...]],
     spec: dict[str, Any],
     h: int,
     run_times: np.ndarray,
@@ -305,12 +311,15 @@ def _build_graph(
     *,
     direct: dict[str, Any] | None = None,
 ) -> tuple[list[dsa.Array], list[tuple[Any, list[Any]]]]:
-    """One task per output block; outputs are getitem views of it (one dask array per output).
+    """One task per output block (``blocks``: the y and x block sizes); outputs are getitem views of it.
 
-    Returns the output arrays and, per block, its task key and the key of each output's chunk.
+    A block's task receives the grid of source chunks of ``x`` (and ``valid``) that intersect its window
+    (block + halo). Returns the output arrays and, per block, its task key and the key of each output's chunk.
     """
-    tch, _, ych, xch = x.chunks
+    tch = x.chunks[0]
+    ych, xch = blocks
     ybounds, xbounds = np.cumsum((0, *ych)), np.cumsum((0, *xch))
+    ysrc, xsrc = np.cumsum((0, *x.chunks[2])), np.cumsum((0, *x.chunks[3]))
     ny, nx = int(ybounds[-1]), int(xbounds[-1])
     input_kind = spec["input_kind"]
     name = "geoarray-predict-" + tokenize(x.name, valid.name if valid is not None else None, spec, h, direct)
@@ -319,14 +328,14 @@ def _build_graph(
     for ti in range(len(tch)):
         t0, t1 = int(tbounds[ti]), int(tbounds[ti + 1])
         for yi in range(len(ych)):
-            ys = [j for j in (yi - 1, yi, yi + 1) if 0 <= j < len(ych)] if h else [yi]
             y0, y1 = int(ybounds[yi]), int(ybounds[yi + 1])
             wy0, wy1 = max(0, y0 - h), min(ny, y1 + h)
+            ys = _covering(ysrc, wy0, wy1)
             for xi in range(len(xch)):
-                xs = [j for j in (xi - 1, xi, xi + 1) if 0 <= j < len(xch)] if h else [xi]
                 x0, x1 = int(xbounds[xi]), int(xbounds[xi + 1])
                 wx0, wx1 = max(0, x0 - h), min(nx, x1 + h)
-                base_y, base_x = int(ybounds[ys[0]]), int(xbounds[xs[0]])
+                xs = _covering(xsrc, wx0, wx1)
+                base_y, base_x = int(ysrc[ys[0]]), int(xsrc[xs[0]])
                 block_spec = dict(
                     spec,
                     crop=(wy0 - base_y, wy1 - base_y, wx0 - base_x, wx1 - base_x),
@@ -367,6 +376,13 @@ def _build_graph(
             dsa.Array(g, oname, chunks, dtype=dtype, meta=np.empty((0,) * len(chunks), dtype=dtype))
         )
     return arrays, list(out_keys.items())
+
+
+def _covering(bounds: np.ndarray, lo: int, hi: int) -> list[int]:
+    """Indices of the chunks (edges ``bounds``) that intersect ``[lo, hi)``."""
+    first = int(np.searchsorted(bounds, lo, side="right")) - 1
+    last = int(np.searchsorted(bounds, hi, side="left")) - 1
+    return list(range(first, last + 1))
 
 
 def _wrap(

@@ -189,6 +189,16 @@ def test_chunks_are_realigned_to_the_stride(tmp_path, cube):
     assert np.nanmax(np.abs(a.values - b.values)) <= 1e-4
 
 
+def test_tiny_chunks_are_grouped_into_larger_blocks(tmp_path, cube):
+    ckpt = make_checkpoint(tmp_path / "m.safetensors", num_classes=5, classes=CLASSES, width=4, depth=3)
+    tiny = geoarray.predict(cube.chunk({"y": 16, "x": 16}), ckpt).probabilities  # 16 px < the halo: grouped
+    assert tiny.chunks[2] == (150,) and tiny.chunks[3] == (131,)  # 16 x 16 = 256 px >= the image
+    whole = geoarray.predict(cube.chunk({"y": -1, "x": -1}), ckpt).probabilities
+    assert np.nanmax(np.abs(tiny.values - whole.values)) <= 1e-4
+    kept = geoarray.predict(cube.chunk({"y": 64, "x": 64}), ckpt).probabilities
+    assert kept.chunks[2] == (64, 64, 22)  # the block grid the user chose is kept
+
+
 def test_chip_classifier_is_refused(tmp_path, cube):
     ckpt = make_checkpoint(
         tmp_path / "c.safetensors", "resnet18", task="classification", num_classes=3, width=4
