@@ -67,11 +67,32 @@ def get_model(path: str, sha256: str, device: str) -> Any:
 
 
 def assemble(neighbours: list[list[np.ndarray]], crop: tuple[int, int, int, int]) -> np.ndarray:
-    """Stitch a grid of neighbouring chunks ``(..., y, x)`` and crop ``[y0:y1, x0:x1]`` of the result."""
-    rows = [np.concatenate(r, axis=-1) if len(r) > 1 else r[0] for r in neighbours]
-    full = np.concatenate(rows, axis=-2) if len(rows) > 1 else rows[0]
+    """``[y0:y1, x0:x1]`` of the mosaic of a grid of neighbouring chunks ``(..., y, x)``.
+
+    Only the cropped parts are copied, once, into the result (a block + halo is a small part of its 3 x 3
+    neighbourhood); a window inside one chunk is a view of it.
+    """
     y0, y1, x0, x1 = crop
-    return full[..., y0:y1, x0:x1]
+    if len(neighbours) == 1 and len(neighbours[0]) == 1:
+        return neighbours[0][0][..., y0:y1, x0:x1]
+    first = neighbours[0][0]
+    dtype = np.result_type(*(c for row in neighbours for c in row))
+    out = np.empty((*first.shape[:-2], y1 - y0, x1 - x0), dtype=dtype)
+    top = 0
+    for row in neighbours:
+        height = row[0].shape[-2]
+        ry0, ry1 = max(y0, top), min(y1, top + height)
+        left = 0
+        for chunk in row:
+            width = chunk.shape[-1]
+            rx0, rx1 = max(x0, left), min(x1, left + width)
+            if ry1 > ry0 and rx1 > rx0:
+                out[..., ry0 - y0 : ry1 - y0, rx0 - x0 : rx1 - x0] = chunk[
+                    ..., ry0 - top : ry1 - top, rx0 - left : rx1 - left
+                ]
+            left += width
+        top += height
+    return out
 
 
 def _postprocess(logits: Any, kind: str, spec: dict[str, Any]) -> list[np.ndarray]:

@@ -299,3 +299,13 @@ def test_store_that_is_not_writable(tmp_path, cube):
     finally:
         subprocess.run([chattr, "-i", str(store)], check=True)
     assert tree_digest(store) == before
+
+
+def test_assemble_crops_the_mosaic_of_uneven_neighbours():
+    from geoarray._inference import assemble
+
+    full = np.random.default_rng(0).random((2, 3, 37, 41))
+    ys, xs = [0, 10, 25, 37], [0, 16, 30, 41]
+    grid = [[full[..., ys[i] : ys[i + 1], xs[j] : xs[j + 1]] for j in range(3)] for i in range(3)]
+    for y0, y1, x0, x1 in [(0, 37, 0, 41), (3, 30, 5, 40), (10, 25, 16, 30), (12, 13, 0, 41), (0, 9, 31, 41)]:
+        np.testing.assert_array_equal(assemble(grid, (y0, y1, x0, x1)), full[..., y0:y1, x0:x1])
