@@ -484,9 +484,12 @@ def cube_summary(ds: xr.Dataset, *, var: str = "imagery") -> str:
     if "sensor" in ds.coords:
         lines.append(f"sensors          : {sorted(set(map(str, ds['sensor'].values)))}")
     lines.append("variables        :")
-    for name, v in ds.data_vars.items():
+    width = max([15, *(len(str(n)) + 1 for n in ds.data_vars)])
+    for name, v in sorted(ds.data_vars.items(), key=lambda kv: str(kv[0])):
         extra = ""
         if "classes" in v.attrs:
             extra = f" classes={list(v.attrs['classes'])}"
-        lines.append(f"  {name:<15s}{tuple(map(str, v.dims))} {v.dtype}{extra}")
+        if v.attrs.get("geoarray_complete") is False:
+            extra += "  (partial: an interrupted predict; run it again to finish)"
+        lines.append(f"  {str(name):<{width}s}{tuple(map(str, v.dims))} {v.dtype}{extra}")
     return "\n".join(lines)
