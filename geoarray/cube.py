@@ -491,5 +491,5 @@ def cube_summary(ds: xr.Dataset, *, var: str = "imagery") -> str:
             extra = f" classes={list(v.attrs['classes'])}"
         if v.attrs.get("geoarray_complete") is False:
             extra += "  (partial: an interrupted predict; run it again to finish)"
-        lines.append(f"  {str(name):<{width}s}{tuple(map(str, v.dims))} {v.dtype}{extra}")
+        lines.append(f"  {name!s:<{width}s}{tuple(map(str, v.dims))} {v.dtype}{extra}")
     return "\n".join(lines)

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from geoarray.errors import CubeError
+
 __all__ = ["change_f1", "confusion_matrix", "effective_rank", "scores", "topk_accuracy"]
 
 
@@ -30,8 +32,18 @@ def confusion_matrix(
     ``pred`` and ``truth`` may be numpy, xarray or dask arrays of the same shape (dask ones are reduced per
     chunk).
     """
+    if hasattr(pred, "dims") and hasattr(truth, "dims"):  # xarray: align by dimension name, e.g. a
+        import xarray as xr  # mask(time, y, x) against labels(y, x) scores every date
+
+        pred, truth = xr.broadcast(pred, truth)
+        truth = truth.transpose(*pred.dims)
     pv = getattr(pred, "data", pred)
     tv = getattr(truth, "data", truth)
+    if tuple(pv.shape) != tuple(tv.shape):
+        raise CubeError(
+            f"prediction shape {tuple(pv.shape)} differs from truth shape {tuple(tv.shape)}; expected the same "
+            "shape. Pass xarray DataArrays (aligned by dimension name) or select the same date/window in both."
+        )
     if hasattr(pv, "dask") or hasattr(tv, "dask"):
         import dask
         import dask.array as dsa

@@ -118,7 +118,10 @@ def overlay(
 
 
 def class_masks(mask: np.ndarray, classes: Sequence[str], path: str | Path, *, nodata: int = 255) -> Path:
-    """One binary panel per class (seed 004's individual segmentation masks)."""
+    """One binary panel per class (seed 004's individual segmentation masks).
+
+    ``mask`` is a class-id image ``(y, x)``, or a multi-label stack ``(class, y, x)`` of 0/1 masks.
+    """
     plt = _plt()
     n = len(classes)
     cols = min(n, 5)
@@ -128,7 +131,9 @@ def class_masks(mask: np.ndarray, classes: Sequence[str], path: str | Path, *, n
     for i, ax in enumerate(axes.ravel()):
         ax.set_axis_off()
         if i < n:
-            ax.imshow(np.where(m == nodata, np.nan, (m == i).astype(float)), cmap="gray", vmin=0, vmax=1)
+            panel = m[i] if m.ndim == 3 else m
+            on = panel == 1 if m.ndim == 3 else panel == i
+            ax.imshow(np.where(panel == nodata, np.nan, on.astype(float)), cmap="gray", vmin=0, vmax=1)
             ax.set_title(str(classes[i]))
     out = Path(path)
     fig.savefig(out, dpi=100)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import dask.array as dsa
 import numpy as np
+import pytest
 import xarray as xr
 
 from geoarray.metrics import change_f1, confusion_matrix, effective_rank, scores, topk_accuracy
@@ -43,3 +44,16 @@ def test_topk_change_and_rank():
     z = np.random.default_rng(0).normal(size=(500, 8))
     assert 7 < effective_rank(z) <= 8
     assert effective_rank(np.outer(np.arange(100), np.ones(8))) < 1.01
+
+
+def test_confusion_aligns_xarray_by_dimension_and_refuses_mismatched_shapes():
+    from geoarray.errors import CubeError
+
+    truth = xr.DataArray(np.array([[0, 1], [1, 1]], dtype="uint8"), dims=("y", "x"))
+    pred = xr.DataArray(
+        np.array([[[0, 1], [0, 1]], [[1, 1], [1, 1]]], dtype="uint8"), dims=("time", "y", "x")
+    )
+    cm = confusion_matrix(pred, truth.chunk(), 2)  # every date scored against the one truth
+    np.testing.assert_array_equal(cm, [[1, 1], [1, 5]])
+    with pytest.raises(CubeError, match=r"prediction shape \(2, 2, 2\) differs from truth shape \(2, 2\)"):
+        confusion_matrix(pred.values, truth.values, 2)
