@@ -41,14 +41,33 @@ _COMPLETE = "geoarray_complete"
 
 
 def _device(device: str) -> str:
-    if device != "auto":
-        return device
-    try:
-        import torch
+    from geoarray._devices import resolve_device
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    except ImportError:  # pragma: no cover
-        return "cpu"
+    return resolve_device(device, PredictError, check_cuda=not _remote_client())
+
+
+def _remote_client() -> bool:
+    """A distributed client is active: its workers, not this process, decide which devices exist."""
+    try:
+        from distributed import get_client
+
+        get_client()
+        return True
+    except (ImportError, ValueError):
+        return False
+
+
+def _check_options(batch_size: Any, dtype: Any, threshold: Any, prefix: Any) -> None:
+    if batch_size is not None and (
+        not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1
+    ):
+        raise PredictError(f"batch_size={batch_size!r}; expected None (automatic) or a positive int.")
+    if dtype not in ("float32", "float16"):
+        raise PredictError(f"dtype={dtype!r}; expected 'float32' or 'float16' (half the storage).")
+    if not isinstance(threshold, (int, float)) or not 0.0 < float(threshold) < 1.0:
+        raise PredictError(f"threshold={threshold!r}; expected a probability strictly between 0 and 1.")
+    if not isinstance(prefix, str):
+        raise PredictError(f"prefix={prefix!r}; expected a string such as 's2_'.")
 
 
 def _aligned(chunks: tuple[int, ...], stride: int, size: int) -> tuple[int, ...]:
@@ -162,6 +181,8 @@ def predict(
     >>> out.mask.isel(time=0).plot()  # doctest: +SKIP
     """
     validate_cube(cube, var=var)
+    _check_options(batch_size, dtype, threshold, prefix)
+    device = _device(device)
     path = str(Path(ckpt).resolve())
     meta = read_metadata(path)
     sha = file_sha256(path)
@@ -238,7 +259,7 @@ def predict(
     spec = {
         "path": path,
         "sha256": sha,
-        "device": _device(device),
+        "device": device,
         "kind": kind,
         "input_kind": input_kind,
         "outputs": wanted,

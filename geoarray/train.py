@@ -115,6 +115,8 @@ def fit(cube: xr.Dataset, *, task: str, client: Any = None, **options: Any) -> P
             f"fit() got unknown option(s) {unknown}; see geoarray.train.FitConfig for the options."
         )
     cfg = FitConfig(task=task, **options)
+    if client is None:
+        _device(cfg.device)  # a wrong device fails now, not after the statistics pass
     setup = prepare(cube, cfg)
     if client is not None:
         from geoarray.distributed import fit_ddp
@@ -126,11 +128,9 @@ def fit(cube: xr.Dataset, *, task: str, client: Any = None, **options: Any) -> P
 
 
 def _device(name: str) -> str:
-    import torch
+    from geoarray._devices import resolve_device
 
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
+    return resolve_device(name, TrainError)
 
 
 def _labels_of(cube: xr.Dataset, cfg: FitConfig) -> xr.DataArray | None:

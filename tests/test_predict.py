@@ -309,3 +309,26 @@ def test_assemble_crops_the_mosaic_of_uneven_neighbours():
     grid = [[full[..., ys[i] : ys[i + 1], xs[j] : xs[j + 1]] for j in range(3)] for i in range(3)]
     for y0, y1, x0, x1 in [(0, 37, 0, 41), (3, 30, 5, 40), (10, 25, 16, 30), (12, 13, 0, 41), (0, 9, 31, 41)]:
         np.testing.assert_array_equal(assemble(grid, (y0, y1, x0, x1)), full[..., y0:y1, x0:x1])
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"device": "gpu"}, r"device='gpu' is not a torch device"),
+        ({"batch_size": 0}, r"batch_size=0; expected None \(automatic\) or a positive int"),
+        ({"dtype": "float64"}, r"dtype='float64'; expected 'float32' or 'float16'"),
+        ({"threshold": 1.5}, r"threshold=1.5; expected a probability strictly between 0 and 1"),
+        ({"prefix": 3}, r"prefix=3; expected a string"),
+    ],
+)
+def test_bad_options_are_refused_before_any_work(tmp_path, cube, kw, message):
+    ckpt = make_checkpoint(tmp_path / "m.safetensors", num_classes=5, classes=CLASSES, width=4, depth=3)
+    with pytest.raises(PredictError, match=message):
+        geoarray.predict(cube, ckpt, **kw)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the no-GPU message")
+def test_cuda_without_a_gpu_is_a_clear_error(tmp_path, cube):
+    ckpt = make_checkpoint(tmp_path / "m.safetensors", num_classes=5, classes=CLASSES, width=4, depth=3)
+    with pytest.raises(PredictError, match=r"device='cuda', but torch sees no CUDA GPU here.*device='cpu'"):
+        geoarray.predict(cube, ckpt, device="cuda")

@@ -24,7 +24,10 @@ def _tool(name: str) -> str:
 
 def test_ruff_clean():
     r = subprocess.run(
-        [_tool("ruff"), "check", "geoarray", "tests", "examples", "benchmarks"], cwd=ROOT, capture_output=True, text=True
+        [_tool("ruff"), "check", "geoarray", "tests", "examples", "benchmarks"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     assert r.returncode == 0, r.stdout + r.stderr
 

@@ -292,3 +292,11 @@ def test_bf16_autocast_and_early_stopping(cube, tmp_path):
             out=str(tmp_path / "c.safetensors"),
             **SMALL,
         )
+
+
+def test_bad_device_is_refused_before_training(tmp_path):
+    c = synthetic_cube(size=64, n_times=1)
+    with pytest.raises(TrainError, match=r"device='gpu' is not a torch device"):
+        geoarray.fit(
+            c, task="segmentation", chip_size=32, epochs=1, device="gpu", out=str(tmp_path / "m.safetensors")
+        )

@@ -1,0 +1,30 @@
+"""Device names checked up front, so a wrong one is a clear error rather than a failure deep inside torch."""
+
+from __future__ import annotations
+
+from geoarray.errors import GeoArrayError
+
+
+def resolve_device(device: str, error: type[GeoArrayError], *, check_cuda: bool = True) -> str:
+    """``"auto"`` -> ``"cuda"`` when torch sees a GPU, else ``"cpu"``; other names are validated.
+
+    ``check_cuda=False`` skips the is-there-a-GPU check (the devices of remote workers are theirs to know).
+    """
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise error(
+            f"device={device!r} is not a torch device; expected 'auto', 'cpu', 'cuda' or 'cuda:N'."
+        ) from None
+    if dev.type not in ("cpu", "cuda"):
+        raise error(f"device={device!r}; geoarray runs on 'cpu' or 'cuda'.")
+    if dev.type == "cuda" and check_cuda and not torch.cuda.is_available():
+        raise error(
+            f"device={device!r}, but torch sees no CUDA GPU here (torch {torch.__version__}); "
+            "use device='cpu', or 'auto' to take a GPU only when there is one."
+        )
+    return device
