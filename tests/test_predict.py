@@ -224,6 +224,25 @@ def test_distributed_matches_threaded(tmp_path, cube, local_cluster):
     assert set(loads.values()) <= {0, 1} and sum(loads.values()) >= 1
 
 
+def test_store_write_on_a_cluster_matches_threaded_bytes(tmp_path, cube, local_cluster):
+    import dask
+
+    ckpt = make_checkpoint(tmp_path / "m.safetensors", num_classes=5, classes=CLASSES, width=4, depth=3)
+    stores = {}
+    for mode in ("threads", "cluster"):
+        store = stores[mode] = tmp_path / f"{mode}.zarr"
+        geoarray.write_cube(cube, store, chunk=64)
+        if mode == "threads":
+            geoarray.predict(geoarray.open_cube(store), ckpt, store=store)
+        else:  # the write tasks run in the worker processes
+            with local_cluster.as_current(), dask.config.set(scheduler=local_cluster.get):
+                geoarray.predict(geoarray.open_cube(store), ckpt, store=store)
+    for var in ("probabilities", "mask"):
+        a, b = tree_digest(stores["threads"] / var), tree_digest(stores["cluster"] / var)
+        assert a == b and len(a) > 4  # every chunk file, byte for byte
+    assert geoarray.open_cube(stores["cluster"])["mask"].attrs["geoarray_complete"] is True
+
+
 # -- writing into the store -------------------------------------------------------------------------------
 def test_store_write_adds_only_outputs(tmp_path, cube):
     ckpt = make_checkpoint(tmp_path / "m.safetensors", num_classes=5, classes=CLASSES, width=4, depth=3)
