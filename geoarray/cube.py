@@ -316,6 +316,13 @@ def _prepare_for_zarr(ds: xr.Dataset, chunk: int) -> xr.Dataset:
             k: v for k, v in ds[name].encoding.items() if k in ("dtype", "_FillValue", "units", "calendar")
         }
         ds[name].encoding = keep
+        attrs = ds[name].attrs
+        # CF packing attributes left by a source raster (rioxarray copies them into attrs) make readers
+        # decode the stored values to float64: meaningless on bool masks, a no-op when scale 1 and offset 0.
+        if ds[name].dtype == bool or (attrs.get("scale_factor", 1) == 1 and attrs.get("add_offset", 0) == 0):
+            ds[name].attrs = {k: v for k, v in attrs.items() if k not in ("scale_factor", "add_offset")}
+        if ds[name].dtype == bool:
+            ds[name].attrs.pop("_FillValue", None)
     for name, c in ds.coords.items():
         if c.dtype.kind in "UST" and c.ndim == 1:  # fixed-width unicode triggers zarr v3 spec warnings
             ds = ds.assign_coords({name: (c.dims, c.values.astype(object))})

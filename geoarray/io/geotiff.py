@@ -274,7 +274,9 @@ def from_geotiff(
             )
             for m, a in zip(masks, arrays, strict=True)
         ]
-        ds["valid"] = xr.concat(full, dim="time").assign_coords(time=ds.time).transpose("time", "y", "x")
+        valid = xr.concat(full, dim="time").assign_coords(time=ds.time).transpose("time", "y", "x")
+        valid.attrs = {"long_name": "valid pixel (not nodata in every band)"}  # not the raster's tags
+        ds["valid"] = valid
         nodata = next(v for v in nodatas if v is not None)
         ds["imagery"].attrs["nodata"] = nodata
     if sensor is not None:

@@ -167,3 +167,20 @@ def test_export_geotiff_refuses_many_dates(tmp_path, synth):
     with pytest.raises(RasterError, match=r"isel\(time=0\)"):
         geoarray.export_geotiff(synth.labels, tmp_path / "x.tif")
     assert not (tmp_path / "x.tif").exists()
+
+
+def test_raster_tags_and_scales_do_not_leak_into_the_store(tmp_path):
+    # GDAL statistics, scale/offset and nodata (as rasterio writes them) used to land in `valid`'s attrs, and
+    # xarray then decoded the stored bool mask as float64 on reading
+    path = tmp_path / "scene_2020-05-18.tif"
+    data = np.arange(2 * 40 * 30, dtype="uint16").reshape(2, 40, 30)
+    data[:, :3] = 0
+    write_tif(path, data, nodata=0, tags={"STATISTICS_MEAN": "12.5"})
+    with rasterio.open(path, "r+") as dst:
+        dst.scales, dst.offsets = (1.0, 1.0), (0.0, 0.0)
+    ds = geoarray.from_geotiff(path)
+    assert "STATISTICS_MEAN" not in ds.valid.attrs and "scale_factor" not in ds.valid.attrs
+    geoarray.write_cube(ds, tmp_path / "c.zarr")
+    back = geoarray.open_cube(tmp_path / "c.zarr")
+    assert back.valid.dtype == bool and back.imagery.dtype == np.uint16
+    assert not back.valid.values[0, :3].any() and back.valid.values[0, 3:].all()
