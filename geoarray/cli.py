@@ -87,17 +87,36 @@ def ingest_geotiff(
         str | None, typer.Option(help="Comma-separated band names (default: band descriptions).")
     ] = None,
     sensor: Annotated[str | None, typer.Option(help="Sensor name for every date, e.g. S2 or L8.")] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option(help="Single-band integer label GeoTIFF, clipped and warped onto the cube's grid."),
+    ] = None,
+    classes: Annotated[
+        str | None, typer.Option(help="Comma-separated class names, in label-id order (with --labels).")
+    ] = None,
+    label_nodata: Annotated[
+        int | None, typer.Option(help="Label value meaning 'unknown' (default: the raster's nodata, else 255).")
+    ] = None,
     overwrite: Overwrite = False,
 ) -> None:
-    """Ingest GeoTIFFs (one per date) into a Zarr cube; other grids are warped onto the first file's."""
-    from geoarray.io.geotiff import from_geotiff
+    """Ingest GeoTIFFs (one per date) into a Zarr cube; other grids are warped onto the first file's.
 
+    With --labels, a label raster becomes the cube's `labels(y, x)` variable, ready for `geoarray fit`.
+    """
+    from geoarray.io.geotiff import from_geotiff, read_labels
+
+    if classes and labels is None:
+        raise typer.BadParameter("--classes needs --labels (the label raster they name).")
     ds = from_geotiff(
         files,
         times=times.split(",") if times else None,
         bands=bands.split(",") if bands else None,
         sensor=sensor,
     )
+    if labels is not None:
+        ds["labels"] = read_labels(
+            labels, ds, classes=classes.split(",") if classes else None, nodata=label_nodata
+        )
     _write(ds, output, overwrite)
 
 

@@ -50,6 +50,21 @@ def test_ingest_geotiff_then_info(tmp_path):
     assert "EPSG:32633" in r.output and "2020-01-05, 2020-02-05" in r.output and "red, nir" in r.output
 
 
+def test_ingest_geotiff_with_labels(tmp_path):
+    write_tif(tmp_path / "a_20200105.tif", coded((2, 16, 16)), descriptions=["red", "nir"])
+    lab = (np.arange(16 * 16).reshape(16, 16) % 3).astype("uint8")
+    write_tif(tmp_path / "lab.tif", lab, nodata=255)
+    store = tmp_path / "c.zarr"
+    args = ["ingest", "geotiff", str(tmp_path / "a_20200105.tif"), "-o", str(store)]
+    r = runner.invoke(app, [*args, "--labels", str(tmp_path / "lab.tif"), "--classes", "a,b,c"])
+    assert r.exit_code == 0, r.output
+    ds = geoarray.open_cube(store)
+    np.testing.assert_array_equal(ds.labels.values, lab)
+    assert list(ds.labels.attrs["classes"]) == ["a", "b", "c"] and ds.labels.attrs["nodata"] == 255
+    r = runner.invoke(app, [*args, "--overwrite", "--classes", "a,b"])
+    assert r.exit_code != 0 and "--classes needs --labels" in r.output
+
+
 def test_ingest_stac(stac_catalog, tmp_path):
     store = tmp_path / "s.zarr"
     r = runner.invoke(
