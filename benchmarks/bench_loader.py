@@ -70,10 +70,13 @@ def decode_limit(store, patches_per_chunk: int) -> float:
         ti, y, x = k
         return z[ti, :, y : y + cy, x : x + cx]
 
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(2) as pool:
-        list(pool.map(read, keys))
-    return len(keys) * patches_per_chunk / (time.perf_counter() - t0)
+    best = float("inf")
+    for _ in range(3):  # best of 3: the first pass also pays for opening files and a cold page cache
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(read, keys))
+        best = min(best, time.perf_counter() - t0)
+    return len(keys) * patches_per_chunk / best
 
 
 def step_fraction(cube) -> tuple[float, float]:
