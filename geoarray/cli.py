@@ -214,7 +214,7 @@ def predict(
         dtype="float16" if float16 else "float32",
         progress=True,
     )
-    new = [str(v) for v in out.data_vars if str(v) not in cube.data_vars]
+    new = sorted(str(v) for v in out.data_vars if str(v) not in cube.data_vars)
     px = cube.sizes["time"] * cube.sizes["y"] * cube.sizes["x"]
     dt = time.perf_counter() - t0
     typer.echo(

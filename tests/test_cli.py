@@ -154,7 +154,7 @@ def test_predict_and_export(tmp_path):
     )
     r = runner.invoke(app, ["predict", str(store), "--ckpt", str(ckpt), "--float16"])
     assert r.exit_code == 0, r.output
-    assert "wrote probabilities, mask" in r.output
+    assert "wrote mask, probabilities" in r.output
     ds = geoarray.open_cube(store)
     assert ds.probabilities.dtype == np.float16
     r = runner.invoke(app, ["predict", str(store), "--ckpt", str(ckpt)])
