@@ -28,6 +28,16 @@ from geoarray.train import (
 log = logging.getLogger(__name__)
 
 
+def shard_windows(windows: list[Any], rank: int, world: int) -> list[Any]:
+    """This rank's training windows: whole read blocks when there are at least ``world`` of them (each rank
+    reads only its own chunks), else every ``world``-th window (ranks share blocks rather than sit idle)."""
+    blocks = sorted({w.block for w in windows})
+    if len(blocks) >= world:
+        mine = set(blocks[rank::world])
+        return [w for w in windows if w.block in mine]
+    return windows[rank::world]
+
+
 class Trainer:
     """Trains ``cfg.model`` on ``setup.plan``; ``rank``/``world`` shard the training blocks for DDP."""
 
@@ -49,10 +59,8 @@ class Trainer:
             self._resume(cfg.resume)
         plan = setup.plan
         train_windows = plan.train
-        if world > 1:  # shard by read block, so each rank reads its own chunks
-            blocks = sorted({w.block for w in train_windows})
-            mine = set(blocks[rank::world])
-            train_windows = [w for w in train_windows if w.block in mine]
+        if world > 1:
+            train_windows = shard_windows(train_windows, rank, world)
         common: dict[str, Any] = {
             "bands": setup.bands,
             "mean": setup.mean,

@@ -95,7 +95,8 @@ def ingest_geotiff(
         str | None, typer.Option(help="Comma-separated class names, in label-id order (with --labels).")
     ] = None,
     label_nodata: Annotated[
-        int | None, typer.Option(help="Label value meaning 'unknown' (default: the raster's nodata, else 255).")
+        int | None,
+        typer.Option(help="Label value meaning 'unknown' (default: the raster's nodata, else 255)."),
     ] = None,
     overwrite: Overwrite = False,
 ) -> None:

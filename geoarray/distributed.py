@@ -253,10 +253,28 @@ def run_ddp(
                 )
             time.sleep(0.2)
         return [f.result() for f in futures]
-    finally:
+    except BaseException:
         for f in futures:
             if not f.done():
                 f.cancel()
+        _free_workers(client, [w for w in workers if w in client.scheduler_info()["workers"]])
+        raise
+
+
+def _free_workers(client: Any, workers: list[str]) -> None:
+    """Restart the workers of a failed DDP run, so the next run gets clean processes.
+
+    Cancelling a future does not stop a task that is executing: a surviving rank stays blocked in a gloo/nccl
+    collective, waiting for the rank that failed, and holds its worker's only thread until the collective times
+    out, so the next run's rank for that worker cannot start. A rank whose init failed also leaves
+    torch.distributed state behind in its process, and the next run's ranks then wait for each other forever.
+    Restarting the worker processes (through their Nannies) clears both.
+    """
+    log.warning("DDP failed; restarting worker(s) %s for a clean next run", workers)
+    try:
+        client.restart_workers(workers=workers, timeout=60, raise_for_error=False)
+    except Exception as e:  # no Nanny (processes=False) or the worker is gone already
+        log.warning("could not restart %s (%s); they are busy until the DDP timeout", workers, e)
 
 
 def fit_ddp(client: Any, cube: xr.Dataset, cfg: Any, setup: Any) -> Path:

@@ -41,8 +41,7 @@ def _cfg(out, **kw):
     return FitConfig(**base)
 
 
-# Each DDP test gets a fresh cluster: repeated DDP runs on one long-lived cluster occasionally never start
-# rank 1 (under investigation, see the issue note); a first run on fresh workers has never failed here.
+# Each DDP test gets a fresh cluster, so one test's failure cannot leak into the next.
 def test_ddp_two_ranks_keep_identical_weights_and_learn(store, tmp_path):
     cube = geoarray.open_cube(store)
     cfg = _cfg(tmp_path / "ddp.safetensors")
@@ -105,6 +104,26 @@ def test_worker_death_is_a_clear_error_not_a_hang(store, tmp_path):
         with pytest.raises(TrainError, match=r"died during DDP training|failed"):
             run_ddp(client, cube, cfg, setup, timeout=30)
         assert time.time() - t0 < 60
+
+
+def test_a_failed_run_frees_its_workers_for_the_next(store, tmp_path):
+    """A rank that never starts leaves the other one blocked in init_process_group, holding its worker's only
+    thread (cancelling a running task does not stop it), and a failed init leaves torch.distributed state in
+    its process: both made later runs on the same cluster hang. A failed run now restarts its workers."""
+    cube = geoarray.open_cube(store)
+    cfg = _cfg(tmp_path / "r.safetensors", epochs=1)
+    setup = prepare(cube, cfg)
+    with cluster(n_workers=2) as client:
+        busy = sorted(client.scheduler_info()["workers"])[1]
+        blocker = client.submit(time.sleep, 600, workers=[busy], pure=False)  # rank 1 cannot start
+        while blocker.status == "pending" and not client.processing()[busy]:
+            time.sleep(0.1)
+        # rank 0 gives up waiting for rank 1 (gloo's store timeout), or run_ddp sees rank 1 never started
+        with pytest.raises(TrainError, match=r"rank\(s\) \[1\] did not start|rank 0 .* failed"):
+            run_ddp(client, cube, cfg, setup, timeout=5)
+        t0 = time.time()
+        reports = run_ddp(client, cube, cfg, setup, timeout=60)
+        assert [r["rank"] for r in reports] == [0, 1] and time.time() - t0 < 60
 
 
 @pytest.mark.gpu
