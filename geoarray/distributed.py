@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import logging
 import os
 import socket
@@ -162,7 +163,7 @@ def _rank_main(
         ids = [trainer.model.parameters().__next__().device.index] if backend == "nccl" else None
         trainer.ddp_model = DistributedDataParallel(trainer.model, device_ids=ids)
         out = trainer.run()
-        return {
+        report = {
             "rank": rank,
             "out": str(out),
             "digests": trainer.weight_digests,
@@ -170,6 +171,15 @@ def _rank_main(
             "steps_per_epoch": trainer.steps_per_epoch,
             "reads": trainer.train_stream.reads,
         }
+        # Tear down in a safe order. DDP's Reducer holds the process group; freed after
+        # destroy_process_group (when this frame's locals go), ~ProcessGroupGloo joined gloo threads that
+        # waited on a peer which had already left, and the worker thread hung there (seen with py-spy on the
+        # 5th of a loop of runs). Free it while every rank is still connected, then meet at a barrier.
+        trainer.ddp_model = None
+        del trainer
+        gc.collect()
+        dist.barrier()
+        return report
     finally:
         dist.destroy_process_group()
 
@@ -219,6 +229,7 @@ def run_ddp(
         for rank, w in enumerate(workers)
     ]
     t_submit, started = time.monotonic(), False
+    first_done: float | None = None
     try:
         while True:
             done = [f for f in futures if f.done()]
@@ -234,6 +245,15 @@ def run_ddp(
                     )
             if not pending:
                 break
+            if done and first_done is None:
+                first_done = time.monotonic()
+            if first_done is not None and time.monotonic() - first_done > timeout:
+                late = [futures.index(f) for f in pending]
+                raise TrainError(
+                    f"DDP rank(s) {late} did not finish within {timeout:.0f} s of the others (stuck in torch "
+                    "distributed teardown or a collective); their workers are restarted. Run again (resume= "
+                    "continues from the last epoch)."
+                )
             if not started and time.monotonic() - t_submit > timeout:
                 states = client.run_on_scheduler(_task_states, keys=[f.key for f in futures])
                 waiting = [r for r, st in enumerate(states) if st not in ("processing", "memory", "erred")]

@@ -126,6 +126,18 @@ def test_a_failed_run_frees_its_workers_for_the_next(store, tmp_path):
         assert [r["rank"] for r in reports] == [0, 1] and time.time() - t0 < 60
 
 
+def test_repeated_runs_on_one_cluster(store, tmp_path):
+    """Session 1's flaky hang: a rank's worker thread stuck at the end of a run, in ~ProcessGroupGloo joining
+    threads that waited on a peer which had left (the DDP Reducer freed the group after
+    destroy_process_group). Ranks now free DDP and meet at a barrier before tearing down."""
+    cube = geoarray.open_cube(store)
+    with cluster(n_workers=2) as client:
+        for i in range(4):
+            cfg = _cfg(tmp_path / f"r{i}.safetensors", epochs=1, steps_per_epoch=2)
+            reports = run_ddp(client, cube, cfg, prepare(cube, cfg), timeout=60)
+            assert [r["rank"] for r in reports] == [0, 1]
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cluster_uses_cuda_workers_when_available():
