@@ -20,8 +20,12 @@ def resolve_device(device: str, error: type[GeoArrayError], *, check_cuda: bool 
         raise error(
             f"device={device!r} is not a torch device; expected 'auto', 'cpu', 'cuda' or 'cuda:N'."
         ) from None
-    if dev.type not in ("cpu", "cuda"):
-        raise error(f"device={device!r}; geoarray runs on 'cpu' or 'cuda'.")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise error(
+            f"device={device!r}; expected 'cpu', 'cuda' (or 'mps' on Apple silicon). Pass one of those."
+        )
+    if dev.type == "mps" and check_cuda and not torch.backends.mps.is_available():
+        raise error(f"device={device!r}, but torch has no MPS backend here; use device='cpu' or 'auto'.")
     if dev.type == "cuda" and check_cuda and not torch.cuda.is_available():
         raise error(
             f"device={device!r}, but torch sees no CUDA GPU here (torch {torch.__version__}); "

@@ -69,8 +69,8 @@ def get_model(path: str, sha256: str, device: str) -> Any:
 def assemble(neighbours: list[list[np.ndarray]], crop: tuple[int, int, int, int]) -> np.ndarray:
     """``[y0:y1, x0:x1]`` of the mosaic of a grid of neighbouring chunks ``(..., y, x)``.
 
-    Only the cropped parts are copied, once, into the result (a block + halo is a small part of its 3 x 3
-    neighbourhood); a window inside one chunk is a view of it.
+    Only the cropped parts are copied, once, into the result (a block + halo is usually a small part of the
+    chunks it touches); a window inside one chunk is a view of it.
     """
     y0, y1, x0, x1 = crop
     if len(neighbours) == 1 and len(neighbours[0]) == 1:

@@ -106,8 +106,10 @@ def ingest_geotiff(
     """
     from geoarray.io.geotiff import from_geotiff, read_labels
 
-    if classes and labels is None:
-        raise typer.BadParameter("--classes needs --labels (the label raster they name).")
+    if (classes or label_nodata is not None) and labels is None:
+        raise typer.BadParameter(
+            "--classes and --label-nodata need --labels (the label raster they describe)."
+        )
     ds = from_geotiff(
         files,
         times=times.split(",") if times else None,

@@ -319,7 +319,10 @@ def _prepare_for_zarr(ds: xr.Dataset, chunk: int) -> xr.Dataset:
         attrs = ds[name].attrs
         # CF packing attributes left by a source raster (rioxarray copies them into attrs) make readers
         # decode the stored values to float64: meaningless on bool masks, a no-op when scale 1 and offset 0.
-        if ds[name].dtype == bool or (attrs.get("scale_factor", 1) == 1 and attrs.get("add_offset", 0) == 0):
+        identity = np.all(np.asarray(attrs.get("scale_factor", 1)) == 1) and np.all(
+            np.asarray(attrs.get("add_offset", 0)) == 0
+        )
+        if ds[name].dtype == bool or identity:
             ds[name].attrs = {k: v for k, v in attrs.items() if k not in ("scale_factor", "add_offset")}
         if ds[name].dtype == bool:
             ds[name].attrs.pop("_FillValue", None)

@@ -251,8 +251,8 @@ def run_ddp(
                 late = [futures.index(f) for f in pending]
                 raise TrainError(
                     f"DDP rank(s) {late} did not finish within {timeout:.0f} s of the others (stuck in torch "
-                    "distributed teardown or a collective); their workers are restarted. Run again (resume= "
-                    "continues from the last epoch)."
+                    "distributed teardown or a collective); their workers are being restarted. Run again "
+                    "(resume= continues from the last epoch)."
                 )
             if not started and time.monotonic() - t_submit > timeout:
                 states = client.run_on_scheduler(_task_states, keys=[f.key for f in futures])
@@ -274,10 +274,24 @@ def run_ddp(
             time.sleep(0.2)
         return [f.result() for f in futures]
     except BaseException:
-        for f in futures:
+        # Restart only what must be: workers whose rank is still running (cancel() does not stop a running
+        # task), and workers whose rank failed with something other than a TrainError (e.g. inside
+        # init_process_group, which leaves torch.distributed state behind). A TrainError is raised by geoarray
+        # after init, and the rank's `finally` destroyed its group cleanly; restarting would also drop data
+        # the user persisted on those workers.
+        dirty = []
+        for f, w in zip(futures, workers, strict=True):
             if not f.done():
                 f.cancel()
-        _free_workers(client, [w for w in workers if w in client.scheduler_info()["workers"]])
+                dirty.append(w)
+            elif f.status == "error" and not isinstance(f.exception(), TrainError):
+                dirty.append(w)
+        try:
+            alive = set(client.scheduler_info()["workers"])
+        except Exception:  # a broken client: keep the original error
+            alive = set()
+        if dirty and alive:
+            _free_workers(client, [w for w in dirty if w in alive])
         raise
 
 
@@ -290,6 +304,8 @@ def _free_workers(client: Any, workers: list[str]) -> None:
     torch.distributed state behind in its process, and the next run's ranks then wait for each other forever.
     Restarting the worker processes (through their Nannies) clears both.
     """
+    if not workers:
+        return
     log.warning("DDP failed; restarting worker(s) %s for a clean next run", workers)
     try:
         client.restart_workers(workers=workers, timeout=60, raise_for_error=False)

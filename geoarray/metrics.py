@@ -35,6 +35,14 @@ def confusion_matrix(
     if hasattr(pred, "dims") and hasattr(truth, "dims"):  # xarray: align by dimension name, e.g. a
         import xarray as xr  # mask(time, y, x) against labels(y, x) scores every date
 
+        try:
+            pred, truth = xr.align(pred, truth, join="exact")  # broadcast alone would outer-join to NaN
+        except ValueError as e:
+            raise CubeError(
+                f"prediction and truth coordinates differ ({e}); expected the same grid. Score a prediction "
+                "against labels of the same cube, or align them first (e.g. `truth.reindex_like(pred, "
+                "method='nearest')`)."
+            ) from None
         pred, truth = xr.broadcast(pred, truth)
         truth = truth.transpose(*pred.dims)
     pv = getattr(pred, "data", pred)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import operator
 import os
 import shutil
@@ -62,9 +63,13 @@ def _check_options(batch_size: Any, dtype: Any, threshold: Any, prefix: Any) -> 
         not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1
     ):
         raise PredictError(f"batch_size={batch_size!r}; expected None (automatic) or a positive int.")
-    if dtype not in ("float32", "float16"):
+    try:
+        ok_dtype = np.dtype(dtype).name in ("float32", "float16")
+    except TypeError:
+        ok_dtype = False
+    if not ok_dtype:
         raise PredictError(f"dtype={dtype!r}; expected 'float32' or 'float16' (half the storage).")
-    if not isinstance(threshold, (int, float)) or not 0.0 < float(threshold) < 1.0:
+    if not isinstance(threshold, numbers.Real) or not 0.0 < float(threshold) < 1.0:
         raise PredictError(f"threshold={threshold!r}; expected a probability strictly between 0 and 1.")
     if not isinstance(prefix, str):
         raise PredictError(f"prefix={prefix!r}; expected a string such as 's2_'.")
@@ -172,8 +177,9 @@ def predict(
 
     Notes
     -----
-    Every y/x chunk but the last must be at least the halo, so a block's window needs only its 8 neighbours;
-    chunks are realigned to the model stride when they are not multiples of it.
+    A block's task reads every input chunk its window (block + halo) touches. Blocks are the dask chunks,
+    realigned to the model stride when needed; chunks under 32 px are grouped into blocks of at least 256 px,
+    and other chunks must be at least the halo (smaller blocks would spend most of their work on the halo).
 
     Examples
     --------
@@ -182,6 +188,8 @@ def predict(
     """
     validate_cube(cube, var=var)
     _check_options(batch_size, dtype, threshold, prefix)
+    dtype = np.dtype(dtype).name  # type: ignore[assignment]  # np.float16, "f2", ... -> "float16"
+    threshold = float(threshold)
     device = _device(device)
     path = str(Path(ckpt).resolve())
     meta = read_metadata(path)

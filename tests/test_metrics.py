@@ -57,3 +57,13 @@ def test_confusion_aligns_xarray_by_dimension_and_refuses_mismatched_shapes():
     np.testing.assert_array_equal(cm, [[1, 1], [1, 5]])
     with pytest.raises(CubeError, match=r"prediction shape \(2, 2, 2\) differs from truth shape \(2, 2\)"):
         confusion_matrix(pred.values, truth.values, 2)
+
+
+def test_confusion_refuses_coordinates_that_do_not_match():
+    from geoarray.errors import CubeError
+
+    y, x = np.arange(4.0), np.arange(5.0)
+    pred = xr.DataArray(np.zeros((2, 4, 5), "uint8"), dims=("time", "y", "x"), coords={"y": y, "x": x})
+    truth = xr.DataArray(np.zeros((4, 5), "uint8"), dims=("y", "x"), coords={"y": y + 1e-9, "x": x})
+    with pytest.raises(CubeError, match=r"prediction and truth coordinates differ.*same grid"):
+        confusion_matrix(pred, truth, 2)  # an outer join would have scored nothing, silently

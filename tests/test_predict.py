@@ -351,3 +351,9 @@ def test_cuda_without_a_gpu_is_a_clear_error(tmp_path, cube):
     ckpt = make_checkpoint(tmp_path / "m.safetensors", num_classes=5, classes=CLASSES, width=4, depth=3)
     with pytest.raises(PredictError, match=r"device='cuda', but torch sees no CUDA GPU here.*device='cpu'"):
         geoarray.predict(cube, ckpt, device="cuda")
+
+
+def test_options_accept_numpy_forms(tmp_path, cube):
+    ckpt = make_checkpoint(tmp_path / "m.safetensors", num_classes=5, classes=CLASSES, width=4, depth=3)
+    out = geoarray.predict(cube, ckpt, dtype=np.float16, threshold=np.float32(0.5), batch_size=np.int64(2))
+    assert out.probabilities.dtype == np.float16

@@ -46,26 +46,30 @@ class GeoModel(nn.Module):
         return int(math.ceil(rf / self.stride) * self.stride) if rf else 0
 
 
+# Linear + BatchNorm1d is left alone: on 3-D input BatchNorm1d normalises axis 1, not the Linear's features.
 _FUSABLE = (
     (nn.Conv1d, nn.BatchNorm1d),
     (nn.Conv2d, nn.BatchNorm2d),
-    (nn.Linear, nn.BatchNorm1d),
 )
 
 
 def fuse_batchnorm(model: nn.Module) -> int:
     """Fold every eval-mode BatchNorm into the convolution or linear layer just before it, in place.
 
-    Only pairs that follow each other inside an ``nn.Sequential`` are folded (there the data flow is certain);
+    Only pairs that follow each other inside a plain ``nn.Sequential`` (not a subclass, which may override
+    ``forward``) are folded: there the data flow is certain;
     the BatchNorm becomes an ``nn.Identity``. The outputs are the same up to float rounding (~1e-7), and
     inference skips one full pass over every feature map. Returns the number of pairs folded.
     """
-    from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
 
     if model.training:
-        raise ValueError("fuse_batchnorm needs a model in eval mode (BatchNorm uses its running statistics)")
+        raise ValueError(
+            "fuse_batchnorm got a model in training mode; expected eval mode (folding uses BatchNorm's running "
+            "statistics). Call `model.eval()` first."
+        )
     folded = 0
-    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+    for seq in [m for m in model.modules() if type(m) is nn.Sequential]:
         for i in range(len(seq) - 1):
             layer, bn = seq[i], seq[i + 1]
             pair = next((p for p in _FUSABLE if type(layer) is p[0] and type(bn) is p[1]), None)
@@ -73,9 +77,7 @@ def fuse_batchnorm(model: nn.Module) -> int:
                 continue
             if not bn.track_running_stats or bn.running_mean is None:
                 continue
-            if isinstance(layer, nn.Linear):
-                seq[i] = fuse_linear_bn_eval(layer, bn)
-            elif isinstance(layer, (nn.Conv1d, nn.Conv2d)):
+            if isinstance(layer, (nn.Conv1d, nn.Conv2d)):
                 seq[i] = fuse_conv_bn_eval(layer, bn)
             seq[i + 1] = nn.Identity()
             folded += 1
