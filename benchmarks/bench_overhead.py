@@ -22,7 +22,7 @@ from _common import load_report, make_ckpt, make_store, workdir
 
 import geoarray
 from geoarray import _source
-from geoarray.predict import MIN_BLOCK
+from geoarray._blocks import MIN_BLOCK
 
 
 def timed(fn) -> float:  # type: ignore[no-untyped-def]

@@ -7,41 +7,50 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
-
 from geoarray import errors
+from geoarray._version import __version__
 from geoarray.checkpoint import load_checkpoint, save_checkpoint
+from geoarray.chips import plan_chips
 from geoarray.cube import open_cube, validate_cube, write_cube
 from geoarray.errors import GeoArrayError
 from geoarray.io.geotiff import export_geotiff, from_geotiff, read_labels
 from geoarray.io.stac import from_stac
-from geoarray.predict import predict
-from geoarray.train import fit
+from geoarray.predict import clear_caches, predict
+from geoarray.training import fit
 
-__all__ = [
-    # errors and submodules
+__all__ = [  # noqa: RUF022  (grouped by stage, like xarray)
+    # errors
     "GeoArrayError",
     "__version__",
-    "datasets",
     "errors",
-    # I/O
-    "export_geotiff",
-    "fit",
-    "from_geotiff",
-    "from_stac",
-    # models and inference
-    "load_checkpoint",
-    # cube
+    # the cube
     "open_cube",
-    "predict",
-    "read_labels",
-    "save_checkpoint",
     "validate_cube",
     "write_cube",
+    # loading
+    "export_geotiff",
+    "from_geotiff",
+    "from_stac",
+    "read_labels",
+    # training
+    "fit",
+    "plan_chips",
+    # checkpoints and inference
+    "clear_caches",
+    "load_checkpoint",
+    "predict",
+    "save_checkpoint",
+    # submodules (loaded on first use)
+    "datasets",
+    "demo",
+    "distributed",
+    "metrics",
+    "models",
+    "plot",
 ]
 
 # Submodules that import torch (models) or are rarely needed load on first attribute access.
-_LAZY_MODULES = {"datasets", "models", "metrics", "plot", "io"}
+_LAZY_MODULES = {"datasets", "demo", "distributed", "io", "metrics", "models", "plot"}
 
 
 def __getattr__(name: str) -> Any:
@@ -53,4 +62,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(__all__)
+    return sorted(set(__all__) | _LAZY_MODULES)

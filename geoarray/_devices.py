@@ -32,3 +32,18 @@ def resolve_device(device: str, error: type[GeoArrayError], *, check_cuda: bool 
             "use device='cpu', or 'auto' to take a GPU only when there is one."
         )
     return device
+
+
+def cuda_count() -> int:
+    """CUDA devices torch can use here (0 without a CUDA build). A broken CUDA setup is logged, not hidden."""
+    import logging
+
+    import torch
+
+    if not torch.backends.cuda.is_built():
+        return 0
+    try:
+        return int(torch.cuda.device_count())
+    except RuntimeError as e:  # a driver/runtime mismatch: say so rather than silently fall back to gloo
+        logging.getLogger(__name__).warning("CUDA is built into torch but unusable here (%s); using the CPU", e)
+        return 0

@@ -8,62 +8,154 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What every block task of one predict run shares: the checkpoint, the device and the outputs."""
+
+    path: str
+    sha256: str
+    device: str
+    kind: str  # "segmentation", "multilabel" or "features"
+    input_kind: str  # "image", "sequence" or "pixels"
+    outputs: tuple[str, ...]
+    channels: int
+    float_dtype: str
+    mask_dtype: str
+    nodata: int
+    threshold: float
+    batch_size: int | None
+    norm: tuple[tuple[float, ...], tuple[float, ...], float]  # mean, std, scale
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """One block task: where its window lies in the chunks it receives (or reads), and its dates."""
+
+    run: RunSpec
+    crop: tuple[int, int, int, int]  # the window inside the mosaic of received chunks
+    inner: tuple[int, int, int, int]  # offset of the block inside the window, and its size
+    run_times: tuple[bool, ...]  # dates the model runs on (others come out invalid)
+    dates: tuple[float, ...]  # what sequence/pixel models receive as dates
+    direct: dict[str, Any] | None = None  # store locations, when the task reads its own window
+
+
 _LOCK = threading.Lock()
-_MODELS: dict[tuple[str, str], Any] = {}
-_ZARR: dict[str, Any] = {}
-_THREADS_SET = False
+_MAX_MODELS = 4  # checkpoints kept loaded per process (GPU models hold device memory)
+_MAX_ARRAYS = 64  # open Zarr output arrays kept per process
+_MODELS: OrderedDict[tuple[str, str], Any] = OrderedDict()
+_ZARR: OrderedDict[str, Any] = OrderedDict()
 
 
-def _configure_threads() -> None:
-    """Keep dask threads x torch threads <= cores (oversubscription costs ~2.5x on small machines)."""
-    global _THREADS_SET
-    if _THREADS_SET:
+def clear_caches() -> None:
+    """Drop the models and open Zarr arrays predict keeps in this process (and free GPU memory they hold).
+
+    predict loads a checkpoint once per process and keeps the last few (at most 4) for the next call; call
+    this to release them at once. On a Dask cluster, run it on the workers: ``client.run(clear_caches)``.
+    """
+    with _LOCK:
+        _MODELS.clear()
+        _ZARR.clear()
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
         return
-    import torch
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
+
+def _remember(cache: OrderedDict[Any, Any], key: Any, value: Any, limit: int) -> None:
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > limit:
+        cache.popitem(last=False)
+
+
+def _thread_budget() -> int:
+    """Torch threads per task: dask threads x torch threads <= cores (oversubscription costs ~2.5x)."""
     cores = os.cpu_count() or 1
     try:
         from distributed import get_worker
 
-        dask_threads = get_worker().state.nthreads
-        if os.environ.get("OMP_NUM_THREADS"):  # the Nanny has already budgeted threads per worker
-            dask_threads = cores
-    except (ImportError, ValueError, AttributeError):
+        worker = get_worker()
+    except (ImportError, ValueError):  # not in a distributed worker: the local threaded scheduler
         import dask
 
-        dask_threads = int(dask.config.get("num_workers", None) or cores)
-    torch.set_num_threads(max(1, cores // max(1, dask_threads)))
-    _THREADS_SET = True
+        return max(1, cores // max(1, int(dask.config.get("num_workers", None) or cores)))
+    if os.environ.get("OMP_NUM_THREADS"):  # the Nanny has already budgeted threads per worker
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    return max(1, cores // max(1, worker.state.nthreads))
+
+
+_ACTIVE = 0
+_SAVED_THREADS: int | None = None
+
+
+@contextmanager
+def torch_threads() -> Iterator[None]:
+    """Set torch's thread count for the tasks running now, and give the process its own back after the last.
+
+    ``torch.set_num_threads`` is process-wide and predict's tasks often run in the caller's process (dask's
+    threaded scheduler): the first task in sets the budget, the last one out restores the caller's value.
+    """
+    global _ACTIVE, _SAVED_THREADS
+    import torch
+
+    with _LOCK:
+        if _ACTIVE == 0:
+            _SAVED_THREADS = torch.get_num_threads()
+            torch.set_num_threads(_thread_budget())
+        _ACTIVE += 1
+    try:
+        yield
+    finally:
+        with _LOCK:
+            _ACTIVE -= 1
+            if _ACTIVE == 0 and _SAVED_THREADS is not None:
+                torch.set_num_threads(_SAVED_THREADS)
+                _SAVED_THREADS = None
 
 
 def get_model(path: str, sha256: str, device: str) -> Any:
-    """The checkpoint's model, loaded once per process (and per device)."""
+    """The checkpoint's model, loaded once per process (and per device); the last few stay cached."""
     key = (sha256, device)
-    model = _MODELS.get(key)
-    if model is None:
+    with _LOCK:
+        model = _MODELS.get(key)
+        if model is not None:
+            _MODELS.move_to_end(key)
+            return model
+    import torch
+
+    from geoarray.checkpoint import load_checkpoint
+    from geoarray.models.base import fuse_batchnorm
+
+    with _LOAD_LOCK:  # one load per key, without holding the cache lock during the load
         with _LOCK:
             model = _MODELS.get(key)
-            if model is None:
-                import torch
-
-                from geoarray.checkpoint import file_sha256, load_checkpoint
-
-                if file_sha256(path) != sha256:
-                    raise RuntimeError(f"checkpoint {path} changed while predicting (sha256 differs)")
-                _configure_threads()
-                model = load_checkpoint(path, device=device).model
-                from geoarray.models.base import fuse_batchnorm
-
-                fuse_batchnorm(model)  # inference only: one pass less over every feature map
-                if getattr(model, "input_kind", "") in ("image", "sequence"):
-                    # NHWC convolutions are ~1.6x faster on CPU (oneDNN) and standard on GPU (tensor cores)
-                    model = model.to(memory_format=torch.channels_last)
-                _MODELS[key] = model
+        if model is not None:
+            return model
+        ck = load_checkpoint(path, device=device)
+        if ck.sha256 != sha256:
+            raise RuntimeError(f"checkpoint {path} changed while predicting (sha256 differs)")
+        model = ck.model
+        fuse_batchnorm(model)  # inference only: one pass less over every feature map
+        if getattr(model, "input_kind", "") in ("image", "sequence"):
+            # NHWC convolutions are ~1.6x faster on CPU (oneDNN) and standard on GPU (tensor cores)
+            model = model.to(memory_format=torch.channels_last)
+        with _LOCK:
+            _remember(_MODELS, key, model, _MAX_MODELS)
     return model
+
+
+_LOAD_LOCK = threading.Lock()
 
 
 def assemble(neighbours: list[list[np.ndarray]], crop: tuple[int, int, int, int]) -> np.ndarray:
@@ -95,36 +187,36 @@ def assemble(neighbours: list[list[np.ndarray]], crop: tuple[int, int, int, int]
     return out
 
 
-def _postprocess(logits: Any, kind: str, spec: dict[str, Any]) -> list[np.ndarray]:
+def _postprocess(logits: Any, kind: str, spec: RunSpec) -> list[np.ndarray]:
     """Model outputs ``(N, K, h, w)`` -> the float/mask arrays predict writes, in spec order."""
     import torch
 
     outs: list[np.ndarray] = []
     if kind == "segmentation":
         probs = torch.softmax(logits.float(), dim=1)
-        for name in spec["outputs"]:
+        for name in spec.outputs:
             if name == "probabilities":
-                outs.append(probs.numpy().astype(spec["float_dtype"], copy=False))
+                outs.append(probs.numpy().astype(spec.float_dtype, copy=False))
             elif name == "mask":
-                outs.append(probs.argmax(1).numpy().astype(spec["mask_dtype"]))
+                outs.append(probs.argmax(1).numpy().astype(spec.mask_dtype))
     elif kind == "multilabel":
         probs = torch.sigmoid(logits.float())
-        for name in spec["outputs"]:
+        for name in spec.outputs:
             if name == "probabilities":
-                outs.append(probs.numpy().astype(spec["float_dtype"], copy=False))
+                outs.append(probs.numpy().astype(spec.float_dtype, copy=False))
             elif name == "mask":
-                outs.append((probs > spec["threshold"]).numpy().astype(spec["mask_dtype"]))
+                outs.append((probs > spec.threshold).numpy().astype(spec.mask_dtype))
     else:
-        outs.append(logits.float().numpy().astype(spec["float_dtype"], copy=False))
+        outs.append(logits.float().numpy().astype(spec.float_dtype, copy=False))
     return outs
 
 
-def _mark_invalid(outs: list[np.ndarray], invalid: np.ndarray, spec: dict[str, Any], class_axis: int) -> None:
+def _mark_invalid(outs: list[np.ndarray], invalid: np.ndarray, spec: RunSpec, class_axis: int) -> None:
     """Invalid pixels: NaN for floats, the nodata value for masks. ``invalid`` has the outputs' leading dims."""
     if not invalid.any():
         return
     for arr in outs:
-        fill = np.nan if arr.dtype.kind == "f" else spec["nodata"]
+        fill = np.nan if arr.dtype.kind == "f" else spec.nodata
         if arr.ndim == invalid.ndim + 1:  # has a class/feature axis
             np.moveaxis(arr, class_axis, -1)[invalid] = fill
         else:
@@ -132,20 +224,20 @@ def _mark_invalid(outs: list[np.ndarray], invalid: np.ndarray, spec: dict[str, A
 
 
 def run_block(
-    neighbours: list[list[np.ndarray]] | None, valid_nb: list[list[np.ndarray]] | None, spec: dict[str, Any]
+    neighbours: list[list[np.ndarray]] | None, valid_nb: list[list[np.ndarray]] | None, block: BlockSpec
 ) -> tuple[np.ndarray, ...]:
     """Predict one output block from its input chunk neighbourhood.
 
     ``neighbours`` are the raw input chunks ``(T, C, y, x)`` around the block, ``valid_nb`` the matching
-    ``valid`` chunks (or None); or, with ``spec["direct"]``, the task reads its window from the store itself. The window is normalised and filled like the training stream does, the model
-    runs, and the outputs named in ``spec["outputs"]`` come back cropped to the block.
+    ``valid`` chunks (or None); or, with ``block.direct``, the task reads its window from the store itself.
+    The window is normalised and filled like the training stream does, the model runs, and the outputs named
+    in ``block.run.outputs`` come back cropped to the block.
     """
-    import torch
-
     from geoarray._preprocess import normalize_fill
 
-    mean, std, scale = spec["norm"]
-    direct = spec.get("direct")
+    spec = block.run
+    mean, std, scale = spec.norm
+    direct = block.direct
     if direct is not None:  # untouched store variables: read block + halo with zarr in this task
         from geoarray._source import read
 
@@ -159,25 +251,33 @@ def run_block(
             vwin = read(vstore, vname, (slice(t0, t1), *space))
     else:
         assert neighbours is not None  # the graph passes chunks whenever it does not pass "direct"
-        raw = assemble(neighbours, spec["crop"])
-        vwin = assemble(valid_nb, spec["crop"]) if valid_nb is not None else None
+        raw = assemble(neighbours, block.crop)
+        vwin = assemble(valid_nb, block.crop) if valid_nb is not None else None
     window, ok = normalize_fill(raw, vwin, mean, std, scale)
-    oy, ox, by, bx = spec["inner"]  # offset of the block inside the window, and its size
+    model = get_model(spec.path, spec.sha256, spec.device)
+    with torch_threads():
+        return _run_window(model, window, ok, block)
+
+
+def _run_window(model: Any, window: np.ndarray, ok: np.ndarray, block: BlockSpec) -> tuple[np.ndarray, ...]:
+    import torch
+
+    spec = block.run
+    oy, ox, by, bx = block.inner  # offset of the block inside the window, and its size
     valid = ok[..., oy : oy + by, ox : ox + bx]
-    model = get_model(spec["path"], spec["sha256"], spec["device"])
-    kind, input_kind = spec["kind"], spec["input_kind"]
-    run = np.asarray(spec["run_times"], dtype=bool)
+    kind, input_kind = spec.kind, spec.input_kind
+    run = np.asarray(block.run_times, dtype=bool)
     t = window.shape[0]
-    device = spec["device"]
+    device = spec.device
     with torch.inference_mode():
         if input_kind == "pixels":
-            return _run_pixels(model, window[..., oy : oy + by, ox : ox + bx], valid, spec)
-        shape_k = spec["channels"]
+            return _run_pixels(model, window[..., oy : oy + by, ox : ox + bx], valid, block)
+        shape_k = spec.channels
         outs_full: list[np.ndarray] | None = None
         if input_kind == "image":
             idx = np.flatnonzero(run)
             results: list[list[np.ndarray]] = []
-            bs = spec["batch_size"] or max(1, len(idx))
+            bs = spec.batch_size or max(1, len(idx))
             for s in range(0, len(idx), bs):
                 sel = idx[s : s + bs]
                 x = torch.from_numpy(window[sel]).to(device).contiguous(memory_format=torch.channels_last)
@@ -186,7 +286,7 @@ def run_block(
             outs_full = _scatter(results, idx, t, spec, shape_k, by, bx)
         else:  # sequence: the whole series at once, output per frame
             x = torch.from_numpy(np.ascontiguousarray(window))[None].to(device)
-            dates = torch.as_tensor(np.asarray(spec["dates"], dtype=np.float32))[None].to(device)
+            dates = torch.as_tensor(np.asarray(block.dates, dtype=np.float32))[None].to(device)
             logits = model(x, dates=dates)[0][..., oy : oy + by, ox : ox + bx].cpu()
             outs_full = _postprocess(logits, kind, spec)
     invalid = ~valid | ~run[:, None, None]
@@ -195,13 +295,13 @@ def run_block(
 
 
 def _scatter(
-    results: list[list[np.ndarray]], idx: np.ndarray, t: int, spec: dict[str, Any], k: int, by: int, bx: int
+    results: list[list[np.ndarray]], idx: np.ndarray, t: int, spec: RunSpec, k: int, by: int, bx: int
 ) -> list[np.ndarray]:
     """Put per-batch results for the run dates into full ``(T, ...)`` arrays (skipped dates stay invalid)."""
     outs = []
-    for j, name in enumerate(spec["outputs"]):
-        dtype = spec["mask_dtype"] if name == "mask" else spec["float_dtype"]
-        has_k = name != "mask" or spec["kind"] == "multilabel"
+    for j, name in enumerate(spec.outputs):
+        dtype = spec.mask_dtype if name == "mask" else spec.float_dtype
+        has_k = name != "mask" or spec.kind == "multilabel"
         shape = (t, k, by, bx) if has_k else (t, by, bx)
         full = np.zeros(shape, dtype=dtype)
         if results:
@@ -210,28 +310,27 @@ def _scatter(
     return outs
 
 
-def _run_pixels(
-    model: Any, window: np.ndarray, valid: np.ndarray, spec: dict[str, Any]
-) -> tuple[np.ndarray, ...]:
+def _run_pixels(model: Any, window: np.ndarray, valid: np.ndarray, block: BlockSpec) -> tuple[np.ndarray, ...]:
     """Pixel time-series models: every pixel's ``(T, C)`` series -> one vector; no time dim in the output."""
     import torch
 
+    spec = block.run
     t, c, h, w = window.shape
-    run = np.asarray(spec["run_times"], dtype=bool)
+    run = np.asarray(block.run_times, dtype=bool)
     ok = valid & run[:, None, None]  # (T, h, w)
     series = np.ascontiguousarray(window.transpose(2, 3, 0, 1).reshape(h * w, t, c))
     vmask = np.ascontiguousarray(ok.transpose(1, 2, 0).reshape(h * w, t))
-    doy = np.broadcast_to(np.asarray(spec["dates"], dtype=np.float32), (h * w, t))
-    bs = spec["batch_size"] or 65536
+    doy = np.broadcast_to(np.asarray(block.dates, dtype=np.float32), (h * w, t))
+    bs = spec.batch_size or 65536
     chunks = []
     for s in range(0, h * w, bs):
-        x = torch.from_numpy(series[s : s + bs]).to(spec["device"])
-        d = torch.from_numpy(np.ascontiguousarray(doy[s : s + bs])).to(spec["device"])
-        v = torch.from_numpy(vmask[s : s + bs]).to(spec["device"])
+        x = torch.from_numpy(series[s : s + bs]).to(spec.device)
+        d = torch.from_numpy(np.ascontiguousarray(doy[s : s + bs])).to(spec.device)
+        v = torch.from_numpy(vmask[s : s + bs]).to(spec.device)
         chunks.append(model(x, d, v).cpu())
-    out = torch.cat(chunks, 0) if chunks else torch.zeros(0, spec["channels"])
+    out = torch.cat(chunks, 0) if chunks else torch.zeros(0, spec.channels)
     logits = out.T.reshape(1, -1, h, w)  # (1, K, h, w)
-    outs = [o[0] for o in _postprocess(logits, spec["kind"], spec)]
+    outs = [o[0] for o in _postprocess(logits, spec.kind, spec)]
     invalid = ~ok.any(0)
     _mark_invalid(outs, invalid, spec, class_axis=0)
     return tuple(outs)
@@ -246,10 +345,12 @@ def write_block(results: tuple[np.ndarray, ...], targets: list[tuple[str, str, t
     import zarr
 
     for arr, (path, token, region) in zip(results, targets, strict=True):
-        z = _ZARR.get(path + token)
+        with _LOCK:
+            z = _ZARR.get(path + token)
         if z is None:
             z = zarr.open_array(path, mode="r+", config={"write_empty_chunks": True})
-            _ZARR[path + token] = z
+            with _LOCK:
+                _remember(_ZARR, path + token, z, _MAX_ARRAYS)
         z[region] = arr
     return 1
 

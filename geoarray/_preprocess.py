@@ -63,3 +63,16 @@ def band_stats(
     std = np.sqrt(var_)
     std = np.where(std > 1e-12, std, 1.0)
     return [float(v) for v in mean], [float(v) for v in std]
+
+
+def date_features(times: Any, encoding: str | None) -> np.ndarray:
+    """What sequence and pixel models receive as ``dates``, float32, one value per time step.
+
+    ``"days"``: days since 1970-01-01; anything else (``"doy"``, None): day of year, 1-based. Training and
+    predict both call this, so a model sees the same numbers in both.
+    """
+    t = np.asarray(times).astype("datetime64[D]")
+    if encoding == "days":
+        return (t - np.datetime64("1970-01-01", "D")).astype(np.float32)
+    year_start = t.astype("datetime64[Y]").astype("datetime64[D]")
+    return (t - year_start).astype(np.float32) + np.float32(1.0)

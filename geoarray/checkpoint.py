@@ -133,7 +133,7 @@ def save_checkpoint(
     """
     from safetensors.torch import save_model
 
-    import geoarray
+    from geoarray._version import __version__
 
     name = getattr(model, "name", "")
     hparams = getattr(model, "hparams", None)
@@ -182,7 +182,7 @@ def save_checkpoint(
         "halo": model.halo(),
         "stride": int(model.stride),
         "training": training,
-        "geoarray_version": geoarray.__version__,
+        "geoarray_version": __version__,
         "extra": meta,
     }
     try:

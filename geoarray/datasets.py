@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from geoarray._constants import LABEL_NODATA  # the nodata of the labels these cubes carry
+
 __all__ = ["LABEL_NODATA", "sample_cube", "sample_path", "synthetic_cube"]
 
-#: The ``nodata`` value of the integer ``labels`` these cubes carry.
-LABEL_NODATA = 255
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], scale: float) -> np.ndarray:

@@ -12,10 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import numbers
-import operator
 import os
-import shutil
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -23,22 +20,19 @@ from typing import Any, Literal
 import dask.array as dsa
 import numpy as np
 import xarray as xr
-from dask.base import tokenize
-from dask.delayed import Delayed
-from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
-from geoarray import _inference
-from geoarray._progress import compute_with_progress
+from geoarray._blocks import MIN_BLOCK, TINY, aligned, build_graph, direct_sources, grouped
+from geoarray._constants import MASK_NODATA, MASK_NODATA_WIDE
+from geoarray._inference import RunSpec, clear_caches
+from geoarray._preprocess import date_features
+from geoarray._writer import write_to_store
 from geoarray.checkpoint import file_sha256, read_metadata
-from geoarray.cube import DEFAULT_CHUNK, _grid_mismatch, _open_zarr, validate_cube
-from geoarray.errors import BandError, PredictError, StoreError, StoreExistsError, StoreNotFoundError
+from geoarray.cube import DEFAULT_CHUNK, validate_cube
+from geoarray.errors import BandError, PredictError
 
-__all__ = ["predict"]
+__all__ = ["clear_caches", "predict"]
 
 log = logging.getLogger(__name__)
-
-MASK_NODATA = 255
-_COMPLETE = "geoarray_complete"
 
 
 def _device(device: str) -> str:
@@ -73,34 +67,6 @@ def _check_options(batch_size: Any, dtype: Any, threshold: Any, prefix: Any) -> 
         raise PredictError(f"threshold={threshold!r}; expected a probability strictly between 0 and 1.")
     if not isinstance(prefix, str):
         raise PredictError(f"prefix={prefix!r}; expected a string such as 's2_'.")
-
-
-def _aligned(chunks: tuple[int, ...], stride: int, size: int) -> tuple[int, ...]:
-    """Chunks whose inner edges fall on multiples of ``stride`` (the last chunk takes the remainder)."""
-    if all(c % stride == 0 for c in chunks[:-1]):
-        return chunks
-    c = int(math.ceil(chunks[0] / stride) * stride)
-    return dsa.core.normalize_chunks(c, (size,))[0]
-
-
-MIN_BLOCK = 256
-TINY = 32
-
-
-def _grouped(chunks: tuple[int, ...], size: int, below: int) -> tuple[int, ...]:
-    """Chunks under ``below`` px grouped into whole multiples of the chunk size of at least MIN_BLOCK px."""
-    c = chunks[0]
-    if c >= below or len(chunks) == 1:
-        return chunks
-    return dsa.core.normalize_chunks(math.ceil(MIN_BLOCK / c) * c, (size,))[0]
-
-
-def _dates_in_days(times: np.ndarray, encoding: str | None) -> np.ndarray:
-    t = np.asarray(times).astype("datetime64[D]")
-    if encoding == "days":
-        return (t - np.datetime64("1970-01-01", "D")).astype(np.float32)
-    year_start = t.astype("datetime64[Y]").astype("datetime64[D]")
-    return (t - year_start).astype(np.float32) + 1.0  # day of year, 1-based
 
 
 def predict(
@@ -199,7 +165,9 @@ def predict(
     if kind == "classification":
         raise PredictError(
             f"{Path(path).name} is a chip classifier (task {meta['task']!r}): it gives one label per chip, not per "
-            "pixel. Use geoarray.chips to classify chips, or a segmentation/feature checkpoint for predict."
+            "pixel, and predict writes per-pixel outputs. Apply it to chips yourself: `model = "
+            "geoarray.load_checkpoint(ckpt).model`, cut windows with `geoarray.plan_chips(cube, chip_size=...)` and "
+            "normalise with the checkpoint's meta['input'] mean/std; or train a segmentation model for per-pixel maps."
         )
     input_kind = in_spec.get("kind", "image")
     stride = int(meta.get("stride", 1))
@@ -228,15 +196,15 @@ def predict(
             f"{chunks[0]}. Rechunk it: `cube = cube.chunk(time=-1)`."
         )
     ny, nx = img.sizes["y"], img.sizes["x"]
-    ych = _aligned(chunks[2], stride, ny)
-    xch = _aligned(chunks[3], stride, nx)
+    ych = aligned(chunks[2], stride, ny)
+    xch = aligned(chunks[3], stride, nx)
     # Small chunks: one task covers several, so per-task overhead is paid once per MIN_BLOCK² pixels rather
     # than once per chunk. Direct (halo-free) store reads fetch a group in one zarr call at no extra cost, so
     # every chunk under MIN_BLOCK is grouped; dask chunks are merged only when tiny (a rechunk copies them,
     # and the block grid the user chose is otherwise kept).
-    direct = _direct_sources(cube, var, needed, present) if h == 0 else None
+    direct = direct_sources(cube, var, needed, present) if h == 0 else None
     below = MIN_BLOCK if direct is not None else TINY
-    ych, xch = _grouped(ych, ny, below), _grouped(xch, nx, below)
+    ych, xch = grouped(ych, ny, below), grouped(xch, nx, below)
     for dim, ch in (("y", ych), ("x", xch)):
         if len(ch) > 1 and min(ch[:-1]) < h:
             need = int(math.ceil(h / stride) * stride)
@@ -262,50 +230,32 @@ def predict(
         run_times = np.asarray([str(s) == sensor for s in cube["sensor"].values])
         if not run_times.any():
             log.warning("no date of the cube has sensor %r; every output will be invalid", sensor)
-    dates = _dates_in_days(times, in_spec.get("date_encoding"))
+    dates = date_features(times, in_spec.get("date_encoding"))
 
-    spec = {
-        "path": path,
-        "sha256": sha,
-        "device": device,
-        "kind": kind,
-        "input_kind": input_kind,
-        "outputs": wanted,
-        "channels": int(out_spec.get("feature_dim") or len(out_spec.get("classes", []))),
-        "float_dtype": dtype,
-        "mask_dtype": "uint8" if len(out_spec.get("classes", [])) < 255 else "uint16",
-        "nodata": MASK_NODATA if len(out_spec.get("classes", [])) < 255 else 65535,
-        "threshold": threshold,
-        "batch_size": batch_size,
-    }
-    spec["norm"] = (in_spec["mean"], in_spec["std"], float(in_spec.get("scale", 1.0)))
-    arrays, blocks = _build_graph(data, valid, (ych, xch), spec, h, run_times, dates, direct=direct)
+    n_classes = len(out_spec.get("classes", []))
+    spec = RunSpec(
+        path=path,
+        sha256=sha,
+        device=device,
+        kind=kind,
+        input_kind=input_kind,
+        outputs=tuple(wanted),
+        channels=int(out_spec.get("feature_dim") or n_classes),
+        float_dtype=dtype,
+        mask_dtype="uint8" if n_classes < 255 else "uint16",
+        nodata=MASK_NODATA if n_classes < 255 else MASK_NODATA_WIDE,
+        threshold=threshold,
+        batch_size=None if batch_size is None else int(batch_size),
+        norm=(tuple(in_spec["mean"]), tuple(in_spec["std"]), float(in_spec.get("scale", 1.0))),
+    )
+    arrays, blocks = build_graph(data, valid, (ych, xch), spec, h, run_times, dates, direct=direct)
     new = _wrap(arrays, cube, wanted, spec, meta, prefix, Path(path).name)
     if store is None:
         return cube.assign(new)
-    _write_to_store(new, arrays, blocks, store, sha, overwrite=overwrite, progress=progress)
+    write_to_store(new, arrays, blocks, store, sha, overwrite=overwrite, progress=progress)
     from geoarray.cube import open_cube
 
     return open_cube(store, var=var)
-
-
-def _direct_sources(
-    cube: xr.Dataset, var: str, needed: list[str], present: list[str]
-) -> dict[str, Any] | None:
-    """Store locations when imagery (and valid) are untouched store variables: tasks then read their own windows."""
-    from geoarray._source import source_of
-
-    img = source_of(cube[var])
-    if img is None:
-        return None
-    valid = None
-    if "valid" in cube.data_vars:
-        valid = source_of(cube["valid"])
-        if valid is None:
-            return None
-    idx = [present.index(b) for b in needed]
-    bands: Any = slice(None) if idx == list(range(len(present))) else idx
-    return {"img": img, "valid": valid, "bands": bands}
 
 
 def _resolve_halo(halo: int | str, meta: dict[str, Any], stride: int, input_kind: str) -> int:
@@ -329,104 +279,19 @@ def _outputs(kind: str, out_spec: dict[str, Any], outputs: Sequence[str] | None)
     return [o for o in available if o in wanted]
 
 
-def _build_graph(
-    x: dsa.Array,
-    valid: dsa.Array | None,
-    blocks: tuple[tuple[int, ...], tuple[int, ...]],
-    spec: dict[str, Any],
-    h: int,
-    run_times: np.ndarray,
-    dates: np.ndarray,
-    *,
-    direct: dict[str, Any] | None = None,
-) -> tuple[list[dsa.Array], list[tuple[Any, list[Any]]]]:
-    """One task per output block (``blocks``: the y and x block sizes); outputs are getitem views of it.
-
-    A block's task receives the grid of source chunks of ``x`` (and ``valid``) that intersect its window
-    (block + halo). Returns the output arrays and, per block, its task key and the key of each output's chunk.
-    """
-    tch = x.chunks[0]
-    ych, xch = blocks
-    ybounds, xbounds = np.cumsum((0, *ych)), np.cumsum((0, *xch))
-    ysrc, xsrc = np.cumsum((0, *x.chunks[2])), np.cumsum((0, *x.chunks[3]))
-    ny, nx = int(ybounds[-1]), int(xbounds[-1])
-    input_kind = spec["input_kind"]
-    name = "geoarray-predict-" + tokenize(x.name, valid.name if valid is not None else None, spec, h, direct)
-    dsk: dict[Any, Any] = {}
-    tbounds = np.cumsum((0, *tch))
-    for ti in range(len(tch)):
-        t0, t1 = int(tbounds[ti]), int(tbounds[ti + 1])
-        for yi in range(len(ych)):
-            y0, y1 = int(ybounds[yi]), int(ybounds[yi + 1])
-            wy0, wy1 = max(0, y0 - h), min(ny, y1 + h)
-            ys = _covering(ysrc, wy0, wy1)
-            for xi in range(len(xch)):
-                x0, x1 = int(xbounds[xi]), int(xbounds[xi + 1])
-                wx0, wx1 = max(0, x0 - h), min(nx, x1 + h)
-                xs = _covering(xsrc, wx0, wx1)
-                base_y, base_x = int(ysrc[ys[0]]), int(xsrc[xs[0]])
-                block_spec = dict(
-                    spec,
-                    crop=(wy0 - base_y, wy1 - base_y, wx0 - base_x, wx1 - base_x),
-                    inner=(y0 - wy0, x0 - wx0, y1 - y0, x1 - x0),
-                    run_times=run_times[t0:t1].tolist(),
-                    dates=dates[t0:t1].tolist(),
-                )
-                if direct is not None:
-                    block_spec["direct"] = dict(direct, t=(t0, t1), win=(wy0, wy1, wx0, wx1))
-                    dsk[(name, ti, yi, xi)] = (_inference.run_block, None, None, block_spec)
-                    continue
-                keys = [[(x.name, ti, 0, yj, xj) for xj in xs] for yj in ys]
-                vkeys = None if valid is None else [[(valid.name, ti, yj, xj) for xj in xs] for yj in ys]
-                dsk[(name, ti, yi, xi)] = (_inference.run_block, keys, vkeys, block_spec)
-    deps = [] if direct is not None else [x] if valid is None else [x, valid]
-    graph = HighLevelGraph.from_collections(name, dsk, dependencies=deps)  # type: ignore[arg-type]
-
-    arrays = []
-    out_keys: dict[Any, list[Any]] = {key: [] for key in dsk}
-    k = spec["channels"]
-    for j, out in enumerate(spec["outputs"]):
-        dtype = np.dtype(spec["mask_dtype"] if out == "mask" else spec["float_dtype"])
-        has_k = out != "mask" or spec["kind"] == "multilabel"
-        oname = f"{name}-{out}"
-        layer: dict[Any, Any] = {}
-        for key in dsk:
-            _, ti, yi, xi = key
-            lead = () if input_kind == "pixels" else (ti,)
-            okey = (oname, *lead, *((0,) if has_k else ()), yi, xi)
-            layer[okey] = (operator.getitem, key, j)
-            out_keys[key].append(okey)
-        g = HighLevelGraph(
-            {**graph.layers, oname: MaterializedLayer(layer)}, {**graph.dependencies, oname: {name}}
-        )
-        lead_chunks: tuple[tuple[int, ...], ...] = () if input_kind == "pixels" else (tch,)
-        chunks = (*lead_chunks, *(((k,),) if has_k else ()), ych, xch)
-        arrays.append(
-            dsa.Array(g, oname, chunks, dtype=dtype, meta=np.empty((0,) * len(chunks), dtype=dtype))
-        )
-    return arrays, list(out_keys.items())
-
-
-def _covering(bounds: np.ndarray, lo: int, hi: int) -> list[int]:
-    """Indices of the chunks (edges ``bounds``) that intersect ``[lo, hi)``."""
-    first = int(np.searchsorted(bounds, lo, side="right")) - 1
-    last = int(np.searchsorted(bounds, hi, side="left")) - 1
-    return list(range(first, last + 1))
-
-
 def _wrap(
     arrays: list[dsa.Array],
     cube: xr.Dataset,
     wanted: list[str],
-    spec: dict[str, Any],
+    spec: RunSpec,
     meta: dict[str, Any],
     prefix: str,
     ckpt_name: str,
 ) -> dict[str, xr.DataArray]:
-    import geoarray
+    from geoarray._version import __version__
 
     out_spec = meta["output"]
-    has_time = spec["input_kind"] != "pixels"
+    has_time = spec.input_kind != "pixels"
     coords: dict[str, Any] = {"y": cube["y"], "x": cube["x"]}
     if has_time:
         coords["time"] = cube["time"]
@@ -434,14 +299,14 @@ def _wrap(
         coords["spatial_ref"] = cube["spatial_ref"]
     provenance = {
         "checkpoint": ckpt_name,
-        "checkpoint_sha256": spec["sha256"],
+        "checkpoint_sha256": spec.sha256,
         "model": meta["model"]["name"],
         "task": meta["task"],
-        "geoarray_version": geoarray.__version__,
+        "geoarray_version": __version__,
     }
     result = {}
     for arr, out in zip(arrays, wanted, strict=True):
-        has_k = out != "mask" or spec["kind"] == "multilabel"
+        has_k = out != "mask" or spec.kind == "multilabel"
         kdim = "feature" if out == "features" else "class"
         dims = (("time",) if has_time else ()) + ((kdim,) if has_k else ()) + ("y", "x")
         c = dict(coords)
@@ -449,12 +314,12 @@ def _wrap(
             c[kdim] = (
                 np.asarray(out_spec["classes"], dtype=object)
                 if kdim == "class"
-                else np.arange(spec["channels"])
+                else np.arange(spec.channels)
             )
         attrs = dict(provenance)
         if out == "mask":
             attrs.update(
-                nodata=spec["nodata"], classes=list(out_spec["classes"]), long_name="predicted class"
+                nodata=spec.nodata, classes=list(out_spec["classes"]), long_name="predicted class"
             )
         elif out == "probabilities":
             attrs.update(classes=list(out_spec["classes"]), long_name="class probability")
@@ -465,115 +330,3 @@ def _wrap(
     return result
 
 
-# ------------------------------------------------------------------------------------------------------
-# Writing into a store, resumably
-# ------------------------------------------------------------------------------------------------------
-def _write_to_store(
-    new: dict[str, xr.DataArray],
-    arrays: list[dsa.Array],
-    blocks: list[tuple[Any, list[Any]]],
-    store: str | os.PathLike[str],
-    sha: str,
-    *,
-    overwrite: bool,
-    progress: bool,
-) -> None:
-    import zarr
-
-    root = Path(store)
-    if not root.exists():
-        raise StoreNotFoundError(
-            f"no Zarr store at {str(root)!r}; predict(store=...) adds outputs to an existing cube."
-        )
-    existing = _open_zarr(root)
-    problem = _grid_mismatch(existing, xr.Dataset(new))
-    if problem:
-        raise StoreError(
-            f"cannot write outputs into {str(root)!r}: {problem}. Predict on the cube opened from it."
-        )
-    _check_writable(root)
-
-    to_create, resume = [], []
-    for name in new:
-        if name in existing.variables:
-            attrs = existing[name].attrs
-            same = attrs.get("checkpoint_sha256") == sha
-            if overwrite:
-                shutil.rmtree(root / name)
-                to_create.append(name)
-            elif not attrs.get(_COMPLETE, True) and same:
-                resume.append(name)
-            elif attrs.get(_COMPLETE, True):
-                raise StoreExistsError(
-                    f"{name!r} already exists in {str(root)!r}; pass overwrite=True to replace it, or prefix= to "
-                    "write beside it."
-                )
-            else:
-                raise StoreExistsError(
-                    f"{name!r} in {str(root)!r} is a partial output of another checkpoint; pass overwrite=True."
-                )
-        else:
-            to_create.append(name)
-    if to_create:
-        ds = xr.Dataset({n: new[n] for n in to_create})
-        for n in to_create:
-            ds[n].attrs[_COMPLETE] = False
-            ds[n].encoding = {"chunks": tuple(c[0] for c in ds[n].data.chunks)}
-            if "spatial_ref" in ds.coords:
-                ds[n].encoding["grid_mapping"] = "spatial_ref"
-        ds = ds.drop_vars([c for c in ds.coords if c in existing.variables])
-        ds.attrs = dict(existing.attrs)  # xarray rewrites the group attrs: keep them byte-identical
-        # compute=False writes only the metadata now; the chunks are written by our own tasks below
-        ds.to_zarr(root, mode="a", zarr_format=3, consolidated=False, compute=False)
-    if resume:
-        log.info("resuming %s in %s", resume, root)
-
-    names = list(new)
-    token = uuid.uuid4().hex
-    zarrays = {n: zarr.open_array(str(root / n), mode="r") for n in names}
-    write_name = "geoarray-write-" + token
-    dsk: dict[Any, Any] = {}
-    skipped = 0
-    for run_key, okeys in blocks:
-        targets, done = [], True
-        for n, arr, okey in zip(names, arrays, okeys, strict=True):
-            region = tuple(
-                slice(int(sum(c[:i])), int(sum(c[: i + 1])))
-                for i, c in zip(okey[1:], arr.chunks, strict=True)
-            )
-            done = done and _chunk_exists(zarrays[n], root / n, tuple(okey[1:]))
-            targets.append((str(root / n), token, region))
-        if done:
-            skipped += 1
-            continue
-        dsk[(write_name, *run_key[1:])] = (_inference.write_block, run_key, targets)
-    if skipped:
-        log.info("%d blocks already written; computing the other %d", skipped, len(dsk))
-    if dsk:
-        dsk[write_name] = (_inference.count, *list(dsk))
-        run_layer = arrays[0].dask  # holds the run_block layer and everything it reads
-        g = HighLevelGraph(
-            {**run_layer.layers, write_name: MaterializedLayer(dsk)},
-            {**run_layer.dependencies, write_name: {run_key[0] for run_key, _ in blocks[:1]}},
-        )
-        compute_with_progress(Delayed(write_name, g), enabled=progress, desc="predict")
-    for n in names:
-        zarr.open_array(str(root / n), mode="r+").attrs.update({_COMPLETE: True})
-
-
-def _check_writable(root: Path) -> None:
-    """Probe with a real file: permission bits alone miss read-only mounts, immutable dirs and root's bypass."""
-    probe = root / f".geoarray-write-probe-{uuid.uuid4().hex}"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise StoreError(
-            f"the store {str(root)!r} is not writable ({e.strerror or e}); predict(store=...) writes its outputs "
-            "there. Fix the permissions, or pass store= a writable copy (geoarray predict --output NEW.zarr)."
-        ) from None
-
-
-def _chunk_exists(z: Any, folder: Path, coords: tuple[int, ...]) -> bool:
-    key = z.metadata.encode_chunk_key(coords)
-    return (folder / key).exists()

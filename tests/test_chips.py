@@ -7,7 +7,8 @@ import zarr
 from zarr.storage import LocalStore, LoggingStore
 
 import geoarray
-from geoarray.chips import IGNORE, ChipStream, plan_chips
+from geoarray._constants import IGNORE
+from geoarray.chips import ChipStream, plan_chips
 from geoarray.datasets import synthetic_cube
 from geoarray.errors import TrainError
 

@@ -11,9 +11,11 @@ import torch
 
 import geoarray
 from geoarray.datasets import synthetic_cube
-from geoarray.distributed import cluster, run_ddp
+from geoarray.distributed import cluster
 from geoarray.errors import TrainError
-from geoarray.train import FitConfig, prepare
+from geoarray.training.config import FitConfig
+from geoarray.training.ddp import run_ddp
+from geoarray.training.prepare import prepare
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +40,7 @@ def _cfg(out, **kw):
         seed=0,
     )
     base.update(kw)
+    base.setdefault("debug_ddp", True)  # per-step weight digests, to compare ranks
     return FitConfig(**base)
 
 
@@ -60,7 +63,7 @@ def test_ddp_two_ranks_keep_identical_weights_and_learn(store, tmp_path):
         cube,
         out=str(tmp_path / "one.safetensors"),
         log_dir=str(tmp_path / "log"),
-        **{k: v for k, v in vars(_cfg(tmp_path / "x")).items() if k not in ("task", "out", "log_dir")},
+        **{k: v for k, v in vars(_cfg(tmp_path / "x")).items() if k not in ("task", "out", "log_dir", "debug_ddp")},
         task="segmentation",
     )
     one = geoarray.checkpoint.read_metadata(single)["training"]["best_metric"]

@@ -74,14 +74,27 @@ def test_training_is_deterministic_with_a_seed(cube, tmp_path):
     assert all(np.array_equal(wa[k], wb[k]) for k in wa)
 
 
-def test_resume_continues_from_the_saved_epoch(cube, tmp_path):
-    kw = dict(task="segmentation", chip_size=64, batch_size=8, lr=1e-3, steps_per_epoch=2, **SMALL)
+def test_resume_continues_the_same_run(cube, tmp_path):
+    """4 epochs in one go equal 2 epochs resumed to 4: weights, optimizer, shuffle and augmentation continue."""
+    from geoarray.training.state import load_state, state_path
+
+    kw = dict(task="segmentation", chip_size=64, batch_size=8, lr=1e-3, steps_per_epoch=2, schedule="constant")
+    kw.update(SMALL)
+    whole = tmp_path / "whole.safetensors"
+    geoarray.fit(cube, epochs=4, out=str(whole), keep_state=True, **kw)
     out = tmp_path / "m.safetensors"
-    geoarray.fit(cube, epochs=2, out=str(out), log_dir=str(tmp_path / "l1"), **kw)
-    assert (tmp_path / "m.safetensors.train-state.safetensors").exists()
-    geoarray.fit(cube, epochs=4, out=str(out), resume=str(out), log_dir=str(tmp_path / "l2"), **kw)
+    geoarray.fit(cube, epochs=2, out=str(out), log_dir=str(tmp_path / "l1"), keep_state=True, **kw)
+    assert state_path(out).exists()
+    geoarray.fit(cube, epochs=4, out=str(out), resume=str(out), log_dir=str(tmp_path / "l2"), keep_state=True, **kw)
     rows = list(csv.DictReader(open(tmp_path / "l2" / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == [3, 4]
+    a, b = load_state(whole), load_state(out)  # the last epoch's weights (the checkpoint holds the best)
+    assert a is not None and b is not None and a.epoch == b.epoch == 4
+    for k, w in a.weights.items():
+        np.testing.assert_allclose(b.weights[k].numpy(), w.numpy(), rtol=0, atol=1e-6, err_msg=k)
+    # a finished run removes its side file unless asked to keep it
+    geoarray.fit(cube, epochs=1, out=str(tmp_path / "n.safetensors"), **kw)
+    assert not state_path(tmp_path / "n.safetensors").exists()
 
 
 def test_multilabel_sigmoid_segmentation_trains(tmp_path):
@@ -236,7 +249,7 @@ def test_chip_problems(cube, tmp_path):
         geoarray.fit(
             cube, task="segmentation", model="nope", out=str(tmp_path / "x.safetensors"), progress=False
         )
-    with pytest.raises(TrainError, match="unknown option"):
+    with pytest.raises(TypeError, match="chipsize"):  # typed keyword-only options: Python names the typo
         geoarray.fit(cube, task="segmentation", chipsize=64)
 
 

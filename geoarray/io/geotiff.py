@@ -24,8 +24,8 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 
 from geoarray._atomic import atomic_write
+from geoarray._constants import LABEL_NODATA
 from geoarray.cube import DEFAULT_CHUNK
-from geoarray.datasets import LABEL_NODATA
 from geoarray.errors import CRSError, NoOverlapError, RasterError, TimeError
 
 __all__ = ["export_geotiff", "from_geotiff", "read_labels"]

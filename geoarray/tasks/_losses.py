@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-IGNORE = -100
+from geoarray._constants import IGNORE
 
 
 def cross_entropy(

@@ -18,7 +18,6 @@ class Task:
 
     name = ""
     default_loss = "ce"
-    stream_kind = "image"
 
     def __init__(self, loss: str | None = None, multilabel: bool = False) -> None:
         self.multilabel = multilabel

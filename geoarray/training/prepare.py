@@ -1,130 +1,29 @@
-"""The training loop (plain PyTorch): ``geoarray.fit(cube, task=..., model=...)`` -> best checkpoint path.
+"""Before the first step: check the inputs, resolve bands and classes, plan the chips, compute statistics.
 
-Chips stream from the cube's chunks (:mod:`geoarray.chips`); statistics for normalisation come from one dask
-reduction over the cube and travel in the checkpoint, so :func:`geoarray.predict` normalises identically.
+Statistics for normalisation come from one dask reduction over the cube's valid pixels and travel in the
+checkpoint, so :func:`geoarray.predict` normalises identically.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
-import math
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import xarray as xr
 
 from geoarray.cube import validate_cube
 from geoarray.errors import TrainError
+from geoarray.training.config import FitConfig
 
-__all__ = ["FitConfig", "fit"]
+__all__ = ["Setup", "prepare"]
 
 log = logging.getLogger(__name__)
 
 _LABELLED = ("segmentation", "pixel_classification")
-
-
-@dataclass
-class FitConfig:
-    """Everything that defines a training run (what ``fit`` takes besides the cube)."""
-
-    task: str
-    model: str = "unet"
-    labels: str = "labels"
-    bands: list[str] | None = None
-    chip_size: int = 64
-    epochs: int = 10
-    batch_size: int = 16
-    lr: float = 1e-3
-    out: str = "model.safetensors"
-    device: str = "auto"
-    precision: Literal["32", "bf16", "16"] = "32"
-    val_fraction: float = 0.2
-    seed: int = 0
-    log_dir: str | None = None
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    loss: str | None = None
-    multilabel: bool = False
-    class_weights: Literal["balanced"] | list[float] | None = None
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    weight_decay: float = 1e-4
-    schedule: Literal["cosine", "step", "plateau", "constant"] = "cosine"
-    warmup_epochs: float = 0.0
-    early_stopping: int | None = None
-    resume: str | None = None
-    times: Any = "each"
-    mode: Literal["grid", "random"] = "grid"
-    stride: int | None = None
-    min_valid: float = 0.5
-    min_positive: int = 0
-    augment: bool = True
-    regions: str | None = None
-    region_property: str | None = None
-    pixels_per_chip: int = 256
-    var: str = "imagery"
-    progress: bool = True
-    readers: int = 2
-    steps_per_epoch: int | None = None
-    sensor: str | None = None
-
-
-def fit(cube: xr.Dataset, *, task: str, client: Any = None, **options: Any) -> Path:
-    """Train a model on a cube; save the best epoch as a self-describing checkpoint and return its path.
-
-    Parameters
-    ----------
-    cube
-        The cube (lazy). Supervised tasks read ``labels`` from it (``labels(y, x)``, ``labels(time, y, x)``, or
-        ``labels(class, y, x)`` 0/1 masks for multi-label segmentation).
-    task
-        ``"segmentation"``, ``"classification"`` (chip labels from ``regions=`` + ``region_property=``) or
-        ``"pixel_classification"`` (pixel time series).
-    client
-        A ``distributed.Client``: train with one DDP rank per worker (gloo on CPU, nccl on GPU).
-    **options
-        See :class:`FitConfig`: ``model``, ``model_kwargs``, ``chip_size``, ``epochs``, ``batch_size``, ``lr``,
-        ``out``, ``device``, ``precision`` ("32", "bf16", "16"), ``val_fraction``, ``seed``, ``log_dir``, ``loss``
-        ("ce", "focal", "bce", "bce_dice"), ``optimizer``, ``schedule``, ``warmup_epochs``,
-        ``early_stopping`` (patience), ``resume`` (a checkpoint from an earlier run), ``times``, ``min_valid``,
-        ``min_positive``, ``augment``, ...
-
-    Returns
-    -------
-    pathlib.Path
-        The best checkpoint (written atomically).
-
-    Raises
-    ------
-    TrainError
-        Missing labels, labels on another grid, chips that don't fit, class counts that don't match the
-        model, every chip filtered out, no training tiles, or a NaN loss (named by epoch and step; nothing is
-        saved from a NaN model).
-
-    Examples
-    --------
-    >>> ckpt = geoarray.fit(cube, task="segmentation", model="unet", chip_size=64, epochs=5,
-    ...                     batch_size=8, lr=1e-3, out="unet.safetensors")  # doctest: +SKIP
-    """
-    unknown = sorted(set(options) - set(FitConfig.__dataclass_fields__))
-    if unknown:
-        raise TrainError(
-            f"fit() got unknown option(s) {unknown}; see geoarray.train.FitConfig for the options."
-        )
-    cfg = FitConfig(task=task, **options)
-    if client is None:
-        _device(cfg.device)  # a wrong device fails now, not after the statistics pass
-    setup = prepare(cube, cfg)
-    if client is not None:
-        from geoarray.distributed import fit_ddp
-
-        return fit_ddp(client, cube, cfg, setup)
-    from geoarray._trainer import Trainer
-
-    return Trainer(cube, cfg, setup).run()
 
 
 def _device(name: str) -> str:
@@ -166,6 +65,7 @@ class Setup:
     model_kwargs: dict[str, Any]
     stream_kind: str
     identity: str
+    date_encoding: str | None = None
 
 
 def prepare(cube: xr.Dataset, cfg: FitConfig) -> Setup:
@@ -258,7 +158,8 @@ def prepare(cube: xr.Dataset, cfg: FitConfig) -> Setup:
             [dict(cube.sizes), bands, [str(t) for t in cube["time"].values], str(cube.rio.crs)], default=str
         ).encode()
     ).hexdigest()[:16]
-    return Setup(bands, classes, mean, std, plan, task, mk, stream_kind, ident)
+    date_encoding = getattr(probe, "date_encoding", None)
+    return Setup(bands, classes, mean, std, plan, task, mk, stream_kind, ident, date_encoding)
 
 
 def _class_weights(spec: Any, lab: xr.DataArray | None, classes: list[str]) -> list[float]:
@@ -278,65 +179,3 @@ def _class_weights(spec: Any, lab: xr.DataArray | None, classes: list[str]) -> l
     )  # per-class pixel counts, one dask pass
     inv = np.where(counts > 0, 1.0 / np.sqrt(np.maximum(counts, 1.0)), 0.0)
     return [float(v) for v in inv / inv[counts > 0].mean()]
-
-
-class MetricsLog:
-    """Per-epoch metrics to CSV (and TensorBoard when it is installed)."""
-
-    def __init__(self, log_dir: str | None) -> None:
-        self.dir = Path(log_dir) if log_dir else None
-        self.rows: list[dict[str, Any]] = []
-        self.tb: Any = None
-        if self.dir:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(self.dir))
-            except Exception:  # tensorboard is optional
-                self.tb = None
-
-    def write(self, row: dict[str, Any]) -> None:
-        self.rows.append(row)
-        if not self.dir:
-            return
-        path = self.dir / "metrics.csv"
-        keys = list(dict.fromkeys(k for r in self.rows for k in r))
-        with open(path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=keys)
-            w.writeheader()
-            w.writerows(self.rows)
-        if self.tb is not None:
-            for k, v in row.items():
-                if isinstance(v, (int, float)) and k != "epoch" and math.isfinite(float(v)):
-                    self.tb.add_scalar(k, v, row["epoch"])
-            self.tb.flush()
-
-
-def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
-    """Learning-rate multiplier at ``step`` of ``total``: linear warm-up, then cosine / step / constant."""
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    if schedule == "cosine":
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    if schedule == "step":
-        return 0.1 ** int(3 * (step - warmup) / max(1, total - warmup))
-    return 1.0
-
-
-def check_finite(loss: Any, epoch: int, step: int) -> None:
-    if not math.isfinite(float(loss)):
-        raise TrainError(
-            f"the loss became {float(loss)} at epoch {epoch}, step {step}; training stopped and nothing was saved "
-            "from this state. Lower lr, check the inputs for extreme values, or use precision='32'."
-        )
-
-
-def seed_everything(seed: int) -> None:
-    import random
-
-    import torch
-
-    random.seed(seed)
-    torch.manual_seed(seed)  # geoarray's own randomness uses seeded numpy Generators

@@ -1,29 +1,23 @@
-"""One training process: the epoch loop shared by single-process fit and each DDP rank."""
+"""One training process: the epoch loop (plain PyTorch) shared by single-process fit and each DDP rank."""
 
 from __future__ import annotations
 
-import json
+import csv
 import logging
 import math
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
-from geoarray._atomic import atomic_write
 from geoarray.errors import TrainError
-from geoarray.train import (
-    FitConfig,
-    MetricsLog,
-    Setup,
-    _device,
-    check_finite,
-    lr_factor,
-    seed_everything,
-)
+from geoarray.training import state
+from geoarray.training.config import FitConfig
+from geoarray.training.prepare import Setup, _device
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +45,11 @@ class Trainer:
 
         self.cube, self.cfg, self.setup, self.rank, self.world = cube, cfg, setup, rank, world
         self.device = _device(cfg.device)
-        seed_everything(cfg.seed)
-        self.model = create_model(cfg.model, **setup.model_kwargs).to(self.device)
+        with seeded_torch(cfg.seed, self.device):
+            self.model = create_model(cfg.model, **setup.model_kwargs).to(self.device)
         self.start_epoch = 0
         self.best = -math.inf
-        if cfg.resume:
-            self._resume(cfg.resume)
+        resumed = self._resume(cfg.resume) if cfg.resume else None
         plan = setup.plan
         train_windows = plan.train
         if world > 1:
@@ -71,6 +64,7 @@ class Trainer:
             "var": cfg.var,
             "readers": cfg.readers,
             "batch_size": cfg.batch_size,
+            "date_encoding": setup.date_encoding,
         }
         self.train_stream = ChipStream(
             cube,
@@ -82,6 +76,9 @@ class Trainer:
             drop_last=world > 1,
             **common,
         )
+        # the stream seeds each epoch's shuffle and augmentation with (seed, epoch): a resumed run continues
+        # the sequence where the first run stopped
+        self.train_stream.epoch = self.start_epoch
         self.val_stream = ChipStream(
             cube, plan.val, plan, shuffle=False, augment=False, seed=cfg.seed, **common
         )
@@ -106,8 +103,10 @@ class Trainer:
             if cfg.schedule == "plateau"
             else None
         )
-        if cfg.resume:
-            self._resume_optimizer(cfg.resume)
+        if resumed is not None:
+            self.opt.load_state_dict(resumed.optimizer)
+            if self.plateau is not None and "plateau" in resumed.extra:
+                self.plateau.load_state_dict(resumed.extra["plateau"])
         self.scaler = (
             torch.amp.GradScaler("cuda") if cfg.precision == "16" and self.device.startswith("cuda") else None
         )
@@ -146,10 +145,11 @@ class Trainer:
         total = self.cfg.epochs * self.steps_per_epoch
         warmup = int(self.cfg.warmup_epochs * self.steps_per_epoch)
         base_lrs = [g["lr"] for g in self.opt.param_groups]
-        saved = False
+        saved = self.start_epoch > 0 and out.exists()  # a resumed run keeps its best unless it improves
         for epoch in range(self.start_epoch, self.cfg.epochs):
             t0 = time.perf_counter()
-            train_loss = self._train_epoch(epoch, total, warmup, base_lrs)
+            with seeded_torch(self.cfg.seed * 100_003 + epoch, self.device):  # dropout: the same per epoch
+                train_loss = self._train_epoch(epoch, total, warmup, base_lrs)
             row: dict[str, Any] = {
                 "epoch": epoch + 1,
                 "train_loss": train_loss,
@@ -168,16 +168,18 @@ class Trainer:
                     patience = 0
                 else:
                     patience += 1
-                self._save_state(out, epoch)
+                extra = {"plateau": self.plateau.state_dict()} if self.plateau is not None else {}
+                state.save_state(out, self.model, self.opt, epoch=epoch + 1, best=self.best, extra=extra)
                 self.log.write(row)
                 self.history.append(row)
-                if self.cfg.progress:
-                    log.warning("epoch %d/%d %s", epoch + 1, self.cfg.epochs, _fmt(row))
+                log.info("epoch %d/%d %s", epoch + 1, self.cfg.epochs, _fmt(row))
                 if self.plateau is not None and not math.isnan(score):
                     self.plateau.step(score)
             stop = self.cfg.early_stopping is not None and patience >= self.cfg.early_stopping
             if self._broadcast_stop(stop):
                 break
+        if self.rank == 0 and not self.cfg.keep_state:
+            state.state_path(out).unlink(missing_ok=True)
         return out
 
     def _broadcast_stop(self, stop: bool) -> bool:
@@ -222,7 +224,7 @@ class Trainer:
                 loss.backward()
                 self.opt.step()
             losses.append(float(loss.detach()))
-            if self.world > 1:
+            if self.cfg.debug_ddp and self.world > 1:  # a test aid: copies every parameter to the CPU
                 self.weight_digests.append(_digest(self.model))
             if bar is not None:
                 bar.update(1)
@@ -239,15 +241,15 @@ class Trainer:
         import torch
 
         self.model.eval()
-        state = self.setup.task.new_state()
+        acc = self.setup.task.new_state()
         with torch.no_grad():
             for batch in self.val_stream:
                 batch = self._to(batch)
                 with self._autocast():
                     logits = self.setup.task.forward(self.model, batch)
                     loss = self.setup.task.loss(logits.float(), batch)
-                self.setup.task.update(state, logits, batch, float(loss))
-        return self.setup.task.summarize(state)
+                self.setup.task.update(acc, logits, batch, float(loss))
+        return self.setup.task.summarize(acc)
 
     # -- checkpoints -----------------------------------------------------------------------------------
     def _save(self, out: Path, epoch: int, metrics: dict[str, Any]) -> None:
@@ -276,71 +278,27 @@ class Trainer:
             },
         )
 
-    def _state_path(self, out: Path) -> Path:
-        return out.with_name(out.name + ".train-state.safetensors")
-
-    def _save_state(self, out: Path, epoch: int) -> None:
-        """Last-epoch weights and optimizer state, for ``resume=`` (safetensors + JSON, no pickle)."""
-        from safetensors.torch import save_file
-
-        tensors, meta = _flatten_state(self.model, self.opt)
-        meta["epoch"] = epoch + 1
-        meta["best"] = self.best
-        atomic_write(
-            self._state_path(out), lambda p: save_file(tensors, str(p), metadata={"state": json.dumps(meta)})
-        )
-
-    def _resume(self, path: str) -> None:
+    def _resume(self, path: str) -> state.TrainState | None:
+        """Weights (and the epoch reached) from the side file of ``path``, else from the checkpoint itself."""
         from geoarray.checkpoint import load_checkpoint
 
-        state = self._state_path(Path(path))
-        if state.exists():
-            from safetensors import safe_open
-
-            with safe_open(str(state), framework="pt") as f:
-                meta = json.loads(f.metadata()["state"])
-                weights = {k[len("model.") :]: f.get_tensor(k) for k in f.keys() if k.startswith("model.")}
-            self.model.load_state_dict(weights)
-            self.start_epoch = int(meta["epoch"])
-            self.best = float(meta.get("best", -math.inf))
+        st = state.load_state(path)
+        if st is not None:
+            self.model.load_state_dict(st.weights)
+            self.start_epoch, self.best = st.epoch, st.best
         else:
             ck = load_checkpoint(path)
             self.model.load_state_dict(ck.model.state_dict())
             self.start_epoch = int(ck.meta.get("training", {}).get("epoch", 0))
             self.best = float(ck.meta.get("training", {}).get("best_metric") or -math.inf)
+            log.info("no resume file beside %s: continuing from its best epoch, with a fresh optimizer", path)
+        if self.start_epoch >= self.cfg.epochs:
+            raise TrainError(
+                f"resume={path!r} reached epoch {self.start_epoch}, and epochs={self.cfg.epochs}: nothing is left "
+                f"to train. Pass epochs greater than {self.start_epoch} to train further."
+            )
         log.info("resuming from %s at epoch %d", path, self.start_epoch + 1)
-
-    def _resume_optimizer(self, path: str) -> None:
-        state = self._state_path(Path(path))
-        if not state.exists():
-            return
-        from safetensors import safe_open
-
-        with safe_open(str(state), framework="pt") as f:
-            meta = json.loads(f.metadata()["state"])
-            tensors = {k: f.get_tensor(k) for k in f.keys() if k.startswith("opt.")}
-        sd = {"param_groups": meta["param_groups"], "state": {}}
-        for key, t in tensors.items():
-            _, idx, name = key.split(".", 2)
-            sd["state"].setdefault(int(idx), {})[name] = t
-        for idx, scalars in meta.get("opt_scalars", {}).items():
-            sd["state"].setdefault(int(idx), {}).update(scalars)
-        self.opt.load_state_dict(sd)
-
-
-def _flatten_state(model: Any, opt: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    import torch
-
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    sd = opt.state_dict()
-    scalars: dict[str, dict[str, Any]] = {}
-    for idx, st in sd["state"].items():
-        for name, v in st.items():
-            if isinstance(v, torch.Tensor):
-                tensors[f"opt.{idx}.{name}"] = v.detach().cpu().contiguous()
-            else:
-                scalars.setdefault(str(idx), {})[name] = v
-    return tensors, {"param_groups": sd["param_groups"], "opt_scalars": scalars}
+        return st
 
 
 def _digest(model: Any) -> str:
@@ -356,3 +314,72 @@ def _fmt(row: dict[str, Any]) -> str:
     return " ".join(
         f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items() if k != "epoch"
     )
+
+
+class MetricsLog:
+    """Per-epoch metrics to CSV (and TensorBoard when it is installed)."""
+
+    def __init__(self, log_dir: str | None) -> None:
+        self.dir = Path(log_dir) if log_dir else None
+        self.rows: list[dict[str, Any]] = []
+        self.tb: Any = None
+        if self.dir:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # the tensorboard package is optional; metrics.csv is always written
+                log.debug("tensorboard is not installed: metrics go to metrics.csv only")
+            else:
+                self.tb = SummaryWriter(str(self.dir))
+
+    def write(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        if not self.dir:
+            return
+        path = self.dir / "metrics.csv"
+        keys = list(dict.fromkeys(k for r in self.rows for k in r))
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            w.writerows(self.rows)
+        if self.tb is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k != "epoch" and math.isfinite(float(v)):
+                    self.tb.add_scalar(k, v, row["epoch"])
+            self.tb.flush()
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Learning-rate multiplier at ``step`` of ``total``: linear warm-up, then cosine / step / constant."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "cosine":
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    if schedule == "step":
+        return 0.1 ** int(3 * (step - warmup) / max(1, total - warmup))
+    return 1.0
+
+
+def check_finite(loss: Any, epoch: int, step: int) -> None:
+    if not math.isfinite(float(loss)):
+        raise TrainError(
+            f"the loss became {float(loss)} at epoch {epoch}, step {step}; training stopped and nothing was saved "
+            "from this state. Lower lr, check the inputs for extreme values, or use precision='32'."
+        )
+
+
+@contextmanager
+def seeded_torch(seed: int, device: str) -> Iterator[None]:
+    """Seed torch's generators for the block inside, and give the caller's generator state back afterwards.
+
+    Model initialisation and dropout use torch's global generators (torch has no per-module generator), so
+    they are seeded here, inside ``torch.random.fork_rng``; geoarray's own randomness (chips, shuffles,
+    augmentation) uses seeded numpy Generators.
+    """
+    import torch
+
+    devices = [torch.device(device).index or 0] if device.startswith("cuda") else []
+    with torch.random.fork_rng(devices=devices, device_type="cuda" if devices else "cpu"):
+        torch.manual_seed(seed)
+        yield

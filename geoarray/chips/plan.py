@@ -1,0 +1,343 @@
+"""Chip planning: windows over a cube, the chip filters, and the spatial-block train/validation split.
+
+A chip is a :class:`Window` (index slices into the cube), never a copy. Windows are planned inside *tiles*
+(the split unit) and tiles inside *read blocks* (whole storage chunks), so the stream reads each block once
+per epoch and cuts every chip it needs from it: read amplification ~1. Validation tiles are whole tiles,
+and training chips keep ``buffer`` pixels away from them, so no training chip touches validation pixels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import xarray as xr
+
+from geoarray.errors import TrainError
+
+__all__ = ["ChipPlan", "Rect", "TimeSelection", "Window", "plan_chips"]
+
+TimeSelection = Literal["each", "all"] | Sequence[int]
+
+
+@dataclass(frozen=True)
+class Rect:
+    """A pixel rectangle ``[y0, y1) x [x0, x1)``."""
+
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+
+    def intersects(self, o: Rect, margin: int = 0) -> bool:
+        return not (
+            self.y1 + margin <= o.y0
+            or o.y1 + margin <= self.y0
+            or self.x1 + margin <= o.x0
+            or o.x1 + margin <= self.x0
+        )
+
+
+@dataclass(frozen=True)
+class Window:
+    """One chip: time indices, a pixel rectangle, and the read block it is cut from."""
+
+    t: tuple[int, ...]
+    y: int
+    x: int
+    size: int
+    block: int
+    label: int | None = None  # chip-level label (classification)
+
+    @property
+    def rect(self) -> Rect:
+        return Rect(self.y, self.y + self.size, self.x, self.x + self.size)
+
+
+@dataclass
+class ChipPlan:
+    """Windows for training and validation, with the blocks they are read from."""
+
+    blocks: list[Rect]
+    tiles: list[Rect]
+    val_tiles: list[int]
+    train: list[Window]
+    val: list[Window]
+    chip_size: int
+    times: list[tuple[int, ...]]
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    def val_mask(self, shape: tuple[int, int]) -> np.ndarray:
+        """Boolean ``(y, x)`` mask of the validation tiles: where held-out scores are computed."""
+        held = np.zeros(shape, dtype=bool)
+        for i in self.val_tiles:
+            t = self.tiles[i]
+            held[t.y0 : t.y1, t.x0 : t.x1] = True
+        return held
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.train)} training and {len(self.val)} validation chips of {self.chip_size}² from "
+            f"{len(self.tiles)} tiles ({len(self.val_tiles)} for validation) in {len(self.blocks)} read blocks"
+        )
+
+
+def _chunk_edges(chunks: tuple[int, ...]) -> np.ndarray:
+    return np.cumsum((0, *chunks))
+
+
+def _take_times(a: np.ndarray, tpos: list[int]) -> np.ndarray:
+    """``a[tpos]`` as a view when the positions are a contiguous run (the usual case), a copy otherwise."""
+    if tpos == list(range(tpos[0], tpos[0] + len(tpos))):
+        return a[tpos[0] : tpos[0] + len(tpos)]
+    return a[tpos]
+
+
+def _time_sets(n: int, times: TimeSelection) -> list[tuple[int, ...]]:
+    if isinstance(times, str):
+        if times == "each":
+            return [(i,) for i in range(n)]
+        if times == "all":
+            return [tuple(range(n))]
+        raise TrainError(f"times={times!r}; expected 'each', 'all' or a list of time indices.")
+    idx = tuple(int(i) for i in times)
+    bad = [i for i in idx if not -n <= i < n]
+    if bad or not idx:
+        raise TrainError(f"times={list(idx)} out of range for a cube with {n} dates.")
+    return [tuple(i % n for i in idx)]
+
+
+def plan_chips(
+    cube: xr.Dataset,
+    *,
+    chip_size: int,
+    mode: Literal["grid", "random"] = "grid",
+    stride: int | None = None,
+    n_random: int = 16,
+    times: TimeSelection = "each",
+    val_fraction: float = 0.2,
+    tile_size: int | None = None,
+    buffer: int = 1,
+    min_valid: float = 0.0,
+    min_positive: int = 0,
+    positive_classes: Sequence[int] | None = None,
+    labels: str | None = "labels",
+    multiple_of: int = 1,
+    var: str = "imagery",
+    seed: int = 0,
+) -> ChipPlan:
+    """Plan chips over a cube: windows, filters and the spatial-block train/validation split.
+
+    Parameters
+    ----------
+    cube
+        The cube (lazy); only ``valid`` and ``labels`` are read here, to apply the filters.
+    chip_size
+        Chip height and width in pixels.
+    mode
+        ``"grid"``: windows every ``stride`` pixels; ``"random"``: ``n_random`` seeded windows per tile.
+    times
+        ``"each"`` (one chip per date), ``"all"`` (the whole series per chip) or explicit time indices
+        (e.g. ``[0, 3]`` for a pair).
+    val_fraction
+        Fraction of tiles held out for validation (0 for none).
+    tile_size
+        Size of the split tiles; default: the read blocks when there are at least 8 of them, else a multiple
+        of ``chip_size`` (at least two chips wide) that gives about 8 tiles.
+    buffer
+        Pixels a training chip keeps from any validation tile.
+    min_valid
+        Minimum fraction of valid pixels (``valid`` and finite) in a chip.
+    min_positive
+        Minimum number of positive label pixels in a chip (seed 003's slumps filter).
+    positive_classes
+        Which class ids count as positive (default: every class but 0).
+    labels
+        The label variable used by ``min_positive`` (None to skip).
+    multiple_of
+        The model stride: ``chip_size`` must be a multiple of it.
+    seed
+        Seed of the random windows and of the split.
+
+    Returns
+    -------
+    ChipPlan
+
+    Raises
+    ------
+    TrainError
+        A chip larger than the cube, a chip size that isn't a multiple of the stride, a split with no
+        training tiles, or filters that leave no chip (the message names the filter).
+    """
+    ny, nx = cube.sizes["y"], cube.sizes["x"]
+    if chip_size <= 0 or chip_size > min(ny, nx):
+        raise TrainError(
+            f"chip_size={chip_size} does not fit the cube ({ny} x {nx} px); expected at most {min(ny, nx)}. "
+            "Use a smaller chip_size."
+        )
+    if chip_size % multiple_of:
+        lo = chip_size // multiple_of * multiple_of
+        raise TrainError(
+            f"chip_size={chip_size} is not a multiple of the model stride {multiple_of}; "
+            f"use {lo or multiple_of} or {lo + multiple_of}."
+        )
+    if not 0 <= val_fraction < 1:
+        raise TrainError(f"val_fraction={val_fraction}; expected 0 <= val_fraction < 1.")
+    rng = np.random.default_rng(seed)
+    da = cube[var]
+    ychunks = da.chunks[2] if da.chunks else (ny,)
+    xchunks = da.chunks[3] if da.chunks else (nx,)
+    blocks = _read_blocks(_chunk_edges(ychunks), _chunk_edges(xchunks), chip_size)
+    tiles = _tiles(blocks, chip_size, tile_size, ny, nx)
+    ntiles = len(tiles)
+    nval = round(val_fraction * ntiles)
+    if val_fraction > 0:
+        nval = max(1, nval)
+    if nval >= ntiles:
+        raise TrainError(
+            f"val_fraction={val_fraction} leaves no training tiles ({ntiles} tiles of {tiles[0][0].y1 - tiles[0][0].y0} px, "
+            f"{nval} for validation). Lower val_fraction, or pass a smaller tile_size."
+        )
+    val_tiles = sorted(rng.choice(ntiles, size=nval, replace=False).tolist()) if nval else []
+    val_set = set(val_tiles)
+    tsets = _time_sets(cube.sizes["time"], times)
+    step = stride or chip_size
+
+    train: list[Window] = []
+    val: list[Window] = []
+    dropped = {"buffer": 0, "min_valid": 0, "min_positive": 0}
+    for ti, (tile, bi) in enumerate(tiles):
+        rects = _windows_in(tile, chip_size, mode, step, n_random, rng)
+        for y, x in rects:
+            r = Rect(y, y + chip_size, x, x + chip_size)
+            is_val = ti in val_set
+            if not is_val and any(r.intersects(tiles[v][0], margin=buffer) for v in val_tiles):
+                dropped["buffer"] += len(tsets)
+                continue
+            for t in tsets:
+                (val if is_val else train).append(Window(t, y, x, chip_size, bi))
+    plan = ChipPlan(
+        blocks=blocks,
+        tiles=[t for t, _ in tiles],
+        val_tiles=val_tiles,
+        train=train,
+        val=val,
+        chip_size=chip_size,
+        times=tsets,
+        dropped=dropped,
+    )
+    if min_valid > 0 or (min_positive > 0 and labels):
+        _apply_filters(cube, plan, min_valid, min_positive, positive_classes, labels, var)
+    if not plan.train:
+        reasons = {k: v for k, v in plan.dropped.items() if v}
+        raise TrainError(
+            f"every training chip was filtered out (dropped: {reasons or 'none; the split left no room'}). "
+            "Relax the filter that dropped them (min_valid, min_positive, buffer) or use a smaller chip_size."
+        )
+    return plan
+
+
+def _read_blocks(ye: np.ndarray, xe: np.ndarray, chip: int) -> list[Rect]:
+    """Read units: groups of whole chunks at least one chip wide (so a chip never straddles two units)."""
+
+    def groups(edges: np.ndarray) -> list[tuple[int, int]]:
+        out, start = [], 0
+        for e in edges[1:]:
+            if e - edges[start] >= chip or e == edges[-1]:
+                out.append((int(edges[start]), int(e)))
+                start = int(np.searchsorted(edges, e))
+        if len(out) > 1 and out[-1][1] - out[-1][0] < chip:  # merge a thin last group into its neighbour
+            out[-2:] = [(out[-2][0], out[-1][1])]
+        return out
+
+    return [Rect(y0, y1, x0, x1) for y0, y1 in groups(ye) for x0, x1 in groups(xe)]
+
+
+def _tiles(blocks: list[Rect], chip: int, tile_size: int | None, ny: int, nx: int) -> list[tuple[Rect, int]]:
+    if tile_size is None and len(blocks) >= 8:
+        return [(b, i) for i, b in enumerate(blocks)]
+    if tile_size is None:
+        tile_size = max(2 * chip, int(math.sqrt(ny * nx / 8)) // chip * chip)
+    if tile_size < chip:
+        raise TrainError(f"tile_size={tile_size} is smaller than chip_size={chip}.")
+    out = []
+    for i, b in enumerate(blocks):
+        for y0 in range(b.y0, b.y1, tile_size):
+            for x0 in range(b.x0, b.x1, tile_size):
+                t = Rect(y0, min(y0 + tile_size, b.y1), x0, min(x0 + tile_size, b.x1))
+                if t.y1 - t.y0 >= chip and t.x1 - t.x0 >= chip:
+                    out.append((t, i))
+                elif out and out[-1][1] == i:  # a sliver: give it to the previous tile of the block
+                    p = out[-1][0]
+                    out[-1] = (Rect(min(p.y0, t.y0), max(p.y1, t.y1), min(p.x0, t.x0), max(p.x1, t.x1)), i)
+    return out
+
+
+def _windows_in(
+    tile: Rect, chip: int, mode: str, step: int, n_random: int, rng: np.random.Generator
+) -> list[tuple[int, int]]:
+    h, w = tile.y1 - tile.y0, tile.x1 - tile.x0
+    if h < chip or w < chip:
+        return []
+    if mode == "grid":
+        ys = list(range(tile.y0, tile.y1 - chip + 1, step))
+        xs = list(range(tile.x0, tile.x1 - chip + 1, step))
+        return [(y, x) for y in ys for x in xs]
+    if mode == "random":
+        yy = rng.integers(tile.y0, tile.y1 - chip + 1, size=n_random)
+        xx = rng.integers(tile.x0, tile.x1 - chip + 1, size=n_random)
+        return list(zip(yy.tolist(), xx.tolist(), strict=True))
+    raise TrainError(f"mode={mode!r}; expected 'grid' or 'random'.")
+
+
+def _apply_filters(
+    cube: xr.Dataset,
+    plan: ChipPlan,
+    min_valid: float,
+    min_positive: int,
+    positive_classes: Sequence[int] | None,
+    labels: str | None,
+    var: str,
+) -> None:
+    """Drop windows below the valid fraction / positive count, reading only ``valid`` and ``labels``."""
+    has_valid = "valid" in cube.data_vars
+    lab = cube[labels] if labels and labels in cube.data_vars and min_positive > 0 else None
+    nodata = int(lab.attrs.get("nodata", -1)) if lab is not None else -1
+    by_block: dict[int, list[tuple[str, int, Window]]] = defaultdict(list)
+    for split in ("train", "val"):
+        for i, w in enumerate(getattr(plan, split)):
+            by_block[w.block].append((split, i, w))
+    keep: dict[str, set[int]] = {"train": set(), "val": set()}
+    for bi, items in by_block.items():
+        b = plan.blocks[bi]
+        sl: dict[str, Any] = {"y": slice(b.y0, b.y1), "x": slice(b.x0, b.x1)}
+        if has_valid:
+            ok = np.asarray(cube["valid"].isel(sl).values, dtype=bool)
+        else:
+            ok = np.ones((cube.sizes["time"], b.y1 - b.y0, b.x1 - b.x0), dtype=bool)
+        if min_valid > 0:
+            img = cube[var].isel(sl)
+            ok = ok & np.isfinite(np.asarray(img.values, dtype=np.float32)).all(axis=1)
+        pos = None
+        if lab is not None:
+            lv = np.asarray(lab.isel(sl).values)
+            pc = np.isin(lv, positive_classes) if positive_classes is not None else (lv != 0) & (lv != nodata)
+            pos = pc if pc.ndim == 3 else pc[None]
+        for split, i, w in items:
+            ys, xs = slice(w.y - b.y0, w.y - b.y0 + w.size), slice(w.x - b.x0, w.x - b.x0 + w.size)
+            t = list(w.t)
+            if min_valid > 0 and ok[t][:, ys, xs].mean() < min_valid:
+                plan.dropped["min_valid"] += 1
+                continue
+            if pos is not None:
+                pt = pos[t] if pos.shape[0] > 1 else pos
+                if int(pt[:, ys, xs].sum()) < min_positive:
+                    plan.dropped["min_positive"] += 1
+                    continue
+            keep[split].add(i)
+    plan.train = [w for i, w in enumerate(plan.train) if i in keep["train"]]
+    plan.val = [w for i, w in enumerate(plan.val) if i in keep["val"]]

@@ -1,0 +1,328 @@
+"""The batch stream: read blocks in background threads, cut chips, shuffle, augment, hand torch batches over.
+
+Each read block is read once per epoch (one zarr read on the direct path) and cut into every chip it holds.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import xarray as xr
+
+from geoarray._constants import IGNORE
+from geoarray._preprocess import date_features, normalize_fill
+from geoarray.chips.plan import ChipPlan, Rect, Window, _take_times
+
+__all__ = ["Batch", "ChipStream"]
+
+
+@dataclass
+class Batch:
+    """A training batch as torch tensors.
+
+    ``x``: ``(B, C, H, W)`` image chips, ``(B, T, C, H, W)`` sequences or ``(B, T, C)`` pixel series;
+    ``y``: ``(B, H, W)`` class ids (``-100`` = ignore), ``(B, K, H, W)`` multi-label targets (``-100`` =
+    ignore), ``(B, T, H, W)`` per-frame ids, or ``(B,)`` chip / pixel labels; ``dates``: ``(B, T)`` days
+    of year (sequences and pixels); ``valid``: ``(B, T)`` for pixel series.
+    """
+
+    x: Any
+    y: Any
+    dates: Any = None
+    valid: Any = None
+
+
+class ChipStream:
+    """Iterate batches over windows, reading each read block once per epoch.
+
+    Blocks are read by ``readers`` background threads (each with dask's synchronous scheduler: no nested
+    pools, no fork), normalised once, and cut into chips that go through a shuffle buffer spanning several
+    blocks. Batches reuse two preallocated buffers, so a batch is valid until the next-but-one is drawn.
+
+    Parameters
+    ----------
+    cube, windows
+        The cube and the windows to stream (``plan.train`` or ``plan.val``).
+    plan
+        The plan the windows come from (for the read blocks).
+    bands, mean, std, scale
+        Input bands (in model order) and their normalisation.
+    kind
+        ``"image"``, ``"sequence"``, ``"pixels"`` or ``"chip"`` (chip-level labels).
+    labels
+        Name of the label variable (None for unlabelled streams).
+    date_encoding
+        How dates reach sequence and pixel models (``"doy"``, the default, or ``"days"``): the same function
+        predict uses, :func:`geoarray._preprocess.date_features`.
+    """
+
+    def __init__(
+        self,
+        cube: xr.Dataset,
+        windows: Sequence[Window],
+        plan: ChipPlan,
+        *,
+        bands: Sequence[str],
+        mean: Sequence[float],
+        std: Sequence[float],
+        scale: float = 1.0,
+        batch_size: int = 16,
+        kind: Literal["image", "sequence", "pixels", "chip"] = "image",
+        labels: str | None = "labels",
+        shuffle: bool = True,
+        augment: bool = False,
+        seed: int = 0,
+        readers: int = 2,
+        shuffle_blocks: int = 4,
+        drop_last: bool = False,
+        pixels_per_window: int = 256,
+        var: str = "imagery",
+        date_encoding: str | None = None,
+    ) -> None:
+        self.cube = cube
+        self.windows = list(windows)
+        self.plan = plan
+        self.bands = list(bands)
+        self.mean, self.std, self.scale = list(mean), list(std), float(scale)
+        self.batch_size, self.kind, self.labels = int(batch_size), kind, labels
+        self.shuffle, self.augment, self.seed = shuffle, augment, seed
+        self.readers, self.shuffle_blocks, self.drop_last = max(1, readers), max(1, shuffle_blocks), drop_last
+        self.pixels_per_window = pixels_per_window
+        self.var = var
+        self.epoch = 0
+        self.reads = 0  # block reads, for read-amplification checks
+        self._lock = threading.Lock()
+        lab = cube[labels] if labels and labels in cube.data_vars else None
+        self._lab_dims = tuple(map(str, lab.dims)) if lab is not None else ()
+        self._nodata = int(lab.attrs.get("nodata", -1)) if lab is not None else -1
+        self.multilabel = "class" in self._lab_dims
+        present = [str(b) for b in cube["band"].values]
+        self._band_idx = [present.index(b) for b in self.bands]
+        self._doy = date_features(cube["time"].values, date_encoding)
+        by_block: dict[int, list[Window]] = defaultdict(list)
+        for w in self.windows:
+            by_block[w.block].append(w)
+        self._by_block = dict(by_block)
+
+    def __len__(self) -> int:
+        n = self.num_samples
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    @property
+    def num_samples(self) -> int:
+        if self.kind == "pixels":
+            return len(self.windows) * self.pixels_per_window
+        return len(self.windows)
+
+    # -- reading -------------------------------------------------------------------------------------
+    def _read(self, bi: int) -> dict[str, Any]:
+        import dask
+
+        from geoarray._source import read, source_of
+
+        b = self.plan.blocks[bi]
+        sl: dict[str, Any] = {"y": slice(b.y0, b.y1), "x": slice(b.x0, b.x1)}
+        times = sorted({t for w in self._by_block[bi] for t in w.t})
+        vals: dict[str, Any] = {}
+        lazy: dict[str, Any] = {}
+        img = self.cube[self.var]
+        src = source_of(img)
+        if src is not None:  # straight from the store: one zarr read, no dask graph
+            vals["img"] = read(*src, (times, self._band_idx, sl["y"], sl["x"]))
+        else:
+            lazy["img"] = img.sel(band=self.bands).isel(time=times, **sl).data
+        if "valid" in self.cube.data_vars:
+            v = self.cube["valid"]
+            vsrc = source_of(v)
+            if vsrc is not None:
+                vals["valid"] = read(*vsrc, (times, sl["y"], sl["x"]))
+            else:
+                lazy["valid"] = v.isel(time=times, **sl).data
+        if self._lab_dims:
+            lab = self.cube[self.labels]
+            lsrc = source_of(lab)
+            idx = tuple(times if d == "time" else sl.get(d, slice(None)) for d in self._lab_dims)
+            if lsrc is not None:
+                vals["labels"] = read(*lsrc, idx)
+            else:
+                lazy["labels"] = lab.isel(dict(zip(self._lab_dims, idx, strict=True))).data
+        if lazy:
+            # the scheduler goes to this call only: dask.config.set in a thread would change the caller's
+            # global default (dask's config is process-wide)
+            (computed,) = dask.compute(lazy, scheduler="synchronous")
+            vals.update(computed)
+        with self._lock:
+            self.reads += 1
+        x, ok = normalize_fill(np.asarray(vals["img"]), vals.get("valid"), self.mean, self.std, self.scale)
+        return {"x": x, "ok": ok, "labels": vals.get("labels"), "times": times, "rect": b}
+
+    def _target(self, block: dict[str, Any], w: Window, ys: slice, xs: slice) -> np.ndarray:
+        tpos = [block["times"].index(t) for t in w.t]
+        lab = block["labels"]
+        ok = _take_times(block["ok"][:, ys, xs], tpos)
+        if "time" in self._lab_dims:
+            lt = _take_times(lab[..., ys, xs], tpos)
+        else:
+            lt = np.broadcast_to(lab[..., ys, xs], (len(tpos), *lab[..., ys, xs].shape))
+        lt = lt.astype(np.int64)
+        if self.multilabel:  # (T, K, h, w)
+            bad = (lt == self._nodata) | ~ok[:, None]
+        else:
+            bad = (lt == self._nodata) | ~ok
+        return np.where(bad, IGNORE, lt)
+
+    def _samples(self, block: dict[str, Any], rng: np.random.Generator) -> list[tuple[Any, ...]]:
+        out: list[tuple[Any, ...]] = []
+        b: Rect = block["rect"]
+        for w in self._by_block[block["bi"]]:
+            ys, xs = slice(w.y - b.y0, w.y - b.y0 + w.size), slice(w.x - b.x0, w.x - b.x0 + w.size)
+            tpos = [block["times"].index(t) for t in w.t]
+            x = _take_times(block["x"][:, :, ys, xs], tpos)  # (T, C, h, w): a view into the block
+            doy = self._doy[list(w.t)]
+            if self.kind == "pixels":
+                out.extend(self._pixel_samples(block, w, x, ys, xs, doy, rng))
+                continue
+            if self.kind == "chip":
+                out.append(
+                    (x[0] if len(tpos) == 1 else x, np.int64(w.label if w.label is not None else IGNORE), doy)
+                )
+                continue
+            y = self._target(block, w, ys, xs) if self._lab_dims else None
+            if self.kind == "image":
+                out.append((x[0], None if y is None else y[0], doy))
+            else:
+                out.append((x, y, doy))
+        return out
+
+    def _pixel_samples(
+        self,
+        block: dict[str, Any],
+        w: Window,
+        x: np.ndarray,
+        ys: slice,
+        xs: slice,
+        doy: np.ndarray,
+        rng: np.random.Generator,
+    ) -> list[tuple[Any, ...]]:
+        tpos = [block["times"].index(t) for t in w.t]
+        ok = _take_times(block["ok"][:, ys, xs], tpos)  # (T, h, w)
+        lab = block["labels"]
+        lt = lab[..., ys, xs] if lab is not None else None
+        if lt is not None and lt.ndim == 3:  # labels(time, y, x): a pixel series takes the last date's label
+            lt = lt[tpos[-1]]
+        usable = ok.any(0)
+        if lt is not None:
+            usable &= lt != self._nodata
+        idx = np.flatnonzero(usable.ravel())
+        if idx.size > self.pixels_per_window:
+            idx = rng.choice(idx, self.pixels_per_window, replace=False)
+        t, c = x.shape[:2]
+        series = x.reshape(t, c, -1)[:, :, idx].transpose(2, 0, 1)  # (n, T, C)
+        valid = ok.reshape(t, -1)[:, idx].T
+        labels = lt.ravel()[idx].astype(np.int64) if lt is not None else np.full(idx.size, IGNORE)
+        return [(series[i], labels[i], doy, valid[i]) for i in range(idx.size)]
+
+    # -- iteration -----------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[Batch]:
+        rng = np.random.default_rng((self.seed, self.epoch))
+        self.epoch += 1
+        order = list(self._by_block)
+        if self.shuffle:
+            rng.shuffle(order)
+        buf: list[tuple[Any, ...]] = []
+        cap = self.shuffle_blocks * max(1, self.num_samples // max(1, len(order))) if self.shuffle else 0
+        ring = [_BatchBuffers(), _BatchBuffers()]
+        k = 0
+        with ThreadPoolExecutor(self.readers, thread_name_prefix="geoarray-chips") as pool:
+            # bounded prefetch: keep `readers + 1` block reads in flight
+            futures = [pool.submit(self._read, bi) for bi in order[: self.readers + 1]]
+            nxt = len(futures)
+            for i in range(len(order)):
+                block = futures[i].result()
+                futures[i] = None  # type: ignore[call-overload]
+                if nxt < len(order):
+                    futures.append(pool.submit(self._read, order[nxt]))
+                    nxt += 1
+                block["bi"] = order[i]
+                buf.extend(self._samples(block, rng))
+                while len(buf) >= self.batch_size + cap:
+                    yield self._emit(buf, rng, ring[k % 2])
+                    k += 1
+        if self.shuffle:
+            rng.shuffle(buf)
+        while len(buf) >= self.batch_size or (buf and not self.drop_last):
+            yield self._emit(buf, rng, ring[k % 2])
+            k += 1
+
+    def _emit(self, buf: list[tuple[Any, ...]], rng: np.random.Generator, bufs: _BatchBuffers) -> Batch:
+        n = min(self.batch_size, len(buf))
+        picks = []
+        for _ in range(n):
+            j = int(rng.integers(len(buf))) if self.shuffle else 0
+            picks.append(buf[j])
+            if self.shuffle:
+                buf[j] = buf[-1]
+                buf.pop()
+            else:
+                buf.pop(0)
+        return bufs.fill(picks, self, rng)
+
+
+class _BatchBuffers:
+    """Preallocated numpy arrays for one batch, reused across batches of the same shape."""
+
+    def __init__(self) -> None:
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def _get(self, key: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        a = self.arrays.get(key)
+        if a is None or a.shape != shape or a.dtype != np.dtype(dtype):
+            a = np.empty(shape, dtype=dtype)
+            self.arrays[key] = a
+        return a
+
+    def fill(self, picks: list[tuple[Any, ...]], stream: ChipStream, rng: np.random.Generator) -> Batch:
+        import torch
+
+        n = len(picks)
+        x = self._get("x", (n, *picks[0][0].shape), np.float32)
+        has_y = picks[0][1] is not None
+        y = self._get("y", (n, *np.shape(picks[0][1])), np.int64) if has_y else None
+        for i, p in enumerate(picks):
+            x[i] = p[0]
+            if y is not None:
+                y[i] = p[1]
+        if stream.augment and stream.kind in ("image", "sequence"):
+            _augment(x, y, rng)
+        xt = torch.from_numpy(x)
+        yt = torch.from_numpy(y) if y is not None else None
+        dates = valid = None
+        if stream.kind in ("sequence", "pixels"):
+            dates = torch.from_numpy(np.stack([p[2] for p in picks]).astype(np.float32))
+        if stream.kind == "pixels":
+            valid = torch.from_numpy(np.stack([p[3] for p in picks]))
+        return Batch(xt, yt, dates, valid)
+
+
+def _augment(x: np.ndarray, y: np.ndarray | None, rng: np.random.Generator) -> None:
+    """In place, per sample: random flips and 90° rotations (image and target alike), radiometric jitter."""
+    for i in range(x.shape[0]):
+        k = int(rng.integers(4))
+        flip = bool(rng.integers(2))
+        xi = np.rot90(x[i], k, axes=(-2, -1))
+        if flip:
+            xi = xi[..., ::-1]
+        bands = x.shape[-3]
+        gain = rng.normal(1.0, 0.05, size=(bands, 1, 1)).astype(np.float32)
+        bias = rng.normal(0.0, 0.05, size=(bands, 1, 1)).astype(np.float32)
+        x[i] = xi * gain + bias
+        if y is not None and y.ndim >= 3:
+            yi = np.rot90(y[i], k, axes=(-2, -1))
+            y[i] = yi[..., ::-1] if flip else yi

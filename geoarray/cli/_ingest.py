@@ -1,0 +1,109 @@
+"""``geoarray ingest geotiff|stac``: build a Zarr cube."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from geoarray.cli._app import _friendly, ingest_app
+
+
+def _write(ds: Any, out: Path, overwrite: bool) -> None:
+    from geoarray.cube import cube_summary, write_cube
+
+    write_cube(ds, out, mode="w" if overwrite else "w-", progress=True)
+    typer.echo(cube_summary(ds))
+    typer.echo(f"wrote {out}")
+
+
+Out = Annotated[Path, typer.Option("--output", "-o", help="Zarr store to create.")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace the store if it exists.")]
+
+
+@ingest_app.command("geotiff")
+@_friendly
+def ingest_geotiff(
+    files: Annotated[list[Path], typer.Argument(help="One multi-band GeoTIFF per date.")],
+    output: Out,
+    times: Annotated[
+        str | None, typer.Option(help="Comma-separated dates, one per file (default: tags or file names).")
+    ] = None,
+    bands: Annotated[
+        str | None, typer.Option(help="Comma-separated band names (default: band descriptions).")
+    ] = None,
+    sensor: Annotated[str | None, typer.Option(help="Sensor name for every date, e.g. S2 or L8.")] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option(help="Single-band integer label GeoTIFF, clipped and warped onto the cube's grid."),
+    ] = None,
+    classes: Annotated[
+        str | None, typer.Option(help="Comma-separated class names, in label-id order (with --labels).")
+    ] = None,
+    label_nodata: Annotated[
+        int | None,
+        typer.Option(help="Label value meaning 'unknown' (default: the raster's nodata, else 255)."),
+    ] = None,
+    overwrite: Overwrite = False,
+) -> None:
+    """Ingest GeoTIFFs (one per date) into a Zarr cube; other grids are warped onto the first file's.
+
+    With --labels, a label raster becomes the cube's `labels(y, x)` variable, ready for `geoarray fit`.
+    """
+    from geoarray.io.geotiff import from_geotiff, read_labels
+
+    if (classes or label_nodata is not None) and labels is None:
+        raise typer.BadParameter(
+            "--classes and --label-nodata need --labels (the label raster they describe)."
+        )
+    ds = from_geotiff(
+        files,
+        times=times.split(",") if times else None,
+        bands=bands.split(",") if bands else None,
+        sensor=sensor,
+    )
+    if labels is not None:
+        ds["labels"] = read_labels(
+            labels, ds, classes=classes.split(",") if classes else None, nodata=label_nodata
+        )
+    _write(ds, output, overwrite)
+
+
+@ingest_app.command("stac")
+@_friendly
+def ingest_stac(
+    items: Annotated[
+        Path, typer.Argument(help="ItemCollection JSON, Item JSON, or catalog (file or folder).")
+    ],
+    output: Out,
+    bands: Annotated[str, typer.Option(help="Comma-separated asset keys to load, e.g. red,green,nir.")],
+    resolution: Annotated[float | None, typer.Option(help="Pixel size in CRS units.")] = None,
+    crs: Annotated[str | None, typer.Option(help="Output CRS, e.g. EPSG:32633.")] = None,
+    bbox: Annotated[str | None, typer.Option(help="minlon,minlat,maxlon,maxlat")] = None,
+    engine: Annotated[str, typer.Option(help="odc (default) or stackstac.")] = "odc",
+    overwrite: Overwrite = False,
+) -> None:
+    """Ingest STAC items into a Zarr cube (odc-stac, or stackstac)."""
+    from geoarray.errors import STACError
+    from geoarray.io.stac import from_stac
+
+    box = None
+    if bbox:
+        parts = [float(v) for v in bbox.split(",")]
+        if len(parts) != 4:
+            raise STACError(
+                f"--bbox {bbox!r} has {len(parts)} numbers; expected minlon,minlat,maxlon,maxlat."
+            )
+        box = (parts[0], parts[1], parts[2], parts[3])
+    if engine not in ("odc", "stackstac"):
+        raise STACError(f"--engine {engine!r}; expected odc or stackstac.")
+    ds = from_stac(
+        items,
+        bands=bands.split(","),
+        resolution=resolution,
+        crs=crs,
+        bbox=box,
+        engine=engine,  # type: ignore[arg-type]
+    )
+    _write(ds, output, overwrite)

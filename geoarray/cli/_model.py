@@ -1,0 +1,187 @@
+"""``geoarray fit`` and ``geoarray predict``: train, and write a checkpoint's outputs into a cube."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from geoarray.cli._app import Store, _friendly, app
+
+
+def _parse_kv(items: list[str] | None) -> dict[str, Any]:
+    """``["width=16", "encoder=resnet18"]`` -> ``{"width": 16, "encoder": "resnet18"}`` (JSON values)."""
+    import json
+
+    from geoarray.errors import TrainError
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise TrainError(f"--model-kw {item!r}; expected name=value, e.g. --model-kw width=16.")
+        k, v = item.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+@app.command()
+@_friendly
+def fit(
+    store: Store,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint to write (.safetensors).")],
+    task: Annotated[
+        str, typer.Option(help="segmentation, classification or pixel_classification.")
+    ] = "segmentation",
+    model: Annotated[str, typer.Option(help="Registry model name (geoarray models).")] = "unet",
+    model_kw: Annotated[
+        list[str] | None, typer.Option("--model-kw", help="Model hparam name=value (repeat).")
+    ] = None,
+    labels: Annotated[str, typer.Option(help="Label variable in the cube.")] = "labels",
+    bands: Annotated[str | None, typer.Option(help="Comma-separated bands (default: all).")] = None,
+    chip_size: Annotated[int, typer.Option(help="Chip size in pixels.")] = 64,
+    stride: Annotated[int | None, typer.Option(help="Grid step between chips (default: chip size).")] = None,
+    epochs: Annotated[int, typer.Option(help="Epochs.")] = 10,
+    batch_size: Annotated[int, typer.Option(help="Chips per batch.")] = 16,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-3,
+    loss: Annotated[str | None, typer.Option(help="ce, focal, bce or bce_dice (default by task).")] = None,
+    val_fraction: Annotated[float, typer.Option(help="Fraction of tiles held out.")] = 0.2,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    precision: Annotated[str, typer.Option(help="32, bf16 or 16 (16 needs a GPU).")] = "32",
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    log_dir: Annotated[Path | None, typer.Option(help="Folder for metrics.csv (and TensorBoard).")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue from this checkpoint's last epoch.")] = None,
+    workers: Annotated[int, typer.Option(help="DDP ranks on a local Dask cluster (0: one process).")] = 0,
+    scheduler: Annotated[str | None, typer.Option(help="Address of a Dask scheduler for DDP.")] = None,
+    regions: Annotated[
+        Path | None, typer.Option(help="GeoJSON of chip-label regions (classification).")
+    ] = None,
+    region_property: Annotated[str | None, typer.Option(help="Property holding the region label.")] = None,
+    min_valid: Annotated[
+        float, typer.Option(help="Chip filter: the fraction of valid pixels a chip needs.")
+    ] = 0.5,
+    min_positive: Annotated[
+        int, typer.Option(help="Chip filter: labelled non-background pixels a chip needs (0: no filter).")
+    ] = 0,
+    keep_state: Annotated[
+        bool,
+        typer.Option(help="Keep OUTPUT.train-state.safetensors after the run, so --resume can extend it."),
+    ] = False,
+) -> None:
+    """Train a model on a cube and write the best epoch as a self-describing checkpoint.
+
+    After every epoch the optimizer state goes to OUTPUT.train-state.safetensors beside the checkpoint, so an
+    interrupted run continues with --resume OUTPUT; a finished run deletes it unless --keep-state.
+    """
+    from geoarray.cube import open_cube
+    from geoarray.training import fit as run_fit
+
+    cube = open_cube(store)
+    opts: dict[str, Any] = dict(
+        min_valid=min_valid,
+        min_positive=min_positive,
+        keep_state=keep_state,
+        model=model,
+        model_kwargs=_parse_kv(model_kw),
+        labels=labels,
+        bands=bands.split(",") if bands else None,
+        chip_size=chip_size,
+        stride=stride,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        loss=loss,
+        val_fraction=val_fraction,
+        seed=seed,
+        precision=precision,
+        device=device,
+        out=str(output),
+        log_dir=str(log_dir) if log_dir else None,
+        resume=str(resume) if resume else None,
+        regions=str(regions) if regions else None,
+        region_property=region_property,
+    )
+    t0 = time.perf_counter()
+    if workers or scheduler:
+        from geoarray.distributed import cluster
+
+        with cluster(scheduler, n_workers=workers or None) as client:
+            path = run_fit(cube, task=task, client=client, **opts)
+    else:
+        path = run_fit(cube, task=task, **opts)
+    from geoarray.checkpoint import read_metadata
+
+    tr = read_metadata(path)["training"]
+    score = "n/a" if tr.get("best_metric") is None else f"{tr['best_metric']:.4f}"
+    typer.echo(f"wrote {path} (best epoch {tr['epoch']}, score {score}) in {time.perf_counter() - t0:.1f} s")
+    if keep_state:
+        from geoarray.training.state import state_path
+
+        typer.echo(f"kept the resume state {state_path(path)} (delete it when you no longer need --resume)")
+
+
+@app.command()
+@_friendly
+def predict(
+    store: Store,
+    ckpt: Annotated[Path, typer.Option("--ckpt", "-c", help="Checkpoint (.safetensors) from geoarray fit.")],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="Write into this Zarr store instead (a copy of STORE's cube is made)."
+        ),
+    ] = None,
+    halo: Annotated[
+        str, typer.Option(help="Halo in pixels, or 'auto' (the receptive field: seamless).")
+    ] = "auto",
+    batch_size: Annotated[
+        int | None, typer.Option(help="Dates (image models) or pixels per forward pass.")
+    ] = None,
+    prefix: Annotated[str, typer.Option(help="Prefix of output variable names, e.g. s2_.")] = "",
+    overwrite: Annotated[bool, typer.Option(help="Replace outputs that exist in the store.")] = False,
+    float16: Annotated[
+        bool, typer.Option("--float16", help="Store probabilities/features as float16.")
+    ] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    var: Annotated[str, typer.Option(help="Imagery variable.")] = "imagery",
+) -> None:
+    """Apply a checkpoint blockwise (with a halo) and write its outputs into the cube's Zarr store.
+
+    A run that is interrupted resumes where it stopped when the same command runs again.
+    """
+    from geoarray.cube import open_cube, write_cube
+    from geoarray.errors import PredictError
+    from geoarray.predict import predict as run_predict
+
+    if halo != "auto" and not halo.isdigit():
+        raise PredictError(f"--halo {halo!r}; expected 'auto' or a number of pixels.")
+    cube = open_cube(store, var=var)
+    target = store
+    if output is not None:
+        if not output.exists():
+            write_cube(cube, output, var=var, progress=True)
+        cube, target = open_cube(output, var=var), output
+    t0 = time.perf_counter()
+    out = run_predict(
+        cube,
+        ckpt,
+        var=var,
+        halo="auto" if halo == "auto" else int(halo),
+        batch_size=batch_size,
+        device=device,
+        prefix=prefix,
+        store=target,
+        overwrite=overwrite,
+        dtype="float16" if float16 else "float32",
+        progress=True,
+    )
+    new = sorted(str(v) for v in out.data_vars if str(v) not in cube.data_vars)
+    px = cube.sizes["time"] * cube.sizes["y"] * cube.sizes["x"]
+    dt = time.perf_counter() - t0
+    typer.echo(
+        f"wrote {', '.join(new) or 'nothing new'} to {target} in {dt:.1f} s ({px / dt / 1e6:.2f} Mpx/s)"
+    )

@@ -1,0 +1,188 @@
+"""Training: ``geoarray.fit(cube, task=..., model=...)`` -> the best checkpoint's path.
+
+The package reads top-down, and imports only go down:
+
+- :mod:`.config`: :class:`FitConfig`, every option, checked before any work;
+- :mod:`.prepare`: bands, classes, chip plan and normalisation statistics (:class:`Setup`);
+- :mod:`.loop`: the epoch loop (plain PyTorch), shared by one process and each DDP rank;
+- :mod:`.state`: the resume side file (safetensors + JSON);
+- :mod:`.ddp`: one DDP rank per Dask worker.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import xarray as xr
+
+from geoarray.training.config import FitConfig, Precision, Schedule
+
+__all__ = ["FitConfig", "fit"]
+
+
+def fit(
+    cube: xr.Dataset,
+    *,
+    task: str,
+    # model
+    model: str = "unet",
+    model_kwargs: dict[str, Any] | None = None,
+    # data
+    labels: str = "labels",
+    bands: Sequence[str] | None = None,
+    var: str = "imagery",
+    chip_size: int = 64,
+    stride: int | None = None,
+    mode: Literal["grid", "random"] = "grid",
+    times: Literal["each", "all"] | Sequence[int] = "each",
+    val_fraction: float = 0.2,
+    min_valid: float = 0.5,
+    min_positive: int = 0,
+    augment: bool = True,
+    regions: str | os.PathLike[str] | Any = None,
+    region_property: str | None = None,
+    pixels_per_chip: int = 256,
+    sensor: str | None = None,
+    # optimisation
+    epochs: int = 10,
+    batch_size: int = 16,
+    lr: float = 1e-3,
+    loss: str | None = None,
+    multilabel: bool = False,
+    class_weights: Literal["balanced"] | Sequence[float] | None = None,
+    optimizer: Literal["adamw", "sgd"] = "adamw",
+    weight_decay: float = 1e-4,
+    schedule: Schedule = "cosine",
+    warmup_epochs: float = 0.0,
+    early_stopping: int | None = None,
+    seed: int = 0,
+    # runtime
+    out: str | os.PathLike[str] = "model.safetensors",
+    resume: str | os.PathLike[str] | None = None,
+    keep_state: bool = False,
+    device: str = "auto",
+    precision: Precision = "32",
+    client: Any = None,
+    log_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    readers: int = 2,
+    steps_per_epoch: int | None = None,
+) -> Path:
+    """Train a model on a cube; save the best epoch as a self-describing checkpoint and return its path.
+
+    Parameters
+    ----------
+    cube
+        The cube (lazy). Supervised tasks read ``labels`` from it (``labels(y, x)``, ``labels(time, y, x)``, or
+        ``labels(class, y, x)`` 0/1 masks for multi-label segmentation).
+    task
+        ``"segmentation"``, ``"classification"`` (chip labels from ``regions=`` + ``region_property=``) or
+        ``"pixel_classification"`` (pixel time series).
+
+    model, model_kwargs
+        A registry name (``geoarray.models.list_models()``) and its hyper-parameters; ``in_channels`` and
+        ``num_classes`` are filled in from the bands and classes.
+
+    labels, bands, var
+        The label variable, the bands to use (default: all, in cube order) and the imagery variable.
+    chip_size, stride, mode, times
+        Chips: size in pixels (a multiple of the model's stride), grid step (default: ``chip_size``),
+        ``"grid"`` or ``"random"`` windows, and which dates make a chip (``"each"``, ``"all"`` or indices).
+    val_fraction
+        Fraction of spatial tiles held out for validation (the best epoch is chosen on them).
+    min_valid, min_positive
+        Chip filters: the fraction of valid pixels a chip needs, and how many labelled non-background pixels
+        (seed 003's filter). Chips with no labelled pixel at all are always skipped.
+    augment
+        Random flips, 90° rotations and radiometric jitter of training chips.
+    regions, region_property
+        Vector regions (GeoPackage, Shapefile, GeoParquet, GeoJSON or a GeoDataFrame) and the property that
+        holds each region's class, for ``task="classification"``.
+    pixels_per_chip
+        Pixels sampled per window for ``pixel_classification``.
+    sensor
+        Recorded in the checkpoint; predict then runs only on dates of that sensor.
+
+    epochs, batch_size, lr
+        Epochs, chips per batch and the peak learning rate.
+    loss
+        ``"ce"``, ``"focal"``, ``"bce"`` or ``"bce_dice"`` (default by task).
+    multilabel
+        Sigmoid outputs, one per class (implied by ``labels(class, y, x)``).
+    class_weights
+        ``"balanced"`` (inverse square root of class frequency) or one weight per class.
+    optimizer, weight_decay, schedule, warmup_epochs
+        ``"adamw"`` or ``"sgd"``; ``"cosine"``, ``"step"``, ``"plateau"`` or ``"constant"``, after a linear
+        warm-up of ``warmup_epochs``.
+    early_stopping
+        Stop after this many epochs without a better validation score.
+    seed
+        Seeds the chip plan, the split, the shuffle, augmentation and the model's initialisation. The
+        caller's torch generator is left as it was.
+
+    out
+        The checkpoint to write (atomically); the best epoch is kept.
+    resume, keep_state
+        Continue from checkpoint ``resume``: its side file ``<resume>.train-state.safetensors`` restores the
+        last epoch's weights, optimizer and schedule, so a run of 4 epochs equals a run of 2 resumed to 4. The
+        side file is written after every epoch; a finished run deletes it unless ``keep_state=True``.
+    device, precision
+        ``"auto"``, ``"cpu"``, ``"cuda"``; ``"32"``, ``"bf16"`` (autocast) or ``"16"`` (GPU only).
+    client
+        A ``distributed.Client``: train with one DDP rank per worker (gloo on CPU, nccl on GPU).
+    log_dir
+        Folder for ``metrics.csv`` (and TensorBoard when it is installed).
+    progress
+        A progress bar per epoch. Epoch summaries go to the ``geoarray.training`` logger at INFO level.
+    readers, steps_per_epoch
+        Background reader threads; an optional cap on steps per epoch.
+
+    Returns
+    -------
+    pathlib.Path
+        The best checkpoint (written atomically).
+
+    Raises
+    ------
+    TrainError
+        Bad options (named, with the expected range), missing labels, labels on another grid, chips that
+        don't fit, a model that does not fit the task, class counts that don't match the model, every chip
+        filtered out, no training tiles, or a NaN loss (named by epoch and step; nothing is saved from a NaN
+        model).
+
+    Examples
+    --------
+    >>> ckpt = geoarray.fit(cube, task="segmentation", model="unet", chip_size=64, epochs=5,
+    ...                     batch_size=8, lr=1e-3, out="unet.safetensors")  # doctest: +SKIP
+    """
+    opts = dict(locals())
+    opts.pop("cube")
+    opts.pop("client")
+    opts["model_kwargs"] = dict(model_kwargs or {})
+    opts["bands"] = list(bands) if bands is not None else None
+    if class_weights is not None and not isinstance(class_weights, str):
+        opts["class_weights"] = [float(w) for w in class_weights]
+    for key in ("out", "resume", "log_dir"):
+        if opts[key] is not None:
+            opts[key] = str(opts[key])
+    cfg = FitConfig(**opts)
+    return run(cube, cfg, client=client)
+
+
+def run(cube: xr.Dataset, cfg: FitConfig, *, client: Any = None) -> Path:
+    """Train with a ready :class:`FitConfig` (what :func:`fit` does after checking its options)."""
+    from geoarray.training.prepare import _device, prepare
+
+    if client is None:
+        _device(cfg.device)  # a wrong device fails now, not after the statistics pass
+    setup = prepare(cube, cfg)
+    if client is not None:
+        from geoarray.training.ddp import fit_ddp
+
+        return fit_ddp(client, cube, cfg, setup)
+    from geoarray.training.loop import Trainer
+
+    return Trainer(cube, cfg, setup).run()

@@ -1,0 +1,127 @@
+"""What defines a training run: :class:`FitConfig`, checked up front so bad values fail before any work."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+from geoarray.errors import TrainError
+
+__all__ = ["FitConfig"]
+
+Precision = Literal["32", "bf16", "16"]
+Schedule = Literal["cosine", "step", "plateau", "constant"]
+
+
+@dataclass
+class FitConfig:
+    """Everything that defines a training run besides the cube; the fields are :func:`geoarray.fit`'s options.
+
+    Grouped as in ``fit``'s signature: the task and model, the data (chips), optimisation, and runtime.
+    """
+
+    # task and model
+    task: str
+    model: str = "unet"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    # data
+    labels: str = "labels"
+    bands: list[str] | None = None
+    var: str = "imagery"
+    chip_size: int = 64
+    stride: int | None = None
+    mode: Literal["grid", "random"] = "grid"
+    times: Any = "each"
+    val_fraction: float = 0.2
+    min_valid: float = 0.5
+    min_positive: int = 0
+    augment: bool = True
+    regions: Any = None
+    region_property: str | None = None
+    pixels_per_chip: int = 256
+    sensor: str | None = None
+    # optimisation
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 1e-3
+    loss: str | None = None
+    multilabel: bool = False
+    class_weights: Literal["balanced"] | list[float] | None = None
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    weight_decay: float = 1e-4
+    schedule: Schedule = "cosine"
+    warmup_epochs: float = 0.0
+    early_stopping: int | None = None
+    seed: int = 0
+    # runtime
+    out: str = "model.safetensors"
+    resume: str | None = None
+    keep_state: bool = False
+    device: str = "auto"
+    precision: Precision = "32"
+    log_dir: str | None = None
+    progress: bool = True
+    readers: int = 2
+    steps_per_epoch: int | None = None
+    debug_ddp: bool = False
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    def check(self) -> None:
+        """Refuse values that would fail deep inside torch or silently train nothing."""
+        _positive_int("chip_size", self.chip_size)
+        _positive_int("epochs", self.epochs)
+        _positive_int("batch_size", self.batch_size)
+        _positive_int("pixels_per_chip", self.pixels_per_chip)
+        _positive_int("readers", self.readers)
+        for name in ("stride", "steps_per_epoch", "early_stopping"):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name))
+        _non_negative_int("min_positive", self.min_positive)
+        _non_negative_int("seed", self.seed)
+        if not _real(self.lr) or self.lr < 0:  # 0 is allowed: it trains only BatchNorm statistics
+            raise TrainError(f"lr={self.lr!r}; expected a finite learning rate >= 0, such as 1e-3.")
+        if not _real(self.weight_decay) or self.weight_decay < 0:
+            raise TrainError(f"weight_decay={self.weight_decay!r}; expected a finite number >= 0 (e.g. 1e-4).")
+        if not _real(self.warmup_epochs) or not 0 <= self.warmup_epochs <= self.epochs:
+            raise TrainError(
+                f"warmup_epochs={self.warmup_epochs!r}; expected a number between 0 and epochs={self.epochs}."
+            )
+        if not _real(self.val_fraction) or not 0 <= self.val_fraction < 1:
+            raise TrainError(f"val_fraction={self.val_fraction!r}; expected 0 <= val_fraction < 1 (e.g. 0.2).")
+        if not _real(self.min_valid) or not 0 <= self.min_valid <= 1:
+            raise TrainError(f"min_valid={self.min_valid!r}; expected a fraction between 0 and 1.")
+        _choice("mode", self.mode, ("grid", "random"))
+        _choice("optimizer", self.optimizer, ("adamw", "sgd"))
+        _choice("schedule", self.schedule, ("cosine", "step", "plateau", "constant"))
+        _choice("precision", self.precision, ("32", "bf16", "16"))
+        if not isinstance(self.model_kwargs, dict):
+            raise TrainError(f"model_kwargs={self.model_kwargs!r}; expected a dict such as {{'width': 16}}.")
+        if not str(self.out):
+            raise TrainError("out=''; expected the path of the checkpoint to write, e.g. 'model.safetensors'.")
+
+
+def _real(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+def _positive_int(name: str, v: Any) -> None:
+    if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 1:
+        raise TrainError(f"{name}={v!r}; expected a positive integer.")
+
+
+def _non_negative_int(name: str, v: Any) -> None:
+    if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 0:
+        raise TrainError(f"{name}={v!r}; expected an integer >= 0.")
+
+
+def _choice(name: str, v: Any, allowed: tuple[str, ...]) -> None:
+    if v not in allowed:
+        raise TrainError(f"{name}={v!r}; expected one of {', '.join(map(repr, allowed))}.")
