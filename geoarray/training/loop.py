@@ -6,8 +6,7 @@ import csv
 import logging
 import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import xarray as xr
 from geoarray.errors import TrainError
 from geoarray.training import state
 from geoarray.training.config import FitConfig
-from geoarray.training.prepare import Setup, _device
+from geoarray.training.prepare import Setup, _device, seeded_torch
 
 log = logging.getLogger(__name__)
 
@@ -367,19 +366,3 @@ def check_finite(loss: Any, epoch: int, step: int) -> None:
             f"the loss became {float(loss)} at epoch {epoch}, step {step}; training stopped and nothing was saved "
             "from this state. Lower lr, check the inputs for extreme values, or use precision='32'."
         )
-
-
-@contextmanager
-def seeded_torch(seed: int, device: str) -> Iterator[None]:
-    """Seed torch's generators for the block inside, and give the caller's generator state back afterwards.
-
-    Model initialisation and dropout use torch's global generators (torch has no per-module generator), so
-    they are seeded here, inside ``torch.random.fork_rng``; geoarray's own randomness (chips, shuffles,
-    augmentation) uses seeded numpy Generators.
-    """
-    import torch
-
-    devices = [torch.device(device).index or 0] if device.startswith("cuda") else []
-    with torch.random.fork_rng(devices=devices, device_type="cuda" if devices else "cpu"):
-        torch.manual_seed(seed)
-        yield

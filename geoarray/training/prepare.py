@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,7 +116,8 @@ def prepare(cube: xr.Dataset, cfg: FitConfig) -> Setup:
             f"model_kwargs in_channels={mk['in_channels']} but {len(bands)} bands {bands} are used."
         )
 
-    probe = create_model(cfg.model, **mk)
+    with seeded_torch(cfg.seed, "cpu"):  # a throwaway model: leave the caller's generator alone
+        probe = create_model(cfg.model, **mk)
     stream_kind = task.kind_for(probe)
     if cfg.task == "pixel_classification" and stream_kind != "pixels":
         raise TrainError(f"task 'pixel_classification' needs a pixel model (pixel_*), got {cfg.model!r}.")
@@ -179,3 +182,19 @@ def _class_weights(spec: Any, lab: xr.DataArray | None, classes: list[str]) -> l
     )  # per-class pixel counts, one dask pass
     inv = np.where(counts > 0, 1.0 / np.sqrt(np.maximum(counts, 1.0)), 0.0)
     return [float(v) for v in inv / inv[counts > 0].mean()]
+
+
+@contextmanager
+def seeded_torch(seed: int, device: str) -> Iterator[None]:
+    """Seed torch's generators for the block inside, and give the caller's generator state back afterwards.
+
+    Model initialisation and dropout use torch's global generators (torch has no per-module generator), so
+    they are seeded here, inside ``torch.random.fork_rng``; geoarray's own randomness (chips, shuffles,
+    augmentation) uses seeded numpy Generators.
+    """
+    import torch
+
+    devices = [torch.device(device).index or 0] if device.startswith("cuda") else []
+    with torch.random.fork_rng(devices=devices, device_type="cuda" if devices else "cpu"):
+        torch.manual_seed(seed)
+        yield
