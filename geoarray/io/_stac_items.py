@@ -392,15 +392,24 @@ class Header:
 
 
 def _remote_env() -> Any:
-    """The GDAL environment odc-stac will read remote files in (its ``configure_rio`` settings), plus short
-    timeouts so an unreachable host fails in seconds."""
+    """The GDAL options odc-stac will read remote files with (its ``configure_rio`` settings, if any), plus
+    short timeouts so an unreachable host fails in seconds. A plain ``rasterio.Env``: no state left behind."""
     import rasterio
 
+    opts: dict[str, Any] = {}
     try:
-        from odc.loader._rio import capture_rio_env, rio_env
-    except ImportError:  # another odc-stac layout: plain rasterio defaults
-        return rasterio.Env(**_PROBE_ENV)
-    return rio_env(**{**capture_rio_env(), **_PROBE_ENV})
+        from odc.loader._rio import capture_rio_env
+
+        opts = dict(capture_rio_env())
+    except ImportError:  # another odc-stac layout: rasterio's defaults
+        pass
+    aws = opts.pop("_aws", None)
+    session = None
+    if aws:
+        from rasterio.session import AWSSession
+
+        session = AWSSession(**aws)
+    return rasterio.Env(session=session, **{**opts, **_PROBE_ENV})
 
 
 def _open_header(href: str) -> Header:
@@ -678,6 +687,11 @@ def _resolve_all(docs: list[dict[str, Any]], bands: Sequence[str]) -> list[list[
             f"STAC item {doc['id']!r} lacks the requested band(s) {miss}{more}; it has assets {raster}"
             + (f" and band names {names}" if names else "")
             + ". Request bands every item has, or filter the items first."
+            + (
+                " Give bands as a list: bands=['red', 'nir'], not 'red,nir'."
+                if any("," in b for b in miss)
+                else ""
+            )
         )
     out: list[list[Source]] = []
     for name in bands:

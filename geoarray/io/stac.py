@@ -64,7 +64,8 @@ def from_stac(
         are dropped.
     engine
         ``"odc"`` (odc-stac, the default) or ``"stackstac"`` (needs ``pip install geoarray[stackstac]``; no
-        multi-band assets). On the same items both give the same grid, coordinates and pixel values.
+        multi-band assets). On the same items both give the same grid, coordinates and pixel values (when
+        resampling, see Notes).
     chunk
         Dask chunk size in ``y`` and ``x``.
     dtype
@@ -92,8 +93,13 @@ def from_stac(
     Notes
     -----
     Items sharing a timestamp (tiles of one pass) are mosaicked into one time step; where they overlap, the
-    item with the smaller id wins. Pixel values are the files' raw values (``scale``/``offset`` are not
-    applied).
+    item with the smaller id wins. Times are UTC. Pixel values are the files' raw values (``scale``/``offset``
+    are not applied).
+
+    Both engines read onto one grid computed once (odc-geo), so their coordinates always agree, and on the
+    items' own grid so do their pixels. When ``crs=`` or ``resolution=`` makes them resample, the two readers
+    (rasterio reproject vs. a WarpedVRT, each with its own overview choice) can pick a different nearest
+    source pixel at a few places (0.04 % of pixels after a UTM zone change in our tests).
 
     Examples
     --------
@@ -102,7 +108,11 @@ def from_stac(
     """
     if engine not in ("odc", "stackstac"):
         raise STACError(f"engine={engine!r}; expected 'odc' or 'stackstac'.")
-    bands = [bands] if isinstance(bands, str) else [str(b) for b in bands]
+    if isinstance(bands, str):
+        bands = [bands]
+    elif not isinstance(bands, Sequence) or not all(isinstance(b, str) for b in bands):
+        raise STACError(f"bands={bands!r}; expected a list of band names, e.g. bands=['red', 'nir'].")
+    bands = list(bands)
     if not bands:
         raise STACError("bands=[] is empty; name the assets to load, e.g. bands=['red', 'nir'].")
     dup = sorted({b for b in bands if bands.count(b) > 1})
@@ -210,10 +220,8 @@ def _geobox(plan: Plan, *, resolution: float | None, crs: Any, bbox: Any) -> Any
         hint = ""
         h = next(iter(plan.headers.values()), None)
         if h is not None and h.crs is not None:
-            hint = (
-                f" The first file is in {h.crs} with {abs(h.transform[0])} pixels: e.g. crs={str(h.crs)!r}, "
-            )
-            hint += f"resolution={abs(h.transform[0])}."
+            px = abs(h.transform[0])
+            hint = f" The first file is in {h.crs} with a pixel size of {px}: e.g. crs={str(h.crs)!r}, resolution={px}."
         raise STACError(
             "the items carry no projection metadata (proj:code/proj:epsg, proj:transform), so the grid is "
             f"unknown; pass crs= and resolution=.{hint}"

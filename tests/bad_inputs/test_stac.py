@@ -199,6 +199,13 @@ def catalog_with_remote_children(tmp: Path):
     return tmp / "catalog.json", {"bands": ["red"]}
 
 
+def no_projection_metadata(tmp: Path):
+    d, _ = localize(LANDSAT, tmp, ["red"])
+    for k in ("proj:epsg", "proj:shape", "proj:transform"):
+        del d["properties"][k]
+    return [pystac.Item.from_dict(d)], {"bands": ["red"]}
+
+
 CASES: list[tuple[str, Case, str]] = [
     (
         "collection-json",
@@ -281,6 +288,13 @@ CASES: list[tuple[str, Case, str]] = [
     ),
     ("same-band-two-names", same_band_twice, r"'red' and 'B4' are the same band"),
     ("duplicate-band-names", duplicate_band_names, r"lists \['red'\] more than once"),
+    ("bands-none", _with(bands=None), r"bands=None; expected a list of band names"),
+    ("bands-comma-string", _with(bands="red,nir08"), r"\['red,nir08'\].*not 'red,nir'"),
+    (
+        "no-projection-metadata",
+        no_projection_metadata,
+        r"no projection metadata.*pass crs= and resolution=.*crs='EPSG:32615', resolution=30.0",
+    ),
     ("duplicate-item-ids", duplicate_item_ids, r"appear more than once"),
     ("not-raster-asset", not_raster_asset, r"'MTL.json'.*not raster data"),
     ("geotiff-as-items", geotiff_as_items, r"not STAC JSON.*It is a TIFF.*from_geotiff"),
