@@ -634,7 +634,10 @@ def plan_load(
         exts = [_RASTER_SCHEMA]
         if any(k in a for a in assets.values() for k in _PROJ_KEYS):
             exts.append(_PROJ_SCHEMA)
-        out_items.append({**doc, "properties": props, "assets": assets, "stac_extensions": exts})
+        # the copies are current STAC (pystac need not migrate them): 1.1 with proj v2 and raster v1.1
+        out_items.append(
+            {**doc, "stac_version": "1.1.0", "properties": props, "assets": assets, "stac_extensions": exts}
+        )
     out_dtype, fill = _dtype_and_fill(out_items, len(bands), dtype)
     return Plan(out_items, list(bands), load_names, multiband, headers, out_dtype, fill)
 

@@ -118,13 +118,15 @@ def from_stac(
     dup = sorted({b for b in bands if bands.count(b) > 1})
     if dup:
         raise STACError(f"bands lists {dup} more than once; expected each band once.")
+    if check not in ("first", "all", "none"):
+        raise STACError(f"check={check!r}; expected 'first', 'all' or 'none'.")
     res = _check_resolution(resolution)
     out_crs = _check_crs(crs)
+    box = check_bbox(bbox) if bbox is not None else None
     its = read_items(items)
     if not its:
         raise STACError("no STAC items to load (the list is empty); expected at least one pystac.Item.")
     plan = plan_load(its, bands, check=check, dtype=dtype)
-    box = check_bbox(bbox) if bbox is not None else None
     if engine == "stackstac" and plan.multiband:
         raise STACError(
             f"engine='stackstac' cannot read bands of multi-band assets ({plan.multiband}); use engine='odc'."
@@ -155,7 +157,8 @@ def from_stac(
     )
     da.attrs = {}
     ds = xr.Dataset({"imagery": da})
-    return ds.rio.write_crs(gbox.crs.to_wkt())
+    epsg = gbox.crs.epsg
+    return ds.rio.write_crs(f"EPSG:{epsg}" if epsg is not None else gbox.crs.to_wkt())
 
 
 def _check_resolution(resolution: Any) -> float | None:
@@ -197,7 +200,7 @@ def _when(d: dict[str, Any]) -> dt.datetime:
 def _pystac(plan: Plan) -> list[Any]:
     import pystac
 
-    return [pystac.Item.from_dict(d, preserve_dict=False) for d in plan.items]
+    return [pystac.Item.from_dict(d, preserve_dict=False, migrate=False) for d in plan.items]
 
 
 def _geobox(plan: Plan, *, resolution: float | None, crs: Any, bbox: Any) -> Any:
@@ -205,7 +208,7 @@ def _geobox(plan: Plan, *, resolution: float | None, crs: Any, bbox: Any) -> Any
     import odc.stac
 
     parsed = list(odc.stac.parse_items(_pystac(plan)))
-    opts: dict[str, Any] = {"bands": [n.split(".")[0] for n in plan.load_names]}
+    opts: dict[str, Any] = {"bands": plan.load_names}
     if resolution is not None:
         opts["resolution"] = resolution
     if crs is not None:
@@ -236,7 +239,7 @@ def _drop_outside(plan: Plan, gbox: Any, bbox: tuple[float, float, float, float]
     import odc.stac
 
     parsed = list(odc.stac.parse_items(_pystac(plan)))
-    names = [n.split(".")[0] for n in plan.load_names]
+    names = plan.load_names
     extent = gbox.extent
     feet = [p.safe_geometry(gbox.crs, bands=names) for p in parsed]
     keep = [i for i, g in enumerate(feet) if g is None or g.intersects(extent)]
