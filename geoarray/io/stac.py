@@ -1,6 +1,6 @@
 """STAC items to a cube: :func:`from_stac` with odc-stac (default) or stackstac (optional engine).
 
-Both engines load from the same normalised item copies (see :mod:`geoarray.io._stac_items`) onto one grid,
+Both engines load from the same normalised item copies (see :mod:`geoarray.io._stac_plan`) onto one grid,
 computed once with odc-geo, so on the same items they give the same coordinates and pixels.
 """
 
@@ -18,15 +18,8 @@ import xarray as xr
 
 from geoarray.cube import DEFAULT_CHUNK
 from geoarray.errors import STACError
-from geoarray.io._stac_items import (
-    ItemsLike,
-    Plan,
-    asset_key,
-    check_bbox,
-    item_crs,
-    plan_load,
-    read_items,
-)
+from geoarray.io._stac_plan import Plan, asset_key, check_bbox, item_crs, plan_load
+from geoarray.io._stac_read import ItemsLike, read_items
 
 __all__ = ["from_stac", "read_items"]
 
