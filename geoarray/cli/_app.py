@@ -46,6 +46,8 @@ def _main(
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    # the per-epoch summary is what a person running `geoarray fit` wants to see; the library logs it at INFO
+    logging.getLogger("geoarray.training").setLevel(logging.INFO)
 
 
 Store = Annotated[Path, typer.Argument(help="Path of a Zarr cube.")]
