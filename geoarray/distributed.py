@@ -54,6 +54,9 @@ def cluster(
     """
     from distributed import Client, LocalCluster
 
+    for name, v in (("n_workers", n_workers), ("threads_per_worker", threads_per_worker)):
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise TrainError(f"{name}={v!r}; expected a positive integer (or leave it out for the default).")
     if address:
         with Client(address) as client:
             yield client

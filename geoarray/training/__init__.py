@@ -176,6 +176,7 @@ def run(cube: xr.Dataset, cfg: FitConfig, *, client: Any = None) -> Path:
     """Train with a ready :class:`FitConfig` (what :func:`fit` does after checking its options)."""
     from geoarray.training.prepare import _device, prepare
 
+    _check_paths(cfg)
     if client is None:
         _device(cfg.device)  # a wrong device fails now, not after the statistics pass
     setup = prepare(cube, cfg)
@@ -186,3 +187,24 @@ def run(cube: xr.Dataset, cfg: FitConfig, *, client: Any = None) -> Path:
     from geoarray.training.loop import Trainer
 
     return Trainer(cube, cfg, setup).run()
+
+
+def _check_paths(cfg: FitConfig) -> None:
+    """Paths that would fail only after training: refuse them before the first step."""
+    from geoarray.errors import TrainError
+
+    out = Path(cfg.out)
+    if out.is_dir():
+        raise TrainError(
+            f"out={cfg.out!r} is a directory; expected the path of a checkpoint file to write, e.g. "
+            f"{str(out / 'model.safetensors')!r}."
+        )
+    if out.parent.exists() and not out.parent.is_dir():
+        raise TrainError(f"out={cfg.out!r}: {str(out.parent)!r} is a file, not a folder. Choose another path.")
+    if cfg.log_dir is not None and Path(cfg.log_dir).exists() and not Path(cfg.log_dir).is_dir():
+        raise TrainError(f"log_dir={cfg.log_dir!r} is a file; expected a folder for metrics.csv.")
+    if cfg.resume is not None and not Path(cfg.resume).is_file():
+        raise TrainError(
+            f"resume={cfg.resume!r} does not exist; expected the checkpoint of an earlier run (its side file "
+            "<checkpoint>.train-state.safetensors, if there, restores the optimizer too)."
+        )

@@ -279,18 +279,32 @@ class Trainer:
 
     def _resume(self, path: str) -> state.TrainState | None:
         """Weights (and the epoch reached) from the side file of ``path``, else from the checkpoint itself."""
-        from geoarray.checkpoint import load_checkpoint
+        from geoarray.checkpoint import load_checkpoint, read_metadata
 
+        made = read_metadata(path)["model"]
+        if made.get("name") != self.cfg.model:
+            raise TrainError(
+                f"resume={path!r} holds a {made.get('name')!r} model, but this run builds {self.cfg.model!r}. "
+                f"Resume with model={made.get('name')!r} and the same model_kwargs, or drop resume= to start anew."
+            )
         st = state.load_state(path)
-        if st is not None:
-            self.model.load_state_dict(st.weights)
-            self.start_epoch, self.best = st.epoch, st.best
-        else:
-            ck = load_checkpoint(path)
-            self.model.load_state_dict(ck.model.state_dict())
-            self.start_epoch = int(ck.meta.get("training", {}).get("epoch", 0))
-            self.best = float(ck.meta.get("training", {}).get("best_metric") or -math.inf)
-            log.info("no resume file beside %s: continuing from its best epoch, with a fresh optimizer", path)
+        try:
+            if st is not None:
+                self.model.load_state_dict(st.weights)
+                self.start_epoch, self.best = st.epoch, st.best
+            else:
+                ck = load_checkpoint(path)
+                self.model.load_state_dict(ck.model.state_dict())
+                self.start_epoch = int(ck.meta.get("training", {}).get("epoch", 0))
+                self.best = float(ck.meta.get("training", {}).get("best_metric") or -math.inf)
+                log.info("no resume file beside %s: continuing from its best epoch, with a fresh optimizer", path)
+        except RuntimeError as e:  # shapes differ: other bands, classes or hparams
+            first = str(e).strip().splitlines()[-1].strip()
+            raise TrainError(
+                f"resume={path!r} was trained with {made.get('name')!r} {made.get('hparams')}, which does not fit "
+                f"this run's {self.cfg.model!r} {self.setup.model_kwargs} ({first}). Resume with the same bands, "
+                "classes and model_kwargs, or drop resume= to start anew."
+            ) from None
         if self.start_epoch >= self.cfg.epochs:
             raise TrainError(
                 f"resume={path!r} reached epoch {self.start_epoch}, and epochs={self.cfg.epochs}: nothing is left "
