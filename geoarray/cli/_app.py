@@ -51,3 +51,26 @@ def _main(
 
 
 Store = Annotated[Path, typer.Argument(help="Path of a Zarr cube.")]
+
+
+def split_list(value: str | None, flag: str) -> list[str] | None:
+    """``"B1, B2,B3"`` -> ``["B1", "B2", "B3"]``: names stripped; an empty item is an error naming the flag."""
+    if value is None:
+        return None
+    items = [v.strip() for v in value.split(",")]
+    if not all(items):
+        raise typer.BadParameter(f"{flag} {value!r} has an empty item; expected comma-separated names.")
+    return items
+
+
+def split_dates(value: str | None, flag: str) -> list[str] | None:
+    """Comma-separated ISO dates (YYYY-MM-DD, optionally with a time); 01/02/2020 is ambiguous and refused."""
+    import re
+
+    items = split_list(value, flag)
+    for d in items or []:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}([T ][\d:.]+)?", d):
+            raise typer.BadParameter(
+                f"{flag}: {d!r} is not an ISO date; expected YYYY-MM-DD (e.g. 2020-01-02), which is never ambiguous."
+            )
+    return items

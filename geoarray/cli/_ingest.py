@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from geoarray.cli._app import _friendly, ingest_app
+from geoarray.cli._app import _friendly, ingest_app, split_dates, split_list
 
 
 def _write(ds: Any, out: Path, overwrite: bool) -> None:
@@ -59,13 +59,13 @@ def ingest_geotiff(
         )
     ds = from_geotiff(
         files,
-        times=times.split(",") if times else None,
-        bands=bands.split(",") if bands else None,
+        times=split_dates(times, "--times"),
+        bands=split_list(bands, "--bands"),
         sensor=sensor,
     )
     if labels is not None:
         ds["labels"] = read_labels(
-            labels, ds, classes=classes.split(",") if classes else None, nodata=label_nodata
+            labels, ds, classes=split_list(classes, "--classes"), nodata=label_nodata
         )
     _write(ds, output, overwrite)
 
@@ -90,7 +90,10 @@ def ingest_stac(
 
     box = None
     if bbox:
-        parts = [float(v) for v in bbox.split(",")]
+        try:
+            parts = [float(v) for v in bbox.split(",")]
+        except ValueError:
+            raise STACError(f"--bbox {bbox!r} is not 4 numbers; expected minlon,minlat,maxlon,maxlat.") from None
         if len(parts) != 4:
             raise STACError(
                 f"--bbox {bbox!r} has {len(parts)} numbers; expected minlon,minlat,maxlon,maxlat."
@@ -100,7 +103,7 @@ def ingest_stac(
         raise STACError(f"--engine {engine!r}; expected odc or stackstac.")
     ds = from_stac(
         items,
-        bands=bands.split(","),
+        bands=split_list(bands, "--bands") or [],
         resolution=resolution,
         crs=crs,
         bbox=box,

@@ -1,0 +1,51 @@
+"""Bad command-line values to `geoarray ingest`: one clear line and a non-zero exit, nothing written."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from geoarray.cli import app
+from geoarray.datasets import sample_path
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--times", "01/02/2020"], "not an ISO date"),
+        (["--times", "2020-01-02,"], "empty item"),
+        (["--bands", "B1,,B3,B4,B5,B7"], "empty item"),
+    ],
+    ids=["ambiguous-date", "empty-date", "empty-band"],
+)
+def test_ingest_geotiff_refuses_bad_lists(tmp_path, extra, match):
+    out = tmp_path / "c.zarr"
+    r = runner.invoke(app, ["ingest", "geotiff", sample_path(), "-o", str(out), *extra])
+    assert r.exit_code != 0
+    assert match in r.output
+    assert "Traceback" not in r.output
+    assert not out.exists()
+
+
+def test_ingest_geotiff_strips_band_names(tmp_path):
+    import geoarray
+
+    out = tmp_path / "c.zarr"
+    bands = "B1, B2, B3 ,B4,B5,B7"
+    r = runner.invoke(
+        app, ["ingest", "geotiff", sample_path(), "-o", str(out), "--times", "2020-01-02", "--bands", bands]
+    )
+    assert r.exit_code == 0, r.output
+    assert [str(b) for b in geoarray.open_cube(out)["band"].values] == ["B1", "B2", "B3", "B4", "B5", "B7"]
+
+
+def test_ingest_stac_refuses_a_bbox_that_is_not_numbers(tmp_path):
+    items = tmp_path / "items.json"
+    items.write_text('{"type": "FeatureCollection", "features": []}')
+    r = runner.invoke(
+        app,
+        ["ingest", "stac", str(items), "-o", str(tmp_path / "c.zarr"), "--bands", "red", "--bbox", "a,b,c,d"],
+    )
+    assert r.exit_code != 0 and "--bbox" in r.output and "Traceback" not in r.output
