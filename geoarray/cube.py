@@ -1,8 +1,8 @@
 """The cube contract: validate, open and write ``imagery(time, band, y, x)`` cubes in Zarr.
 
-A cube is an :class:`xarray.Dataset` whose imagery variable has dims exactly ``("time", "band", "y", "x")``,
-with datetime ``time``, string ``band`` names, pixel-centre ``y``/``x`` coordinates and the CRS in a
-``spatial_ref`` coordinate (so ``ds.rio.crs`` works).
+A cube is an :class:`xarray.Dataset` whose imagery variable has dims ``("time", "band", "y", "x")`` (checked by
+name; :func:`conform_cube` transposes another order), with datetime ``time``, string ``band`` names, evenly spaced
+pixel-centre ``y``/``x`` coordinates and the CRS in a ``spatial_ref`` coordinate (so ``ds.rio.crs`` works).
 """
 
 from __future__ import annotations
@@ -28,7 +28,17 @@ from geoarray.errors import (
     TimeError,
 )
 
-__all__ = ["CUBE_DIMS", "DEFAULT_CHUNK", "open_cube", "storage_chunks", "validate_cube", "write_cube"]
+__all__ = [
+    "CUBE_DIMS",
+    "DEFAULT_CHUNK",
+    "check_chunk",
+    "check_regular",
+    "conform_cube",
+    "open_cube",
+    "storage_chunks",
+    "validate_cube",
+    "write_cube",
+]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +50,10 @@ _WHOLE_DIMS = ("band", "class", "feature")
 
 def validate_cube(ds: xr.Dataset, *, var: str = "imagery") -> None:
     """Check that ``ds`` satisfies the cube contract.
+
+    Dims are checked by name: the imagery may hold ``time, band, y, x`` in any order (and ``valid`` its
+    ``time, y, x`` in any order); :func:`conform_cube` puts them in the canonical order, which code that
+    indexes by position (chips, predict) needs.
 
     Parameters
     ----------
@@ -69,22 +83,25 @@ def validate_cube(ds: xr.Dataset, *, var: str = "imagery") -> None:
         )
     da = ds[var]
     dims = tuple(map(str, da.dims))
-    if dims != CUBE_DIMS:
-        missing = [d for d in CUBE_DIMS if d not in dims]
-        if missing:
-            raise DimensionError(
-                f"{var!r} has dims {dims}; expected {CUBE_DIMS}, missing {tuple(missing)}. "
-                + _missing_dim_hint(missing, dims)
-            )
-        extra = [d for d in dims if d not in CUBE_DIMS]
-        if extra:
-            raise DimensionError(
-                f"{var!r} has dims {dims}; expected exactly {CUBE_DIMS}, found extra {tuple(extra)}. "
-                f"Select or stack them away, e.g. `.isel({extra[0]}=0)`."
-            )
+    missing = [d for d in CUBE_DIMS if d not in dims]
+    if missing:
         raise DimensionError(
-            f"{var!r} has dims {dims}; expected {CUBE_DIMS}. "
-            f"Use `ds.transpose({', '.join(repr(d) for d in CUBE_DIMS)}, ...)`."
+            f"{var!r} has dims {dims}; expected {CUBE_DIMS}, missing {tuple(missing)}. "
+            + _missing_dim_hint(missing, dims)
+        )
+    extra = [d for d in dims if d not in CUBE_DIMS]
+    if extra:
+        raise DimensionError(
+            f"{var!r} has dims {dims}; expected exactly {CUBE_DIMS}, found extra {tuple(extra)}. "
+            f"Select or stack them away, e.g. `.isel({extra[0]}=0)`."
+        )
+    empty = [d for d in CUBE_DIMS if da.sizes[d] == 0]
+    if empty:
+        raise DimensionError(
+            f"{var!r} has sizes {dict(da.sizes)}: no {' and no '.join(repr(d) for d in empty)} to hold "
+            "imagery; expected at least one date, band and pixel. An empty selection is the usual cause, e.g. "
+            "`ds.sel(y=slice(south, north))` on a cube whose y descends (use `slice(north, south)`), or a window "
+            "outside the cube's bounds."
         )
     _validate_time(ds)
     _validate_bands(ds)
@@ -99,12 +116,118 @@ def validate_cube(ds: xr.Dataset, *, var: str = "imagery") -> None:
             raise DimensionError(
                 f"coordinate {dim!r} is not strictly monotonic; sort it with `ds.sortby({dim!r})`."
             )
+        check_regular(c, dim)
     if ds.rio.crs is None:
         raise CRSError(
             "the cube has no CRS (no `spatial_ref` coordinate with a crs_wkt); expected one so outputs can be "
             "georeferenced. Set it with `ds = ds.rio.write_crs('EPSG:32633')` (your EPSG code)."
         )
     _validate_optional_vars(ds)
+
+
+def check_regular(values: Any, dim: str) -> None:
+    """Raise :class:`DimensionError` unless the coordinate ``values`` of ``dim`` are evenly spaced.
+
+    A cube has one pixel size per axis: GeoTIFF export, label warping and chip geometry all derive an affine
+    transform from the first two coordinates. Steps may differ by 1e-6 of the pixel size, or by the rounding
+    of the coordinates' own dtype (float32 coordinates of a UTM northing are only good to ~0.5 m).
+    """
+    c = np.asarray(values)
+    if c.size < 3 or not np.issubdtype(c.dtype, np.number):
+        return
+    d = np.diff(c.astype(np.float64))
+    step = float(np.median(d))
+    ulp = float(np.finfo(c.dtype).eps) * float(np.max(np.abs(c))) if c.dtype.kind == "f" else 0.0
+    tol = max(1e-6 * abs(step), 4 * ulp)
+    off = np.abs(d - step) > tol
+    if not off.any():
+        return
+    i = int(np.argmax(off))
+    steps = np.unique(np.round(np.abs(d), 9))
+    shown = ", ".join(f"{v:g}" for v in steps[:6]) + (" ..." if steps.size > 6 else "")
+    raise DimensionError(
+        f"coordinate {dim!r} is not evenly spaced: its steps are {shown} (e.g. {c[i]:g} -> {c[i + 1]:g} is "
+        f"{d[i]:g}, the median step is {step:g}); expected one pixel size per axis. This happens when bands or "
+        "dates of different resolutions or grids are combined with an outer join. Resample every input onto "
+        "one grid before combining: `b = b.rio.reproject_match(a)` (or "
+        "`b.rio.reproject(b.rio.crs, resolution=...)`), then `xr.concat(..., join='exact')`; "
+        "`geoarray.from_geotiff(files, stack='band')` does this for files, warping each onto the first "
+        "file's grid."
+    )
+
+
+#: Canonical dim order of the optional variables (by their set of dims).
+_CANONICAL = {
+    frozenset(("time", "y", "x")): ("time", "y", "x"),
+    frozenset(("class", "y", "x")): ("class", "y", "x"),
+    frozenset(("time", "class", "y", "x")): ("time", "class", "y", "x"),
+}
+
+
+def conform_cube(ds: xr.Dataset, *, var: str = "imagery") -> xr.Dataset:
+    """Validate a cube and return it with its dims in the canonical order.
+
+    ``imagery`` becomes ``(time, band, y, x)``, ``valid`` ``(time, y, x)``, ``labels`` ``(y, x)``,
+    ``(time, y, x)``, ``(class, y, x)`` or ``(time, class, y, x)``, and any other variable with ``y`` and ``x``
+    gets them as its last two dims. A cube already in that order is returned as it is (the same object).
+
+    Parameters
+    ----------
+    ds
+        The cube; see :func:`validate_cube`.
+    var
+        Name of the imagery variable.
+
+    Returns
+    -------
+    xarray.Dataset
+        The cube in canonical dim order.
+
+    Raises
+    ------
+    CubeError
+        As :func:`validate_cube`.
+
+    Notes
+    -----
+    Transposing is lazy and costs nothing until values are read; then every chunk is transposed in memory
+    (one copy of each chunk, about the cost of a memcpy), and a variable opened from a store loses the
+    direct-Zarr read path of :mod:`geoarray._source` (its windows go through dask instead: ~7x more overhead
+    per chunk). A cube that is read many times is best rewritten once with :func:`write_cube`, which always
+    stores the canonical order.
+
+    Examples
+    --------
+    >>> from geoarray.datasets import synthetic_cube
+    >>> conform_cube(synthetic_cube(size=64).transpose("y", "x", "time", "band")).imagery.dims
+    ('time', 'band', 'y', 'x')
+    """
+    validate_cube(ds, var=var)
+    return _transposed(ds, var=var)
+
+
+def _transposed(ds: xr.Dataset, *, var: str | None) -> xr.Dataset:
+    """``ds`` with every variable in canonical dim order (no validation); ``ds`` itself if nothing moves."""
+    order: dict[str, tuple[str, ...]] = {}
+    for name, v in ds.data_vars.items():
+        dims = tuple(map(str, v.dims))
+        if var is not None and name == var:
+            want: tuple[str, ...] = CUBE_DIMS
+        elif frozenset(dims) in _CANONICAL:
+            want = _CANONICAL[frozenset(dims)]
+        elif {"y", "x"} <= set(dims):
+            want = (*(d for d in dims if d not in ("y", "x")), "y", "x")
+        else:
+            continue
+        if dims != want:
+            order[str(name)] = want
+    if not order:
+        return ds
+    log.debug("conform_cube: transposing %s", order)
+    out = ds.copy()
+    for name, want in order.items():
+        out[name] = ds[name].transpose(*want)
+    return out
 
 
 def _missing_dim_hint(missing: list[str], dims: tuple[str, ...]) -> str:
@@ -120,6 +243,17 @@ def _missing_dim_hint(missing: list[str], dims: tuple[str, ...]) -> str:
             "Rename spatial dims, e.g. `ds.rename({'lat': 'y', 'lon': 'x'})` or `{'rows': 'y', 'cols': 'x'}`."
         )
     return ""
+
+
+def check_chunk(chunk: Any, *, name: str = "chunk") -> int:
+    """Return ``chunk`` as an int, or raise :class:`CubeError` unless it is a whole number of pixels >= 1."""
+    ok = isinstance(chunk, (int, np.integer)) and not isinstance(chunk, (bool, np.bool_)) and chunk >= 1
+    if not ok:
+        raise CubeError(
+            f"{name}={chunk!r}; expected a whole number of pixels >= 1 (the chunk size in y and x), "
+            f"e.g. {name}={DEFAULT_CHUNK} (the default)."
+        )
+    return int(chunk)
 
 
 def _validate_time(ds: xr.Dataset) -> None:
@@ -174,8 +308,11 @@ def _validate_bands(ds: xr.Dataset) -> None:
 def _validate_optional_vars(ds: xr.Dataset) -> None:
     if "valid" in ds.data_vars:
         v = ds["valid"]
-        if tuple(v.dims) != ("time", "y", "x"):
-            raise DimensionError(f"'valid' has dims {tuple(v.dims)}; expected ('time', 'y', 'x').")
+        if set(map(str, v.dims)) != {"time", "y", "x"}:
+            raise DimensionError(
+                f"'valid' has dims {tuple(v.dims)}; expected ('time', 'y', 'x') (in any order). "
+                "Give it one mask per date, e.g. `ds['valid'] = mask.expand_dims(time=ds.time)`."
+            )
         if v.dtype != bool:
             raise CubeError(
                 f"'valid' has dtype {v.dtype}; expected bool. Use `ds['valid'] = ds.valid.astype(bool)`."
@@ -184,7 +321,7 @@ def _validate_optional_vars(ds: xr.Dataset) -> None:
         lab = ds["labels"]
         # (class, y, x) / (time, class, y, x): 0/1 masks of independent classes (multi-label segmentation)
         allowed = (("y", "x"), ("time", "y", "x"), ("class", "y", "x"), ("time", "class", "y", "x"))
-        if tuple(lab.dims) not in allowed:
+        if frozenset(map(str, lab.dims)) not in {frozenset(a) for a in allowed}:
             raise DimensionError(
                 f"'labels' has dims {tuple(lab.dims)}; expected ('y', 'x') or ('time', 'y', 'x') "
                 "(or with a 'class' dim before y, x for multi-label masks)."
@@ -212,8 +349,38 @@ def _check_store_exists(store: str | os.PathLike[str]) -> Path:
     return path
 
 
+def _is_zarr(path: Path) -> bool:
+    """Whether a directory is a Zarr store (v3 or v2 metadata at its root)."""
+    return any((path / f).is_file() for f in ("zarr.json", ".zgroup", ".zarray", ".zattrs", ".zmetadata"))
+
+
+def _not_a_directory(path: Path) -> str:
+    hint = ""
+    if path.suffix.lower() in (".tif", ".tiff", ".vrt", ".jp2", ".nc"):
+        hint = (
+            " It looks like a raster: build a cube from it with `geoarray.from_geotiff(path, times=[...])` "
+            "(or `geoarray ingest geotiff`), then `geoarray.write_cube(cube, 'name.zarr')`."
+        )
+    return f"{str(path)!r} is a file, not a Zarr store (a Zarr store is a directory).{hint}"
+
+
 def _open_zarr(store: str | os.PathLike[str], *, chunks: Any = None) -> xr.Dataset:
     path = _check_store_exists(store)
+    if not path.is_dir():
+        raise StoreError(_not_a_directory(path))
+    if not _is_zarr(path):
+        held = sorted(p.name for p in path.iterdir())
+        raise StoreError(
+            f"{str(path)!r} is a directory but not a Zarr store (no zarr.json or .zgroup in it; "
+            + (f"it holds {held[:5]}{' ...' if len(held) > 5 else ''}" if held else "it is empty")
+            + "). Expected a store written by `geoarray.write_cube` or `xarray.Dataset.to_zarr`; "
+            "check the path (a store's own folder, not its parent or one of its variables)."
+        )
+    if (path / ".zarray").is_file() or _zarr_node_type(path) == "array":
+        raise StoreError(
+            f"{str(path)!r} is a single Zarr array, not a group of variables; expected a cube store written "
+            "by `geoarray.write_cube` (check the path: a variable's folder inside a store is an array)."
+        )
     kw: dict[str, Any] = {"decode_coords": "all", "chunks": {} if chunks is None else chunks}
     try:
         # v3 stores are not consolidated; v2 stores may be. Try the fast path first, quietly.
@@ -227,6 +394,15 @@ def _open_zarr(store: str | os.PathLike[str], *, chunks: Any = None) -> xr.Datas
             f"{str(path)!r} is not a readable Zarr store ({type(e).__name__}: {e}). "
             "Expected a directory written by `geoarray.write_cube` or `xarray.Dataset.to_zarr`."
         ) from None
+
+
+def _zarr_node_type(path: Path) -> str | None:
+    import json
+
+    try:
+        return str(json.loads((path / "zarr.json").read_text()).get("node_type"))
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def open_cube(store: str | os.PathLike[str], *, var: str = "imagery", chunks: Any = None) -> xr.Dataset:
@@ -244,7 +420,8 @@ def open_cube(store: str | os.PathLike[str], *, var: str = "imagery", chunks: An
     Returns
     -------
     xarray.Dataset
-        The cube, lazy; ``ds.rio.crs`` is set.
+        The cube, lazy, in canonical dim order (a store written in another order is transposed on the way in;
+        see :func:`conform_cube` for the cost); ``ds.rio.crs`` is set.
 
     Raises
     ------
@@ -276,8 +453,9 @@ def open_cube(store: str | os.PathLike[str], *, var: str = "imagery", chunks: An
         raise StoreError(f"the Zarr store {str(store)!r} is not a geoarray cube: {e}") from None
     from geoarray._source import tag
 
+    # tag before transposing: a transposed variable gets a new dask name, so it is (rightly) not read directly
     tag(ds, str(Path(store).resolve()))
-    return ds
+    return _transposed(ds, var=var)
 
 
 def storage_chunks(da: xr.DataArray, *, chunk: int = DEFAULT_CHUNK) -> dict[Hashable, int]:
@@ -365,7 +543,8 @@ def write_cube(
     Parameters
     ----------
     ds
-        The cube. With ``mode="a"`` it may also be a Dataset holding only new variables on the store's grid.
+        The cube, with its dims in any order (it is stored in canonical order, see :func:`conform_cube`).
+        With ``mode="a"`` it may also be a Dataset holding only new variables on the store's grid.
     store
         Path of the Zarr store.
     mode
@@ -385,10 +564,13 @@ def write_cube(
 
     Raises
     ------
+    CubeError
+        ``ds`` is not a valid cube (modes ``"w-"``/``"w"``), or ``chunk`` is not a whole number >= 1.
     StoreExistsError
-        ``mode="w-"`` and the store exists.
+        ``mode="w-"`` and the store exists; or the path is a regular file; or ``mode="w"`` and the path is a
+        non-empty directory that is not a Zarr store (it is never deleted).
     StoreError
-        ``mode="a"`` and the store is missing, or the new variables don't match its grid.
+        ``mode="a"`` and the store is missing, is not a cube, or the new variables don't match its grid.
 
     Notes
     -----
@@ -406,14 +588,29 @@ def write_cube(
         raise StoreError(
             f"mode={mode!r}; expected one of 'w-' (create), 'w' (overwrite) or 'a' (add variables)."
         )
+    chunk = check_chunk(chunk)
+    if not isinstance(ds, xr.Dataset):
+        validate_cube(ds, var=var)  # raises, with the to_dataset hint
     path = Path(store)
+    if path.exists() and not path.is_dir():
+        raise (StoreError if mode == "a" else StoreExistsError)(
+            _not_a_directory(path) + " write_cube writes a directory; choose another path, e.g. "
+            f"{str(path.with_suffix('.zarr'))!r}, or remove the file first."
+        )
     if mode == "a":
-        return _append(ds, path, chunk=chunk, progress=progress)
-    validate_cube(ds, var=var)
+        return _append(ds, path, var=var, chunk=chunk, progress=progress)
+    ds = conform_cube(ds, var=var)
     if mode == "w-" and path.exists():
         raise StoreExistsError(
             f"{str(path)!r} already exists and mode='w-' never overwrites. "
             "Pass mode='w' to replace it, or mode='a' to add new variables to it."
+        )
+    if mode == "w" and path.is_dir() and not _is_zarr(path) and any(path.iterdir()):
+        held = sorted(p.name for p in path.iterdir())
+        raise StoreExistsError(
+            f"{str(path)!r} is a directory that is not a Zarr store (it holds {held[:5]}"
+            f"{' ...' if len(held) > 5 else ''}); mode='w' replaces only Zarr stores, so nothing was deleted. "
+            f"Write to a new path, e.g. {str(path / 'cube.zarr')!r}."
         )
     prepared = _prepare_for_zarr(ds, chunk)
     job = prepared.to_zarr(
@@ -428,15 +625,21 @@ def write_cube(
     return sorted(map(str, prepared.data_vars))
 
 
-def _append(ds: xr.Dataset, path: Path, *, chunk: int, progress: bool) -> list[str]:
+def _append(ds: xr.Dataset, path: Path, *, var: str, chunk: int, progress: bool) -> list[str]:
     existing = _open_zarr(path)
+    if var not in existing.data_vars:
+        raise StoreError(
+            f"the Zarr store {str(path)!r} has no imagery variable {var!r} (it has "
+            f"{sorted(map(str, existing.data_vars))}); mode='a' adds variables to a geoarray cube. Write the cube "
+            "first with `write_cube(cube, store)`, or pass `var=` if its imagery has another name."
+        )
     new_vars = [str(v) for v in ds.data_vars if v not in existing.variables]
     skipped = [str(v) for v in ds.data_vars if v in existing.variables]
     if skipped:
         log.info("write_cube(mode='a'): %s already in %s; left unchanged", skipped, path)
     if not new_vars:
         return []
-    new = ds[new_vars]
+    new = _transposed(ds[new_vars], var=None)
     problem = _grid_mismatch(existing, new)
     if problem:
         raise StoreError(
