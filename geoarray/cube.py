@@ -103,6 +103,15 @@ def validate_cube(ds: xr.Dataset, *, var: str = "imagery") -> None:
             "`ds.sel(y=slice(south, north))` on a cube whose y descends (use `slice(north, south)`), or a window "
             "outside the cube's bounds."
         )
+    if da.dtype.kind not in "biuf":
+        raise CubeError(
+            f"{var!r} holds {da.dtype} values; expected real numbers (integer or float pixels). "
+            + (
+                "Split complex data into real bands first, e.g. amplitude and phase."
+                if da.dtype.kind == "c"
+                else f"Convert it, e.g. `ds[{var!r}] = ds[{var!r}].astype('float32')`."
+            )
+        )
     _validate_time(ds)
     _validate_bands(ds)
     for dim in ("y", "x"):
@@ -435,6 +444,7 @@ def open_cube(store: str | os.PathLike[str], *, var: str = "imagery", chunks: An
     >>> import geoarray, tempfile, os
     >>> path = os.path.join(tempfile.mkdtemp(), "cube.zarr")
     >>> geoarray.write_cube(geoarray.datasets.synthetic_cube(size=64), path)
+    ['imagery', 'labels', 'valid']
     >>> geoarray.open_cube(path).imagery.dims
     ('time', 'band', 'y', 'x')
     """

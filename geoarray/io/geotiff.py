@@ -1,201 +1,52 @@
 """GeoTIFF in and out: :func:`from_geotiff`, :func:`read_labels`, :func:`export_geotiff`.
 
 Reading goes through rioxarray, so cubes stay lazy. Files on another grid are warped onto the reference grid
-through a rasterio ``WarpedVRT``, which is also lazy: each dask chunk warps only its own window.
+through a rasterio ``WarpedVRT``, which is also lazy: each dask chunk warps only its own window. File headers,
+dates, names and nodata are in :mod:`geoarray.io._files`; grid geometry and footprints in :mod:`geoarray.io._grid`.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import functools
-import itertools
 import logging
-import os
 import re
-import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
-import dask.array as dsa
 import numpy as np
 import pandas as pd
 import rasterio
-import rioxarray
 import xarray as xr
-from affine import Affine
 from rasterio.enums import Resampling
-from rasterio.transform import array_bounds
-from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 
 from geoarray._atomic import atomic_write
-from geoarray.cube import DEFAULT_CHUNK, check_chunk, check_regular
+from geoarray.cube import DEFAULT_CHUNK, check_chunk
 from geoarray.datasets import LABEL_NODATA
 from geoarray.errors import CRSError, CubeError, NoOverlapError, RasterError, TimeError
+from geoarray.io._files import (
+    FileInfo,
+    PathLike,
+    all_missing,
+    as_paths,
+    as_times,
+    band_names_from_files,
+    band_nodata,
+    check_nodata,
+    dates_of,
+    fmt_time,
+    open_checked,
+    open_da,
+    read_info,
+    refuse_shared_dates,
+    resampling_of,
+    scale_attrs,
+)
+from geoarray.io._grid import Grid, check_overlap, footprint, grid_of, transform_of
 
 __all__ = ["export_geotiff", "from_geotiff", "parse_nodata", "read_labels", "select_time"]
 
 log = logging.getLogger(__name__)
-_LOCAL = threading.local()
-
-PathLike = str | os.PathLike[str]
-_DATE_TAGS = (
-    "TIFFTAG_DATETIME",
-    "ACQUISITIONDATETIME",
-    "ACQUISITION_DATE",
-    "DATE_ACQUIRED",
-    "DATETIME",
-    "DATE",
-)
-_DATE_IN_NAME = re.compile(r"(?<!\d)((?:19|20)\d{2})[-_]?(0[1-9]|1[0-2])[-_]?(0[1-9]|[12]\d|3[01])(?!\d)")
-
-
-class _Grid:
-    """The target pixel grid: CRS, affine transform and shape."""
-
-    def __init__(self, crs: Any, transform: Any, height: int, width: int) -> None:
-        self.crs, self.transform, self.height, self.width = crs, transform, height, width
-
-    def same(self, src: Any) -> bool:
-        return (
-            src.crs == self.crs
-            and (src.height, src.width) == (self.height, self.width)
-            and src.transform.almost_equals(self.transform, precision=1e-9 * max(1.0, abs(self.transform.a)))
-        )
-
-    @property
-    def bounds(self) -> tuple[float, float, float, float]:
-        return array_bounds(self.height, self.width, self.transform)  # (west, south, east, north)
-
-    def vrt(self, src: Any, resampling: Resampling, nodata: Any = None, src_nodata: Any = None) -> WarpedVRT:
-        kw: dict[str, Any] = {}
-        if nodata is not None:
-            kw["nodata"] = nodata
-        if src_nodata is not None:
-            kw["src_nodata"] = src_nodata
-        return WarpedVRT(
-            src,
-            crs=self.crs,
-            transform=self.transform,
-            height=self.height,
-            width=self.width,
-            resampling=resampling,
-            **kw,
-        )
-
-
-@dataclass(frozen=True)
-class _Info:
-    """What from_geotiff needs to know about one file, read from its header only."""
-
-    path: Path
-    count: int
-    dtype: np.dtype[Any]
-    nodata: tuple[float | None, ...]  # per band, from the file's tags
-    descriptions: tuple[str | None, ...]
-    tags: dict[str, str]
-    grid: _Grid
-    scales: tuple[float, ...]
-    offsets: tuple[float, ...]
-
-
-def _open_da(source: Any, **kw: Any) -> xr.DataArray:
-    """rioxarray.open_rasterio, typed: geoarray always opens one raster as one DataArray."""
-    da = rioxarray.open_rasterio(source, lock=False, masked=False, **kw)
-    if not isinstance(da, xr.DataArray):  # pragma: no cover - only for multi-subdataset files
-        raise RasterError(f"{source!r} holds several subdatasets; expected a plain GeoTIFF.")
-    return da
-
-
-def _as_paths(paths: PathLike | Sequence[PathLike]) -> list[Path]:
-    if isinstance(paths, (str, os.PathLike)):
-        return [Path(paths)]
-    return [Path(p) for p in paths]
-
-
-def _open_checked(path: Path) -> Any:
-    if not path.exists():
-        raise RasterError(f"GeoTIFF {str(path)!r} does not exist. Check the path (cwd is {os.getcwd()!r}).")
-    if path.is_dir():
-        raise RasterError(
-            f"{str(path)!r} is a directory; expected a GeoTIFF file. Pass the files in it, e.g. "
-            f"`sorted(Path({str(path)!r}).glob('*.tif'))`."
-        )
-    try:
-        return rasterio.open(path)
-    except rasterio.errors.RasterioIOError as e:
-        raise RasterError(f"{str(path)!r} is not a readable raster ({e}). Expected a GeoTIFF.") from None
-
-
-def _info(path: Path) -> _Info:
-    with _open_checked(path) as src:
-        if src.crs is None:
-            raise CRSError(
-                f"{str(path)!r} has no CRS; expected a georeferenced GeoTIFF. "
-                f"Set one with `rio edit-info --crs EPSG:XXXX {path}`."
-            )
-        if src.count == 0:
-            raise RasterError(f"{str(path)!r} has no bands; expected a raster with at least one band.")
-        if len(set(src.dtypes)) > 1:
-            raise RasterError(
-                f"{str(path)!r} mixes band types {sorted(set(src.dtypes))}; expected one type for all bands. "
-                "Convert it, e.g. `gdal_translate -ot Float32 in.tif out.tif`."
-            )
-        return _Info(
-            path=path,
-            count=src.count,
-            dtype=np.dtype(src.dtypes[0]),
-            nodata=tuple(src.nodatavals),
-            descriptions=tuple(src.descriptions),
-            tags=src.tags(),
-            grid=_Grid(src.crs, src.transform, src.height, src.width),
-            scales=tuple(float(v) for v in src.scales),
-            offsets=tuple(float(v) for v in src.offsets),
-        )
-
-
-def _date_of(path: Path, tags: dict[str, str]) -> pd.Timestamp | None:
-    for key in _DATE_TAGS:
-        if key in tags:
-            raw = tags[key].strip()
-            # TIFF's own format is "YYYY:MM:DD HH:MM:SS"
-            raw = re.sub(r"^(\d{4}):(\d{2}):(\d{2})", r"\1-\2-\3", raw)
-            try:
-                return pd.Timestamp(raw).tz_localize(None) if pd.Timestamp(raw).tzinfo else pd.Timestamp(raw)
-            except ValueError:
-                log.debug("unparseable date tag %s=%r in %s", key, raw, path)
-    m = _DATE_IN_NAME.search(path.stem)
-    if m:
-        return pd.Timestamp(f"{m.group(1)}-{m.group(2)}-{m.group(3)}")
-    return None
-
-
-def _resampling(name: str) -> Resampling:
-    try:
-        return Resampling[name]
-    except KeyError:
-        raise RasterError(
-            f"resampling={name!r} is unknown; expected one of {[r.name for r in Resampling][:12]} ..."
-        ) from None
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
-
-
-def _check_nodata(nodata: Any) -> list[float] | None:
-    """``nodata=`` as a list (one value, or one per band); refused before any file is opened."""
-    if nodata is None:
-        return None
-    values = [nodata] if _is_number(nodata) else list(nodata) if isinstance(nodata, (list, tuple)) else None
-    if not values or not all(_is_number(v) for v in values):
-        raise RasterError(
-            f"nodata={nodata!r}; expected a number (e.g. nodata=0 for Landsat fill) or a list with one number "
-            "per band (e.g. nodata=[0, 0, 0, 255])."
-        )
-    return [float(v) for v in values]
 
 
 def parse_nodata(text: str) -> float | list[float]:
@@ -215,185 +66,6 @@ def parse_nodata(text: str) -> float | list[float]:
             "commas (e.g. 0,0,0,255)."
         ) from None
     return values[0] if len(values) == 1 else values
-
-
-def _nodata_for(value: float, dtype: np.dtype[Any], *, what: str) -> float | None:
-    """``value`` if it can occur in ``dtype`` data; otherwise an error (user values) or None (file tags)."""
-    if np.issubdtype(dtype, np.integer):
-        ok = not np.isnan(value) and float(value).is_integer()
-        ok = ok and np.iinfo(dtype).min <= value <= np.iinfo(dtype).max
-        if not ok:
-            if what == "argument":
-                raise RasterError(
-                    f"nodata={value:g} cannot occur in {dtype} pixels (range {np.iinfo(dtype).min}.."
-                    f"{np.iinfo(dtype).max}, whole numbers); expected the fill value the files use, e.g. 0."
-                )
-            log.warning("ignoring nodata tag %s: it cannot occur in %s pixels", value, dtype)
-            return None
-    return float(value)
-
-
-def _band_nodata(info: _Info, user: list[float] | None, first_band: int, n_bands: int) -> list[float | None]:
-    """Per-band nodata of one file: the argument's (one value, or the file's slice of the per-band list),
-    else the file's tags."""
-    if user is None:
-        return [None if v is None else _nodata_for(v, info.dtype, what="tag") for v in info.nodata]
-    if len(user) == 1:
-        values = user * info.count
-    elif len(user) == n_bands:
-        values = user[first_band : first_band + info.count]
-    else:
-        raise RasterError(
-            f"nodata= has {len(user)} values for a cube of {n_bands} bands; expected one value for all bands "
-            "or one per band."
-        )
-    return [_nodata_for(v, info.dtype, what="argument") for v in values]
-
-
-def _all_missing(da: xr.DataArray, nodata: list[float | None]) -> xr.DataArray | None:
-    """(y, x): True where every band holds its nodata (GDAL's per-dataset mask); None if some band has none.
-
-    In float data NaN counts as nodata too, beside the declared value.
-    """
-    if any(v is None for v in nodata):
-        return None
-    nd = np.asarray(nodata, dtype=np.float64)
-    miss = da.isnull() if da.dtype.kind == "f" else xr.zeros_like(da, dtype=bool)
-    finite = ~np.isnan(nd)
-    if finite.any():
-        ref = xr.DataArray(np.where(finite, nd, 0).astype(da.dtype), dims="band")
-        miss = miss | ((da == ref) & xr.DataArray(finite, dims="band"))
-    return miss.all("band")
-
-
-def _outside_block(
-    ys: np.ndarray, xs: np.ndarray, *, dst: str, src: str, inv: tuple[float, ...], height: int, width: int
-) -> np.ndarray:
-    """True where a target pixel centre falls outside the source raster (one dask block)."""
-    gx, gy = np.meshgrid(xs, ys)
-    if dst != src:
-        gx, gy = _transformer(dst, src).transform(gx, gy)
-    a, b, c, d, e, f = inv
-    col, row = a * gx + b * gy + c, d * gx + e * gy + f
-    inside = (col >= 0) & (col < width) & (row >= 0) & (row < height)
-    return np.asarray(~inside)
-
-
-def _transformer(dst: str, src: str) -> Any:
-    """A pyproj Transformer cached per thread (they are not safe to share between threads)."""
-    from pyproj import Transformer
-
-    cache = _LOCAL.__dict__.setdefault("transformers", {})
-    if (dst, src) not in cache:
-        cache[(dst, src)] = Transformer.from_crs(dst, src, always_xy=True)
-    return cache[(dst, src)]
-
-
-def _footprint(grid: _Grid, info: _Info, ys: np.ndarray, xs: np.ndarray, chunk: int) -> xr.DataArray | None:
-    """(y, x): True outside the area a warped file covers, or None when it covers the whole grid.
-
-    A file without nodata is warped with 0 outside its footprint, which would pass for data; the footprint
-    is computed from the pixel centres (lazily, one dask block per chunk), not from the values.
-    """
-    src = info.grid
-    inner = transform_bounds(grid.crs, src.crs, *grid.bounds, densify_pts=21)
-    sb = src.bounds
-    tol = 1e-9 * max(abs(v) for v in sb) + 1e-9
-    if (
-        inner[0] >= sb[0] - tol
-        and inner[1] >= sb[1] - tol
-        and inner[2] <= sb[2] + tol
-        and inner[3] <= sb[3] + tol
-    ):
-        return None
-    fn = functools.partial(
-        _outside_block,
-        dst=grid.crs.to_wkt(),
-        src=src.crs.to_wkt(),
-        inv=tuple((~src.transform)[:6]),
-        height=src.height,
-        width=src.width,
-    )
-    y = dsa.from_array(np.asarray(ys), chunks=chunk)
-    x = dsa.from_array(np.asarray(xs), chunks=chunk)
-    out = dsa.blockwise(fn, "ij", y, "i", x, "j", dtype=bool)
-    return xr.DataArray(out, dims=("y", "x"))
-
-
-def _check_overlap(grid: _Grid, first: Path, info: _Info) -> None:
-    sb = info.grid.bounds
-    try:
-        b = transform_bounds(grid.crs, info.grid.crs, *grid.bounds, densify_pts=21)
-    except Exception:  # a grid that cannot be expressed in the other CRS does not overlap it
-        b = (np.inf, np.inf, -np.inf, -np.inf)
-    if b[0] >= sb[2] or b[2] <= sb[0] or b[1] >= sb[3] or b[3] <= sb[1]:
-        raise NoOverlapError(
-            f"{info.path.name!r} (bounds {tuple(round(v, 4) for v in sb)} in {info.grid.crs}) does not overlap "
-            f"the grid of the first file {first.name!r} (bounds {tuple(round(v, 4) for v in grid.bounds)} in "
-            f"{grid.crs}), onto which every file is warped; it would give a date of fill values only. Expected "
-            "files of one area: check the paths, or build one cube per area."
-        )
-
-
-def _as_times(times: Any) -> list[Any] | None:
-    if times is None:
-        return None
-    if isinstance(times, (str, bytes, dt.date, np.datetime64, pd.Timestamp)):
-        return [times]
-    return list(times)
-
-
-def _stamps(times: list[Any]) -> list[pd.Timestamp]:
-    try:
-        out = [pd.Timestamp(t) for t in times]
-    except (ValueError, TypeError) as e:
-        raise TimeError(f"times={list(times)!r} are not dates ({e}); expected e.g. '2021-05-01'.") from None
-    if any(pd.isna(t) for t in out):
-        raise TimeError(f"times={list(times)!r} holds a missing date (NaT); expected one date per file.")
-    return [t.tz_convert(None) if t.tzinfo else t for t in out]
-
-
-def _band_names_from_files(infos: list[_Info]) -> list[str]:
-    """Names for stack='band': descriptions, else the file names with their common prefix and suffix cut."""
-    stems = _distinct_stems([i.path.stem for i in infos])
-    names: list[str] = []
-    for info, stem in zip(infos, stems, strict=True):
-        desc = info.descriptions
-        if all(desc):
-            names += [str(d) for d in desc]
-        elif info.count == 1:
-            names.append(stem)
-        else:
-            names += [f"{stem}_B{k + 1}" for k in range(info.count)]
-    if len(set(names)) != len(names):  # e.g. every file describes its band as "Band 1"
-        names = [
-            stem if i.count == 1 else f"{stem}_B{k + 1}"
-            for i, stem in zip(infos, stems, strict=True)
-            for k in range(i.count)
-        ]
-    return names
-
-
-def _common_prefix(texts: list[str]) -> str:
-    """The characters all ``texts`` start with (character-wise on purpose: names, not paths)."""
-    first = min(texts, key=len)
-    for k, ch in enumerate(first):
-        if any(t[k] != ch for t in texts):
-            return first[:k]
-    return first
-
-
-def _distinct_stems(stems: list[str]) -> list[str]:
-    """``LC08_..._B2``, ``LC08_..._B3`` -> ``B2``, ``B3``: cut the common prefix/suffix at a separator."""
-    if len(stems) < 2:
-        return stems
-    pre = _common_prefix(stems)
-    cut = max(pre.rfind(c) for c in "_-. ") + 1
-    rev = [s[::-1] for s in stems]
-    suf = _common_prefix(rev)
-    cut_end = max(suf.rfind(c) for c in "_-. ") + 1
-    out = [s[cut : len(s) - cut_end] for s in stems]
-    return out if all(out) and len(set(out)) == len(out) else stems
 
 
 def from_geotiff(
@@ -474,11 +146,18 @@ def from_geotiff(
             f"stack={stack!r}; expected 'time' (one multi-band file per date) or 'band' (one file per band "
             "of one date)."
         )
-    user_nodata = _check_nodata(nodata)
-    files = _as_paths(paths)
+    user_nodata = check_nodata(nodata)
+    if sensor is not None and not isinstance(sensor, str):
+        raise RasterError(
+            f"sensor={sensor!r}; expected one name (str) for every date, e.g. 'L8'. For one sensor per date, "
+            "build one cube per sensor and concatenate them, or assign `ds.coords['sensor'] = ('time', [...])`."
+        )
+    if isinstance(bands, str):
+        bands = [bands]
+    files = as_paths(paths)
     if not files:
         raise RasterError("no GeoTIFF paths given; expected one file per date (or per band, stack='band').")
-    given = _as_times(times)
+    given = as_times(times)
     if given is not None and stack == "time" and len(given) != len(files):
         raise TimeError(
             f"got {len(given)} times for {len(files)} files; expected one date per file. If the files are "
@@ -489,11 +168,17 @@ def from_geotiff(
             f"got {len(given)} times for stack='band'; the files are bands of one date, so give one date, "
             "e.g. times=['2020-05-18']."
         )
-    rs = _resampling(resampling)
-    infos = [_info(path) for path in files]
+    rs = resampling_of(resampling)
+    infos = [read_info(path) for path in files]
     grid = infos[0].grid
+    if grid.transform.b != 0 or grid.transform.d != 0:  # later files are warped onto it: any grid will do
+        raise RasterError(
+            f"{str(files[0])!r}, whose grid the cube takes, is rotated or sheared (transform "
+            f"{tuple(grid.transform)[:6]}); a cube's y/x axes follow the CRS axes. Warp it north-up first "
+            f"(`gdalwarp {files[0]} north_up.tif`), or list a north-up file first."
+        )
     for info in infos[1:]:
-        _check_overlap(grid, files[0], info)
+        check_overlap(grid, files[0], info.grid, info.path)
 
     if stack == "time":
         counts = {str(i.path.name): i.count for i in infos}
@@ -509,7 +194,7 @@ def from_geotiff(
         default = default or [f"B{i + 1}" for i in range(n)]
     else:
         n = sum(i.count for i in infos)
-        default = _band_names_from_files(infos)
+        default = band_names_from_files(infos)
     if bands is None:
         names = default
     else:
@@ -526,29 +211,30 @@ def from_geotiff(
             "per band."
         )
 
-    stamps = _dates(infos, given, stack)
+    stamps = dates_of(infos, given, stack)
     dtype = np.result_type(*[i.dtype for i in infos])
     ref_coords: dict[str, np.ndarray] = {}
-    opened = []
+    opened: list[_Opened] = []
     for info, first_band in zip(infos, _band_offsets(infos, stack), strict=True):
-        nd = _band_nodata(info, user_nodata, first_band, n)
+        nd = band_nodata(info, user_nodata, first_band, n)
         da, outside = _open_on_grid(info, grid, infos[0].path, rs, nd, chunk)
         if not ref_coords:
             ref_coords = {"y": da.y.values, "x": da.x.values}
         da = da.assign_coords(ref_coords)
-        missing = _all_missing(da, nd)
-        opened.append((info, da, nd, missing, outside))
+        if outside is not None:
+            outside = outside.assign_coords(ref_coords)
+        opened.append(_Opened(info, da, nd, all_missing(da, nd), outside))
 
     if stack == "time":
         order = [int(k) for k in np.argsort(np.asarray(stamps, dtype="datetime64[ns]"), kind="stable")]
-        _refuse_shared_dates([stamps[k] for k in order], [files[k] for k in order])
+        refuse_shared_dates([stamps[k] for k in order], [files[k] for k in order])
         per_date = [[opened[k]] for k in order]
         stamps = [stamps[k] for k in order]
     else:
         per_date = [opened]
     arrays, masks = [], []
     for group in per_date:
-        img = xr.concat([g[1] for g in group], dim="band") if len(group) > 1 else group[0][1]
+        img = xr.concat([o.da for o in group], dim="band") if len(group) > 1 else group[0].da
         arrays.append(img.astype(dtype).assign_coords(band=names))
         masks.append(_invalid(group))
     img = xr.concat(arrays, dim="time", join="exact", combine_attrs="drop_conflicts")
@@ -556,7 +242,7 @@ def from_geotiff(
         time=np.asarray(stamps, dtype="datetime64[ns]"), band=np.asarray(names, dtype=object)
     )
     img.attrs = {}  # the first file's tags (statistics, scales) describe neither the cube nor its other dates
-    img.attrs.update(_scale_attrs(per_date, stack))
+    img.attrs.update(scale_attrs([[o.info for o in group] for group in per_date]))
     ds = xr.Dataset({"imagery": img.transpose("time", "band", "y", "x")})
     if any(m is not None for m in masks):
         never = xr.zeros_like(arrays[0].isel(band=0, drop=True), dtype=bool)
@@ -565,9 +251,9 @@ def from_geotiff(
         valid.attrs = {"long_name": "valid pixel (not nodata in every band, inside the file's footprint)"}
         ds["valid"] = valid.drop_vars("band", errors="ignore")
     if stack == "band":
-        per_band: list[float | None] | None = [v for o in opened for v in o[2]]
+        per_band: list[float | None] | None = [v for o in opened for v in o.nodata]
     else:  # one value per band only when every date agrees
-        per_band = list(opened[0][2]) if len({tuple(o[2]) for o in opened}) == 1 else None
+        per_band = list(opened[0].nodata) if len({tuple(o.nodata) for o in opened}) == 1 else None
     if per_band and None not in per_band:
         same = len({str(v) for v in per_band}) == 1  # str: NaN == NaN
         ds["imagery"].attrs["nodata"] = per_band[0] if same else per_band
@@ -576,64 +262,19 @@ def from_geotiff(
     return ds.rio.write_crs(grid.crs)
 
 
-def _band_offsets(infos: list[_Info], stack: str) -> list[int]:
+def _band_offsets(infos: list[FileInfo], stack: str) -> list[int]:
     if stack == "time":
         return [0] * len(infos)
     return [int(v) for v in np.cumsum([0, *(i.count for i in infos[:-1])])]
 
 
-def _dates(infos: list[_Info], given: list[Any] | None, stack: str) -> list[pd.Timestamp]:
-    """One date per file (stack='time') or the one date of all files (stack='band')."""
-    if given is not None:
-        return _stamps(given)
-    found = [_date_of(i.path, i.tags) for i in infos]
-    if stack == "time":
-        for i, d in zip(infos, found, strict=True):
-            if d is None:
-                raise TimeError(
-                    f"no date for {str(i.path)!r}: no date tag and no YYYYMMDD in the file name. "
-                    "Pass `times=[...]` with one date per file."
-                )
-        return [d for d in found if d is not None]
-    days = {d for d in found if d is not None}
-    if not days:
-        raise TimeError(
-            f"no date for the bands {[i.path.name for i in infos]}: no date tag and no YYYYMMDD in the file "
-            "names. Pass the date: times=['2020-05-18']."
-        )
-    if len(days) > 1:
-        shown = {i.path.name: None if d is None else _fmt(d) for i, d in zip(infos, found, strict=True)}
-        raise TimeError(
-            f"the files stacked as bands of one date have different dates {shown}; stack='band' makes one "
-            "date. Pass the date with times=['YYYY-MM-DD'] if they belong together, or use stack='time' for "
-            "one multi-band file per date."
-        )
-    return [days.pop()]
-
-
-def _fmt(t: pd.Timestamp) -> str:
-    return str(t.date()) if t == t.normalize() else str(t)
-
-
-def _refuse_shared_dates(stamps: list[pd.Timestamp], files: list[Path]) -> None:
-    for a, b in itertools.pairwise(stamps):
-        if a == b:
-            same = [f.name for s, f in zip(stamps, files, strict=True) if s == a]
-            raise TimeError(
-                f"{same} share the date {_fmt(a)}; with stack='time' (the default) each file is one date. If they "
-                "are bands of one date (one file per band), pass stack='band'. If they are tiles of one date, "
-                "mosaic them first (e.g. `gdalbuildvrt mosaic.vrt tile1.tif tile2.tif`). If the dates are "
-                "wrong, pass times=[...] with one date per file."
-            )
-
-
 def _open_on_grid(
-    info: _Info, grid: _Grid, first: Path, rs: Resampling, nodata: list[float | None], chunk: int
+    info: FileInfo, grid: Grid, first: Path, rs: Resampling, nodata: list[float | None], chunk: int
 ) -> tuple[xr.DataArray, xr.DataArray | None]:
     """One file as (band, y, x) on ``grid`` (lazy), and where it leaves the grid uncovered (or None)."""
     chunks = {"band": -1, "y": chunk, "x": chunk}
     if grid.same(info.grid):
-        da = _open_da(info.path, chunks=chunks)
+        da = open_da(info.path, chunks=chunks)
         outside = None
     else:
         log.info("warping %s onto the grid of %s (%s)", info.path.name, first.name, rs.name)
@@ -641,84 +282,33 @@ def _open_on_grid(
         nd = single.pop() if len(single) == 1 else None
         # the source nodata keeps fill out of the resampling kernel; None lets GDAL use the file's own tag
         with rasterio.open(info.path) as src, grid.vrt(src, rs, nodata=nd, src_nodata=nd) as vrt:
-            da = _open_da(vrt, chunks=chunks)
-        outside = _footprint(grid, info, da.y.values, da.x.values, chunk)
+            da = open_da(vrt, chunks=chunks)
+        outside = footprint(grid, info.grid, da.y.values, da.x.values, chunk)
     da = da.drop_vars(["spatial_ref"], errors="ignore")
     return da, outside
 
 
-def _invalid(group: list[Any]) -> xr.DataArray | None:
-    """(y, x) True where a date's pixel is fill: every band nodata, or outside a warped file."""
-    missing = [g[3] for g in group]
-    all_missing = None
-    if all(m is not None for m in missing):
-        all_missing = missing[0]
-        for m in missing[1:]:
-            all_missing = all_missing & m
-    out = all_missing
-    for g in group:
-        if g[4] is not None:
-            o = g[4].assign_coords(y=g[1].y, x=g[1].x)
-            out = o if out is None else out | o
+class _Opened(NamedTuple):
+    """One file on the cube's grid."""
+
+    info: FileInfo
+    da: xr.DataArray  # (band, y, x), lazy
+    nodata: list[float | None]  # per band
+    missing: xr.DataArray | None  # (y, x): every band is nodata; None when some band has no nodata
+    outside: xr.DataArray | None  # (y, x): outside the file's footprint; None when it covers the grid
+
+
+def _invalid(group: list[_Opened]) -> xr.DataArray | None:
+    """(y, x) True where a date's pixel is fill: every band of every file nodata, or outside a warped file."""
+    out: xr.DataArray | None = None
+    missing = [o.missing for o in group if o.missing is not None]
+    if len(missing) == len(group):
+        for m in missing:
+            out = m if out is None else out & m
+    for o in group:
+        if o.outside is not None:
+            out = o.outside if out is None else out | o.outside
     return out
-
-
-def _scale_attrs(per_date: list[list[Any]], stack: str) -> dict[str, list[float]]:
-    """Per-band scales/offsets when some are not identity; refused when dates disagree (mixed units)."""
-    per = [
-        (tuple(s for g in group for s in g[0].scales), tuple(o for g in group for o in g[0].offsets))
-        for group in per_date
-    ]
-    if len(set(per)) > 1:
-        shown = {g[0].path.name: (list(g[0].scales), list(g[0].offsets)) for group in per_date for g in group}
-        raise RasterError(
-            f"the files' scale/offset tags differ between dates {shown}, so their pixel values are in different "
-            "units; expected the same scaling on every date. Rescale them to one (e.g. apply the scale: "
-            "`gdal_translate -unscale -ot Float32 in.tif out.tif`) before stacking."
-        )
-    scales, offsets = per[0]
-    if all(s == 1 for s in scales) and all(o == 0 for o in offsets):
-        return {}
-    return {"scales": list(scales), "offsets": list(offsets)}
-
-
-def _grid_of(like: xr.Dataset | xr.DataArray) -> _Grid:
-    crs = like.rio.crs
-    if crs is None:
-        raise CRSError(
-            "`like` has no CRS; expected a cube with a `spatial_ref` coordinate (see validate_cube)."
-        )
-    return _Grid(crs, _transform_of(like, "like"), like.sizes["y"], like.sizes["x"])
-
-
-def _transform_of(obj: xr.Dataset | xr.DataArray, what: str) -> Affine:
-    """The affine transform of pixel-centre ``y``/``x`` coordinates, refusing grids that have none."""
-    for dim in ("y", "x"):
-        if dim not in obj.dims or dim not in obj.coords:
-            raise RasterError(
-                f"{what} has no {dim!r} coordinate (dims {tuple(map(str, obj.dims))}); expected pixel-centre "
-                "y/x coordinates in the CRS, as a cube has."
-            )
-        if obj.sizes[dim] == 0:
-            raise RasterError(
-                f"{what} has no pixels (sizes {dict(obj.sizes)}); expected at least one along y and x. "
-                "Check the selection that made it (e.g. `sel(y=slice(north, south))` when y descends)."
-            )
-        check_regular(obj[dim].values, dim)
-    cached = obj.rio.transform()  # the GeoTransform attr of spatial_ref, if any: the only source for 1 pixel
-    xs, ys = np.asarray(obj["x"].values, np.float64), np.asarray(obj["y"].values, np.float64)
-    res: list[float] = []
-    for dim, c, fallback in (("x", xs, cached.a), ("y", ys, cached.e)):
-        if c.size > 1:
-            res.append(float((c[-1] - c[0]) / (c.size - 1)))
-        elif not cached.is_identity and fallback:
-            res.append(float(fallback))
-        else:
-            raise RasterError(
-                f"{what} is 1 pixel along {dim!r}, so its pixel size is unknown; expected at least 2 pixels, "
-                "or a transform recorded with `.rio.write_transform(transform)`."
-            )
-    return Affine(res[0], 0.0, xs[0] - res[0] / 2, 0.0, res[1], ys[0] - res[1] / 2)
 
 
 def select_time(da: xr.DataArray, when: str | int | None = None) -> xr.DataArray:
@@ -753,7 +343,7 @@ def select_time(da: xr.DataArray, when: str | int | None = None) -> xr.DataArray
     if "time" not in da.dims:
         return da
     times = pd.DatetimeIndex(da["time"].values)
-    shown = [_fmt(t) for t in times]
+    shown = [fmt_time(t) for t in times]
     name = da.name if da.name is not None else "the variable"
     if when is None:
         if times.size == 1:
@@ -831,9 +421,9 @@ def read_labels(
     >>> import geoarray  # doctest: +SKIP
     >>> ds["labels"] = geoarray.read_labels("mask.tif", ds)  # doctest: +SKIP
     """
-    grid = _grid_of(like)
+    grid = grid_of(like)
     p = Path(path)
-    with _open_checked(p) as src:
+    with open_checked(p) as src:
         if src.count != 1:
             raise RasterError(
                 f"{str(p)!r} has {src.count} bands; expected a single-band label raster. "
@@ -861,7 +451,7 @@ def read_labels(
             fill = -1 if np.issubdtype(dt, np.signedinteger) else min(LABEL_NODATA, int(np.iinfo(dt).max))
         fill = int(fill)
         with grid.vrt(src, Resampling.nearest, nodata=fill) as vrt:
-            da = _open_da(vrt, chunks={"y": DEFAULT_CHUNK, "x": DEFAULT_CHUNK})
+            da = open_da(vrt, chunks={"y": DEFAULT_CHUNK, "x": DEFAULT_CHUNK})
     lab = da.isel(band=0, drop=True).drop_vars("spatial_ref", errors="ignore")
     lab = lab.assign_coords(y=like["y"].values, x=like["x"].values)
     if classes is None:
@@ -934,10 +524,10 @@ def export_geotiff(
         raise CRSError(
             f"{da.name!r} has no CRS; expected a `spatial_ref` coordinate (take it from the cube)."
         )
-    transform = _transform_of(da, repr(da.name))
+    transform = transform_of(da, repr(da.name))
     if transform.e > 0:  # south-up coordinates: write the usual north-up file
         da = da.isel(y=slice(None, None, -1))
-        transform = _transform_of(da, repr(da.name))
+        transform = transform_of(da, repr(da.name))
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     data = da.load()

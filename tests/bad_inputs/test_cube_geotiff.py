@@ -12,10 +12,14 @@ import pytest
 import rasterio
 import xarray as xr
 from conftest import coded, tree_digest, write_tif
-from rasterio.transform import from_origin
+from rasterio.control import GroundControlPoint as GCP
+from rasterio.crs import CRS
+from rasterio.transform import Affine, from_origin
 
 import geoarray
 from geoarray.errors import (
+    CRSError,
+    CubeError,
     DimensionError,
     GeoArrayError,
     NoOverlapError,
@@ -25,6 +29,8 @@ from geoarray.errors import (
     TimeError,
 )
 from geoarray.io.geotiff import export_geotiff, from_geotiff, select_time
+
+T = from_origin(500_000.0, 5_001_000.0, 10.0, 10.0)
 
 
 def _tif(d, name, bands=3, **kw):
@@ -36,6 +42,17 @@ def _scaled(d, name, scale):
     with rasterio.open(p, "r+") as dst:
         dst.scales, dst.offsets = (scale,), (0.0,)
     return p
+
+
+def _raw(d, name, **profile):
+    """A GeoTIFF written with a hand-made profile (GCPs, no transform, ...)."""
+    kw = {"driver": "GTiff", "height": 8, "width": 8, "count": 1, "dtype": "uint8", **profile}
+    with rasterio.open(d / name, "w", **kw) as dst:
+        dst.write(np.ones((1, 8, 8), kw["dtype"]))
+    return d / name
+
+
+_GCPS = [GCP(0, 0, 500_000, 5_001_000), GCP(0, 8, 500_080, 5_001_000), GCP(8, 0, 500_000, 5_000_920)]
 
 
 # (id, make(tmp_path) -> from_geotiff kwargs, exception, message pattern)
@@ -90,6 +107,37 @@ FROM_GEOTIFF = [
         lambda d: {"paths": _tif(d, "a.tif"), "times": ["2020-01-01", "2020-01-02"]},
         TimeError,
         "got 2 times for 1 files.*stack='band'",
+    ),
+    (
+        "gcps-only",
+        lambda d: {"paths": _raw(d, "g_20200101.tif", gcps=_GCPS, crs=CRS.from_epsg(32633))},
+        CRSError,
+        r"located by 3 ground control points.*gdalwarp",
+    ),
+    (
+        "no-geotransform",
+        lambda d: {"paths": _raw(d, "i_20200101.tif", crs=CRS.from_epsg(32633))},
+        RasterError,
+        "has a CRS but no geotransform",
+    ),
+    (
+        "rotated-first",
+        lambda d: {"paths": _tif(d, "r_20200101.tif", transform=Affine(10, 2, 500_000, 2, -10, 5_001_000))},
+        RasterError,
+        "rotated or sheared.*north-up",
+    ),
+    (
+        "complex",
+        lambda d: {"paths": _raw(d, "c_20200101.tif", dtype="complex64", crs="EPSG:32633", transform=T)},
+        RasterError,
+        "holds complex64 pixels; expected real numbers",
+    ),
+    ("glob", lambda d: {"paths": str(d / "*.tif")}, RasterError, r"Patterns are not expanded.*glob.glob"),
+    (
+        "sensor-list",
+        lambda d: {"paths": _tif(d, "a_20200101.tif"), "sensor": ["L8"]},
+        RasterError,
+        "expected one name",
     ),
     ("times-nat", lambda d: {"paths": _tif(d, "a.tif"), "times": [None]}, TimeError, r"missing date \(NaT\)"),
     ("directory", lambda d: {"paths": d}, RasterError, r"is a directory; expected a GeoTIFF file.*glob"),
@@ -160,6 +208,7 @@ FROM_GEOTIFF = [
 ]
 
 
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 @pytest.mark.parametrize(
     ("make", "exc", "pattern"), [c[1:] for c in FROM_GEOTIFF], ids=[c[0] for c in FROM_GEOTIFF]
 )
@@ -187,6 +236,7 @@ CUBES = [
     ("no-x", lambda d: d.isel(x=slice(0, 0)), DimensionError, "no 'x' to hold imagery.*slice"),
     ("no-dates", lambda d: d.isel(time=[]), DimensionError, "no 'time'"),
     ("no-bands", lambda d: d.sel(band=[]), DimensionError, "no 'band'"),
+    ("complex", lambda d: d.assign(imagery=d.imagery + 1j), CubeError, r"complex\d+ values; expected real"),
 ]
 
 

@@ -309,6 +309,21 @@ def test_shared_date_points_at_stack_band(tmp_path):
         geoarray.from_geotiff(files)
 
 
+def test_one_band_name_as_a_string_and_a_rotated_file_warped_onto_the_first(tmp_path):
+    from rasterio.transform import Affine
+
+    write_tif(tmp_path / "a_20200101.tif", coded((1, 20, 20)) + 1)
+    # a rotated file is fine after the first: it is warped onto the first file's north-up grid
+    write_tif(
+        tmp_path / "b_20200201.tif",
+        coded((1, 20, 20)) + 1,
+        transform=Affine(10, 1, 500_000, 1, -10, 5_001_000),
+    )
+    ds = geoarray.from_geotiff(sorted(tmp_path.glob("*.tif")), bands="nir")
+    assert list(ds.band.values) == ["nir"] and ds.rio.transform() == T0
+    assert 0 < ds.valid.values[1].mean() < 1
+
+
 # -- scale/offset, laziness -----------------------------------------------------------------------------
 def test_scale_and_offset_tags_are_kept_per_band_and_must_agree_across_dates(tmp_path):
     a = np.full((2, 8, 8), 7000, np.uint16)
