@@ -603,9 +603,12 @@ def write_cube(
         validate_cube(ds, var=var)  # raises, with the to_dataset hint
     path = Path(store)
     if path.exists() and not path.is_dir():
+        other = (
+            path.with_suffix(".zarr") if path.suffix != ".zarr" else path.with_name(f"{path.stem}-cube.zarr")
+        )
         raise (StoreError if mode == "a" else StoreExistsError)(
             _not_a_directory(path) + " write_cube writes a directory; choose another path, e.g. "
-            f"{str(path.with_suffix('.zarr'))!r}, or remove the file first."
+            f"{str(other)!r}, or remove the file first."
         )
     if mode == "a":
         return _append(ds, path, var=var, chunk=chunk, progress=progress)
