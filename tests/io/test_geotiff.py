@@ -404,3 +404,11 @@ def test_select_time_by_index_and_by_day(synth):
     )
     with pytest.raises(RasterError, match="matches 2 dates"):
         select_time(twice, days[0])
+
+
+def test_export_of_per_band_nodata_records_one_value_or_none(tmp_path, synth):
+    img = synth.imagery.isel(time=0).fillna(0)
+    same = geoarray.export_geotiff(img.assign_attrs(nodata=[0.0] * 4), tmp_path / "same.tif")
+    mixed = geoarray.export_geotiff(img.assign_attrs(nodata=[0.0, 0.0, 0.0, 255.0]), tmp_path / "mixed.tif")
+    with rasterio.open(same) as a, rasterio.open(mixed) as b:
+        assert a.nodata == 0 and b.nodata is None  # a GeoTIFF has one nodata for all bands
