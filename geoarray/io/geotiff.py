@@ -349,8 +349,8 @@ def select_time(da: xr.DataArray, when: str | int | None = None) -> xr.DataArray
         if times.size == 1:
             return da
         raise RasterError(
-            f"{name!r} has {times.size} dates {shown}; a GeoTIFF holds one. Choose one by date or index "
-            "(--time 2021-05-01 or --time 0; in code `select_time(da, ...)`)."
+            f"{name!r} has {times.size} dates {shown}; a GeoTIFF holds one. Choose one: pass --time with a "
+            "date or index (e.g. --time 2021-05-01, --time 0); in code `select_time(da, 0)`."
         )
     text = str(when).strip()
     is_int = isinstance(when, (int, np.integer)) and not isinstance(when, (bool, np.bool_))
