@@ -13,3 +13,6 @@ MASK_NODATA = 255
 
 MASK_NODATA_WIDE = 65535
 """``nodata`` of predicted masks with 255 classes or more (stored as uint16)."""
+
+DEFAULT_CHUNK = 512
+"""Spatial chunk size (y and x) of cubes geoarray writes."""

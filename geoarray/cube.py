@@ -1,8 +1,9 @@
 """The cube contract: validate, open and write ``imagery(time, band, y, x)`` cubes in Zarr.
 
-A cube is an :class:`xarray.Dataset` whose imagery variable has dims exactly ``("time", "band", "y", "x")``,
-with datetime ``time``, string ``band`` names, pixel-centre ``y``/``x`` coordinates and the CRS in a
-``spatial_ref`` coordinate (so ``ds.rio.crs`` works).
+A cube is an :class:`xarray.Dataset` whose imagery variable has dims ``("time", "band", "y", "x")`` (checked by
+name; :func:`conform_cube` transposes another order), with datetime ``time``, string ``band`` names, evenly spaced
+pixel-centre ``y``/``x`` coordinates and the CRS in a ``spatial_ref`` coordinate (so ``ds.rio.crs`` works).
+The checks live in :mod:`geoarray._validate`; this module opens and writes stores.
 """
 
 from __future__ import annotations
@@ -16,189 +17,29 @@ from typing import Any, Literal
 import numpy as np
 import xarray as xr
 
+from geoarray._constants import DEFAULT_CHUNK
 from geoarray._progress import compute_with_progress
-from geoarray.errors import (
-    BandError,
-    CRSError,
-    CubeError,
-    DimensionError,
-    StoreError,
-    StoreExistsError,
-    StoreNotFoundError,
-    TimeError,
-)
+from geoarray._validate import CUBE_DIMS, check_chunk, check_regular, conform_cube, transposed, validate_cube
+from geoarray.errors import CubeError, StoreError, StoreExistsError, StoreNotFoundError
 
-__all__ = ["CUBE_DIMS", "DEFAULT_CHUNK", "open_cube", "storage_chunks", "validate_cube", "write_cube"]
+__all__ = [
+    "CUBE_DIMS",
+    "DEFAULT_CHUNK",
+    "check_chunk",
+    "check_regular",
+    "conform_cube",
+    "open_cube",
+    "storage_chunks",
+    "validate_cube",
+    "write_cube",
+]
 
 log = logging.getLogger(__name__)
 
-CUBE_DIMS: tuple[str, str, str, str] = ("time", "band", "y", "x")
-DEFAULT_CHUNK = 512
 #: Dims that keep one chunk for their whole length in storage (small, categorical axes).
 _WHOLE_DIMS = ("band", "class", "feature")
 
 
-def validate_cube(ds: xr.Dataset, *, var: str = "imagery") -> None:
-    """Check that ``ds`` satisfies the cube contract.
-
-    Parameters
-    ----------
-    ds
-        The dataset to check.
-    var
-        Name of the imagery variable.
-
-    Raises
-    ------
-    CubeError
-        Or one of its subclasses (:class:`DimensionError`, :class:`BandError`, :class:`TimeError`,
-        :class:`CRSError`). The message says what was found, what was expected and how to fix it.
-
-    Examples
-    --------
-    >>> from geoarray.datasets import synthetic_cube
-    >>> validate_cube(synthetic_cube(size=64))
-    """
-    if not isinstance(ds, xr.Dataset):
-        hint = " Use `da.to_dataset(name='imagery')`." if isinstance(ds, xr.DataArray) else ""
-        raise CubeError(f"expected an xarray.Dataset, got {type(ds).__name__}.{hint}")
-    if var not in ds.data_vars:
-        raise CubeError(
-            f"no imagery variable {var!r}; the dataset has variables {sorted(map(str, ds.data_vars))}. "
-            f"Rename yours with `ds.rename({{'<name>': {var!r}}})` or pass `var=`."
-        )
-    da = ds[var]
-    dims = tuple(map(str, da.dims))
-    if dims != CUBE_DIMS:
-        missing = [d for d in CUBE_DIMS if d not in dims]
-        if missing:
-            raise DimensionError(
-                f"{var!r} has dims {dims}; expected {CUBE_DIMS}, missing {tuple(missing)}. "
-                + _missing_dim_hint(missing, dims)
-            )
-        extra = [d for d in dims if d not in CUBE_DIMS]
-        if extra:
-            raise DimensionError(
-                f"{var!r} has dims {dims}; expected exactly {CUBE_DIMS}, found extra {tuple(extra)}. "
-                f"Select or stack them away, e.g. `.isel({extra[0]}=0)`."
-            )
-        raise DimensionError(
-            f"{var!r} has dims {dims}; expected {CUBE_DIMS}. "
-            f"Use `ds.transpose({', '.join(repr(d) for d in CUBE_DIMS)}, ...)`."
-        )
-    _validate_time(ds)
-    _validate_bands(ds)
-    for dim in ("y", "x"):
-        if dim not in ds.coords:
-            raise DimensionError(
-                f"dimension {dim!r} has no coordinate; expected pixel-centre coordinates in the CRS. "
-                "Assign them from the transform, e.g. with `ds.rio.write_transform(...)` before loading."
-            )
-        c = np.asarray(ds[dim].values)
-        if c.size > 1 and not (np.all(np.diff(c) > 0) or np.all(np.diff(c) < 0)):
-            raise DimensionError(
-                f"coordinate {dim!r} is not strictly monotonic; sort it with `ds.sortby({dim!r})`."
-            )
-    if ds.rio.crs is None:
-        raise CRSError(
-            "the cube has no CRS (no `spatial_ref` coordinate with a crs_wkt); expected one so outputs can be "
-            "georeferenced. Set it with `ds = ds.rio.write_crs('EPSG:32633')` (your EPSG code)."
-        )
-    _validate_optional_vars(ds)
-
-
-def _missing_dim_hint(missing: list[str], dims: tuple[str, ...]) -> str:
-    if "time" in missing:
-        return "Add a time axis with `ds.expand_dims(time=[np.datetime64('2020-01-01')])`."
-    if "band" in missing:
-        renames = [d for d in dims if d not in CUBE_DIMS]
-        if renames:
-            return f"Rename your band axis: `ds.rename({{{renames[0]!r}: 'band'}})`."
-        return "Add a band axis with `ds.expand_dims(band=['B1'])`."
-    if {"y", "x"} & set(missing):
-        return (
-            "Rename spatial dims, e.g. `ds.rename({'lat': 'y', 'lon': 'x'})` or `{'rows': 'y', 'cols': 'x'}`."
-        )
-    return ""
-
-
-def _validate_time(ds: xr.Dataset) -> None:
-    if "time" not in ds.coords:
-        raise TimeError(
-            "dimension 'time' has no coordinate; expected datetime64 acquisition dates. "
-            "Assign them with `ds.assign_coords(time=pd.to_datetime([...]))`."
-        )
-    t = ds["time"].values
-    if not np.issubdtype(t.dtype, np.datetime64):
-        raise TimeError(
-            f"coordinate 'time' has dtype {t.dtype}; expected datetime64. "
-            "Convert it with `ds.assign_coords(time=pd.to_datetime(ds.time.values))`."
-        )
-    if t.size > 1:
-        d = np.diff(t.astype("datetime64[ns]").astype(np.int64))
-        if np.any(d <= 0):
-            i = int(np.argmax(d <= 0))
-            kind = "duplicate" if d[i] == 0 else "non-monotonic"
-            raise TimeError(
-                f"coordinate 'time' is {kind}: {t[i]} is followed by {t[i + 1]}; expected strictly increasing "
-                "dates. Use `ds.sortby('time')`"
-                + (
-                    ", and merge duplicates with `ds.groupby('time').first()`."
-                    if kind == "duplicate"
-                    else "."
-                )
-            )
-
-
-def _validate_bands(ds: xr.Dataset) -> None:
-    if "band" not in ds.coords:
-        raise BandError(
-            "dimension 'band' has no coordinate; expected band names (str) such as 'B04' or 'red'. "
-            "Assign them with `ds.assign_coords(band=['blue', 'green', 'red', ...])`."
-        )
-    names = [b for b in ds["band"].values.tolist()]
-    if not all(isinstance(b, str) for b in names):
-        raise BandError(
-            f"band coordinate holds {names[:8]}; expected str names. "
-            "Assign names with `ds.assign_coords(band=[...])` (e.g. ['B1', 'B2', ...])."
-        )
-    seen: set[str] = set()
-    dups = sorted({b for b in names if b in seen or seen.add(b)})  # type: ignore[func-returns-value]
-    if dups:
-        raise BandError(
-            f"duplicate band names {dups} in {names}; expected unique names. "
-            "Rename them, e.g. `ds.assign_coords(band=[...])`, or drop repeats with `ds.drop_duplicates('band')`."
-        )
-
-
-def _validate_optional_vars(ds: xr.Dataset) -> None:
-    if "valid" in ds.data_vars:
-        v = ds["valid"]
-        if tuple(v.dims) != ("time", "y", "x"):
-            raise DimensionError(f"'valid' has dims {tuple(v.dims)}; expected ('time', 'y', 'x').")
-        if v.dtype != bool:
-            raise CubeError(
-                f"'valid' has dtype {v.dtype}; expected bool. Use `ds['valid'] = ds.valid.astype(bool)`."
-            )
-    if "labels" in ds.data_vars:
-        lab = ds["labels"]
-        # (class, y, x) / (time, class, y, x): 0/1 masks of independent classes (multi-label segmentation)
-        allowed = (("y", "x"), ("time", "y", "x"), ("class", "y", "x"), ("time", "class", "y", "x"))
-        if tuple(lab.dims) not in allowed:
-            raise DimensionError(
-                f"'labels' has dims {tuple(lab.dims)}; expected ('y', 'x') or ('time', 'y', 'x') "
-                "(or with a 'class' dim before y, x for multi-label masks)."
-            )
-        if not np.issubdtype(lab.dtype, np.integer):
-            raise CubeError(
-                f"'labels' has dtype {lab.dtype}; expected integer class ids. "
-                "Use `ds['labels'] = ds.labels.fillna(nodata).astype('uint8')`."
-            )
-
-
-# ------------------------------------------------------------------------------------------------------
-# Zarr
-# ------------------------------------------------------------------------------------------------------
 def _check_store_exists(store: str | os.PathLike[str]) -> Path:
     path = Path(store)
     if not path.exists():
@@ -212,8 +53,38 @@ def _check_store_exists(store: str | os.PathLike[str]) -> Path:
     return path
 
 
+def _is_zarr(path: Path) -> bool:
+    """Whether a directory is a Zarr store (v3 or v2 metadata at its root)."""
+    return any((path / f).is_file() for f in ("zarr.json", ".zgroup", ".zarray", ".zattrs", ".zmetadata"))
+
+
+def _not_a_directory(path: Path) -> str:
+    hint = ""
+    if path.suffix.lower() in (".tif", ".tiff", ".vrt", ".jp2", ".nc"):
+        hint = (
+            " It looks like a raster: build a cube from it with `geoarray.from_geotiff(path, times=[...])` "
+            "(or `geoarray ingest geotiff`), then `geoarray.write_cube(cube, 'name.zarr')`."
+        )
+    return f"{str(path)!r} is a file, not a Zarr store (a Zarr store is a directory).{hint}"
+
+
 def _open_zarr(store: str | os.PathLike[str], *, chunks: Any = None) -> xr.Dataset:
     path = _check_store_exists(store)
+    if not path.is_dir():
+        raise StoreError(_not_a_directory(path))
+    if not _is_zarr(path):
+        held = sorted(p.name for p in path.iterdir())
+        raise StoreError(
+            f"{str(path)!r} is a directory but not a Zarr store (no zarr.json or .zgroup in it; "
+            + (f"it holds {held[:5]}{' ...' if len(held) > 5 else ''}" if held else "it is empty")
+            + "). Expected a store written by `geoarray.write_cube` or `xarray.Dataset.to_zarr`; "
+            "check the path (a store's own folder, not its parent or one of its variables)."
+        )
+    if (path / ".zarray").is_file() or _zarr_node_type(path) == "array":
+        raise StoreError(
+            f"{str(path)!r} is a single Zarr array, not a group of variables; expected a cube store written "
+            "by `geoarray.write_cube` (check the path: a variable's folder inside a store is an array)."
+        )
     kw: dict[str, Any] = {"decode_coords": "all", "chunks": {} if chunks is None else chunks}
     try:
         # v3 stores are not consolidated; v2 stores may be. Try the fast path first, quietly.
@@ -227,6 +98,15 @@ def _open_zarr(store: str | os.PathLike[str], *, chunks: Any = None) -> xr.Datas
             f"{str(path)!r} is not a readable Zarr store ({type(e).__name__}: {e}). "
             "Expected a directory written by `geoarray.write_cube` or `xarray.Dataset.to_zarr`."
         ) from None
+
+
+def _zarr_node_type(path: Path) -> str | None:
+    import json
+
+    try:
+        return str(json.loads((path / "zarr.json").read_text()).get("node_type"))
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def open_cube(store: str | os.PathLike[str], *, var: str = "imagery", chunks: Any = None) -> xr.Dataset:
@@ -244,7 +124,8 @@ def open_cube(store: str | os.PathLike[str], *, var: str = "imagery", chunks: An
     Returns
     -------
     xarray.Dataset
-        The cube, lazy; ``ds.rio.crs`` is set.
+        The cube, lazy, in canonical dim order (a store written in another order is transposed on the way in;
+        see :func:`conform_cube` for the cost); ``ds.rio.crs`` is set.
 
     Raises
     ------
@@ -258,6 +139,7 @@ def open_cube(store: str | os.PathLike[str], *, var: str = "imagery", chunks: An
     >>> import geoarray, tempfile, os
     >>> path = os.path.join(tempfile.mkdtemp(), "cube.zarr")
     >>> geoarray.write_cube(geoarray.datasets.synthetic_cube(size=64), path)
+    ['imagery', 'labels', 'valid']
     >>> geoarray.open_cube(path).imagery.dims
     ('time', 'band', 'y', 'x')
     """
@@ -276,8 +158,9 @@ def open_cube(store: str | os.PathLike[str], *, var: str = "imagery", chunks: An
         raise StoreError(f"the Zarr store {str(store)!r} is not a geoarray cube: {e}") from None
     from geoarray._source import tag
 
+    # tag before transposing: a transposed variable gets a new dask name, so it is (rightly) not read directly
     tag(ds, str(Path(store).resolve()))
-    return ds
+    return transposed(ds, var=var)
 
 
 def storage_chunks(da: xr.DataArray, *, chunk: int = DEFAULT_CHUNK) -> dict[Hashable, int]:
@@ -365,7 +248,8 @@ def write_cube(
     Parameters
     ----------
     ds
-        The cube. With ``mode="a"`` it may also be a Dataset holding only new variables on the store's grid.
+        The cube, with its dims in any order (it is stored in canonical order, see :func:`conform_cube`).
+        With ``mode="a"`` it may also be a Dataset holding only new variables on the store's grid.
     store
         Path of the Zarr store.
     mode
@@ -385,10 +269,13 @@ def write_cube(
 
     Raises
     ------
+    CubeError
+        ``ds`` is not a valid cube (modes ``"w-"``/``"w"``), or ``chunk`` is not a whole number >= 1.
     StoreExistsError
-        ``mode="w-"`` and the store exists.
+        ``mode="w-"`` and the store exists; or the path is a regular file; or ``mode="w"`` and the path is a
+        non-empty directory that is not a Zarr store (it is never deleted).
     StoreError
-        ``mode="a"`` and the store is missing, or the new variables don't match its grid.
+        ``mode="a"`` and the store is missing, is not a cube, or the new variables don't match its grid.
 
     Notes
     -----
@@ -406,14 +293,32 @@ def write_cube(
         raise StoreError(
             f"mode={mode!r}; expected one of 'w-' (create), 'w' (overwrite) or 'a' (add variables)."
         )
+    chunk = check_chunk(chunk)
+    if not isinstance(ds, xr.Dataset):
+        validate_cube(ds, var=var)  # raises, with the to_dataset hint
     path = Path(store)
+    if path.exists() and not path.is_dir():
+        other = (
+            path.with_suffix(".zarr") if path.suffix != ".zarr" else path.with_name(f"{path.stem}-cube.zarr")
+        )
+        raise (StoreError if mode == "a" else StoreExistsError)(
+            _not_a_directory(path) + " write_cube writes a directory; choose another path, e.g. "
+            f"{str(other)!r}, or remove the file first."
+        )
     if mode == "a":
-        return _append(ds, path, chunk=chunk, progress=progress)
-    validate_cube(ds, var=var)
+        return _append(ds, path, var=var, chunk=chunk, progress=progress)
+    ds = conform_cube(ds, var=var)
     if mode == "w-" and path.exists():
         raise StoreExistsError(
             f"{str(path)!r} already exists and mode='w-' never overwrites. "
             "Pass mode='w' to replace it, or mode='a' to add new variables to it."
+        )
+    if mode == "w" and path.is_dir() and not _is_zarr(path) and any(path.iterdir()):
+        held = sorted(p.name for p in path.iterdir())
+        raise StoreExistsError(
+            f"{str(path)!r} is a directory that is not a Zarr store (it holds {held[:5]}"
+            f"{' ...' if len(held) > 5 else ''}); mode='w' replaces only Zarr stores, so nothing was deleted. "
+            f"Write to a new path, e.g. {str(path / 'cube.zarr')!r}."
         )
     prepared = _prepare_for_zarr(ds, chunk)
     job = prepared.to_zarr(
@@ -428,15 +333,21 @@ def write_cube(
     return sorted(map(str, prepared.data_vars))
 
 
-def _append(ds: xr.Dataset, path: Path, *, chunk: int, progress: bool) -> list[str]:
+def _append(ds: xr.Dataset, path: Path, *, var: str, chunk: int, progress: bool) -> list[str]:
     existing = _open_zarr(path)
+    if var not in existing.data_vars:
+        raise StoreError(
+            f"the Zarr store {str(path)!r} has no imagery variable {var!r} (it has "
+            f"{sorted(map(str, existing.data_vars))}); mode='a' adds variables to a geoarray cube. Write the cube "
+            "first with `write_cube(cube, store)`, or pass `var=` if its imagery has another name."
+        )
     new_vars = [str(v) for v in ds.data_vars if v not in existing.variables]
     skipped = [str(v) for v in ds.data_vars if v in existing.variables]
     if skipped:
         log.info("write_cube(mode='a'): %s already in %s; left unchanged", skipped, path)
     if not new_vars:
         return []
-    new = ds[new_vars]
+    new = transposed(ds[new_vars], var=None)
     problem = _grid_mismatch(existing, new)
     if problem:
         raise StoreError(

@@ -27,7 +27,7 @@ from geoarray._inference import RunSpec, clear_caches
 from geoarray._preprocess import date_features
 from geoarray._writer import write_to_store
 from geoarray.checkpoint import file_sha256, read_metadata
-from geoarray.cube import DEFAULT_CHUNK, validate_cube
+from geoarray.cube import DEFAULT_CHUNK, conform_cube
 from geoarray.errors import BandError, PredictError
 
 __all__ = ["clear_caches", "predict"]
@@ -152,7 +152,7 @@ def predict(
     >>> out = geoarray.predict(geoarray.open_cube("site.zarr"), "model.safetensors", store="site.zarr")  # doctest: +SKIP
     >>> out.mask.isel(time=0).plot()  # doctest: +SKIP
     """
-    validate_cube(cube, var=var)
+    cube = conform_cube(cube, var=var)  # dims by name: another order is transposed (lazily)
     _check_options(batch_size, dtype, threshold, prefix)
     dtype = np.dtype(dtype).name  # type: ignore[assignment]  # np.float16, "f2", ... -> "float16"
     threshold = float(threshold)

@@ -25,10 +25,26 @@ Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace the store 
 @ingest_app.command("geotiff")
 @_friendly
 def ingest_geotiff(
-    files: Annotated[list[Path], typer.Argument(help="One multi-band GeoTIFF per date.")],
+    files: Annotated[
+        list[Path], typer.Argument(help="One multi-band GeoTIFF per date (with --stack band: one per band).")
+    ],
     output: Out,
     times: Annotated[
-        str | None, typer.Option(help="Comma-separated dates, one per file (default: tags or file names).")
+        str | None,
+        typer.Option(
+            help="Comma-separated dates (YYYY-MM-DD), one per file; one date with --stack band (default: tags/names)."
+        ),
+    ] = None,
+    stack: Annotated[
+        str,
+        typer.Option(help="time: one multi-band file per date; band: the files are the bands of one date."),
+    ] = "time",
+    nodata: Annotated[
+        str | None,
+        typer.Option(
+            help="Fill value for files whose nodata tag is missing or wrong (e.g. 0 for Landsat): one number, or "
+            "one per band comma-separated. Pixels where every band equals it are marked invalid."
+        ),
     ] = None,
     bands: Annotated[
         str | None, typer.Option(help="Comma-separated band names (default: band descriptions).")
@@ -51,7 +67,7 @@ def ingest_geotiff(
 
     With --labels, a label raster becomes the cube's `labels(y, x)` variable, ready for `geoarray fit`.
     """
-    from geoarray.io.geotiff import from_geotiff, read_labels
+    from geoarray.io.geotiff import from_geotiff, parse_nodata, read_labels
 
     if (classes or label_nodata is not None) and labels is None:
         raise typer.BadParameter(
@@ -62,6 +78,8 @@ def ingest_geotiff(
         times=split_dates(times, "--times"),
         bands=split_list(bands, "--bands"),
         sensor=sensor,
+        stack=stack,  # type: ignore[arg-type]  # from_geotiff refuses anything but "time"/"band"
+        nodata=parse_nodata(nodata) if nodata is not None else None,
     )
     if labels is not None:
         ds["labels"] = read_labels(

@@ -1,147 +1,103 @@
 """GeoTIFF in and out: :func:`from_geotiff`, :func:`read_labels`, :func:`export_geotiff`.
 
 Reading goes through rioxarray, so cubes stay lazy. Files on another grid are warped onto the reference grid
-through a rasterio ``WarpedVRT``, which is also lazy: each dask chunk warps only its own window.
+through a rasterio ``WarpedVRT``, which is also lazy: each dask chunk warps only its own window. File headers,
+dates, names and nodata are in :mod:`geoarray.io._files`; grid geometry and footprints in :mod:`geoarray.io._grid`.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
-import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
-import pandas as pd
 import rasterio
-import rioxarray
 import xarray as xr
 from rasterio.enums import Resampling
-from rasterio.vrt import WarpedVRT
-from rasterio.warp import transform_bounds
 
-from geoarray._atomic import atomic_write
-from geoarray._constants import LABEL_NODATA
-from geoarray.cube import DEFAULT_CHUNK
-from geoarray.errors import CRSError, NoOverlapError, RasterError, TimeError
+from geoarray.cube import DEFAULT_CHUNK, check_chunk
+from geoarray.errors import CubeError, RasterError, TimeError
+from geoarray.io._files import (
+    FileInfo,
+    PathLike,
+    all_missing,
+    as_paths,
+    as_times,
+    band_names_from_files,
+    band_nodata,
+    check_nodata,
+    dates_of,
+    open_da,
+    read_info,
+    refuse_shared_dates,
+    resampling_of,
+    scale_attrs,
+)
+from geoarray.io._grid import Grid, check_overlap, footprint
+from geoarray.io._labels_export import export_geotiff, read_labels, select_time
 
-__all__ = ["export_geotiff", "from_geotiff", "read_labels"]
+__all__ = ["export_geotiff", "from_geotiff", "parse_nodata", "read_labels", "select_time"]
 
 log = logging.getLogger(__name__)
 
-PathLike = str | os.PathLike[str]
-_DATE_TAGS = (
-    "TIFFTAG_DATETIME",
-    "ACQUISITIONDATETIME",
-    "ACQUISITION_DATE",
-    "DATE_ACQUIRED",
-    "DATETIME",
-    "DATE",
-)
-_DATE_IN_NAME = re.compile(r"(?<!\d)((?:19|20)\d{2})[-_]?(0[1-9]|1[0-2])[-_]?(0[1-9]|[12]\d|3[01])(?!\d)")
 
+def parse_nodata(text: str) -> float | list[float]:
+    """Parse a command-line nodata value: ``"0"``, ``"nan"`` or one value per band, ``"0,0,0,255"``.
 
-class _Grid:
-    """The target pixel grid: CRS, affine transform and shape."""
-
-    def __init__(self, crs: Any, transform: Any, height: int, width: int) -> None:
-        self.crs, self.transform, self.height, self.width = crs, transform, height, width
-
-    def same(self, src: Any) -> bool:
-        return (
-            src.crs == self.crs
-            and (src.height, src.width) == (self.height, self.width)
-            and src.transform.almost_equals(self.transform, precision=1e-9 * max(1.0, abs(self.transform.a)))
-        )
-
-    def vrt(self, src: Any, resampling: Resampling, nodata: Any = None) -> WarpedVRT:
-        kw: dict[str, Any] = {}
-        if nodata is not None:
-            kw["nodata"] = nodata
-        return WarpedVRT(
-            src,
-            crs=self.crs,
-            transform=self.transform,
-            height=self.height,
-            width=self.width,
-            resampling=resampling,
-            **kw,
-        )
-
-
-def _open_da(source: Any, **kw: Any) -> xr.DataArray:
-    """rioxarray.open_rasterio, typed: geoarray always opens one raster as one DataArray."""
-    da = rioxarray.open_rasterio(source, lock=False, masked=False, **kw)
-    if not isinstance(da, xr.DataArray):  # pragma: no cover - only for multi-subdataset files
-        raise RasterError(f"{source!r} holds several subdatasets; expected a plain GeoTIFF.")
-    return da
-
-
-def _as_paths(paths: PathLike | Sequence[PathLike]) -> list[Path]:
-    if isinstance(paths, (str, os.PathLike)):
-        return [Path(paths)]
-    return [Path(p) for p in paths]
-
-
-def _open_checked(path: Path) -> Any:
-    if not path.exists():
-        raise RasterError(f"GeoTIFF {str(path)!r} does not exist. Check the path (cwd is {os.getcwd()!r}).")
+    Examples
+    --------
+    >>> parse_nodata("0"), parse_nodata("0,0,255")
+    (0.0, [0.0, 0.0, 255.0])
+    """
+    parts = [p.strip() for p in str(text).split(",")]
     try:
-        return rasterio.open(path)
-    except rasterio.errors.RasterioIOError as e:
-        raise RasterError(f"{str(path)!r} is not a readable raster ({e}). Expected a GeoTIFF.") from None
-
-
-def _date_of(path: Path, tags: dict[str, str]) -> pd.Timestamp | None:
-    for key in _DATE_TAGS:
-        if key in tags:
-            raw = tags[key].strip()
-            # TIFF's own format is "YYYY:MM:DD HH:MM:SS"
-            raw = re.sub(r"^(\d{4}):(\d{2}):(\d{2})", r"\1-\2-\3", raw)
-            try:
-                return pd.Timestamp(raw).tz_localize(None) if pd.Timestamp(raw).tzinfo else pd.Timestamp(raw)
-            except ValueError:
-                log.debug("unparseable date tag %s=%r in %s", key, raw, path)
-    m = _DATE_IN_NAME.search(path.stem)
-    if m:
-        return pd.Timestamp(f"{m.group(1)}-{m.group(2)}-{m.group(3)}")
-    return None
-
-
-def _resampling(name: str) -> Resampling:
-    try:
-        return Resampling[name]
-    except KeyError:
+        values = [float(p) for p in parts]
+    except ValueError:
         raise RasterError(
-            f"resampling={name!r} is unknown; expected one of {[r.name for r in Resampling][:12]} ..."
+            f"--nodata {text!r}; expected a number (e.g. 0 or nan) or one number per band separated by "
+            "commas (e.g. 0,0,0,255)."
         ) from None
+    return values[0] if len(values) == 1 else values
 
 
 def from_geotiff(
     paths: PathLike | Sequence[PathLike],
     *,
-    times: Sequence[Any] | None = None,
+    times: Sequence[Any] | str | None = None,
     bands: Sequence[str] | None = None,
+    stack: Literal["time", "band"] = "time",
+    nodata: float | Sequence[float] | None = None,
     chunk: int = DEFAULT_CHUNK,
     resampling: str = "bilinear",
     sensor: str | None = None,
 ) -> xr.Dataset:
-    """Build a lazy cube from one multi-band GeoTIFF per date.
+    """Build a lazy cube from GeoTIFFs: one multi-band file per date, or one file per band of one date.
 
     Parameters
     ----------
     paths
-        One path or a sequence of paths; every file holds all bands of one date.
+        One path or a sequence of paths.
     times
-        One date per file. When omitted, each date comes from the file's tags (``TIFFTAG_DATETIME``,
-        ``ACQUISITION_DATE``, ...) or from a ``YYYYMMDD`` / ``YYYY-MM-DD`` in its name.
+        With ``stack="time"``: one date per file. With ``stack="band"``: one date (a string or a list of one).
+        When omitted, each date comes from the file's tags (``TIFFTAG_DATETIME``, ``ACQUISITION_DATE``, ...)
+        or from a ``YYYYMMDD`` / ``YYYY-MM-DD`` in its name.
     bands
-        Band names. When omitted they come from the band descriptions of the first file, else ``B1 .. Bn``.
+        Band names, one per band of the cube. When omitted: with ``stack="time"``, the band descriptions of
+        the first file, else ``B1 .. Bn``; with ``stack="band"``, each file's band description, else its name
+        without the part all the names share (``LC08_..._B2.TIF``, ``LC08_..._B3.TIF`` -> ``B2``, ``B3``).
+    stack
+        ``"time"`` (default): every file holds all bands of one date. ``"band"``: the files are bands of one
+        date (e.g. Landsat's one file per band), stacked in the order given.
+    nodata
+        The value that marks fill pixels, for files whose nodata tag is missing or wrong (Landsat scenes
+        often ship with fill 0 and no tag): one number for every band, or a list with one per band of the
+        cube. It replaces the files' own tags. A pixel is invalid (``valid`` is False) when **all** its bands
+        equal their nodata (GDAL's per-dataset mask; Landsat fill is 0 in every band, while a dark pixel
+        may be 0 in one band). It is also the source nodata of warping, so fill never blends into data.
     chunk
-        Dask chunk size in ``y`` and ``x``.
+        Dask chunk size in ``y`` and ``x`` (a whole number >= 1).
     resampling
         How files on another grid are warped onto the first file's grid (rasterio ``Resampling`` name).
     sensor
@@ -150,15 +106,21 @@ def from_geotiff(
     Returns
     -------
     xarray.Dataset
-        A lazy cube: ``imagery(time, band, y, x)`` in the files' dtype, sorted by time, and ``valid(time, y, x)``
-        when the files declare a nodata value (a pixel is invalid when all its bands are nodata).
+        A lazy cube: ``imagery(time, band, y, x)`` in the files' (common) dtype, sorted by time, on the first
+        file's grid, and ``valid(time, y, x)`` when some pixels may be fill: where nodata is known (tags or
+        ``nodata=``; NaN counts as nodata in float files that declare one), and outside the area a warped
+        file covers. Scale/offset tags that are not identity are kept as ``imagery.attrs["scales"]`` and
+        ``["offsets"]`` (per band, not applied: physical value = pixel * scale + offset).
 
     Raises
     ------
     RasterError
-        Missing or unreadable files, or files with different band counts.
+        Missing or unreadable files, files with different band counts (``stack="time"``), different
+        scale/offset tags for one band across dates, or a bad ``chunk``, ``stack`` or ``nodata``.
+    NoOverlapError
+        A file that does not overlap the first file's grid.
     TimeError
-        No date could be found for a file, or two files share a date.
+        No date could be found for a file, two files share a date, or ``times`` does not fit.
     CRSError
         A file without a CRS.
 
@@ -169,284 +131,175 @@ def from_geotiff(
     >>> ds.imagery.dims
     ('time', 'band', 'y', 'x')
     """
-    files = _as_paths(paths)
-    if not files:
-        raise RasterError("no GeoTIFF paths given; expected one file per date.")
-    if times is not None and len(times) != len(files):
-        raise TimeError(f"got {len(times)} times for {len(files)} files; expected one date per file.")
-    rs = _resampling(resampling)
-
-    infos = []
-    for path in files:
-        with _open_checked(path) as src:
-            if src.crs is None:
-                raise CRSError(
-                    f"{str(path)!r} has no CRS; expected a georeferenced GeoTIFF. "
-                    f"Set one with `rio edit-info --crs EPSG:XXXX {path}`."
-                )
-            infos.append(
-                {
-                    "path": path,
-                    "count": src.count,
-                    "dtype": src.dtypes[0],
-                    "nodata": src.nodata,
-                    "descriptions": src.descriptions,
-                    "tags": src.tags(),
-                    "grid": _Grid(src.crs, src.transform, src.height, src.width),
-                }
-            )
-    counts = {str(i["path"].name): i["count"] for i in infos}
-    if len(set(counts.values())) > 1:
+    try:
+        chunk = check_chunk(chunk)
+    except CubeError as e:
+        raise RasterError(str(e)) from None
+    if stack not in ("time", "band"):
         raise RasterError(
-            f"the GeoTIFFs have different band counts {counts}; expected the same bands in every file. "
-            "Split or subset them first (e.g. `gdal_translate -b 1 -b 2 ...`)."
+            f"stack={stack!r}; expected 'time' (one multi-band file per date) or 'band' (one file per band "
+            "of one date)."
         )
-    n = infos[0]["count"]
+    user_nodata = check_nodata(nodata)
+    if sensor is not None and not isinstance(sensor, str):
+        raise RasterError(
+            f"sensor={sensor!r}; expected one name (str) for every date, e.g. 'L8'. For one sensor per date, "
+            "build one cube per sensor and concatenate them, or assign `ds.coords['sensor'] = ('time', [...])`."
+        )
+    if isinstance(bands, str):
+        bands = [bands]
+    files = as_paths(paths)
+    if not files:
+        raise RasterError("no GeoTIFF paths given; expected one file per date (or per band, stack='band').")
+    given = as_times(times)
+    if given is not None and stack == "time" and len(given) != len(files):
+        raise TimeError(
+            f"got {len(given)} times for {len(files)} files; expected one date per file. If the files are "
+            "bands of one date, pass stack='band' with one date."
+        )
+    if given is not None and stack == "band" and len(given) != 1:
+        raise TimeError(
+            f"got {len(given)} times for stack='band'; the files are bands of one date, so give one date, "
+            "e.g. times=['2020-05-18']."
+        )
+    rs = resampling_of(resampling)
+    infos = [read_info(path) for path in files]
+    grid = infos[0].grid
+    if grid.transform.b != 0 or grid.transform.d != 0:  # later files are warped onto it: any grid will do
+        raise RasterError(
+            f"{str(files[0])!r}, whose grid the cube takes, is rotated or sheared (transform "
+            f"{tuple(grid.transform)[:6]}); a cube's y/x axes follow the CRS axes. Warp it north-up first "
+            f"(`gdalwarp {files[0]} north_up.tif`), or list a north-up file first."
+        )
+    for info in infos[1:]:
+        check_overlap(grid, files[0], info.grid, info.path)
+
+    if stack == "time":
+        counts = {str(i.path.name): i.count for i in infos}
+        if len(set(counts.values())) > 1:
+            raise RasterError(
+                f"the GeoTIFFs have different band counts {counts}; expected the same bands in every file "
+                "(stack='time'). Split or subset them first (e.g. `gdal_translate -b 1 -b 2 ...`), or pass "
+                "stack='band' if the files are bands of one date."
+            )
+        n = infos[0].count
+        desc = infos[0].descriptions
+        default = [str(d) for d in desc] if all(desc) and len(set(desc)) == len(desc) else None
+        default = default or [f"B{i + 1}" for i in range(n)]
+    else:
+        n = sum(i.count for i in infos)
+        default = band_names_from_files(infos)
     if bands is None:
-        desc = infos[0]["descriptions"]
-        names = list(desc) if all(desc) and len(set(desc)) == len(desc) else [f"B{i + 1}" for i in range(n)]
+        names = default
     else:
         names = [str(b) for b in bands]
         if len(names) != n:
             raise RasterError(
-                f"got {len(names)} band names {names} for files with {n} bands; give one name per band."
+                f"got {len(names)} band names {names} for {n} bands"
+                + (" (all files together, stack='band')" if stack == "band" else "")
+                + "; give one name per band."
             )
+    if user_nodata is not None and len(user_nodata) not in (1, n):
+        raise RasterError(
+            f"nodata= has {len(user_nodata)} values for {n} bands; expected one value for all bands or one "
+            "per band."
+        )
 
-    if times is None:
-        stamps = []
-        for i in infos:
-            d = _date_of(i["path"], i["tags"])
-            if d is None:
-                raise TimeError(
-                    f"no date for {str(i['path'])!r}: no date tag and no YYYYMMDD in the file name. "
-                    "Pass `times=[...]` with one date per file."
-                )
-            stamps.append(d)
+    stamps = dates_of(infos, given, stack)
+    dtype = np.result_type(*[i.dtype for i in infos])
+    ref_coords: dict[str, np.ndarray] = {}
+    opened: list[_Opened] = []
+    for info, first_band in zip(infos, _band_offsets(infos, stack), strict=True):
+        nd = band_nodata(info, user_nodata, first_band, n)
+        da, outside = _open_on_grid(info, grid, infos[0].path, rs, nd, chunk)
+        if not ref_coords:
+            ref_coords = {"y": da.y.values, "x": da.x.values}
+        da = da.assign_coords(ref_coords)
+        if outside is not None:
+            outside = outside.assign_coords(ref_coords)
+        opened.append(_Opened(info, da, nd, all_missing(da, nd), outside))
+
+    if stack == "time":
+        order = [int(k) for k in np.argsort(np.asarray(stamps, dtype="datetime64[ns]"), kind="stable")]
+        refuse_shared_dates([stamps[k] for k in order], [files[k] for k in order])
+        per_date = [[opened[k]] for k in order]
+        stamps = [stamps[k] for k in order]
     else:
-        try:
-            stamps = [pd.Timestamp(t) for t in times]
-        except (ValueError, TypeError) as e:
-            raise TimeError(
-                f"times={list(times)!r} are not dates ({e}); expected e.g. '2021-05-01'."
-            ) from None
-    order = np.argsort(np.asarray(stamps, dtype="datetime64[ns]"), kind="stable")
-    sorted_stamps = [stamps[k] for k in order]
-    for a, b in itertools.pairwise(sorted_stamps):
-        if a == b:
-            raise TimeError(
-                f"two files share the date {a.date()}; expected one file per date. Mosaic them first."
-            )
-
-    grid: _Grid = infos[0]["grid"]
-    nodatas = [i["nodata"] for i in infos]
-    dtype = np.result_type(*[np.dtype(i["dtype"]) for i in infos])
-    chunks = {"band": -1, "y": chunk, "x": chunk}
-    arrays: list[xr.DataArray] = []
-    masks: list[xr.DataArray | None] = []
-    for k in order:
-        info = infos[k]
-        if grid.same(info["grid"]):
-            da = _open_da(info["path"], chunks=chunks)
-        else:
-            log.info(
-                "warping %s onto the grid of %s (%s)", info["path"].name, infos[0]["path"].name, resampling
-            )
-            with rasterio.open(info["path"]) as src, grid.vrt(src, rs, nodata=info["nodata"]) as vrt:
-                da = _open_da(vrt, chunks=chunks)
-        da = da.drop_vars(["spatial_ref"], errors="ignore")
-        nd = info["nodata"]
-        # GDAL's per-dataset mask semantics: a pixel is nodata when all its bands are
-        masks.append(None if nd is None else ~(da.isnull() if np.isnan(nd) else da == nd).all("band"))
-        arrays.append(da.astype(dtype))
-    ref = arrays[0]
-    coords = {"y": ref.y.values, "x": ref.x.values}
-    arrays = [a.assign_coords(band=names, **coords) for a in arrays]
+        per_date = [opened]
+    arrays, masks = [], []
+    for group in per_date:
+        img = xr.concat([o.da for o in group], dim="band") if len(group) > 1 else group[0].da
+        arrays.append(img.astype(dtype).assign_coords(band=names))
+        masks.append(_invalid(group))
     img = xr.concat(arrays, dim="time", join="exact", combine_attrs="drop_conflicts")
     img = img.assign_coords(
-        time=np.asarray(sorted_stamps, dtype="datetime64[ns]"), band=np.asarray(names, dtype=object)
+        time=np.asarray(stamps, dtype="datetime64[ns]"), band=np.asarray(names, dtype=object)
     )
-    img.attrs = {k: v for k, v in img.attrs.items() if k not in ("_FillValue", "scale_factor", "add_offset")}
+    img.attrs = {}  # the first file's tags (statistics, scales) describe neither the cube nor its other dates
+    img.attrs.update(scale_attrs([[o.info for o in group] for group in per_date]))
     ds = xr.Dataset({"imagery": img.transpose("time", "band", "y", "x")})
     if any(m is not None for m in masks):
-        full = [
-            (m if m is not None else xr.ones_like(a.isel(band=0, drop=True), dtype=bool)).assign_coords(
-                coords
-            )
-            for m, a in zip(masks, arrays, strict=True)
-        ]
-        valid = xr.concat(full, dim="time").assign_coords(time=ds.time).transpose("time", "y", "x")
-        valid.attrs = {"long_name": "valid pixel (not nodata in every band)"}  # not the raster's tags
-        ds["valid"] = valid
-        nodata = next(v for v in nodatas if v is not None)
-        ds["imagery"].attrs["nodata"] = nodata
+        never = xr.zeros_like(arrays[0].isel(band=0, drop=True), dtype=bool)
+        valid = xr.concat([~(m if m is not None else never) for m in masks], dim="time")
+        valid = valid.assign_coords({"time": ds.time, **ref_coords}).transpose("time", "y", "x")
+        valid.attrs = {"long_name": "valid pixel (not nodata in every band, inside the file's footprint)"}
+        ds["valid"] = valid.drop_vars("band", errors="ignore")
+    if stack == "band":
+        per_band: list[float | None] | None = [v for o in opened for v in o.nodata]
+    else:  # one value per band only when every date agrees
+        per_band = list(opened[0].nodata) if len({tuple(o.nodata) for o in opened}) == 1 else None
+    if per_band and None not in per_band:
+        same = len({str(v) for v in per_band}) == 1  # str: NaN == NaN
+        ds["imagery"].attrs["nodata"] = per_band[0] if same else per_band
     if sensor is not None:
-        ds = ds.assign_coords(sensor=("time", np.asarray([sensor] * len(files), dtype=object)))
+        ds = ds.assign_coords(sensor=("time", np.asarray([sensor] * ds.sizes["time"], dtype=object)))
     return ds.rio.write_crs(grid.crs)
 
 
-def _grid_of(like: xr.Dataset | xr.DataArray) -> _Grid:
-    crs = like.rio.crs
-    if crs is None:
-        raise CRSError(
-            "`like` has no CRS; expected a cube with a `spatial_ref` coordinate (see validate_cube)."
-        )
-    return _Grid(crs, like.rio.transform(recalc=True), like.sizes["y"], like.sizes["x"])
+def _band_offsets(infos: list[FileInfo], stack: str) -> list[int]:
+    if stack == "time":
+        return [0] * len(infos)
+    return [int(v) for v in np.cumsum([0, *(i.count for i in infos[:-1])])]
 
 
-def read_labels(
-    path: PathLike,
-    like: xr.Dataset | xr.DataArray,
-    *,
-    classes: Sequence[str] | None = None,
-    nodata: int | None = None,
-) -> xr.DataArray:
-    """Read a single-band integer label raster onto a cube's grid (``rio clip --like``, in code).
-
-    The raster is clipped to the cube's extent and warped onto its grid with nearest-neighbour resampling,
-    reprojecting when the CRSs differ. Pixels outside the raster's extent get ``nodata``.
-
-    Parameters
-    ----------
-    path
-        The label GeoTIFF: one band of integer class ids.
-    like
-        The cube (or any DataArray with ``y``/``x`` and a CRS) whose grid the labels take.
-    classes
-        Class names, indexed by class id. When omitted: ``["0", "1", ..., str(max id)]``.
-    nodata
-        The label value meaning "no label". Default: the raster's nodata, else 255 (or -1 for signed types).
-
-    Returns
-    -------
-    xarray.DataArray
-        ``labels(y, x)`` on ``like``'s coordinates, with attrs ``classes`` and ``nodata``; lazy.
-
-    Raises
-    ------
-    RasterError
-        Not a single-band integer raster.
-    NoOverlapError
-        The raster does not overlap the cube at all.
-
-    Examples
-    --------
-    >>> import geoarray  # doctest: +SKIP
-    >>> ds["labels"] = geoarray.read_labels("mask.tif", ds)  # doctest: +SKIP
-    """
-    grid = _grid_of(like)
-    p = Path(path)
-    with _open_checked(p) as src:
-        if src.count != 1:
-            raise RasterError(
-                f"{str(p)!r} has {src.count} bands; expected a single-band label raster. "
-                "Extract the label band first (e.g. `gdal_translate -b 1`)."
-            )
-        dt = np.dtype(src.dtypes[0])
-        if not np.issubdtype(dt, np.integer):
-            raise RasterError(
-                f"{str(p)!r} holds {dt} values; expected integer class ids. "
-                "Convert it, e.g. `gdal_translate -ot Byte in.tif out.tif`."
-            )
-        if src.crs is None:
-            raise CRSError(f"{str(p)!r} has no CRS; expected a georeferenced label raster.")
-        cube_bounds = like.rio.bounds(recalc=True)
-        in_src = transform_bounds(grid.crs, src.crs, *cube_bounds)
-        b = src.bounds
-        if in_src[0] >= b.right or in_src[2] <= b.left or in_src[1] >= b.top or in_src[3] <= b.bottom:
-            raise NoOverlapError(
-                f"the label raster {str(p)!r} (bounds {tuple(round(v, 2) for v in b)} in {src.crs}) does not "
-                f"overlap the cube (bounds {tuple(round(v, 2) for v in in_src)} in the same CRS). "
-                "Expected labels covering at least part of the cube; check that both describe the same area."
-            )
-        fill = nodata if nodata is not None else src.nodata
-        if fill is None:
-            fill = -1 if np.issubdtype(dt, np.signedinteger) else min(LABEL_NODATA, int(np.iinfo(dt).max))
-        fill = int(fill)
-        with grid.vrt(src, Resampling.nearest, nodata=fill) as vrt:
-            da = _open_da(vrt, chunks={"y": DEFAULT_CHUNK, "x": DEFAULT_CHUNK})
-    lab = da.isel(band=0, drop=True).drop_vars("spatial_ref", errors="ignore")
-    lab = lab.assign_coords(y=like["y"].values, x=like["x"].values)
-    if classes is None:
-        ids = np.unique(np.asarray(lab.values))
-        ids = ids[ids != fill]
-        classes = [str(i) for i in range(int(ids.max()) + 1)] if ids.size else []
-    lab.attrs = {"classes": list(classes), "nodata": fill, "long_name": "labels", "source": str(p)}
-    lab.name = "labels"
-    return lab.rio.write_crs(grid.crs)
+def _open_on_grid(
+    info: FileInfo, grid: Grid, first: Path, rs: Resampling, nodata: list[float | None], chunk: int
+) -> tuple[xr.DataArray, xr.DataArray | None]:
+    """One file as (band, y, x) on ``grid`` (lazy), and where it leaves the grid uncovered (or None)."""
+    chunks = {"band": -1, "y": chunk, "x": chunk}
+    if grid.same(info.grid):
+        da = open_da(info.path, chunks=chunks)
+        outside = None
+    else:
+        log.info("warping %s onto the grid of %s (%s)", info.path.name, first.name, rs.name)
+        single = {v for v in nodata}
+        nd = single.pop() if len(single) == 1 else None
+        # the source nodata keeps fill out of the resampling kernel; None lets GDAL use the file's own tag
+        with rasterio.open(info.path) as src, grid.vrt(src, rs, nodata=nd, src_nodata=nd) as vrt:
+            da = open_da(vrt, chunks=chunks)
+        outside = footprint(grid, info.grid, da.y.values, da.x.values, chunk)
+    da = da.drop_vars(["spatial_ref"], errors="ignore")
+    return da, outside
 
 
-def export_geotiff(
-    da: xr.DataArray,
-    path: PathLike,
-    *,
-    nodata: float | None = None,
-    compress: str = "deflate",
-) -> Path:
-    """Write a 2-D ``(y, x)`` or 3-D ``(dim, y, x)`` variable as a Cloud-Optimized GeoTIFF.
+class _Opened(NamedTuple):
+    """One file on the cube's grid."""
 
-    The CRS and transform come from the variable's ``spatial_ref`` and coordinates; the names along the
-    first dim (classes, features, bands) become band descriptions. The file is written to a temporary
-    name and renamed, so a failed export never leaves a partial file.
+    info: FileInfo
+    da: xr.DataArray  # (band, y, x), lazy
+    nodata: list[float | None]  # per band
+    missing: xr.DataArray | None  # (y, x): every band is nodata; None when some band has no nodata
+    outside: xr.DataArray | None  # (y, x): outside the file's footprint; None when it covers the grid
 
-    Parameters
-    ----------
-    da
-        The variable, e.g. ``ds.mask.isel(time=0)`` or ``ds.probabilities.sel(time="2021-05-01")``. A ``time``
-        dim of length 1 is dropped.
-    path
-        Output path (``.tif``).
-    nodata
-        Nodata value to record; defaults to the variable's ``nodata`` attr, or NaN for floats.
-    compress
-        GDAL compression (``deflate``, ``zstd``, ``lzw``, ...).
 
-    Returns
-    -------
-    pathlib.Path
-        The written file.
-
-    Examples
-    --------
-    >>> import geoarray, tempfile, os  # doctest: +SKIP
-    >>> geoarray.export_geotiff(ds.mask.isel(time=0), "mask.tif")  # doctest: +SKIP
-    """
-    if not isinstance(da, xr.DataArray):
-        raise RasterError(
-            f"expected an xarray.DataArray, got {type(da).__name__}; select one variable: ds['mask']."
-        )
-    if "time" in da.dims:
-        if da.sizes["time"] != 1:
-            raise RasterError(
-                f"{da.name!r} has {da.sizes['time']} dates; a GeoTIFF holds one. "
-                "Select one: `da.isel(time=0)` or `da.sel(time='2021-05-01')`."
-            )
-        da = da.isel(time=0)
-    dims = tuple(map(str, da.dims))
-    if dims[-2:] != ("y", "x") or len(dims) not in (2, 3):
-        raise RasterError(
-            f"{da.name!r} has dims {dims}; expected (y, x) or (<dim>, y, x). "
-            f"Use `.transpose(..., 'y', 'x')` and select extra dims."
-        )
-    if da.rio.crs is None:
-        raise CRSError(
-            f"{da.name!r} has no CRS; expected a `spatial_ref` coordinate (take it from the cube)."
-        )
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    data = da.load()
-    if data.dtype == bool:
-        data = data.astype(np.uint8)
-    elif data.dtype == np.float16:
-        data = data.astype(np.float32)
-    if nodata is None:
-        nodata = da.attrs.get("nodata", np.nan if np.issubdtype(data.dtype, np.floating) else None)
-    attrs: dict[str, Any] = {}
-    if len(dims) == 3:
-        attrs["long_name"] = tuple(str(v) for v in data[dims[0]].values)
-        data = data.rename({dims[0]: "band"})
-    data = data.copy()
-    data.attrs = attrs
-    data.encoding = {}
-    if nodata is not None:
-        data = data.rio.write_nodata(nodata, encoded=False)
-    return atomic_write(out, lambda tmp: data.rio.to_raster(tmp, driver="COG", compress=compress))
+def _invalid(group: list[_Opened]) -> xr.DataArray | None:
+    """(y, x) True where a date's pixel is fill: every band of every file nodata, or outside a warped file."""
+    out: xr.DataArray | None = None
+    missing = [o.missing for o in group if o.missing is not None]
+    if len(missing) == len(group):
+        for m in missing:
+            out = m if out is None else out & m
+    for o in group:
+        if o.outside is not None:
+            out = o.outside if out is None else out | o.outside
+    return out

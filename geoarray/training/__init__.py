@@ -174,11 +174,14 @@ def fit(
 
 def run(cube: xr.Dataset, cfg: FitConfig, *, client: Any = None) -> Path:
     """Train with a ready :class:`FitConfig` (what :func:`fit` does after checking its options)."""
-    from geoarray.training.prepare import _device, prepare
+    from geoarray.cube import conform_cube
+    from geoarray.training.prepare import _device, _labels_of, prepare
 
     _check_paths(cfg)
     if client is None:
         _device(cfg.device)  # a wrong device fails now, not after the statistics pass
+    _labels_of(cube, cfg)  # first: its message says how to align labels, which is the usual fix
+    cube = conform_cube(cube, var=cfg.var)  # dims by name: another order is transposed (lazily)
     setup = prepare(cube, cfg)
     if client is not None:
         from geoarray.training.ddp import fit_ddp

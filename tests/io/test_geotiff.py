@@ -184,3 +184,231 @@ def test_raster_tags_and_scales_do_not_leak_into_the_store(tmp_path):
     back = geoarray.open_cube(tmp_path / "c.zarr")
     assert back.valid.dtype == bool and back.imagery.dtype == np.uint16
     assert not back.valid.values[0, :3].any() and back.valid.values[0, 3:].all()
+
+
+# -- fill pixels: nodata= (issue 8) -------------------------------------------------------------------------
+def _landsat_like(path, *, nodata=None, shape=(3, 30, 40)):
+    """uint16 bands with fill 0 in every band on a tilted-scene border, and one dark pixel 0 in one band only."""
+    rng = np.random.default_rng(1)
+    data = rng.integers(5_000, 20_000, size=shape, dtype=np.uint16)
+    yy, xx = np.mgrid[0 : shape[1], 0 : shape[2]]
+    fill = xx + yy < 12
+    data[:, fill] = 0
+    data[1, 20, 30] = 0  # a dark pixel in one band is data, not fill
+    write_tif(path, data, nodata=nodata, tags={"DATE_ACQUIRED": "2020-05-18"})
+    return data, fill
+
+
+def test_nodata_argument_marks_fill_where_every_band_is_fill(tmp_path):
+    _, fill = _landsat_like(tmp_path / "LC08.tif")
+    assert "valid" not in geoarray.from_geotiff(tmp_path / "LC08.tif")  # no tag: nothing known
+    ds = geoarray.from_geotiff(tmp_path / "LC08.tif", nodata=0)
+    np.testing.assert_array_equal(ds.valid.values[0], ~fill)
+    assert ds.valid.values[0, 20, 30] and ds.imagery.attrs["nodata"] == 0
+    per_band = geoarray.from_geotiff(tmp_path / "LC08.tif", nodata=[0, 0, 0])
+    np.testing.assert_array_equal(per_band.valid.values[0], ~fill)
+    # a per-band value that only band 3 has: no pixel has every band at its nodata
+    other = geoarray.from_geotiff(tmp_path / "LC08.tif", nodata=[0, 0, 7])
+    assert other.valid.values.all()
+
+
+def test_nodata_argument_replaces_a_wrong_tag(tmp_path):
+    _, fill = _landsat_like(tmp_path / "tagged.tif", nodata=65535)
+    assert geoarray.from_geotiff(tmp_path / "tagged.tif").valid.values.all()  # the tag marks nothing
+    ds = geoarray.from_geotiff(tmp_path / "tagged.tif", nodata=0)
+    np.testing.assert_array_equal(ds.valid.values[0], ~fill)
+
+
+def test_nodata_keeps_fill_out_of_resampling_and_marks_the_warped_border(tmp_path):
+    flat = np.full((1, 40, 50), 1000, np.uint16)
+    write_tif(tmp_path / "a_20200101.tif", flat)
+    edged = flat.copy()
+    edged[:, :, :10] = 0  # fill on the left, no nodata tag
+    half = from_origin(500_000.0 + 5.0, 5_001_000.0 - 5.0, 10.0, 10.0)  # half a pixel off: bilinear blends
+    write_tif(tmp_path / "b_20200201.tif", edged, transform=half)
+    ds = geoarray.from_geotiff(sorted(tmp_path.glob("*.tif")), nodata=0)
+    got, ok = ds.imagery.values[1, 0], ds.valid.values[1]
+    assert set(np.unique(got[ok])) == {1000}  # no fill blended into data
+    assert not ok[:, :10].any() and ok[1:, 12:].all()
+
+
+def test_warped_file_without_nodata_is_invalid_outside_its_footprint(tmp_path):
+    a = coded((2, 40, 50)) + 1
+    write_tif(tmp_path / "a_20200101.tif", a)
+    shifted = from_origin(500_000.0 + 50.0, 5_001_000.0 - 30.0, 10.0, 10.0)  # 5 px right, 3 px down
+    write_tif(tmp_path / "b_20200201.tif", a, transform=shifted)  # no nodata tag: warping fills with 0
+    ds = geoarray.from_geotiff(sorted(tmp_path.glob("*.tif")), resampling="nearest")
+    valid = ds.valid.values
+    assert valid[0].all()
+    expected = np.zeros((40, 50), bool)
+    expected[3:, 5:] = True
+    np.testing.assert_array_equal(valid[1], expected)
+    np.testing.assert_array_equal(ds.imagery.values[1, :, 3:, 5:], a[:, :-3, :-5])
+
+
+def test_warped_file_in_another_crs_gets_its_footprint(tmp_path):
+    yy, xx = np.mgrid[0:60, 0:60].astype(np.float32)
+    write_tif(tmp_path / "a_20200101.tif", (100 + xx + 2 * yy)[None])
+    part = xr.DataArray((100 + xx + 2 * yy)[None, :30], dims=("band", "y", "x"))
+    part = part.assign_coords(x=500_005.0 + 10 * np.arange(60), y=5_000_995.0 - 10 * np.arange(30))
+    deg = part.rio.write_crs("EPSG:32633").rio.reproject("EPSG:4326")
+    # written without a nodata tag, as such files come: the warped border is 0 like the data could be
+    write_tif(
+        tmp_path / "b_20200301.tif", np.nan_to_num(deg.values), crs="EPSG:4326", transform=deg.rio.transform()
+    )
+    ds = geoarray.from_geotiff(sorted(tmp_path.glob("*.tif")))
+    valid = ds.valid.values[1]
+    assert valid[2:27, 2:-2].all() and not valid[33:].any()  # the north half only
+
+
+def test_nan_counts_as_nodata_in_float_files_that_declare_one(tmp_path):
+    a = coded((2, 8, 8))
+    a[:, 0] = np.nan  # NaN in every band: missing, beside the declared -9999
+    a[:, 1] = -9999
+    write_tif(tmp_path / "f_20200101.tif", a, nodata=-9999)
+    ds = geoarray.from_geotiff(tmp_path / "f_20200101.tif")
+    assert not ds.valid.values[0, :2].any() and ds.valid.values[0, 2:].all()
+
+
+def test_parse_nodata_for_the_command_line():
+    from geoarray.io.geotiff import parse_nodata
+
+    assert parse_nodata("0") == 0.0 and parse_nodata(" 0, 0,255 ") == [0.0, 0.0, 255.0]
+    assert np.isnan(parse_nodata("nan"))
+    with pytest.raises(RasterError, match=r"--nodata 'zero'; expected a number"):
+        parse_nodata("zero")
+
+
+# -- one file per band: stack="band" (issue 8) --------------------------------------------------------------
+def test_stack_band_makes_one_date_from_single_band_files(tmp_path):
+    bands = {b: coded((1, 20, 30), offset=1000 * k) for k, b in enumerate(("B2", "B3", "B4"))}
+    files = [write_tif(tmp_path / f"LC08_L1TP_224078_20200518_01_RT_{b}.TIF", v) for b, v in bands.items()]
+    ds = geoarray.from_geotiff(files, stack="band")
+    geoarray.validate_cube(ds)
+    assert list(ds.band.values) == ["B2", "B3", "B4"] and ds.sizes["time"] == 1
+    assert str(ds.time.values[0])[:10] == "2020-05-18"
+    np.testing.assert_array_equal(ds.imagery.values[0], np.concatenate(list(bands.values())))
+    named = geoarray.from_geotiff(files, stack="band", bands=["blue", "green", "red"], times="2020-05-19")
+    assert (
+        list(named.band.values) == ["blue", "green", "red"] and str(named.time.values[0])[:10] == "2020-05-19"
+    )
+
+
+def test_stack_band_names_from_descriptions_and_warps_other_grids(tmp_path):
+    write_tif(tmp_path / "x.tif", coded((1, 20, 30)), descriptions=["red"])
+    coarse = from_origin(500_000.0, 5_001_000.0, 20.0, 20.0)  # a 20 m band beside a 10 m one
+    write_tif(tmp_path / "y.tif", coded((1, 10, 15)), transform=coarse, descriptions=["swir"])
+    ds = geoarray.from_geotiff([tmp_path / "x.tif", tmp_path / "y.tif"], stack="band", times=["2021-01-01"])
+    assert list(ds.band.values) == ["red", "swir"] and ds.sizes["y"] == 20 and ds.sizes["x"] == 30
+    geoarray.validate_cube(ds)  # one grid: the first file's 10 m
+
+
+def test_shared_date_points_at_stack_band(tmp_path):
+    files = [write_tif(tmp_path / f"S_20200518_{b}.tif", coded((1, 8, 8))) for b in ("B2", "B3")]
+    with pytest.raises(TimeError, match=r"share the date 2020-05-18.*pass stack='band'"):
+        geoarray.from_geotiff(files)
+
+
+def test_one_band_name_as_a_string_and_a_rotated_file_warped_onto_the_first(tmp_path):
+    from rasterio.transform import Affine
+
+    write_tif(tmp_path / "a_20200101.tif", coded((1, 20, 20)) + 1)
+    # a rotated file is fine after the first: it is warped onto the first file's north-up grid
+    write_tif(
+        tmp_path / "b_20200201.tif",
+        coded((1, 20, 20)) + 1,
+        transform=Affine(10, 1, 500_000, 1, -10, 5_001_000),
+    )
+    ds = geoarray.from_geotiff(sorted(tmp_path.glob("*.tif")), bands="nir")
+    assert list(ds.band.values) == ["nir"] and ds.rio.transform() == T0
+    assert 0 < ds.valid.values[1].mean() < 1
+
+
+# -- scale/offset, laziness -----------------------------------------------------------------------------
+def test_scale_and_offset_tags_are_kept_per_band_and_must_agree_across_dates(tmp_path):
+    a = np.full((2, 8, 8), 7000, np.uint16)
+    for name in ("a_20200101.tif", "b_20200201.tif"):
+        write_tif(tmp_path / name, a)
+        with rasterio.open(tmp_path / name, "r+") as dst:
+            dst.scales, dst.offsets = (2.75e-5, 2.75e-5), (-0.2, -0.2)
+    ds = geoarray.from_geotiff(sorted(tmp_path.glob("*.tif")))
+    assert ds.imagery.dtype == np.uint16
+    assert ds.imagery.attrs["scales"] == [2.75e-5, 2.75e-5] and ds.imagery.attrs["offsets"] == [-0.2, -0.2]
+    with rasterio.open(tmp_path / "b_20200201.tif", "r+") as dst:
+        dst.scales, dst.offsets = (1.0, 1.0), (0.0, 0.0)
+    with pytest.raises(RasterError, match="scale/offset tags differ between dates"):
+        geoarray.from_geotiff(sorted(tmp_path.glob("*.tif")))
+
+
+def test_from_geotiff_with_masks_and_warping_stays_lazy(tmp_path):
+    from helpers import raise_if_dask_computes
+
+    a = coded((2, 40, 50)) + 1
+    write_tif(tmp_path / "a_20200101.tif", a)
+    write_tif(tmp_path / "b_20200201.tif", a, transform=from_origin(500_050.0, 5_000_970.0, 10.0, 10.0))
+    with raise_if_dask_computes():
+        ds = geoarray.from_geotiff(sorted(tmp_path.glob("*.tif")), nodata=0)
+    assert isinstance(ds.valid.data, dask.array.Array)
+    assert ds.valid.chunks == ds.imagery.isel(band=0).chunks
+
+
+# -- export: dims by name, grids -----------------------------------------------------------------------
+def test_export_takes_dims_by_name_and_writes_north_up(tmp_path, synth):
+    img = synth.imagery.isel(time=0)
+    ref = geoarray.export_geotiff(img, tmp_path / "ref.tif")
+    moved = geoarray.export_geotiff(img.transpose("x", "band", "y"), tmp_path / "moved.tif")
+    south_up = geoarray.export_geotiff(img.isel(y=slice(None, None, -1)), tmp_path / "s.tif")
+    with rasterio.open(ref) as a, rasterio.open(moved) as b, rasterio.open(south_up) as c:
+        assert a.transform == b.transform == c.transform and a.transform.e < 0
+        np.testing.assert_array_equal(b.read(), a.read())
+        np.testing.assert_array_equal(c.read(), a.read())
+
+
+def test_export_of_an_uneven_grid_is_refused(tmp_path, synth):
+    from geoarray.errors import DimensionError
+
+    uneven = synth.imagery.isel(time=0, x=[0, 1, 2, 4, 5, 6])
+    with pytest.raises(DimensionError, match="'x' is not evenly spaced"):
+        geoarray.export_geotiff(uneven, tmp_path / "u.tif")
+    assert not (tmp_path / "u.tif").exists()
+
+
+def test_export_of_one_pixel_column_uses_the_recorded_transform_or_refuses(tmp_path, synth):
+    col = synth.imagery.isel(time=0, x=slice(3, 4))
+    with pytest.raises(RasterError, match="1 pixel along 'x', so its pixel size is unknown"):
+        geoarray.export_geotiff(col, tmp_path / "c.tif")
+    path = geoarray.export_geotiff(col.rio.write_transform(synth.rio.transform()), tmp_path / "c.tif")
+    with rasterio.open(path) as src:
+        assert src.transform.a == 10.0 and src.bounds.left == float(synth.x[3]) - 5.0
+
+
+# -- select_time (geoarray export --time) ----------------------------------------------------------------
+def test_select_time_by_index_and_by_day(synth):
+    from geoarray.io.geotiff import select_time
+
+    days = [str(t)[:10] for t in synth.time.values]
+    assert select_time(synth.imagery, 1).time.values[0] == synth.time.values[1]
+    assert select_time(synth.imagery, "-1").time.values[0] == synth.time.values[-1]
+    assert select_time(synth.imagery, days[2]).sizes["time"] == 1
+    assert select_time(synth.labels.isel(time=0), "2000-01-01").dims == ("y", "x")  # no time: as it is
+    with pytest.raises(RasterError, match=r"has 3 dates .*--time"):
+        select_time(synth.imagery, None)
+    with pytest.raises(RasterError, match=r"time index 3 is out of range .*expected -3..2"):
+        select_time(synth.imagery, "3")
+    with pytest.raises(RasterError, match=r"has no date '1999-01-01'; it has \["):
+        select_time(synth.imagery, "1999-01-01")
+    with pytest.raises(RasterError, match="neither a date"):
+        select_time(synth.imagery, "last")
+    twice = synth.imagery.isel(time=[0, 0]).assign_coords(
+        time=[synth.time.values[0], synth.time.values[0] + np.timedelta64(3, "h")]
+    )
+    with pytest.raises(RasterError, match="matches 2 dates"):
+        select_time(twice, days[0])
+
+
+def test_export_of_per_band_nodata_records_one_value_or_none(tmp_path, synth):
+    img = synth.imagery.isel(time=0).fillna(0)
+    same = geoarray.export_geotiff(img.assign_attrs(nodata=[0.0] * 4), tmp_path / "same.tif")
+    mixed = geoarray.export_geotiff(img.assign_attrs(nodata=[0.0, 0.0, 0.0, 255.0]), tmp_path / "mixed.tif")
+    with rasterio.open(same) as a, rasterio.open(mixed) as b:
+        assert a.nodata == 0 and b.nodata is None  # a GeoTIFF has one nodata for all bands
