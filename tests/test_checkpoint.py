@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import stat
 
 import numpy as np
 import pytest
@@ -130,3 +132,15 @@ def test_metadata_json_is_plain(unet_ckpt):
         doc = json.loads(f.metadata()["geoarray"])
         assert all(np.asarray(f.get_tensor(k)).dtype != object for k in f.keys())
     assert doc["task"] == "segmentation"
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640)])
+def test_checkpoint_mode_follows_the_umask(tmp_path, umask, mode):
+    m = create_model("unet", in_channels=2, num_classes=2, width=4, depth=2)
+    old = os.umask(umask)
+    try:
+        p = geoarray.save_checkpoint(tmp_path / "m.safetensors", m, task="segmentation", bands=["a", "b"])
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(p.stat().st_mode) == mode
+    assert [q.name for q in tmp_path.iterdir()] == ["m.safetensors"]  # no temporary left behind
