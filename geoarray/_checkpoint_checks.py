@@ -1,5 +1,6 @@
-"""The checks a checkpoint's metadata must pass: its own types, ranges and cross-fields (no torch), and its
-agreement with the registry model it names and with the file's tensor index (on a meta-device skeleton).
+"""The checks a checkpoint must pass: its metadata's types, ranges and cross-fields (no torch), its content
+checksum, and its agreement with the registry model it names and with the file's tensor index (on a
+meta-device skeleton).
 
 :mod:`geoarray.checkpoint` runs them on every load and before every save, so save never writes what load
 refuses, and a bad file is refused with found / expected / fix before any model is built or weight read.
@@ -7,6 +8,8 @@ refuses, and a bad file is refused with found / expected / fix before any model 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -236,6 +239,22 @@ def output_spec(task: str, model: Any, classes: Sequence[str] | None, multilabel
         "variables": ["probabilities", "mask"],
         "classes": names,
     }
+
+
+# -- integrity ------------------------------------------------------------------------------------------
+def _canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def digest(doc: dict[str, Any], index: dict[str, Any], data: Any) -> str:
+    """sha256 of the document (without its checksum), the tensor index and the tensor bytes."""
+    h = hashlib.sha256(b"geoarray checkpoint\n")
+    h.update(_canonical({k: v for k, v in doc.items() if k != DIGEST}))
+    h.update(b"\n")
+    h.update(_canonical(index))
+    h.update(b"\n")
+    h.update(data)
+    return h.hexdigest()
 
 
 # -- the model behind the metadata ------------------------------------------------------------------------

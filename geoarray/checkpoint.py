@@ -35,6 +35,7 @@ from geoarray._checkpoint_checks import (
     aliases,
     build_model,
     check_model,
+    digest,
     entry_ok,
     fill,
     output_spec,
@@ -56,6 +57,13 @@ log = logging.getLogger(__name__)
 
 _KEY = "geoarray"
 _HEADER_MAX = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
+#: what a file that is not safetensors often is, by its first bytes
+_MAGIC = (
+    (b"PK\x03\x04", "it is a zip archive, as torch.save writes"),
+    (b"II*\x00", "it is a TIFF image"),
+    (b"MM\x00*", "it is a TIFF image"),
+    (b"\x89HDF", "it is an HDF5 file (Keras .h5?)"),
+)
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -101,16 +109,17 @@ def _read_header(f: IO[bytes], size: int, where: str) -> _Header:
         )
     n = int.from_bytes(head, "little")
     if n > _HEADER_MAX or 8 + n > size:
-        if head.startswith(b"PK\x03\x04"):
-            why = "it is a zip archive, as torch.save writes"
-        elif head[:1] == b"\x80" and 2 <= head[1] <= 5:
+        why = next((w for magic, w in _MAGIC if head.startswith(magic)), None)
+        if head[:1] == b"\x80" and 2 <= head[1] <= 5:
             why = "it is a Python pickle"
-        else:
-            why = f"its first 8 bytes announce a {n}-byte header, the file has {size} bytes; truncated, or not safetensors"
-        raise _not_safetensors(where, why)
+        raise _not_safetensors(
+            where,
+            why
+            or f"its first 8 bytes announce a {n}-byte header, the file has {size} bytes; truncated, or not safetensors",
+        )
     try:
         header = json.loads(f.read(n))
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise _not_safetensors(where, f"its header is not JSON: {e}") from None
     if not isinstance(header, dict):
         raise _not_safetensors(where, "its header is not a JSON object")
@@ -137,7 +146,7 @@ def _read_header(f: IO[bytes], size: int, where: str) -> _Header:
         )
     try:
         doc = json.loads(metadata[_KEY])
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, RecursionError) as e:
         raise CheckpointError(f"{where} has corrupt geoarray metadata: not JSON ({e}). {RESAVE}") from None
     validate_meta(doc, where)
     return _Header(doc=doc, index=header, data_start=8 + n)
@@ -168,21 +177,6 @@ def _open(p: Path) -> IO[bytes]:
         ) from None
 
 
-def _canonical(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
-
-
-def _digest(doc: dict[str, Any], index: dict[str, Any], data: Any) -> str:
-    """sha256 of the document (without its checksum), the tensor index and the tensor bytes."""
-    h = hashlib.sha256(b"geoarray checkpoint\n")
-    h.update(_canonical({k: v for k, v in doc.items() if k != DIGEST}))
-    h.update(b"\n")
-    h.update(_canonical(index))
-    h.update(b"\n")
-    h.update(data)
-    return h.hexdigest()
-
-
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The validated geoarray JSON document of a checkpoint, reading only the file's header (no torch).
 
@@ -201,7 +195,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, device: str = "cpu") -> Che
     path
         A file written by :func:`save_checkpoint`.
     device
-        Where to put the weights.
+        Where to put the weights: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` or ``"auto"``.
 
     Returns
     -------
@@ -217,6 +211,9 @@ def load_checkpoint(path: str | os.PathLike[str], *, device: str = "cpu") -> Che
     """
     from safetensors.torch import load
 
+    from geoarray._devices import resolve_device
+
+    device = resolve_device(device, CheckpointError)
     p = _checked_path(path)
     where = repr(str(p))
     with _open(p) as f:
@@ -233,7 +230,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, device: str = "cpu") -> Che
             "%s has no content checksum (saved by an older geoarray); its weights are not verified", where
         )
     else:
-        got = _digest(doc, hdr.index, memoryview(raw)[hdr.data_start :])
+        got = digest(doc, hdr.index, memoryview(raw)[hdr.data_start :])
         if got != want:
             raise CheckpointError(
                 f"{where} is damaged: its contents hash to sha256 {got[:16]}..., the checksum written at save "
@@ -408,7 +405,7 @@ def save_checkpoint(
     n = int.from_bytes(raw[:8], "little")
     index = json.loads(raw[8 : 8 + n])
     index.pop("__metadata__", None)
-    doc[DIGEST] = _digest(doc, index, memoryview(raw)[8 + n :])
+    doc[DIGEST] = digest(doc, index, memoryview(raw)[8 + n :])
     del raw
     text = json.dumps(doc)
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={_KEY: text}))

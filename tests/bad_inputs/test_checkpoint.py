@@ -10,8 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
+from conftest import write_tif
 from safetensors.torch import load, save, save_file
 
 import geoarray
@@ -52,13 +54,13 @@ def _rewrite(src: Path, dst: Path, *, doc: Callable | None = None, tensors: Call
     if tensors is not None:
         tensors(t)
     if isinstance(d, dict) and "content_sha256" in d and d["content_sha256"] == stored:
-        from geoarray.checkpoint import _digest
+        from geoarray._checkpoint_checks import digest
 
         body = save(t)
         n = int.from_bytes(body[:8], "little")
         index = json.loads(body[8 : 8 + n])
         index.pop("__metadata__", None)
-        d["content_sha256"] = _digest(d, index, body[8 + n :])
+        d["content_sha256"] = digest(d, index, body[8 + n :])
     save_file(t, str(dst), metadata={"geoarray": json.dumps(d)})
     return dst
 
@@ -239,6 +241,16 @@ def _text_metadata(good: Path, tmp: Path) -> Path:
     return tmp / "bad.safetensors"
 
 
+def _deep_metadata(good: Path, tmp: Path) -> Path:
+    _, t = _parts(good)
+    save_file(t, str(tmp / "bad.safetensors"), metadata={"geoarray": "[" * 100_000 + "]" * 100_000})
+    return tmp / "bad.safetensors"
+
+
+def _geotiff(good: Path, tmp: Path) -> Path:
+    return write_tif(tmp / "bad.safetensors", np.ones((2, 16, 16), dtype=np.uint16))
+
+
 def _directory(good: Path, tmp: Path) -> Path:
     d = tmp / "run"
     d.mkdir()
@@ -261,6 +273,9 @@ FILE_CASES = [
     ("a safetensors file without metadata", _plain, r"without geoarray metadata \(metadata keys: \[\]\)"),
     ("another library's safetensors", _other_library, r"without geoarray metadata \(metadata keys: \['format'\]\)"),
     ("metadata that is not JSON", _text_metadata, r"corrupt geoarray metadata: not JSON"),
+    ("metadata nested 100000 deep", _deep_metadata, r"corrupt geoarray metadata: not JSON \(maximum recursion"),
+    ("a GeoTIFF renamed", _geotiff, r"not a readable \.safetensors file \(it is a TIFF image\)"),
+    ("a character device", lambda good, tmp: Path("/dev/null"), r"no checkpoint file at '/dev/null' \(not a regular file\)"),
     ("a header that is not JSON", _bytes(_header(b"{not json}   ")), r"its header is not JSON"),
     ("a header that is a JSON list", _bytes(_header(b"[1, 2]  ")), r"its header is not a JSON object"),
     ("a header entry with negative offsets", _bytes(_header(b'{"w":{"dtype":"F32","shape":[1],"data_offsets":[-4,0]}}')), r"malformed header entry 'w'"),
@@ -293,6 +308,16 @@ def test_a_pickle_is_named_and_never_run(tmp_path, protocol):
     with pytest.raises(CheckpointError, match=r"it is a Python pickle\).*never loads pickles"):
         geoarray.load_checkpoint(bad)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("device", "match"),
+    [("gpu", r"device='gpu' is not a torch device"), ("meta", r"device='meta'; expected 'cpu', 'cuda'")]
+    + ([] if torch.cuda.is_available() else [("cuda", r"device='cuda', but torch sees no CUDA GPU here")]),
+)
+def test_a_device_torch_cannot_use(ckpt, device, match):
+    with pytest.raises(CheckpointError, match=match):
+        geoarray.load_checkpoint(ckpt, device=device)
 
 
 def test_loading_never_reaches_an_unpickler(ckpt, tmp_path, monkeypatch):
