@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import pickle
+import stat
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load, save_file
 
 import geoarray
 from geoarray.checkpoint import read_metadata
@@ -130,3 +133,98 @@ def test_metadata_json_is_plain(unet_ckpt):
         doc = json.loads(f.metadata()["geoarray"])
         assert all(np.asarray(f.get_tensor(k)).dtype != object for k in f.keys())
     assert doc["task"] == "segmentation"
+
+
+def test_checksum_at_save_and_file_sha256_for_provenance(unet_ckpt):
+    path, _ = unet_ckpt
+    ck = geoarray.load_checkpoint(path)
+    assert len(ck.meta["content_sha256"]) == 64
+    # what predict records as provenance stays the plain sha256 of the file (`sha256sum` agrees)
+    assert ck.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_flipped_bit_anywhere_is_refused(tmp_path):
+    torch.manual_seed(0)
+    m = create_model("linear", in_channels=2, num_classes=2)
+    path = geoarray.save_checkpoint(tmp_path / "m.safetensors", m, task="segmentation", bands=["a", "b"])
+    data = path.read_bytes()
+    flip = tmp_path / "flip.safetensors"
+    accepted = []
+    for i in range(len(data)):  # every byte: length prefix, tensor index, geoarray document, padding, weights
+        b = bytearray(data)
+        b[i] ^= 1 << (i % 8)
+        flip.write_bytes(b)
+        try:
+            geoarray.load_checkpoint(flip)
+            accepted.append(i)
+        except CheckpointError:
+            pass
+    assert not accepted, f"bit flips at bytes {accepted} of {len(data)} were loaded"
+
+
+def test_checkpoint_saved_before_checksums_still_loads(unet_ckpt, tmp_path):
+    path, model = unet_ckpt
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    doc = json.loads(json.loads(raw[8 : 8 + n])["__metadata__"]["geoarray"])
+    del doc["content_sha256"]
+    old = tmp_path / "old.safetensors"
+    save_file(load(raw), str(old), metadata={"geoarray": json.dumps(doc)})
+    ck = geoarray.load_checkpoint(old)  # no error, and no GeoArrayWarning (pytest makes those errors)
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(ck.model(x), model.eval()(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640)])
+def test_checkpoint_mode_follows_the_umask(tmp_path, umask, mode):
+    m = create_model("unet", in_channels=2, num_classes=2, width=4, depth=2)
+    old = os.umask(umask)
+    try:
+        p = geoarray.save_checkpoint(tmp_path / "m.safetensors", m, task="segmentation", bands=["a", "b"])
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(p.stat().st_mode) == mode
+    assert [q.name for q in tmp_path.iterdir()] == ["m.safetensors"]  # no temporary left behind
+
+
+@pytest.fixture
+def tied_model():
+    """A registered model with one weight under two names, removed from the registry afterwards."""
+    from geoarray.models import register_model
+    from geoarray.models._registry import _FACTORIES
+    from geoarray.models.base import GeoModel
+
+    class Tied(GeoModel):
+        def __init__(self, in_channels: int, num_classes: int) -> None:
+            super().__init__()
+            self.a = torch.nn.Conv2d(in_channels, in_channels, 1)
+            self.b = torch.nn.Conv2d(in_channels, in_channels, 1)
+            self.b.weight = self.a.weight
+            self.head = torch.nn.Conv2d(in_channels, num_classes, 1)
+            self.out_channels = num_classes
+
+        def forward(self, x):
+            return self.head(self.b(self.a(x)))
+
+    def tied_test(in_channels: int = 2, num_classes: int = 2) -> Tied:
+        return Tied(in_channels, num_classes)
+
+    register_model(tied_test)
+    yield "tied_test"
+    _FACTORIES.pop("tied_test")
+
+
+def test_tied_weights_are_stored_once_and_tied_again(tied_model, tmp_path):
+    from geoarray.models import create_model as build
+
+    torch.manual_seed(0)
+    m = build(tied_model)
+    p = geoarray.save_checkpoint(tmp_path / "t.safetensors", m, task="segmentation", bands=["x", "y"])
+    stored = load(p.read_bytes())
+    assert "a.weight" in stored and "b.weight" not in stored
+    ck = geoarray.load_checkpoint(p)
+    assert ck.model.a.weight is ck.model.b.weight
+    x = torch.randn(1, 2, 4, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(ck.model(x), m.eval()(x), rtol=0, atol=0)
