@@ -135,6 +135,7 @@ def get_model(path: str, sha256: str, device: str) -> Any:
     import torch
 
     from geoarray.checkpoint import load_checkpoint
+    from geoarray.errors import CheckpointError
     from geoarray.models.base import fuse_batchnorm
 
     with _LOAD_LOCK:  # one load per key, without holding the cache lock during the load
@@ -144,7 +145,10 @@ def get_model(path: str, sha256: str, device: str) -> Any:
             return model
         ck = load_checkpoint(path, device=device)
         if ck.sha256 != sha256:
-            raise RuntimeError(f"checkpoint {path} changed while predicting (sha256 differs)")
+            raise CheckpointError(
+                f"the checkpoint {path!r} changed while predicting (its sha256 differs from the one predict "
+                "started with); outputs would mix two models. Run predict again with overwrite=True."
+            )
         model = ck.model
         fuse_batchnorm(model)  # inference only: one pass less over every feature map
         if getattr(model, "input_kind", "") in ("image", "sequence"):

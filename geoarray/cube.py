@@ -16,9 +16,11 @@ from typing import Any, Literal
 
 import numpy as np
 import xarray as xr
+from zarr.codecs import ZstdCodec
 
 from geoarray._constants import DEFAULT_CHUNK
 from geoarray._progress import compute_with_progress
+from geoarray._source import naming_chunks
 from geoarray._validate import CUBE_DIMS, check_chunk, check_regular, conform_cube, transposed, validate_cube
 from geoarray.errors import CubeError, StoreError, StoreExistsError, StoreNotFoundError
 
@@ -86,18 +88,20 @@ def _open_zarr(store: str | os.PathLike[str], *, chunks: Any = None) -> xr.Datas
             "by `geoarray.write_cube` (check the path: a variable's folder inside a store is an array)."
         )
     kw: dict[str, Any] = {"decode_coords": "all", "chunks": {} if chunks is None else chunks}
-    try:
-        # v3 stores are not consolidated; v2 stores may be. Try the fast path first, quietly.
-        return xr.open_zarr(path, consolidated=False, **kw)
-    except Exception as e:  # zarr raises several unrelated types for "not a store"
-        try:
+    # arrays opened here name the chunk they cannot decode (store, variable, chunk), also on dask workers
+    with naming_chunks():
+        try:  # v3 stores are not consolidated: the fast path first
+            return xr.open_zarr(path, consolidated=False, **kw)
+        except Exception as e:  # zarr raises several unrelated types for "not a store"
+            first = e
+        try:  # v2 stores may be consolidated
             return xr.open_zarr(path, consolidated=True, **kw)
-        except Exception:
-            pass
-        raise StoreError(
-            f"{str(path)!r} is not a readable Zarr store ({type(e).__name__}: {e}). "
-            "Expected a directory written by `geoarray.write_cube` or `xarray.Dataset.to_zarr`."
-        ) from None
+        except Exception as e:  # report the first failure, the one about the v3 layout
+            log.debug("opening %s as a consolidated v2 store failed too: %s", path, e)
+    raise StoreError(
+        f"{str(path)!r} is not a readable Zarr store ({type(first).__name__}: {first}). "
+        "Expected a directory written by `geoarray.write_cube` or `xarray.Dataset.to_zarr`."
+    )
 
 
 def _zarr_node_type(path: Path) -> str | None:
@@ -186,7 +190,8 @@ def _encoding_for(ds: xr.Dataset, chunk: int) -> dict[str, dict[str, Any]]:
         if not {"y", "x"} <= set(map(str, da.dims)):
             continue
         sc = storage_chunks(da, chunk=chunk)
-        enc[str(name)] = {"chunks": tuple(sc[d] for d in da.dims)}
+        # zstd's own checksum: a damaged chunk is refused (and named) instead of decoding to wrong values
+        enc[str(name)] = {"chunks": tuple(sc[d] for d in da.dims), "compressors": [ZstdCodec(level=3, checksum=True)]}
     return enc
 
 
@@ -378,39 +383,3 @@ def _append(ds: xr.Dataset, path: Path, *, var: str, chunk: int, progress: bool)
     )
     compute_with_progress(job, enabled=progress, desc=f"adding {', '.join(new_vars)}")
     return sorted(new_vars)
-
-
-def cube_summary(ds: xr.Dataset, *, var: str = "imagery") -> str:
-    """A short human-readable description of a cube (what ``geoarray info`` prints)."""
-    da = ds[var]
-    lines = [f"imagery variable : {var} {dict(da.sizes)} {da.dtype}"]
-    times = ds["time"].values
-    if times.size:
-        dates = [str(np.datetime_as_string(t, unit="D")) for t in times]
-        lines.append(
-            f"dates            : {len(dates)}: {', '.join(dates[:6])}{' ...' if len(dates) > 6 else ''}"
-        )
-    lines.append(f"bands            : {', '.join(map(str, ds['band'].values))}")
-    crs = ds.rio.crs
-    lines.append(f"crs              : {crs.to_string() if crs else None}")
-    try:
-        res = ds.rio.resolution()
-        b = ds.rio.bounds()
-        lines.append(f"resolution       : {abs(res[0]):g} x {abs(res[1]):g}")
-        lines.append(f"bounds           : {', '.join(f'{v:.2f}' for v in b)}")
-    except Exception:  # a 1-pixel axis has no resolution; keep info usable
-        pass
-    if da.chunks:
-        lines.append(f"chunks           : {dict(zip(da.dims, (c[0] for c in da.chunks), strict=True))}")
-    if "sensor" in ds.coords:
-        lines.append(f"sensors          : {sorted(set(map(str, ds['sensor'].values)))}")
-    lines.append("variables        :")
-    width = max([15, *(len(str(n)) + 1 for n in ds.data_vars)])
-    for name, v in sorted(ds.data_vars.items(), key=lambda kv: str(kv[0])):
-        extra = ""
-        if "classes" in v.attrs:
-            extra = f" classes={list(v.attrs['classes'])}"
-        if v.attrs.get("geoarray_complete") is False:
-            extra += "  (partial: an interrupted predict; run it again to finish)"
-        lines.append(f"  {name!s:<{width}s}{tuple(map(str, v.dims))} {v.dtype}{extra}")
-    return "\n".join(lines)

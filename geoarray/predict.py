@@ -26,7 +26,7 @@ from geoarray._constants import MASK_NODATA, MASK_NODATA_WIDE
 from geoarray._inference import RunSpec, clear_caches
 from geoarray._preprocess import date_features
 from geoarray._writer import write_to_store
-from geoarray.checkpoint import file_sha256, read_metadata
+from geoarray.checkpoint import load_checkpoint
 from geoarray.cube import DEFAULT_CHUNK, conform_cube
 from geoarray.errors import BandError, PredictError
 
@@ -158,8 +158,8 @@ def predict(
     threshold = float(threshold)
     device = _device(device)
     path = str(Path(ckpt).resolve())
-    meta = read_metadata(path)
-    sha = file_sha256(path)
+    ck = load_checkpoint(path)  # validates metadata, weights and checksum now, not inside the tasks
+    meta, sha = ck.meta, ck.sha256
     out_spec, in_spec = meta["output"], meta["input"]
     kind = out_spec["kind"]
     if kind == "classification":

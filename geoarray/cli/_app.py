@@ -74,3 +74,40 @@ def split_dates(value: str | None, flag: str) -> list[str] | None:
                 f"{flag}: {d!r} is not an ISO date; expected YYYY-MM-DD (e.g. 2020-01-02), which is never ambiguous."
             )
     return items
+
+
+def cube_summary(ds: Any, *, var: str = "imagery") -> str:
+    """A short human-readable description of a cube (what ``geoarray info`` prints)."""
+    import numpy as np
+    da = ds[var]
+    lines = [f"imagery variable : {var} {dict(da.sizes)} {da.dtype}"]
+    times = ds["time"].values
+    if times.size:
+        dates = [str(np.datetime_as_string(t, unit="D")) for t in times]
+        lines.append(
+            f"dates            : {len(dates)}: {', '.join(dates[:6])}{' ...' if len(dates) > 6 else ''}"
+        )
+    lines.append(f"bands            : {', '.join(map(str, ds['band'].values))}")
+    crs = ds.rio.crs
+    lines.append(f"crs              : {crs.to_string() if crs else None}")
+    try:
+        res = ds.rio.resolution()
+        b = ds.rio.bounds()
+        lines.append(f"resolution       : {abs(res[0]):g} x {abs(res[1]):g}")
+        lines.append(f"bounds           : {', '.join(f'{v:.2f}' for v in b)}")
+    except Exception:  # a 1-pixel axis has no resolution; keep info usable
+        pass
+    if da.chunks:
+        lines.append(f"chunks           : {dict(zip(da.dims, (c[0] for c in da.chunks), strict=True))}")
+    if "sensor" in ds.coords:
+        lines.append(f"sensors          : {sorted(set(map(str, ds['sensor'].values)))}")
+    lines.append("variables        :")
+    width = max([15, *(len(str(n)) + 1 for n in ds.data_vars)])
+    for name, v in sorted(ds.data_vars.items(), key=lambda kv: str(kv[0])):
+        extra = ""
+        if "classes" in v.attrs:
+            extra = f" classes={list(v.attrs['classes'])}"
+        if v.attrs.get("geoarray_complete") is False:
+            extra += "  (partial: an interrupted predict; run it again to finish)"
+        lines.append(f"  {name!s:<{width}s}{tuple(map(str, v.dims))} {v.dtype}{extra}")
+    return "\n".join(lines)

@@ -7,11 +7,11 @@ from typing import Annotated, Any
 
 import typer
 
-from geoarray.cli._app import _friendly, ingest_app, split_dates, split_list
+from geoarray.cli._app import _friendly, cube_summary, ingest_app, split_dates, split_list
 
 
 def _write(ds: Any, out: Path, overwrite: bool) -> None:
-    from geoarray.cube import cube_summary, write_cube
+    from geoarray.cube import write_cube
 
     write_cube(ds, out, mode="w" if overwrite else "w-", progress=True)
     typer.echo(cube_summary(ds))

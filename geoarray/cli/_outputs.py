@@ -7,14 +7,14 @@ from typing import Annotated, Any
 
 import typer
 
-from geoarray.cli._app import Store, _friendly, app
+from geoarray.cli._app import Store, _friendly, app, cube_summary
 
 
 @app.command()
 @_friendly
 def info(store: Store, var: Annotated[str, typer.Option(help="Imagery variable.")] = "imagery") -> None:
     """Print a cube's dims, bands, dates, CRS, chunking and variables."""
-    from geoarray.cube import cube_summary, open_cube
+    from geoarray.cube import open_cube
 
     ds = open_cube(store, var=var)
     typer.echo(f"store            : {store}")
