@@ -16,3 +16,6 @@ MASK_NODATA_WIDE = 65535
 
 DEFAULT_CHUNK = 512
 """Spatial chunk size (y and x) of cubes geoarray writes."""
+
+COMPLETE = "geoarray_complete"
+"""Attr of predict's outputs in a store: False until every chunk is written (a killed run leaves it False)."""

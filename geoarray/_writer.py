@@ -2,6 +2,7 @@
 
 Variables are created first with ``geoarray_complete = False``; each block's task writes its chunks; the flag
 turns True when every chunk is there. A run that is killed and started again writes only the missing chunks.
+Every check that could refuse the write runs before anything in the store changes.
 """
 
 from __future__ import annotations
@@ -10,27 +11,122 @@ import logging
 import os
 import shutil
 import uuid
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import dask.array as dsa
+import numpy as np
 import xarray as xr
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
 from geoarray import _inference
+from geoarray._constants import COMPLETE
 from geoarray._progress import compute_with_progress
 from geoarray.cube import _grid_mismatch, _open_zarr
 from geoarray.errors import StoreError, StoreExistsError, StoreNotFoundError
 
-__all__ = ["COMPLETE", "write_to_store"]
+__all__ = ["COMPLETE", "WriteReport", "dim_clashes", "partial_outputs", "write_to_store"]
 
 log = logging.getLogger(__name__)
 
-COMPLETE = "geoarray_complete"
+GRID_DIMS = ("time", "y", "x")
 
 
-# ------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class WriteReport:
+    """What one predict run did to a store (every output shares the block grid, so counts are per variable)."""
+
+    store: str
+    created: tuple[str, ...]
+    replaced: tuple[str, ...]
+    resumed: tuple[str, ...]
+    blocks_written: int
+    blocks_present: int
+
+    @property
+    def variables(self) -> tuple[str, ...]:
+        return tuple(sorted((*self.created, *self.replaced, *self.resumed)))
+
+    def summary(self) -> str:
+        """One line for people: which variables, and how many chunks this run wrote vs found already there."""
+        parts = []
+        for verb, names in (("new", self.created), ("replaced", self.replaced), ("resumed", self.resumed)):
+            if names:
+                parts.append(f"{', '.join(sorted(names))} ({verb})")
+        total = self.blocks_written + self.blocks_present
+        chunks = f"{self.blocks_written} of {total} chunks each"
+        if self.blocks_present:
+            chunks += f" ({self.blocks_present} were already there)"
+        return f"{'; '.join(parts)} to {self.store}: {chunks}"
+
+
+def partial_outputs(ds: xr.Dataset) -> list[str]:
+    """Output variables of ``ds`` whose predict run has not finished (``geoarray_complete`` is False).
+
+    Their missing chunks read as nodata (masks) or NaN (floats); scores or exports of them describe only the
+    part that was written. Run the same ``predict(..., store=...)`` again to finish them.
+    """
+    return sorted(str(n) for n, v in ds.data_vars.items() if v.attrs.get(COMPLETE) is False)
+
+
+def _labels(new: Mapping[str, xr.DataArray], dim: str) -> list[str] | None:
+    for v in new.values():
+        if dim in v.coords:
+            return [str(c) for c in np.asarray(v[dim].values).ravel()]
+    return None
+
+
+def dim_clashes(
+    existing: xr.Dataset, new: Mapping[str, xr.DataArray], replaced: Collection[str]
+) -> tuple[list[str], list[str]]:
+    """Non-grid dims (``class``, ``feature``, ...) of ``new`` that ``existing`` has with another size or labels.
+
+    Returns the problems (dims still used by a variable that stays) and the dims whose only users are being
+    replaced (their coordinate must be rewritten). A Zarr store or Dataset holds one size per dim name: a
+    clash left in a store makes every later ``open_cube`` fail.
+    """
+    problems, rewrite = [], []
+    dims = sorted({str(d) for v in new.values() for d in v.dims if d not in GRID_DIMS})
+    for dim in dims:
+        if dim in existing.data_vars:
+            problems.append(f"{dim!r} is a dim of the new outputs and a data variable of the store")
+            continue
+        if dim not in existing.dims and dim not in existing.coords:
+            continue
+        size = next(v.sizes[dim] for v in new.values() if dim in v.dims)
+        old_size = existing.sizes.get(dim, existing[dim].size if dim in existing.coords else None)
+        old = [str(c) for c in np.asarray(existing[dim].values).ravel()] if dim in existing.coords else None
+        lab = _labels(new, dim)
+        if old_size == size and (old is None or lab is None or old == lab):
+            continue
+        users = sorted(str(n) for n, v in existing.data_vars.items() if dim in v.dims and n not in replaced)
+        if not users:
+            rewrite.append(dim)
+            continue
+        problems.append(
+            f"dim {dim!r} would have {size} entries {lab} but has {old_size} {old} there (used by {users})"
+        )
+    return problems, rewrite
+
+
+def _is_output(attrs: Mapping[str, Any]) -> bool:
+    return "checkpoint_sha256" in attrs
+
+
+def _fill_value(dtype: np.dtype, attrs: Mapping[str, Any]) -> Any:
+    """Zarr fill value = the output's nodata, so a chunk never written (killed run, lost file) reads as nodata.
+
+    Set as the array's ``fill_value`` (zarr v3), not as the CF ``_FillValue``: xarray would decode a masked
+    uint8 mask to float with NaN.
+    """
+    if dtype.kind == "f":
+        return np.nan
+    return dtype.type(attrs["nodata"])
+
+
 def write_to_store(
     new: dict[str, xr.DataArray],
     arrays: list[dsa.Array],
@@ -40,7 +136,7 @@ def write_to_store(
     *,
     overwrite: bool,
     progress: bool,
-) -> None:
+) -> WriteReport:
     import zarr
 
     root = Path(store)
@@ -54,37 +150,32 @@ def write_to_store(
         raise StoreError(
             f"cannot write outputs into {str(root)!r}: {problem}. Predict on the cube opened from it."
         )
+    create, replace, resume = _plan(existing, new, root, sha, overwrite=overwrite)
+    problems, rewrite = dim_clashes(existing, new, replace)
+    if problems:
+        raise StoreError(
+            f"cannot write {sorted(new)} into {str(root)!r}: {'; '.join(problems)}. A store holds one size per "
+            "dim name, and this write would leave it unreadable. Pass prefix= (e.g. prefix='change_'): the "
+            "outputs then get their own dims ('change_class', 'change_feature') beside the others."
+        )
     _check_writable(root)
 
-    to_create, resume = [], []
-    for name in new:
-        if name in existing.variables:
-            attrs = existing[name].attrs
-            same = attrs.get("checkpoint_sha256") == sha
-            if overwrite:
-                shutil.rmtree(root / name)
-                to_create.append(name)
-            elif not attrs.get(COMPLETE, True) and same:
-                resume.append(name)
-            elif attrs.get(COMPLETE, True):
-                raise StoreExistsError(
-                    f"{name!r} already exists in {str(root)!r}; pass overwrite=True to replace it, or prefix= to "
-                    "write beside it."
-                )
-            else:
-                raise StoreExistsError(
-                    f"{name!r} in {str(root)!r} is a partial output of another checkpoint; pass overwrite=True."
-                )
-        else:
-            to_create.append(name)
+    for name in (*replace, *rewrite):  # every check passed: now the store changes
+        if (root / name).exists():
+            shutil.rmtree(root / name)
+    to_create = [*create, *replace]
     if to_create:
         ds = xr.Dataset({n: new[n] for n in to_create})
         for n in to_create:
             ds[n].attrs[COMPLETE] = False
-            ds[n].encoding = {"chunks": tuple(c[0] for c in ds[n].data.chunks)}
+            ds[n].encoding = {
+                "chunks": tuple(c[0] for c in ds[n].data.chunks),
+                "fill_value": _fill_value(ds[n].dtype, ds[n].attrs),
+            }
             if "spatial_ref" in ds.coords:
                 ds[n].encoding["grid_mapping"] = "spatial_ref"
-        ds = ds.drop_vars([c for c in ds.coords if c in existing.variables])
+        kept = set(existing.variables) - set(replace) - set(rewrite)
+        ds = ds.drop_vars([c for c in ds.coords if c in kept])
         ds.attrs = dict(existing.attrs)  # xarray rewrites the group attrs: keep them byte-identical
         # compute=False writes only the metadata now; the chunks are written by our own tasks below
         ds.to_zarr(root, mode="a", zarr_format=3, consolidated=False, compute=False)
@@ -92,6 +183,83 @@ def write_to_store(
         log.info("resuming %s in %s", resume, root)
 
     names = list(new)
+    written, present = _write_blocks(names, arrays, blocks, root, progress=progress)
+    missing = [n for n in names if not _all_chunks(zarr.open_array(str(root / n), mode="r"), root / n)]
+    if missing:  # e.g. another process replaced the variable meanwhile: never mark holes complete
+        raise StoreError(
+            f"{missing} in {str(root)!r} still lack chunks after this run; run the same predict again to finish them."
+        )
+    for n in names:
+        zarr.open_array(str(root / n), mode="r+").attrs.update({COMPLETE: True})
+    return WriteReport(str(root), tuple(create), tuple(replace), tuple(resume), written, present)
+
+
+def _plan(
+    existing: xr.Dataset, new: Mapping[str, xr.DataArray], root: Path, sha: str, *, overwrite: bool
+) -> tuple[list[str], list[str], list[str]]:
+    """Which outputs to create, replace and resume; refuses the rest (nothing is changed here)."""
+    create, replace, resume = [], [], []
+    where = str(root)
+    for name, da in new.items():
+        if name not in existing.variables:
+            create.append(name)
+            continue
+        if name not in existing.data_vars or not _is_output(existing[name].attrs):
+            raise StoreExistsError(
+                f"{name!r} exists in {where!r} and was not written by predict (no checkpoint_sha256 attr); "
+                "overwrite=True replaces only predict outputs. Pass prefix= (e.g. prefix='m2_') to write "
+                "beside it."
+            )
+        attrs = existing[name].attrs
+        complete = attrs.get(COMPLETE, True)
+        if overwrite:
+            replace.append(name)
+        elif complete:
+            other = (
+                ""
+                if attrs.get("checkpoint_sha256") == sha
+                else f" by another checkpoint ({attrs.get('checkpoint')})"
+            )
+            raise StoreExistsError(
+                f"{name!r} already exists in {where!r}{other}; pass overwrite=True to replace it, or prefix= "
+                "(e.g. prefix='m2_') to write beside it."
+            )
+        elif attrs.get("checkpoint_sha256") != sha:
+            raise StoreExistsError(
+                f"{name!r} in {where!r} is a partial output of another checkpoint ({attrs.get('checkpoint')}); "
+                "pass overwrite=True to replace it, or prefix= to write beside it."
+            )
+        else:
+            _check_resumable(existing[name], da, name, where)
+            resume.append(name)
+    return create, replace, resume
+
+
+def _check_resumable(old: xr.DataArray, da: xr.DataArray, name: str, where: str) -> None:
+    """A resumed run must write the same array: same dims, dtype and chunk grid (chunks are skipped by key)."""
+    old_chunks = old.encoding.get("chunks") or tuple(c[0] for c in old.chunks or ())
+    new_chunks = tuple(c[0] for c in da.data.chunks)
+    found = (tuple(map(str, old.dims)), str(old.dtype), tuple(old_chunks))
+    want = (tuple(map(str, da.dims)), str(da.dtype), new_chunks)
+    if found != want:
+        raise StoreExistsError(
+            f"{name!r} in {where!r} is a partial output of this checkpoint with dims/dtype/chunks {found}, but "
+            f"this run makes {want}. Resume with the same options (dtype=, halo=, the cube's own chunks), or "
+            "pass overwrite=True to start it again."
+        )
+
+
+def _write_blocks(
+    names: list[str],
+    arrays: list[dsa.Array],
+    blocks: list[tuple[Any, list[Any]]],
+    root: Path,
+    *,
+    progress: bool,
+) -> tuple[int, int]:
+    """Run the blocks whose chunks are missing and write them; returns (blocks written, blocks already there)."""
+    import zarr
+
     token = uuid.uuid4().hex
     zarrays = {n: zarr.open_array(str(root / n), mode="r") for n in names}
     write_name = "geoarray-write-" + token
@@ -112,6 +280,7 @@ def write_to_store(
         dsk[(write_name, *run_key[1:])] = (_inference.write_block, run_key, targets)
     if skipped:
         log.info("%d blocks already written; computing the other %d", skipped, len(dsk))
+    written = len(dsk)
     if dsk:
         dsk[write_name] = (_inference.count, *list(dsk))
         run_layer = arrays[0].dask  # holds the run_block layer and everything it reads
@@ -120,8 +289,7 @@ def write_to_store(
             {**run_layer.dependencies, write_name: {run_key[0] for run_key, _ in blocks[:1]}},
         )
         compute_with_progress(Delayed(write_name, g), enabled=progress, desc="predict")
-    for n in names:
-        zarr.open_array(str(root / n), mode="r+").attrs.update({COMPLETE: True})
+    return written, skipped
 
 
 def _check_writable(root: Path) -> None:
@@ -133,10 +301,17 @@ def _check_writable(root: Path) -> None:
     except OSError as e:
         raise StoreError(
             f"the store {str(root)!r} is not writable ({e.strerror or e}); predict(store=...) writes its outputs "
-            "there. Fix the permissions, or pass store= a writable copy (geoarray predict --output NEW.zarr)."
+            "there. Fix the permissions, or write into a copy (CLI: geoarray predict STORE --output NEW.zarr)."
         ) from None
 
 
 def _chunk_exists(z: Any, folder: Path, coords: tuple[int, ...]) -> bool:
     key = z.metadata.encode_chunk_key(coords)
     return (folder / key).exists()
+
+
+def _all_chunks(z: Any, folder: Path) -> bool:
+    import itertools
+
+    grid = [range(-(-s // c)) for s, c in zip(z.shape, z.chunks, strict=True)]
+    return all(_chunk_exists(z, folder, tuple(idx)) for idx in itertools.product(*grid))

@@ -13,6 +13,7 @@ import logging
 import math
 import numbers
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -25,12 +26,12 @@ from geoarray._blocks import MIN_BLOCK, TINY, aligned, build_graph, direct_sourc
 from geoarray._constants import MASK_NODATA, MASK_NODATA_WIDE
 from geoarray._inference import RunSpec, clear_caches
 from geoarray._preprocess import date_features
-from geoarray._writer import write_to_store
+from geoarray._writer import WriteReport, dim_clashes, partial_outputs, write_to_store
 from geoarray.checkpoint import load_checkpoint
 from geoarray.cube import DEFAULT_CHUNK, conform_cube
 from geoarray.errors import BandError, PredictError
 
-__all__ = ["clear_caches", "predict"]
+__all__ = ["clear_caches", "partial_outputs", "predict"]
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,11 @@ def _check_options(batch_size: Any, dtype: Any, threshold: Any, prefix: Any) -> 
         raise PredictError(f"dtype={dtype!r}; expected 'float32' or 'float16' (half the storage).")
     if not isinstance(threshold, numbers.Real) or not 0.0 < float(threshold) < 1.0:
         raise PredictError(f"threshold={threshold!r}; expected a probability strictly between 0 and 1.")
-    if not isinstance(prefix, str):
-        raise PredictError(f"prefix={prefix!r}; expected a string such as 's2_'.")
+    if not isinstance(prefix, str) or (prefix and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", prefix)):
+        raise PredictError(
+            f"prefix={prefix!r}; expected a string of letters, digits, '_', '.' or '-' that starts with a letter "
+            "or digit, such as 's2_' (it starts variable and dim names in a Zarr store)."
+        )
 
 
 def predict(
@@ -109,12 +113,15 @@ def predict(
         Which outputs to make: for segmentation ``["probabilities", "mask"]`` (default both), for feature
         models ``["features"]``.
     prefix
-        Prefix of the output names, e.g. ``"s2_"`` so per-sensor checkpoints write side by side.
+        Prefix of the output names and of their class/feature dim, e.g. ``"change_"`` gives
+        ``change_probabilities(time, change_class, y, x)``, so models with other classes or feature sizes
+        write side by side in one store.
     store
         A Zarr cube to write the outputs into, chunk by chunk. Only the new variables are written; a run that
-        was killed resumes where it stopped when called again.
+        was killed resumes where it stopped when called again. Until it finishes, the outputs' attr
+        ``geoarray_complete`` is False (see :func:`partial_outputs`) and unwritten chunks read as nodata/NaN.
     overwrite
-        Replace output variables that already exist in ``store``.
+        Replace output variables that a previous predict wrote in ``store`` (never other variables).
     dtype
         Float dtype of probabilities/features (``"float16"`` halves storage).
     threshold
@@ -127,8 +134,9 @@ def predict(
     xarray.Dataset
         ``cube`` with the outputs (lazy), or with ``store`` the store reopened (outputs read from disk).
         Segmentation: ``probabilities(time, class, y, x)`` and ``mask(time, y, x)`` (``mask(time, class, y, x)``
-        for multi-label models; nodata 255). Feature models: ``features(time, feature, y, x)``. Models that
-        consume the whole series drop ``time``. Invalid input pixels give NaN / nodata. Attrs record the
+        for multi-label models; nodata 255, or 65535 for uint16 masks of 255+ classes). Feature models:
+        ``features(time, feature, y, x)``. With ``prefix``, names and the class/feature dim are prefixed.
+        Models that consume the whole series drop ``time``. Invalid input pixels give NaN / nodata. Attrs record the
         checkpoint sha256, model and geoarray version.
 
     Raises
@@ -137,7 +145,11 @@ def predict(
         The cube lacks a band the checkpoint needs.
     PredictError
         Chunks that don't fit the model (time chunked for a time-series model, chunks smaller than the halo),
-        a chip classifier, or outputs that exist in ``store`` without ``overwrite=True``.
+        a chip classifier, or outputs whose class/feature dim clashes with the cube's (pass ``prefix``).
+    StoreError
+        ``store`` is missing, not writable, on another grid, holds the outputs already (without
+        ``overwrite=True``), or a dim of the same name with another size (pass ``prefix``). Checked before
+        anything is written.
     CheckpointError
         ``ckpt`` is not a geoarray checkpoint.
 
@@ -152,6 +164,40 @@ def predict(
     >>> out = geoarray.predict(geoarray.open_cube("site.zarr"), "model.safetensors", store="site.zarr")  # doctest: +SKIP
     >>> out.mask.isel(time=0).plot()  # doctest: +SKIP
     """
+    return _predict(
+        cube,
+        ckpt,
+        var=var,
+        halo=halo,
+        batch_size=batch_size,
+        device=device,
+        outputs=outputs,
+        prefix=prefix,
+        store=store,
+        overwrite=overwrite,
+        dtype=dtype,
+        threshold=threshold,
+        progress=progress,
+    )[0]
+
+
+def _predict(
+    cube: xr.Dataset,
+    ckpt: str | os.PathLike[str],
+    *,
+    var: str,
+    halo: int | Literal["auto"],
+    batch_size: int | None,
+    device: str,
+    outputs: Sequence[str] | None,
+    prefix: str,
+    store: str | os.PathLike[str] | None,
+    overwrite: bool,
+    dtype: Literal["float32", "float16"],
+    threshold: float,
+    progress: bool,
+) -> tuple[xr.Dataset, WriteReport | None]:
+    """:func:`predict`, plus what it wrote into ``store`` (the CLI reports it)."""
     cube = conform_cube(cube, var=var)  # dims by name: another order is transposed (lazily)
     _check_options(batch_size, dtype, threshold, prefix)
     dtype = np.dtype(dtype).name  # type: ignore[assignment]  # np.float16, "f2", ... -> "float16"
@@ -163,11 +209,15 @@ def predict(
     out_spec, in_spec = meta["output"], meta["input"]
     kind = out_spec["kind"]
     if kind == "classification":
+        chip = meta.get("training", {}).get("chip_size") or "N"
         raise PredictError(
-            f"{Path(path).name} is a chip classifier (task {meta['task']!r}): it gives one label per chip, not per "
-            "pixel, and predict writes per-pixel outputs. Apply it to chips yourself: `model = "
-            "geoarray.load_checkpoint(ckpt).model`, cut windows with `geoarray.plan_chips(cube, chip_size=...)` and "
-            "normalise with the checkpoint's meta['input'] mean/std; or train a segmentation model for per-pixel maps."
+            f"{Path(path).name} is a chip classifier (task {meta['task']!r}): it gives one label per chip of {chip} "
+            "px, and predict writes per-pixel maps. Classify chips with the model itself: `ck = "
+            f"geoarray.load_checkpoint(ckpt)`; windows `w` of `geoarray.plan_chips(cube, chip_size={chip}, "
+            "val_fraction=0, labels=None).train`; for each, the bands ck.meta['input']['bands'] at times w.t, "
+            "rows w.y:w.y+w.size, cols w.x:w.x+w.size, normalised (x * scale - mean) / std with "
+            "ck.meta['input'] (NaN set to 0); `ck.model(x).argmax(1)` indexes ck.meta['output']['classes']. For "
+            "per-pixel maps, train task='segmentation' instead."
         )
     input_kind = in_spec.get("kind", "image")
     stride = int(meta.get("stride", 1))
@@ -247,15 +297,28 @@ def predict(
         threshold=threshold,
         batch_size=None if batch_size is None else int(batch_size),
         norm=(tuple(in_spec["mean"]), tuple(in_spec["std"]), float(in_spec.get("scale", 1.0))),
+        bands=tuple(needed),
     )
     arrays, blocks = build_graph(data, valid, (ych, xch), spec, h, run_times, dates, direct=direct)
     new = _wrap(arrays, cube, wanted, spec, meta, prefix, Path(path).name)
     if store is None:
-        return cube.assign(new)
-    write_to_store(new, arrays, blocks, store, sha, overwrite=overwrite, progress=progress)
+        return _assign(cube, new), None
+    report = write_to_store(new, arrays, blocks, store, sha, overwrite=overwrite, progress=progress)
     from geoarray.cube import open_cube
 
-    return open_cube(store, var=var)
+    return open_cube(store, var=var), report
+
+
+def _assign(cube: xr.Dataset, new: dict[str, xr.DataArray]) -> xr.Dataset:
+    """``cube`` with the outputs; outputs it already has are replaced, with their class/feature dim."""
+    replaced = [n for n in new if n in cube.variables]
+    problems, rewrite = dim_clashes(cube, new, replaced)
+    if problems:  # xarray would align the new outputs to the old labels: all-NaN outputs, no error
+        raise PredictError(
+            f"the cube already has outputs on other labels: {'; '.join(problems)}. Pass prefix= (e.g. "
+            "prefix='change_'): the outputs then get their own dims ('change_class', 'change_feature')."
+        )
+    return cube.drop_vars([*replaced, *(d for d in rewrite if d in cube.variables)]).assign(new)
 
 
 def _resolve_halo(halo: int | str, meta: dict[str, Any], stride: int, input_kind: str) -> int:
@@ -307,20 +370,19 @@ def _wrap(
     result = {}
     for arr, out in zip(arrays, wanted, strict=True):
         has_k = out != "mask" or spec.kind == "multilabel"
-        kdim = "feature" if out == "features" else "class"
+        # prefixed outputs get their own dim: models with other class lists / feature sizes sit side by side
+        kdim = prefix + ("feature" if out == "features" else "class")
         dims = (("time",) if has_time else ()) + ((kdim,) if has_k else ()) + ("y", "x")
         c = dict(coords)
         if has_k:
             c[kdim] = (
                 np.asarray(out_spec["classes"], dtype=object)
-                if kdim == "class"
+                if out != "features"
                 else np.arange(spec.channels)
             )
         attrs = dict(provenance)
         if out == "mask":
-            attrs.update(
-                nodata=spec.nodata, classes=list(out_spec["classes"]), long_name="predicted class"
-            )
+            attrs.update(nodata=spec.nodata, classes=list(out_spec["classes"]), long_name="predicted class")
         elif out == "probabilities":
             attrs.update(classes=list(out_spec["classes"]), long_name="class probability")
         else:
@@ -328,5 +390,3 @@ def _wrap(
         da = xr.DataArray(arr, dims=dims, coords=c, attrs=attrs)
         result[f"{prefix}{out}"] = da
     return result
-
-

@@ -15,6 +15,7 @@ import geoarray
 from geoarray.checkpoint import read_metadata
 from geoarray.datasets import synthetic_cube
 from geoarray.errors import BandError, PredictError, StoreExistsError
+from geoarray.predict import partial_outputs
 
 CLASSES = ["water", "forest", "field", "urban", "new_building"]
 
@@ -357,3 +358,110 @@ def test_options_accept_numpy_forms(tmp_path, cube):
     ckpt = make_checkpoint(tmp_path / "m.safetensors", num_classes=5, classes=CLASSES, width=4, depth=3)
     out = geoarray.predict(cube, ckpt, dtype=np.float16, threshold=np.float32(0.5), batch_size=np.int64(2))
     assert out.probabilities.dtype == np.float16
+
+
+# -- several models in one store, nodata fill, partial outputs (issue 8) -----------------------------------
+@pytest.mark.parametrize(
+    ("kind", "first", "second"),
+    [
+        (
+            "segmentation",
+            {"num_classes": 5, "classes": CLASSES},
+            {"num_classes": 2, "classes": ["stable", "change"]},
+        ),
+        ("features", {"num_classes": 8}, {"num_classes": 4}),
+    ],
+)
+def test_prefixed_outputs_of_two_models_share_a_store(tmp_path, cube, kind, first, second):
+    task = "segmentation" if kind == "segmentation" else "features"
+    a = make_checkpoint(tmp_path / "a.safetensors", task=task, width=4, depth=3, **first)
+    b = make_checkpoint(tmp_path / "b.safetensors", task=task, width=4, depth=3, seed=1, **second)
+    store = tmp_path / "c.zarr"
+    geoarray.write_cube(cube, store, chunk=64)
+    geoarray.predict(geoarray.open_cube(store), a, store=store)
+    out = geoarray.predict(geoarray.open_cube(store), b, store=store, prefix="change_")
+    reopened = geoarray.open_cube(store)  # failed with "conflicting sizes for dimension 'class'"
+    var, dim = ("probabilities", "class") if kind == "segmentation" else ("features", "feature")
+    assert reopened[var].sizes[dim] == first["num_classes"]
+    assert reopened[f"change_{var}"].dims == ("time", f"change_{dim}", "y", "x")
+    assert reopened[f"change_{var}"].sizes[f"change_{dim}"] == second["num_classes"]
+    if kind == "segmentation":
+        assert list(reopened["change_class"].values) == ["stable", "change"]
+        assert list(reopened["class"].values) == CLASSES
+    ref = geoarray.predict(cube, b, prefix="change_")  # in memory: the same names and values
+    np.testing.assert_allclose(out[f"change_{var}"].values, ref[f"change_{var}"].values, atol=1e-6)
+
+
+def _multilabel_labels(cube, classes=("road", "roof", "tree")):
+    lab = np.arange(len(classes))[:, None, None] == (cube.labels.isel(time=0) % len(classes)).values[None]
+    return cube.assign(
+        labels=(("class", "y", "x"), lab.astype("uint8"), {"classes": list(classes), "nodata": 255})
+    ).assign_coords({"class": list(classes)})
+
+
+def test_a_clashing_class_dim_is_refused_before_writing(tmp_path, cube):
+    c = _multilabel_labels(cube)  # the cube's own multi-label labels(class=3, y, x)
+    ckpt = make_checkpoint(tmp_path / "a.safetensors", num_classes=5, classes=CLASSES, width=4, depth=3)
+    store = tmp_path / "c.zarr"
+    geoarray.write_cube(c, store, chunk=64)
+    before = tree_digest(store)
+    with pytest.raises(
+        geoarray.errors.StoreError, match=r"dim 'class' would have 5 .*has 3 .*\['labels'\].*prefix="
+    ):
+        geoarray.predict(geoarray.open_cube(store), ckpt, store=store)
+    assert tree_digest(store) == before
+    with pytest.raises(PredictError, match=r"dim 'class' would have 5 .*prefix="):
+        geoarray.predict(c, ckpt)  # in memory, xarray would have aligned the outputs to 3 labels
+    out = geoarray.predict(geoarray.open_cube(store), ckpt, store=store, prefix="lc_")
+    assert out.lc_probabilities.sizes["lc_class"] == 5 and out.labels.sizes["class"] == 3
+
+
+def test_overwrite_with_another_class_list_rewrites_the_class_dim(tmp_path, cube):
+    a = make_checkpoint(tmp_path / "a.safetensors", num_classes=5, classes=CLASSES, width=4, depth=3)
+    b = make_checkpoint(
+        tmp_path / "b.safetensors", num_classes=2, classes=["stable", "change"], width=4, depth=3
+    )
+    store = tmp_path / "c.zarr"
+    geoarray.write_cube(cube, store, chunk=64)
+    geoarray.predict(geoarray.open_cube(store), a, store=store)
+    geoarray.predict(geoarray.open_cube(store), b, store=store, overwrite=True)
+    ds = geoarray.open_cube(store)
+    assert list(ds["class"].values) == ["stable", "change"] and ds.probabilities.sizes["class"] == 2
+    np.testing.assert_allclose(
+        ds.probabilities.values, geoarray.predict(cube, b).probabilities.values, atol=1e-6
+    )
+
+
+def test_in_memory_outputs_replace_or_sit_beside_the_cubes(tmp_path, cube):
+    a = make_checkpoint(tmp_path / "a.safetensors", num_classes=5, classes=CLASSES, width=4, depth=3)
+    b = make_checkpoint(
+        tmp_path / "b.safetensors", num_classes=2, classes=["stable", "change"], width=4, depth=3
+    )
+    with_a = geoarray.predict(cube, a)
+    replaced = geoarray.predict(with_a, b)  # xarray aligned b's 2 classes to a's 5 labels: all NaN
+    assert list(replaced["class"].values) == ["stable", "change"]
+    np.testing.assert_allclose(replaced.probabilities.values, geoarray.predict(cube, b).probabilities.values)
+    both = geoarray.predict(with_a, b, prefix="change_")
+    assert both.probabilities.sizes["class"] == 5 and both.change_probabilities.sizes["change_class"] == 2
+
+
+def test_unwritten_chunks_read_as_nodata_and_partial_outputs_are_named(tmp_path, cube):
+    ckpt = make_checkpoint(tmp_path / "m.safetensors", num_classes=5, classes=CLASSES, width=4, depth=3)
+    store = tmp_path / "c.zarr"
+    geoarray.write_cube(cube, store, chunk=64)
+    geoarray.predict(geoarray.open_cube(store), ckpt, store=store)
+    assert partial_outputs(geoarray.open_cube(store)) == []
+    for var, key in (("mask", "c/0/0/0"), ("probabilities", "c/0/0/0/0")):  # a chunk lost (or never written)
+        (store / var / key).unlink()
+    import zarr
+
+    for var in ("mask", "probabilities"):  # as a killed run leaves them
+        zarr.open_array(str(store / var), mode="r+").attrs["geoarray_complete"] = False
+    ds = geoarray.open_cube(store)
+    assert ds["mask"].dtype == np.uint8  # the fill value is not a CF _FillValue: no float/NaN decoding
+    assert (ds["mask"].values[0, :64, :64] == 255).all()  # read as class 0 before
+    assert np.isnan(ds.probabilities.values[0, :, :64, :64]).all()
+    assert partial_outputs(ds) == ["mask", "probabilities"]
+    geoarray.predict(ds, ckpt, store=store)  # the next run finishes it
+    done = geoarray.open_cube(store)
+    assert partial_outputs(done) == [] and (done["mask"].values[0, :64, :64] != 255).any()
