@@ -10,9 +10,10 @@ from typing import Any
 
 import numpy as np
 
+from geoarray._constants import COMPLETE, LABEL_NODATA
 from geoarray.errors import CubeError
 
-__all__ = ["change_f1", "confusion_matrix", "effective_rank", "scores", "topk_accuracy"]
+__all__ = ["change_f1", "confusion_matrix", "effective_rank", "evaluate", "scores", "topk_accuracy"]
 
 
 def _bincount_block(p: np.ndarray, t: np.ndarray, n: int, ignore: int | None) -> np.ndarray:
@@ -102,6 +103,143 @@ def scores(cm: np.ndarray, classes: Sequence[str] | None = None) -> dict[str, An
         "f1": per(f1),
         "support": {n: int(cm.sum(1)[i]) for i, n in enumerate(names)},
     }
+
+
+def evaluate(pred: Any, truth: Any, *, valid: Any = None, allow_partial: bool = False) -> dict[str, Any]:
+    """Score a predicted class map against a truth class map: :func:`scores` over the truth's classes.
+
+    Parameters
+    ----------
+    pred, truth
+        xarray DataArrays of integer class ids with dims ``(y, x)`` or ``(time, y, x)`` (e.g. predict's
+        ``mask`` and the cube's ``labels``), aligned by dimension name. Their ``nodata`` attrs (default 255)
+        are skipped. When both have a ``classes`` attr, prediction ids are matched to truth ids **by name**
+        (a model trained with the classes in another order scores correctly); a predicted class the truth
+        does not name is an error, since no truth pixel could ever be it (a naming mismatch, most likely).
+        With names on one side only, the ids must lie within that list.
+    valid
+        Optional bool ``(time, y, x)``: truth pixels where it is False are skipped.
+    allow_partial
+        Score a prediction whose predict run has not finished (``geoarray_complete`` False): its missing
+        chunks are nodata and skipped, so the scores describe only the part that was written.
+
+    Returns
+    -------
+    dict
+        As :func:`scores`, keyed by the truth's class names.
+
+    Raises
+    ------
+    CubeError
+        Something that is not a class map (floats, bool, a band or class dim), a partial prediction, class
+        lists that don't match, or ids outside the named classes. Nothing is scored then.
+
+    Examples
+    --------
+    >>> ds = geoarray.open_cube("site.zarr")  # doctest: +SKIP
+    >>> geoarray.metrics.evaluate(ds["mask"], ds["labels"], valid=ds["valid"])["mean_iou"]  # doctest: +SKIP
+    """
+    for da, role in ((pred, "prediction"), (truth, "truth")):
+        _check_class_map(da, role)
+        if da.attrs.get(COMPLETE) is False and not allow_partial:
+            raise CubeError(
+                f"{role} {da.name!r} is a partial output: its predict run did not finish (attr {COMPLETE} is "
+                "False), so missing chunks would be skipped and the scores describe part of the map. Run the "
+                "same predict again to finish it, or pass allow_partial=True to score what is there."
+            )
+    p_names, t_names = _class_names(pred), _class_names(truth)
+    p_nd, t_nd = _nodata(pred), _nodata(truth)
+    if p_names is not None and t_names is not None:
+        unknown = [c for c in p_names if c not in t_names]
+        if unknown:
+            raise CubeError(
+                f"prediction {pred.name!r} has classes {p_names}, and {unknown} are not among the truth "
+                f"{truth.name!r}'s classes {t_names}; expected the model's classes to be named as the truth's. "
+                "Score against the labels the model was trained with, or give the classes matching names "
+                "(the `classes` attr)."
+            )
+        classes, lut = t_names, [t_names.index(c) for c in p_names]
+    else:
+        classes = t_names or p_names or _ids_present(pred, truth, p_nd, t_nd)
+        lut = list(range(len(classes)))
+    n = len(classes)
+    t = _relabelled(truth, list(range(n)), t_nd, n)
+    if valid is not None and "time" in pred.dims:
+        t = t.where(valid.astype(bool), -1)
+    p = _relabelled(pred, lut, p_nd, n)
+    cm = confusion_matrix(p, t, n + 1, ignore_index=-1)  # row/column n: ids outside the named classes
+    for da, count, named in ((truth, cm[n].sum(), n), (pred, cm[:, n].sum(), len(lut))):
+        if count:
+            raise CubeError(
+                f"{int(count)} pixels of {da.name!r} hold class ids outside 0..{named - 1}, the {named} classes "
+                f"{(_class_names(da) or classes)[:named]} it is scored with (its nodata is {_nodata(da)}). Name "
+                "every class in its `classes` attr, or set its `nodata` attr to the value of unknown pixels."
+            )
+    return scores(cm[:n, :n], classes)
+
+
+def _check_class_map(da: Any, role: str) -> None:
+    dims = tuple(map(str, getattr(da, "dims", ())))
+    if not hasattr(da, "dims"):
+        raise CubeError(f"the {role} is a {type(da).__name__}; expected an xarray DataArray of class ids.")
+    fix = "Pass a class map such as predict's `mask` or the cube's `labels`."
+    if da.dtype == bool or not np.issubdtype(da.dtype, np.integer):
+        raise CubeError(
+            f"the {role} {da.name!r} has dtype {da.dtype}; expected integer class ids (a class map). {fix}"
+        )
+    if dims not in (("y", "x"), ("time", "y", "x")):
+        extra = [d for d in dims if d not in ("time", "y", "x")]
+        kind = (
+            " (a multi-label mask: score each class as its own 0/1 map)"
+            if extra and "class" in extra[0]
+            else ""
+        )
+        raise CubeError(
+            f"the {role} {da.name!r} has dims {dims}{kind}; expected (y, x) or (time, y, x). {fix}"
+        )
+
+
+def _class_names(da: Any) -> list[str] | None:
+    names = da.attrs.get("classes")
+    if names is None or isinstance(names, str) or len(names) == 0:
+        return None
+    return [str(c) for c in names]
+
+
+def _nodata(da: Any) -> int:
+    nd = da.attrs.get("nodata", LABEL_NODATA)
+    return int(nd) if nd is not None else LABEL_NODATA
+
+
+def _ids_present(pred: Any, truth: Any, p_nd: int, t_nd: int) -> list[str]:
+    """Unnamed classes on both sides: ids 0..max, from one pass over both maps."""
+    import dask
+
+    pm, tm = dask.compute(pred.where(pred != p_nd).max(), truth.where(truth != t_nd).max())
+    top = np.nanmax([float(pm), float(tm), -1.0])
+    return [str(i) for i in range(int(top) + 1)]
+
+
+def _relabel_block(a: np.ndarray, lut: np.ndarray, nodata: int, other: int) -> np.ndarray:
+    a = np.asarray(a).astype(np.int64)
+    out = np.full(a.shape, other, dtype=np.int32)
+    ok = (a >= 0) & (a < len(lut))
+    out[ok] = lut[a[ok]]
+    out[a == nodata] = -1
+    return out
+
+
+def _relabelled(da: Any, lut: list[int], nodata: int, other: int) -> Any:
+    """Ids -> ``lut[id]``; nodata -> -1 (skipped); any other id -> ``other`` (the bin after the classes)."""
+    import xarray as xr
+
+    return xr.apply_ufunc(
+        _relabel_block,
+        da,
+        kwargs={"lut": np.asarray(lut, dtype=np.int32), "nodata": nodata, "other": other},
+        dask="parallelized",
+        output_dtypes=[np.int32],
+    )
 
 
 def topk_accuracy(logits: Any, target: Any, k: int = 1) -> float:

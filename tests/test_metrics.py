@@ -67,3 +67,73 @@ def test_confusion_refuses_coordinates_that_do_not_match():
     truth = xr.DataArray(np.zeros((4, 5), "uint8"), dims=("y", "x"), coords={"y": y + 1e-9, "x": x})
     with pytest.raises(CubeError, match=r"prediction and truth coordinates differ.*same grid"):
         confusion_matrix(pred, truth, 2)  # an outer join would have scored nothing, silently
+
+
+# -- evaluate(pred, truth): class maps, class names, partial outputs (issue 8) -----------------------------
+def _map(values, name, classes=None, **attrs):
+    a = dict(attrs)
+    if classes is not None:
+        a["classes"] = list(classes)
+    dims = ("time", "y", "x") if np.ndim(values) == 3 else ("y", "x")
+    return xr.DataArray(np.asarray(values), dims=dims, name=name, attrs=a).chunk({"y": 2})
+
+
+def test_evaluate_matches_classes_by_name():
+    from geoarray.metrics import evaluate
+
+    truth = _map(
+        np.array([[0, 1, 2], [2, 1, 255]], np.uint8), "labels", ["water", "forest", "field"], nodata=255
+    )
+    # the model knows the same classes in another order: its id 0 is 'field', 1 'water', 2 'forest'
+    pred = _map(np.array([[1, 2, 0], [0, 1, 0]], np.uint8), "mask", ["field", "water", "forest"], nodata=255)
+    s = evaluate(pred, truth)
+    assert list(s["iou"]) == ["water", "forest", "field"]
+    # by name: water ok, forest ok, field ok, field ok, forest predicted as water -> wrong; nodata skipped
+    assert s["support"] == {"water": 1, "forest": 2, "field": 2} and np.isclose(s["accuracy"], 4 / 5)
+    assert s["recall"]["forest"] == 0.5 and s["precision"]["water"] == 0.5
+
+
+@pytest.mark.parametrize(
+    ("pred", "truth", "message"),
+    [
+        # a cloud model scored against land cover: nothing in common by name
+        (
+            ("mask", np.uint8, ["cloud", "clear"]),
+            ("labels", np.uint8, list("abcde")),
+            r"\['cloud', 'clear'\] are not",
+        ),
+        (
+            ("imagery", np.float32, None),
+            ("labels", np.uint8, list("abc")),
+            r"'imagery' has dtype float32; expected integer",
+        ),
+        (("mask", np.uint8, list("abc")), ("valid", bool, None), r"'valid' has dtype bool; expected integer"),
+    ],
+)
+def test_evaluate_refuses_what_is_not_comparable(pred, truth, message):
+    from geoarray.errors import CubeError
+    from geoarray.metrics import evaluate
+
+    vals = np.array([[0, 1], [1, 0]])
+    p = _map(vals.astype(pred[1]), pred[0], pred[2])
+    t = _map(vals.astype(truth[1]), truth[0], truth[2])
+    with pytest.raises(CubeError, match=message):
+        evaluate(p, t)
+
+
+def test_evaluate_refuses_ids_outside_the_named_classes_and_partial_outputs():
+    from geoarray.errors import CubeError
+    from geoarray.metrics import evaluate
+
+    truth = _map(np.array([[0, 1], [4, 255]], np.uint8), "labels")  # unnamed, ids up to 4
+    pred = _map(np.array([[0, 1], [1, 0]], np.uint8), "mask", ["a", "b"], nodata=255)
+    with pytest.raises(CubeError, match=r"1 pixels of 'labels' hold class ids outside 0..1"):
+        evaluate(pred, truth)  # id 4 was silently dropped from the scores
+    truth = _map(np.array([[0, 1], [1, 1]], np.uint8), "labels")
+    partial = pred.assign_attrs(geoarray_complete=False)
+    with pytest.raises(CubeError, match=r"'mask' is a partial output.*allow_partial=True"):
+        evaluate(partial, truth)
+    assert evaluate(partial, truth, allow_partial=True)["accuracy"] == 0.75
+    multilabel = xr.DataArray(np.zeros((2, 2, 2), np.uint8), dims=("class", "y", "x"), name="mask")
+    with pytest.raises(CubeError, match=r"multi-label"):
+        evaluate(multilabel, truth)
