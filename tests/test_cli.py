@@ -168,3 +168,119 @@ def test_predict_and_export(tmp_path):
         assert src.crs == cube.rio.crs
     r = runner.invoke(app, ["predict", str(store), "--ckpt", str(tmp_path / "nope.safetensors")])
     assert r.exit_code == 2 and "no checkpoint file" in r.output
+
+
+# -- predict's outputs through the CLI (issue 8) -----------------------------------------------------------
+def _store_and_models(tmp_path):
+    from conftest import make_checkpoint
+
+    from geoarray.datasets import synthetic_cube
+
+    cube = synthetic_cube(size=(80, 70), n_times=2, seed=0)
+    store = tmp_path / "c.zarr"
+    geoarray.write_cube(cube, store, chunk=32)
+    classes = list(cube.labels.attrs["classes"])
+    a = make_checkpoint(tmp_path / "lc.safetensors", num_classes=5, classes=classes, width=4, depth=3)
+    b = make_checkpoint(
+        tmp_path / "cd.safetensors", num_classes=2, classes=["cloud", "clear"], width=4, depth=3
+    )
+    return store, a, b
+
+
+def test_two_models_with_a_prefix_then_info_evaluate_export(tmp_path):
+    import rasterio
+
+    store, a, b = _store_and_models(tmp_path)
+    assert runner.invoke(app, ["predict", str(store), "-c", str(a)]).exit_code == 0
+    r = runner.invoke(app, ["predict", str(store), "-c", str(b)])
+    assert r.exit_code == 2 and "pass --overwrite to replace it, or --prefix" in r.output
+    assert "overwrite=True" not in r.output  # the CLI names its flags, not the API's arguments
+    r = runner.invoke(app, ["predict", str(store), "-c", str(b), "--prefix", "cd_"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["info", str(store)])  # failed: conflicting sizes for dimension 'class'
+    assert r.exit_code == 0, r.output
+    assert "cd_probabilities" in r.output and "'cd_class'" in r.output
+    r = runner.invoke(app, ["evaluate", str(store), "--pred", "cd_mask"])
+    assert r.exit_code == 2 and "['cloud', 'clear'] are not among the truth" in r.output
+    r = runner.invoke(app, ["evaluate", str(store), "--pred", "imagery", "--truth", "valid"])
+    assert r.exit_code == 2 and "'imagery' has dtype float32; expected integer class ids" in r.output
+    out = tmp_path / "p.tif"
+    r = runner.invoke(app, ["export", str(store), "cd_probabilities", "-o", str(out), "--time", "2021-04-15"])
+    assert r.exit_code == 0, r.output
+    with rasterio.open(out) as src:
+        assert src.count == 2 and src.descriptions == ("cloud", "clear")
+        want = geoarray.open_cube(store).cd_probabilities.values[1]
+        np.testing.assert_allclose(src.read(), want)
+
+
+def test_export_time_that_is_not_a_date_of_the_store(tmp_path):
+    store, a, _ = _store_and_models(tmp_path)
+    assert runner.invoke(app, ["predict", str(store), "-c", str(a)]).exit_code == 0
+    out = str(tmp_path / "m.tif")
+    for when, message in (
+        ("5", "--time 5 is out of range: 'mask' has 2 dates [0: 2021-03-01, 1: 2021-04-15]"),  # IndexError
+        (
+            "2031-01-01",
+            "--time '2031-01-01' matches no date of 'mask'; its dates are [0: 2021-03-01",
+        ),  # KeyError
+    ):
+        r = runner.invoke(app, ["export", str(store), "mask", "-o", out, "--time", when])
+        assert r.exit_code == 2 and message in r.output, r.output
+    for when in ("-1", "2021-04"):  # the last date, a month with one date
+        r = runner.invoke(app, ["export", str(store), "mask", "-o", out, "--time", when])
+        assert r.exit_code == 0, r.output
+
+
+def test_partial_outputs_are_refused_unless_allowed_and_a_resume_says_what_it_wrote(tmp_path):
+    import zarr
+
+    store, a, _ = _store_and_models(tmp_path)
+    assert runner.invoke(app, ["predict", str(store), "-c", str(a)]).exit_code == 0
+    for var, key in (("mask", "c/1/2/1"), ("probabilities", "c/1/0/2/1")):  # as a killed run leaves them
+        (store / var / key).unlink()
+        zarr.open_array(str(store / var), mode="r+").attrs["geoarray_complete"] = False
+    r = runner.invoke(app, ["info", str(store)])
+    assert "partial" in r.output
+    r = runner.invoke(app, ["evaluate", str(store)])  # scored the hole as class 0 with exit code 0
+    assert r.exit_code == 2 and "partial output" in r.output and "--allow-partial" in r.output
+    assert "allow_partial=True" not in r.output
+    r = runner.invoke(app, ["evaluate", str(store), "--allow-partial"])
+    assert r.exit_code == 0 and "overall accuracy" in r.output
+    r = runner.invoke(app, ["export", str(store), "mask", "-o", str(tmp_path / "m.tif"), "--time", "1"])
+    assert r.exit_code == 2 and "partial output" in r.output and "--allow-partial" in r.output
+    r = runner.invoke(app, ["predict", str(store), "-c", str(a)])
+    assert r.exit_code == 0, r.output
+    # printed "wrote nothing new" after writing the missing chunks
+    assert (
+        "mask, probabilities (resumed)" in r.output
+        and "1 of 18 chunks each (17 were already there)" in r.output
+    )
+    r = runner.invoke(app, ["evaluate", str(store)])
+    assert r.exit_code == 0 and "partial" not in r.output
+
+
+def test_predict_into_a_new_store_from_one_with_outputs(tmp_path):
+    store, a, b = _store_and_models(tmp_path)
+    assert runner.invoke(app, ["predict", str(store), "-c", str(a)]).exit_code == 0
+    new = tmp_path / "new.zarr"
+    r = runner.invoke(app, ["predict", str(store), "-c", str(b), "-o", str(new)])  # failed, left a copy
+    assert r.exit_code == 0, r.output
+    ds = geoarray.open_cube(new)
+    assert list(ds["class"].values) == ["cloud", "clear"]
+    assert sorted(map(str, ds.data_vars)) == ["imagery", "labels", "mask", "probabilities", "valid"]
+    assert geoarray.open_cube(store).probabilities.sizes["class"] == 5  # the source is untouched
+    # a run that cannot work leaves nothing behind
+    from conftest import make_checkpoint
+
+    other = make_checkpoint(
+        tmp_path / "o.safetensors", num_classes=2, classes=["x", "y"], bands=["swir"], width=4
+    )
+    r = runner.invoke(app, ["predict", str(store), "-c", str(other), "-o", str(tmp_path / "new2.zarr")])
+    assert r.exit_code == 2 and "lacks band" in r.output
+    assert sorted(p.name for p in tmp_path.iterdir() if "new2" in p.name) == []
+    # an existing --output must be a copy of STORE
+    from geoarray.datasets import synthetic_cube
+
+    geoarray.write_cube(synthetic_cube(size=(40, 40), n_times=2, seed=0), tmp_path / "other.zarr")
+    r = runner.invoke(app, ["predict", str(store), "-c", str(b), "-o", str(tmp_path / "other.zarr")])
+    assert r.exit_code == 2 and "is not a copy of" in r.output

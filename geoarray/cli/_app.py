@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -26,17 +28,50 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _friendly(fn: F) -> F:
-    """Turn GeoArrayError into a one-line message and exit code 2 instead of a traceback."""
+    """Turn GeoArrayError into a one-line message and exit code 2 instead of a traceback.
+
+    The library's messages name its arguments (``overwrite=True``, ``prefix='s2_'``); where the command has
+    an option for the same parameter, the message names the option (``--overwrite``, ``--prefix s2_``).
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except GeoArrayError as e:
-            typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
+            typer.secho(f"error: {_cli_words(str(e), fn)}", err=True, fg=typer.colors.RED)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+_ARG = re.compile(r"(?<![\w.])([a-z][a-z0-9_]*)=(True|False|'[^']*'|\"[^\"]*\"|[\w.-]+)?(?![\w(\[{])")
+
+
+def _cli_words(message: str, fn: Callable[..., Any]) -> str:
+    """``name=value`` -> ``--flag value`` for the command's own options (other text is left as it is)."""
+    try:
+        hints = typing.get_type_hints(fn, include_extras=True)
+    except Exception:  # never let the rewording hide the error itself
+        return message
+    flags = {}
+    for name, hint in hints.items():
+        for info in getattr(hint, "__metadata__", ()):
+            if isinstance(info, typer.models.OptionInfo):
+                decls = [d for d in (info.param_decls or ()) if str(d).startswith("--")]
+                flags[name] = str(decls[0]).split("/")[0] if decls else "--" + name.replace("_", "-")
+
+    def cli(m: re.Match[str]) -> str:
+        flag, value = flags.get(m.group(1)), m.group(2)
+        if flag is None:
+            return m.group(0)
+        if value == "True" or not value:
+            return flag
+        if value == "False":
+            return "--no-" + flag[2:]
+        return f"{flag} {value.strip(chr(39) + chr(34))}"
+
+    return _ARG.sub(cli, message)
 
 
 @app.callback()

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from geoarray.cli._app import Store, _friendly, app
+from geoarray.cli._outputs import _not_a_file
 
 
 def _parse_kv(items: list[str] | None) -> dict[str, Any]:
@@ -132,7 +133,9 @@ def predict(
     output: Annotated[
         Path | None,
         typer.Option(
-            "--output", "-o", help="Write into this Zarr store instead (a copy of STORE's cube is made)."
+            "--output",
+            "-o",
+            help="Write into this Zarr store instead: a copy of STORE's cube (without its outputs) is made.",
         ),
     ] = None,
     halo: Annotated[
@@ -141,8 +144,10 @@ def predict(
     batch_size: Annotated[
         int | None, typer.Option(help="Dates (image models) or pixels per forward pass.")
     ] = None,
-    prefix: Annotated[str, typer.Option(help="Prefix of output variable names, e.g. s2_.")] = "",
-    overwrite: Annotated[bool, typer.Option(help="Replace outputs that exist in the store.")] = False,
+    prefix: Annotated[
+        str, typer.Option(help="Prefix of output names and of their class/feature dim, e.g. s2_.")
+    ] = "",
+    overwrite: Annotated[bool, typer.Option(help="Replace outputs a previous predict wrote.")] = False,
     float16: Annotated[
         bool, typer.Option("--float16", help="Store probabilities/features as float16.")
     ] = False,
@@ -153,35 +158,80 @@ def predict(
 
     A run that is interrupted resumes where it stopped when the same command runs again.
     """
-    from geoarray.cube import open_cube, write_cube
+    from geoarray.cube import open_cube
     from geoarray.errors import PredictError
-    from geoarray.predict import predict as run_predict
+    from geoarray.predict import _predict
 
     if halo != "auto" and not halo.isdigit():
         raise PredictError(f"--halo {halo!r}; expected 'auto' or a number of pixels.")
-    cube = open_cube(store, var=var)
-    target = store
-    if output is not None:
-        if not output.exists():
-            write_cube(cube, output, var=var, progress=True)
-        cube, target = open_cube(output, var=var), output
-    t0 = time.perf_counter()
-    out = run_predict(
-        cube,
-        ckpt,
+    _not_a_file(store)
+    opts: dict[str, Any] = dict(
         var=var,
         halo="auto" if halo == "auto" else int(halo),
         batch_size=batch_size,
         device=device,
+        outputs=None,
         prefix=prefix,
-        store=target,
         overwrite=overwrite,
         dtype="float16" if float16 else "float32",
-        progress=True,
+        threshold=0.5,
     )
-    new = sorted(str(v) for v in out.data_vars if str(v) not in cube.data_vars)
-    px = cube.sizes["time"] * cube.sizes["y"] * cube.sizes["x"]
+    cube = open_cube(store, var=var)
+    target = store
+    if output is not None:
+        if output.resolve() == store.resolve():
+            raise PredictError(f"--output {output} is STORE itself; drop --output to write into STORE.")
+        if not output.exists():
+            _predict(_inputs(cube), ckpt, store=None, progress=False, **opts)  # every check, before the copy
+            _copy_inputs(cube, output, var)
+        src, target = cube, output
+        cube = open_cube(output, var=var)
+        _check_copy(src, cube, store, output, var)
+    t0 = time.perf_counter()
+    _, report = _predict(cube, ckpt, store=target, progress=True, **opts)
+    assert report is not None  # predict with store= always reports what it wrote
     dt = time.perf_counter() - t0
-    typer.echo(
-        f"wrote {', '.join(new) or 'nothing new'} to {target} in {dt:.1f} s ({px / dt / 1e6:.2f} Mpx/s)"
-    )
+    px = cube.sizes["time"] * cube.sizes["y"] * cube.sizes["x"]
+    done = report.blocks_written / max(1, report.blocks_written + report.blocks_present)
+    typer.echo(f"wrote {report.summary()} in {dt:.1f} s ({px * done / dt / 1e6:.2f} Mpx/s)")
+
+
+def _inputs(cube: Any) -> Any:
+    """The cube without predict's outputs (and the class/feature coords only they used)."""
+    outputs = [n for n, v in cube.data_vars.items() if "checkpoint_sha256" in v.attrs]
+    rest = cube.drop_vars(outputs)
+    used = {d for v in rest.data_vars.values() for d in v.dims}
+    return rest.drop_vars([c for c in rest.coords if c in rest.dims and c not in used])
+
+
+def _copy_inputs(cube: Any, output: Path, var: str) -> None:
+    """Write the cube's inputs to ``output`` under a temporary name, renamed when complete."""
+    import os
+    import shutil
+    import uuid
+
+    from geoarray.cube import write_cube
+
+    tmp = output.with_name(f".{output.name}.tmp-{uuid.uuid4().hex[:8]}")
+    chunk = int(cube[var].chunks[2][0]) if cube[var].chunks else 512
+    try:
+        write_cube(_inputs(cube), tmp, var=var, chunk=chunk, progress=True)
+        os.rename(tmp, output)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_copy(src: Any, copy: Any, store: Path, output: Path, var: str) -> None:
+    """An --output store that exists must hold STORE's cube: same bands, dates and grid."""
+    from geoarray.cube import _grid_mismatch
+    from geoarray.errors import StoreError
+
+    problem = _grid_mismatch(copy, src[[var]])
+    if problem is None and list(map(str, copy["band"].values)) != list(map(str, src["band"].values)):
+        problem = f"its bands {list(map(str, copy['band'].values))} differ from {list(map(str, src['band'].values))}"
+    if problem:
+        raise StoreError(
+            f"--output {str(output)!r} exists but is not a copy of {str(store)!r}: {problem}. Pass a new path "
+            "for --output, or remove the old one."
+        )

@@ -10,15 +10,38 @@ import typer
 from geoarray.cli._app import Store, _friendly, app, cube_summary
 
 
+def _not_a_file(store: Path) -> None:
+    """A file given where a Zarr store (a directory) is expected: say how to make a cube from it."""
+    from geoarray.errors import StoreError
+
+    if store.is_file():
+        hint = (
+            " To make a cube of GeoTIFFs: geoarray ingest geotiff FILES -o CUBE.zarr."
+            if store.suffix.lower() in (".tif", ".tiff")
+            else ""
+        )
+        raise StoreError(f"{str(store)!r} is a file; expected a Zarr store (a directory).{hint}")
+
+
 @app.command()
 @_friendly
 def info(store: Store, var: Annotated[str, typer.Option(help="Imagery variable.")] = "imagery") -> None:
     """Print a cube's dims, bands, dates, CRS, chunking and variables."""
     from geoarray.cube import open_cube
 
+    _not_a_file(store)
     ds = open_cube(store, var=var)
     typer.echo(f"store            : {store}")
     typer.echo(cube_summary(ds, var=var))
+
+
+AllowPartial = Annotated[
+    bool,
+    typer.Option(
+        "--allow-partial",
+        help="Use an output whose predict run did not finish (its missing chunks are nodata).",
+    ),
+]
 
 
 @app.command()
@@ -31,25 +54,68 @@ def export(
         str | None,
         typer.Option("--time", help="Date (YYYY-MM-DD) or index to export; needed for many dates."),
     ] = None,
+    allow_partial: AllowPartial = False,
 ) -> None:
     """Export one variable (one date) as a Cloud-Optimized GeoTIFF with its georeferencing."""
+    from geoarray._constants import COMPLETE
     from geoarray.cube import _open_zarr
     from geoarray.errors import RasterError
     from geoarray.io.geotiff import export_geotiff
 
+    _not_a_file(store)
     ds = _open_zarr(store)
     if variable not in ds.data_vars:
         raise RasterError(f"no variable {variable!r} in {store}; it has {sorted(map(str, ds.data_vars))}.")
     da = ds[variable]
-    if time_index is None and "time" in da.dims and da.sizes["time"] > 1:
-        dates = [str(t)[:10] for t in da["time"].values]
-        raise RasterError(f"{variable!r} has {len(dates)} dates {dates}; pass --time with one date or index.")
-    if time_index is not None and "time" in da.dims:
-        da = (
-            da.isel(time=[int(time_index)]) if time_index.lstrip("-").isdigit() else da.sel(time=[time_index])
+    if da.attrs.get(COMPLETE) is False and not allow_partial:
+        raise RasterError(
+            f"{variable!r} in {store} is a partial output: its predict run did not finish, and the chunks it "
+            "did not write would be exported as nodata. Run the same `geoarray predict` again to finish it, "
+            "or pass --allow-partial to export what is there."
+        )
+    if "time" in da.dims:
+        da = da.isel(time=[_date_index(da, variable, time_index)])
+    elif time_index is not None:
+        raise RasterError(
+            f"{variable!r} has no time dim (dims {tuple(map(str, da.dims))}: a whole-series model's output); "
+            "drop --time."
         )
     path = export_geotiff(da, output)
     typer.echo(f"wrote {path}")
+
+
+def _date_index(da: Any, variable: str, when: str | None) -> int:
+    """``--time`` (an index, negative from the end, or a YYYY-MM-DD date) -> the index of one date."""
+    from geoarray.errors import RasterError
+
+    dates = [str(t)[:10] for t in da["time"].values]
+    listing = ", ".join(f"{i}: {d}" for i, d in enumerate(dates))
+    if when is None:
+        if len(dates) == 1:
+            return 0
+        raise RasterError(
+            f"{variable!r} has {len(dates)} dates [{listing}]; pass --time with one date or index."
+        )
+    text = when.strip()
+    if text.lstrip("-").isdigit():
+        i = int(text)
+        if not -len(dates) <= i < len(dates):
+            raise RasterError(
+                f"--time {when} is out of range: {variable!r} has {len(dates)} dates [{listing}]; pass an index "
+                f"from 0 to {len(dates) - 1} (or -1 for the last) or one of the dates."
+            )
+        return i % len(dates)
+    full = [str(t) for t in da["time"].values]
+    hits = [
+        i for i, (d, f) in enumerate(zip(dates, full, strict=True)) if text in (d, f) or f.startswith(text)
+    ]
+    if len(hits) != 1:
+        found = "matches no date" if not hits else f"matches {len(hits)} dates"
+        raise RasterError(
+            f"--time {when!r} {found} of {variable!r}; its dates are [{listing}]. Pass one date (YYYY-MM-DD) or "
+            "its index."
+        )
+    return hits[0]
 
 
 def _score_table(s: dict[str, Any]) -> str:
@@ -74,30 +140,32 @@ def evaluate(
     pred: Annotated[str, typer.Option(help="Predicted class variable.")] = "mask",
     truth: Annotated[str, typer.Option(help="Truth variable.")] = "labels",
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the scores as JSON here.")] = None,
+    allow_partial: AllowPartial = False,
 ) -> None:
-    """Score a predicted mask against the truth: per-class IoU, Dice, precision, recall, F1."""
-    import json
+    """Score a predicted mask against the truth: per-class IoU, Dice, precision, recall, F1.
 
-    import xarray as xr
+    Both must be integer class maps. When both name their classes (the `classes` attr), prediction ids are
+    matched to truth classes by name; a predicted class the truth does not name is an error.
+    """
+    import json
 
     from geoarray.cube import open_cube
     from geoarray.errors import CubeError
-    from geoarray.metrics import confusion_matrix, scores
+    from geoarray.metrics import evaluate as score
 
+    _not_a_file(store)
     ds = open_cube(store)
     for v in (pred, truth):
         if v not in ds.data_vars:
             raise CubeError(f"no variable {v!r} in {store}; it has {sorted(map(str, ds.data_vars))}.")
+    valid = ds["valid"] if "valid" in ds.data_vars else None
     p, t = ds[pred], ds[truth]
-    classes = [str(c) for c in (t.attrs.get("classes") or p.attrs.get("classes") or [])]
-    nodata = int(t.attrs.get("nodata", 255))
-    t = t.broadcast_like(p) if set(p.dims) - set(t.dims) else t
-    if "valid" in ds.data_vars and "time" in p.dims:
-        t = t.where(ds["valid"], nodata)
-    p = p.where(p != int(p.attrs.get("nodata", 255)), nodata)
-    if not classes:
-        classes = [str(i) for i in range(int(xr.DataArray(t).where(t != nodata).max()) + 1)]
-    s = scores(confusion_matrix(p, t, len(classes), ignore_index=nodata), classes)
+    s = score(p, t, valid=valid, allow_partial=allow_partial)
+    if p.attrs.get("geoarray_complete") is False:
+        typer.secho(f"warning: {pred!r} is partial; scores cover only its written chunks", err=True)
+    p_names, t_names = p.attrs.get("classes"), t.attrs.get("classes")
+    if p_names is not None and t_names is not None and list(p_names) != list(t_names):
+        typer.echo(f"classes matched by name: {pred} {list(p_names)} -> {truth} {list(t_names)}")
     typer.echo(_score_table(s))
     if json_out:
         json_out.write_text(json.dumps(s, indent=2))
