@@ -244,7 +244,7 @@ def _check_resumable(old: xr.DataArray, da: xr.DataArray, name: str, where: str)
     if found != want:
         raise StoreExistsError(
             f"{name!r} in {where!r} is a partial output of this checkpoint with dims/dtype/chunks {found}, but "
-            f"this run makes {want}. Resume with the same options (dtype=, halo=, the cube's own chunks), or "
+            f"this run makes {want}. Resume with the options of the first run (dtype, halo, the cube's own chunks), or "
             "pass overwrite=True to start it again."
         )
 

@@ -179,8 +179,6 @@ def predict(
     cube = open_cube(store, var=var)
     target = store
     if output is not None:
-        if output.resolve() == store.resolve():
-            raise PredictError(f"--output {output} is STORE itself; drop --output to write into STORE.")
         if not output.exists():
             _predict(_inputs(cube), ckpt, store=None, progress=False, **opts)  # every check, before the copy
             _copy_inputs(cube, output, var)
