@@ -147,6 +147,12 @@ def evaluate(pred: Any, truth: Any, *, valid: Any = None, allow_partial: bool = 
                 "False), so missing chunks would be skipped and the scores describe part of the map. Run the "
                 "same predict again to finish it, or pass allow_partial=True to score what is there."
             )
+        if da.attrs.get(COMPLETE) is False and _holes_read_as_a_class(da):
+            raise CubeError(
+                f"{role} {da.name!r} is a partial output of an older geoarray: its missing chunks read as class "
+                f"{da.encoding.get('fill_value')}, not as nodata, so they cannot be told apart. Run the same "
+                "predict again to finish it before scoring."
+            )
     p_names, t_names = _class_names(pred), _class_names(truth)
     p_nd, t_nd = _nodata(pred), _nodata(truth)
     if p_names is not None and t_names is not None:
@@ -197,6 +203,12 @@ def _check_class_map(da: Any, role: str) -> None:
         raise CubeError(
             f"the {role} {da.name!r} has dims {dims}{kind}; expected (y, x) or (time, y, x). {fix}"
         )
+
+
+def _holes_read_as_a_class(da: Any) -> bool:
+    """An integer output whose store fill value is not its nodata (written before geoarray set it)."""
+    fill = getattr(da, "encoding", {}).get("fill_value")
+    return fill is not None and np.issubdtype(da.dtype, np.integer) and int(fill) != _nodata(da)
 
 
 def _class_names(da: Any) -> list[str] | None:

@@ -61,6 +61,7 @@ def export(
     from geoarray.cube import _open_zarr
     from geoarray.errors import RasterError
     from geoarray.io.geotiff import export_geotiff
+    from geoarray.metrics import _holes_read_as_a_class
 
     _not_a_file(store)
     ds = _open_zarr(store)
@@ -72,6 +73,12 @@ def export(
             f"{variable!r} in {store} is a partial output: its predict run did not finish, and the chunks it "
             "did not write would be exported as nodata. Run the same `geoarray predict` again to finish it, "
             "or pass --allow-partial to export what is there."
+        )
+    if da.attrs.get(COMPLETE) is False and _holes_read_as_a_class(da):
+        raise RasterError(
+            f"{variable!r} in {store} is a partial output of an older geoarray: its missing chunks read as "
+            f"{da.encoding.get('fill_value')}, a class id, not as nodata. Run the same `geoarray predict` again "
+            "to finish it before exporting."
         )
     if "time" in da.dims:
         da = da.isel(time=[_date_index(da, variable, time_index)])

@@ -123,3 +123,22 @@ def test_cli_prefix_error_names_the_flag(tmp_path, cube, ckpt):
     geoarray.write_cube(cube, store)
     r = runner.invoke(app, ["predict", str(store), "-c", str(ckpt), "--prefix", "a/"])
     assert r.exit_code == 2 and "--prefix a/; expected a string of letters" in r.output
+
+
+def test_partial_output_of_an_older_geoarray_is_never_scored_or_exported(tmp_path, cube, ckpt):
+    import json
+
+    store = _partial_store(tmp_path, cube, ckpt)
+    meta = store / "mask" / "zarr.json"
+    doc = json.loads(meta.read_text())
+    doc["fill_value"] = 0  # what geoarray wrote before the fill value was the nodata: holes read as class 0
+    meta.write_text(json.dumps(doc))
+    r = runner.invoke(app, ["evaluate", str(store), "--allow-partial"])
+    assert r.exit_code == 2 and "missing chunks read as class 0" in r.output
+    r = runner.invoke(
+        app, ["export", str(store), "mask", "-o", str(tmp_path / "m.tif"), "--time", "0", "--allow-partial"]
+    )
+    assert r.exit_code == 2 and "missing chunks read as 0" in r.output
+    assert not (tmp_path / "m.tif").exists()
+    assert runner.invoke(app, ["predict", str(store), "-c", str(ckpt)]).exit_code == 0  # finishing it works
+    assert runner.invoke(app, ["evaluate", str(store)]).exit_code == 0
