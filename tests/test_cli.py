@@ -284,3 +284,22 @@ def test_predict_into_a_new_store_from_one_with_outputs(tmp_path):
     geoarray.write_cube(synthetic_cube(size=(40, 40), n_times=2, seed=0), tmp_path / "other.zarr")
     r = runner.invoke(app, ["predict", str(store), "-c", str(b), "-o", str(tmp_path / "other.zarr")])
     assert r.exit_code == 2 and "is not a copy of" in r.output
+
+
+def test_cli_messages_name_flags_not_api_arguments(tmp_path):
+    write_tif(tmp_path / "a_20200105.tif", coded((2, 16, 16)), descriptions=["red", "nir"])
+    args = ["ingest", "geotiff", str(tmp_path / "a_20200105.tif"), "-o", str(tmp_path / "c.zarr")]
+    assert runner.invoke(app, args).exit_code == 0
+    r = runner.invoke(app, args)  # said "Pass mode='w' to replace it, or mode='a' ..."
+    assert r.exit_code == 2 and "pass --overwrite to replace it" in r.output and "mode=" not in r.output
+    from geoarray.cli._app import _cli_words
+    from geoarray.cli._model import predict
+
+    fn = predict.__wrapped__
+    assert _cli_words("pass overwrite=True, or prefix='s2_'; `halo=`, device='cpu'", fn) == (
+        "pass --overwrite, or --prefix s2_; `--halo`, --device cpu"
+    )
+    # code and arguments the command has no option for are left alone
+    assert _cli_words("`cube.chunk(y=512, x=512)`, predict(store=...), dtype=", fn) == (
+        "`cube.chunk(y=512, x=512)`, predict(store=...), dtype="
+    )

@@ -12,7 +12,10 @@ from geoarray.cli._app import _friendly, cube_summary, ingest_app, split_dates, 
 
 def _write(ds: Any, out: Path, overwrite: bool) -> None:
     from geoarray.cube import write_cube
+    from geoarray.errors import StoreExistsError
 
+    if out.exists() and not overwrite:  # write_cube's own message names its mode= argument
+        raise StoreExistsError(f"{str(out)!r} already exists; pass --overwrite to replace it, or another --output.")
     write_cube(ds, out, mode="w" if overwrite else "w-", progress=True)
     typer.echo(cube_summary(ds))
     typer.echo(f"wrote {out}")
