@@ -68,8 +68,8 @@ def _check_options(batch_size: Any, dtype: Any, threshold: Any, prefix: Any) -> 
         raise PredictError(f"threshold={threshold!r}; expected a probability strictly between 0 and 1.")
     if not isinstance(prefix, str) or (prefix and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", prefix)):
         raise PredictError(
-            f"prefix={prefix!r}; expected a string of letters, digits, '_', '.' or '-' that starts with a letter "
-            "or digit, such as 's2_' (it starts variable and dim names in a Zarr store)."
+            f"prefix={prefix!r}; expected a string of ASCII letters, digits, '_', '.' or '-' that starts with a "
+            "letter or digit, such as 's2_' (it starts variable and dim names in a Zarr store)."
         )
 
 
@@ -136,8 +136,8 @@ def predict(
         Segmentation: ``probabilities(time, class, y, x)`` and ``mask(time, y, x)`` (``mask(time, class, y, x)``
         for multi-label models; nodata 255, or 65535 for uint16 masks of 255+ classes). Feature models:
         ``features(time, feature, y, x)``. With ``prefix``, names and the class/feature dim are prefixed.
-        Models that consume the whole series drop ``time``. Invalid input pixels give NaN / nodata. Attrs record the
-        checkpoint sha256, model and geoarray version.
+        Models that consume the whole series drop ``time``. Invalid input pixels give NaN / nodata. Attrs
+        record the checkpoint sha256, model and geoarray version.
 
     Raises
     ------

@@ -96,7 +96,8 @@ def _date_index(da: Any, variable: str, when: str | None) -> int:
     from geoarray.errors import RasterError
 
     dates = [str(t)[:10] for t in da["time"].values]
-    listing = ", ".join(f"{i}: {d}" for i, d in enumerate(dates))
+    shown = [f"{i}: {d}" for i, d in enumerate(dates)]
+    listing = ", ".join(shown if len(shown) <= 12 else [*shown[:6], "...", *shown[-6:]])
     if when is None:
         if len(dates) == 1:
             return 0

@@ -80,7 +80,7 @@ def test_a_prefix_that_is_not_a_name(tmp_path, cube, ckpt, prefix):
     geoarray.write_cube(cube, store)
     before = tree_digest(store)
     # "a/" wrote the outputs into a nested Zarr group that open_cube never shows
-    with pytest.raises(PredictError, match=r"prefix=.*expected a string of letters"):
+    with pytest.raises(PredictError, match=r"prefix=.*expected a string of ASCII letters"):
         geoarray.predict(geoarray.open_cube(store), ckpt, store=store, prefix=prefix)
     assert tree_digest(store) == before
 
@@ -122,7 +122,7 @@ def test_cli_prefix_error_names_the_flag(tmp_path, cube, ckpt):
     store = tmp_path / "c.zarr"
     geoarray.write_cube(cube, store)
     r = runner.invoke(app, ["predict", str(store), "-c", str(ckpt), "--prefix", "a/"])
-    assert r.exit_code == 2 and "--prefix a/; expected a string of letters" in r.output
+    assert r.exit_code == 2 and "--prefix a/; expected a string of ASCII letters" in r.output
 
 
 def test_partial_output_of_an_older_geoarray_is_never_scored_or_exported(tmp_path, cube, ckpt):
