@@ -60,7 +60,7 @@ def export(
     from geoarray._constants import COMPLETE
     from geoarray.cube import _open_zarr
     from geoarray.errors import RasterError
-    from geoarray.io.geotiff import export_geotiff
+    from geoarray.io.geotiff import export_geotiff, select_time
     from geoarray.metrics import _holes_read_as_a_class
 
     _not_a_file(store)
@@ -81,7 +81,7 @@ def export(
             "to finish it before exporting."
         )
     if "time" in da.dims:
-        da = da.isel(time=[_date_index(da, variable, time_index)])
+        da = select_time(da, time_index)
     elif time_index is not None:
         raise RasterError(
             f"{variable!r} has no time dim (dims {tuple(map(str, da.dims))}: a whole-series model's output); "
@@ -89,41 +89,6 @@ def export(
         )
     path = export_geotiff(da, output)
     typer.echo(f"wrote {path}")
-
-
-def _date_index(da: Any, variable: str, when: str | None) -> int:
-    """``--time`` (an index, negative from the end, or a YYYY-MM-DD date) -> the index of one date."""
-    from geoarray.errors import RasterError
-
-    dates = [str(t)[:10] for t in da["time"].values]
-    shown = [f"{i}: {d}" for i, d in enumerate(dates)]
-    listing = ", ".join(shown if len(shown) <= 12 else [*shown[:6], "...", *shown[-6:]])
-    if when is None:
-        if len(dates) == 1:
-            return 0
-        raise RasterError(
-            f"{variable!r} has {len(dates)} dates [{listing}]; pass --time with one date or index."
-        )
-    text = when.strip()
-    if text.lstrip("-").isdigit():
-        i = int(text)
-        if not -len(dates) <= i < len(dates):
-            raise RasterError(
-                f"--time {when} is out of range: {variable!r} has {len(dates)} dates [{listing}]; pass an index "
-                f"from 0 to {len(dates) - 1} (or -1 for the last) or one of the dates."
-            )
-        return i % len(dates)
-    full = [str(t) for t in da["time"].values]
-    hits = [
-        i for i, (d, f) in enumerate(zip(dates, full, strict=True)) if text in (d, f) or f.startswith(text)
-    ]
-    if len(hits) != 1:
-        found = "matches no date" if not hits else f"matches {len(hits)} dates"
-        raise RasterError(
-            f"--time {when!r} {found} of {variable!r}; its dates are [{listing}]. Pass one date (YYYY-MM-DD) or "
-            "its index."
-        )
-    return hits[0]
 
 
 def _score_table(s: dict[str, Any]) -> str:
