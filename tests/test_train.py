@@ -446,11 +446,30 @@ def test_band_stats_warn_when_float32_cannot_normalise_a_band():
     c["imagery"] = (c.imagery.dims, img)
     with pytest.warns(GeoArrayWarning, match=r"band 'green' has no valid value in the cube"):
         band_stats(c, bands)
+    # a Landsat scene's collar: 0 where there is no data, digital numbers of 6000..20000 elsewhere, no nodata
+    dn = np.random.default_rng(1).integers(6000, 20000, size=img.shape).astype("uint16")
+    dn[:, :, :, :12] = 0
+    c["imagery"] = (c.imagery.dims, dn)
+    with pytest.warns(
+        GeoArrayWarning,
+        match=r"bands \['blue', 'green', 'red', 'nir'\]: up to 18.8% of their valid "
+        r"values are exactly 0.*undeclared nodata.*gdal_edit.py -a_nodata 0",
+    ) as rec:
+        band_stats(c, bands)
+    assert len(rec) == 1  # one warning for all the bands
+    c["valid"] = (("time", "y", "x"), np.broadcast_to(c.x.values >= float(c.x[12]), (2, 64, 64)))
+    band_stats(c, bands)  # masked: quiet
+    c = c.drop_vars("valid")
     # genuine wide data stays quiet: a heavy tail over 5 orders of magnitude, and a large offset
     img = np.random.default_rng(0).lognormal(0, 2.5, size=img.shape).astype("float32")
     img[:, 2] += 1e9
     c["imagery"] = (c.imagery.dims, img)
     band_stats(c, bands)  # GeoArrayWarning is an error in the test suite
+    # and genuine zeros among small values (reflectance with dark water) too
+    img = np.random.default_rng(2).uniform(0, 0.5, size=img.shape).astype("float32")
+    img[:, :, :8] = 0.0
+    c["imagery"] = (c.imagery.dims, img)
+    band_stats(c, bands)
 
 
 # -- dates: training and predict feed sequence models the same numbers ------------------------------------
