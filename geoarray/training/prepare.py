@@ -50,7 +50,12 @@ def _labels_of(cube: xr.Dataset, cfg: FitConfig) -> xr.DataArray | None:
                 f"labels are on another grid ({dict(lab.sizes)} vs the cube's y={cube.sizes['y']}, "
                 f"x={cube.sizes['x']}); align them with `geoarray.read_labels(path, like=cube)`."
             )
-    if not (np.issubdtype(lab.dtype, np.integer) or lab.dtype == bool):
+    if lab.dtype == bool:
+        raise TrainError(
+            f"labels {cfg.labels!r} have dtype bool; expected integer class ids. Convert them with "
+            f"`ds[{cfg.labels!r}] = ds.{cfg.labels}.astype('uint8')` (False is class 0, True class 1)."
+        )
+    if not np.issubdtype(lab.dtype, np.integer):
         raise TrainError(
             f"labels {cfg.labels!r} have dtype {lab.dtype}; expected integer class ids. A label raster opened "
             "with NaN for nodata (e.g. rioxarray's mask_and_scale=True) is float: convert it with "
@@ -68,7 +73,7 @@ def _classes_of(lab: xr.DataArray, name: str, multilabel: bool) -> list[str]:
     hint = (
         f"(attrs['nodata'] = {nodata})"
         if nodata != -1
-        else "(no nodata is set: give the labels attrs['nodata'], e.g. 255)"
+        else "(no attrs['nodata']: only -1 means 'no label'; set it, e.g. to 255)"
     )
     held = lab.where(lab != nodata)
     lo, hi = (float(v) for v in dask.compute(held.min(), held.max(), scheduler="threads"))
@@ -91,10 +96,17 @@ def _classes_of(lab: xr.DataArray, name: str, multilabel: bool) -> list[str]:
             f"labels {name!r} hold the negative id {int(lo)} {hint}; expected class ids 0, 1, ... . If "
             f"{int(lo)} means 'no label', set attrs['nodata'] = {int(lo)}."
         )
-    classes = [str(c) for c in lab.attrs.get("classes", [])]
+    named = lab.attrs.get("classes", [])
+    if isinstance(named, (str, bytes)) or not hasattr(named, "__len__"):
+        raise TrainError(
+            f"labels {name!r} have attrs['classes'] = {named!r}; expected a list of class names, one per id, "
+            "such as ['water', 'forest']."
+        )
+    classes = [str(c) for c in named]
     top = int(hi)
     if not classes:
         classes = [str(i) for i in range(top + 1)]
+        _warn_if_codes(held, name, top)
     elif top >= len(classes):
         raise TrainError(
             f"labels {name!r} hold class id {top} {hint} but attrs['classes'] names only {len(classes)} "
@@ -123,6 +135,26 @@ def _fit_timesteps(cfg: FitConfig, mk: dict[str, Any], n_times: int) -> None:
             f"number of dates. Drop num_timesteps (it is then {n_times}), or select {want} dates "
             f"(cube.isel(time=...)), or use a model that takes any number of dates (pixel_cnn, "
             "pixel_transformer)."
+        )
+
+
+def _warn_if_codes(held: xr.DataArray, name: str, top: int) -> None:
+    """Unnamed labels whose ids are codes (NLCD's 11, 21, ..., 95), not indices 0..K-1: most outputs unused."""
+    if top < 8 or top > 65535:
+        return
+    import dask.array as dsa
+
+    ids = dsa.asarray(held.fillna(top + 1).astype("int64").data).ravel()  # nodata -> bin top + 1
+    counts = np.asarray(dask.compute(dsa.bincount(ids, minlength=top + 2), scheduler="threads")[0])[: top + 1]
+    used = np.flatnonzero(counts).tolist()
+    if len(used) * 2 <= top + 1:
+        warnings.warn(
+            f"labels {name!r} use {len(used)} distinct ids {used[:12]}{' ...' if len(used) > 12 else ''} and no "
+            f"attrs['classes']; read as class indices they make {top + 1} classes (0..{top}), {top + 1 - len(used)} "
+            "of which never occur, so the model gets as many unused outputs. If the ids are codes (e.g. land-cover "
+            "codes), remap them to 0..K-1 and name them in attrs['classes'].",
+            GeoArrayWarning,
+            stacklevel=4,
         )
 
 
@@ -198,6 +230,15 @@ def prepare(cube: xr.Dataset, cfg: FitConfig) -> Setup:
     missing = [b for b in bands if b not in present]
     if missing:
         raise TrainError(f"bands {missing} are not in the cube; it has {present}.")
+    twice = sorted({b for b in bands if bands.count(b) > 1})
+    if twice:
+        raise TrainError(f"bands={bands} lists {twice} more than once; expected each band once.")
+    if cfg.task != "classification" and (cfg.regions is not None or cfg.region_property is not None):
+        raise TrainError(
+            f"regions= / region_property= label whole chips for task='classification'; task {cfg.task!r} reads "
+            f"its labels from the cube's {cfg.labels!r} variable. Drop regions=, or rasterise the regions into "
+            "the labels (e.g. rasterio.features.rasterize onto the cube's grid)."
+        )
     multilabel = cfg.multilabel or (lab is not None and "class" in lab.dims)
     task = get_task(cfg.task, loss=cfg.loss, multilabel=multilabel)
 

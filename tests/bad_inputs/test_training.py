@@ -131,7 +131,7 @@ CASES = {
     "one class only, no classes attr": (
         _labels(np.zeros_like),
         {"task": "segmentation", **UNET},
-        r"hold a single class, 0 \('0'\).*no nodata is set",
+        r"hold a single class, 0 \('0'\).*no attrs\['nodata'\]: only -1 means",
     ),
     "negative ids without nodata": (
         _labels(lambda v: v.astype("int16") - 2, classes=CLASSES),
@@ -141,7 +141,27 @@ CASES = {
     "multi-label masks that are not 0/1": (
         _multilabel,
         {"task": "segmentation", **UNET, "loss": "bce"},
-        r"multi-label labels 'labels' hold values 0\.\.3 \(no nodata is set.*expected 0/1 masks",
+        r"multi-label labels 'labels' hold values 0\.\.3 \(no attrs\['nodata'\]: only -1 means.*expected 0/1 masks",
+    ),
+    "bool labels": (
+        _labels(lambda v: v > 1),
+        {"task": "segmentation", **UNET},
+        r"dtype bool; expected integer class ids.*astype\('uint8'\)",
+    ),
+    "attrs classes as one string": (
+        _labels(lambda v: (v > 1).astype("uint8"), classes="water,land", nodata=255),
+        {"task": "segmentation", **UNET},
+        r"attrs\['classes'\] = 'water,land'; expected a list of class names",
+    ),
+    "the same band twice": (
+        None,
+        {"task": "segmentation", **UNET, "bands": ["red", "red", "nir"]},
+        r"bands=\['red', 'red', 'nir'\] lists \['red'\] more than once",
+    ),
+    "regions for segmentation": (
+        None,
+        {"task": "segmentation", **UNET, "regions": "REGIONS", "region_property": "k"},
+        r"regions= / region_property= label whole chips for task='classification'; task 'segmentation' reads",
     ),
     "min_positive for chip classification": (
         None,
@@ -219,6 +239,20 @@ def test_labels_nodata_from_fill_value_attr_is_not_a_class(cube):
     c = _labels(lambda v: np.where(v == 4, 255, v).astype("uint8"), _FillValue=np.uint8(255))(cube)
     setup = prepare(c, FitConfig(task="segmentation", **UNET, chip_size=32, progress=False))
     assert setup.classes == ["0", "1", "2", "3"] and setup.model_kwargs["num_classes"] == 4
+
+
+def test_unnamed_label_codes_warn_about_unused_outputs(cube):
+    """Land-cover codes (NLCD's 11, 21, 41, 82) used as class ids make 83 outputs, 79 of them never trained."""
+    from geoarray.errors import GeoArrayWarning
+    from geoarray.training.prepare import prepare
+
+    codes = np.array([11, 21, 41, 82], dtype="uint8")
+    c = _labels(lambda v: codes[v % 4], nodata=255)(cube)
+    with pytest.warns(
+        GeoArrayWarning, match=r"use 4 distinct ids \[11, 21, 41, 82\].*83 classes \(0\.\.82\), 79 of"
+    ):
+        setup = prepare(c, FitConfig(task="segmentation", **UNET, chip_size=32, progress=False))
+    assert len(setup.classes) == 83  # a warning, not a refusal: the run is valid, only wasteful
 
 
 def test_ddp_shards_smaller_than_a_batch_are_refused_before_the_ranks_start(cube):
