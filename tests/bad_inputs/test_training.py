@@ -241,6 +241,22 @@ def test_labels_nodata_from_fill_value_attr_is_not_a_class(cube):
     assert setup.classes == ["0", "1", "2", "3"] and setup.model_kwargs["num_classes"] == 4
 
 
+def test_output_paths_are_checked_before_the_first_epoch(cube, tmp_path):
+    """Before: out= a directory failed with IsADirectoryError after a whole epoch."""
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "file").write_text("x")
+    for kw, pattern in [
+        ({"out": str(tmp_path / "runs")}, r"out='.*runs' is a directory; expected the checkpoint file"),
+        ({"out": str(tmp_path / "file" / "m.safetensors")}, r"lies under a file, not a directory"),
+        (
+            {"out": str(tmp_path / "m.safetensors"), "log_dir": str(tmp_path / "file")},
+            r"log_dir='.*file' is a file; expected a directory",
+        ),
+    ]:
+        with pytest.raises(TrainError, match=pattern):
+            geoarray.fit(cube, task="segmentation", **UNET, **{**FAST, **kw})
+
+
 def test_unnamed_label_codes_warn_about_unused_outputs(cube):
     """Land-cover codes (NLCD's 11, 21, 41, 82) used as class ids make 83 outputs, 79 of them never trained."""
     from geoarray.errors import GeoArrayWarning
