@@ -158,10 +158,19 @@ def fit(
     Raises
     ------
     TrainError
-        Bad options (named, with the expected range), missing labels, labels on another grid, chips that
-        don't fit, a model that does not fit the task, class counts that don't match the model, every chip
-        filtered out, no training tiles, or a NaN loss (named by epoch and step; nothing is saved from a NaN
-        model).
+        Before any work: bad options (named, with the expected range), paths that cannot be written, missing
+        labels, labels on another grid, labels that cannot train (float or bool, nodata everywhere, a single
+        class, negative ids, ids beyond ``attrs["classes"]``), chips that don't fit, a model that does not fit
+        the task (e.g. ``unet`` for ``"classification"``) or the cube's number of dates, class counts that
+        don't match the model, unreadable or non-overlapping regions, every chip filtered out, no training
+        tiles. During training: a NaN loss (named by epoch and step; nothing is saved from a NaN model).
+
+    Warns
+    -----
+    GeoArrayWarning
+        A band that float32 normalisation cannot serve (an unmasked fill value such as 1e30, an undeclared
+        nodata of 0, no valid value), label ids that look like codes rather than indices, or no validation
+        chip left after the filters.
 
     Examples
     --------
