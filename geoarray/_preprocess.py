@@ -6,9 +6,12 @@ The functions use the numpy API only, so they work on numpy arrays (the training
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
+
+from geoarray.errors import GeoArrayWarning
 
 
 def normalize_fill(
@@ -45,24 +48,125 @@ def normalize_fill(
 def band_stats(
     cube: Any, bands: list[str], *, var: str = "imagery", scale: float = 1.0
 ) -> tuple[list[float], list[float]]:
-    """Per-band mean and std over valid pixels of the cube: one dask reduction (sum, sum of squares, count)."""
+    """Per-band mean and std over the cube's valid pixels, in one dask pass.
+
+    A value counts where it is finite and, when the cube has ``valid(time, y, x)``, where ``valid`` is True;
+    labels play no part. A band without a valid value gets mean 0 and std 1, and a constant band std 1.
+
+    The same pass measures each band's spread of magnitudes and warns (:class:`~geoarray.errors.
+    GeoArrayWarning`) when a band cannot be normalised sensibly in float32: when its largest valid magnitude is
+    more than 2**24 (~1.7e7, float32's precision) times the typical one (the 1st percentile of the non-zero
+    magnitudes), typically a fill value such as 1e30 or -3.4e38 that is not masked. Its mean and std are then
+    set by those values, and every other pixel normalises to nearly the same number. It also warns when at
+    least 1 % of a band's valid values are exactly 0 while its other values stay within 16x of its largest
+    (no small values lead up to 0): an undeclared nodata such as a Landsat scene's collar. A band with no
+    valid value warns too.
+    """
     import dask
     import dask.array as dsa
 
-    x = cube[var].sel(band=bands).data
-    x = dsa.asarray(x).astype(np.float64) * scale
+    img = cube[var].sel(band=bands).transpose("time", "band", "y", "x")
+    x = dsa.asarray(img.data).astype(np.float64) * scale
     ok = dsa.isfinite(x)
     if "valid" in cube.data_vars:
-        ok = ok & dsa.asarray(cube["valid"].data).astype(bool)[:, None]
+        ok = ok & dsa.asarray(cube["valid"].transpose("time", "y", "x").data).astype(bool)[:, None]
     xz = dsa.where(ok, x, 0.0)
     axes = (0, 2, 3)
-    s, ss, n = dask.compute(xz.sum(axis=axes), (xz * xz).sum(axis=axes), ok.sum(axis=axes))
-    n = np.maximum(n, 1)
-    mean = s / n
-    var_ = np.maximum(ss / n - mean**2, 0.0)
+    nb = [len(c) for c in xz.chunks]
+    hist = xz.map_blocks(
+        _magnitude_histogram,
+        dtype=np.int64,
+        new_axis=4,
+        chunks=((1,) * nb[0], xz.chunks[1], (1,) * nb[2], (1,) * nb[3], (256,)),
+    ).sum(axis=axes)
+    s, ss, n, lo, hi, h = dask.compute(
+        xz.sum(axis=axes),
+        (xz * xz).sum(axis=axes),
+        ok.sum(axis=axes),
+        dsa.where(ok, x, np.inf).min(axis=axes),
+        dsa.where(ok, x, -np.inf).max(axis=axes),
+        hist,
+    )
+    n1 = np.maximum(n, 1)
+    mean = s / n1
+    var_ = np.maximum(ss / n1 - mean**2, 0.0)
     std = np.sqrt(var_)
     std = np.where(std > 1e-12, std, 1.0)
+    _check_bands([str(b) for b in bands], n, lo, hi, h, mean, std)
     return [float(v) for v in mean], [float(v) for v in std]
+
+
+_SPAN_BITS = 24  # float32's significand: beyond 2**24 the typical values drown next to the largest ones
+_ZERO_GAP_BITS = 4  # exact zeros while the other values stay within 16x of the largest: zero is a fill value
+
+
+def _magnitude_histogram(block: np.ndarray) -> np.ndarray:
+    """Counts of float32 binary exponents of ``|block|`` per band: ``(1, bands, 1, 1, 256)``.
+
+    Bin 0 holds zeros (and subnormals), bin 255 values beyond float32's range; bin ``e`` holds magnitudes in
+    ``[2**(e-127), 2**(e-126))``. Bit arithmetic on the float32 representation: cheap beside the read.
+    """
+    with np.errstate(over="ignore"):
+        e = (np.abs(block).astype(np.float32).view(np.uint32) >> 23) & 0xFF
+    out = np.zeros((1, block.shape[1], 1, 1, 256), dtype=np.int64)
+    for k in range(block.shape[1]):
+        out[0, k, 0, 0] = np.bincount(e[:, k].ravel(), minlength=256)
+    return out
+
+
+def _check_bands(
+    bands: list[str],
+    n: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    hist: np.ndarray,
+    mean: np.ndarray,
+    std: np.ndarray,
+) -> None:
+    """Warn about bands that normalisation cannot serve: no valid value, a spread beyond float32, zero fill."""
+    zero_fill: list[tuple[str, float]] = []
+    for k, band in enumerate(bands):
+        if n[k] == 0:
+            warnings.warn(
+                f"band {band!r} has no valid value in the cube (NaN or valid=False everywhere); expected some, "
+                "to compute its normalisation. It gets mean 0 and std 1 and the model sees zeros: drop it with "
+                "bands=, or check how it was loaded.",
+                GeoArrayWarning,
+                stacklevel=3,
+            )
+            continue
+        nz = hist[k, 1:]
+        if nz.sum() == 0:
+            continue
+        top = int(np.flatnonzero(nz)[-1]) + 1
+        p1 = int(np.searchsorted(np.cumsum(nz), 0.01 * nz.sum())) + 1
+        if top == 255 or top - p1 > _SPAN_BITS:
+            extreme = hi[k] if abs(hi[k]) >= abs(lo[k]) else lo[k]
+            warnings.warn(
+                f"band {band!r}: its valid values reach {extreme:.3g} while typical magnitudes are about "
+                f"{2.0 ** (p1 - 127):.2g} (1st percentile), a spread float32 normalisation cannot resolve (mean "
+                f"{mean[k]:.3g}, std {std[k]:.3g}: most pixels normalise to the same number). If {extreme:.3g} "
+                "is a fill value, mark it invalid: set the cube's valid to False where the band holds it, or "
+                "declare it as the source rasters' nodata (from_geotiff turns nodata into valid=False); if the "
+                "values are genuine, rescale the band (e.g. log) before training.",
+                GeoArrayWarning,
+                stacklevel=3,
+            )
+        zeros = int(hist[k, 0]) - (
+            int(hist[k].sum()) - int(n[k])
+        )  # bin 0 also counts invalid values (set to 0)
+        if zeros >= 0.01 * n[k] and top - p1 <= _ZERO_GAP_BITS:
+            zero_fill.append((band, zeros / n[k]))
+    if zero_fill:
+        warnings.warn(
+            f"bands {[b for b, _ in zero_fill]}: up to {max(f for _, f in zero_fill):.1%} of their valid values "
+            "are exactly 0, and no small values lead up to 0 (the others stay within 16x of the largest): 0 "
+            "looks like an undeclared nodata (a scene collar or fill), which the statistics and the chips then "
+            "take as data. Mark it invalid: declare it as the source rasters' nodata (gdal_edit.py -a_nodata 0; "
+            "from_geotiff turns nodata into valid=False), or set the cube's valid to False where the bands are 0.",
+            GeoArrayWarning,
+            stacklevel=3,
+        )
 
 
 def date_features(times: Any, encoding: str | None) -> np.ndarray:

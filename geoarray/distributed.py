@@ -77,8 +77,14 @@ def cluster(
         raise TrainError("gpus=True but no CUDA device is visible.")
     if local is None:
         n = n_workers or max(1, (os.cpu_count() or 1) // threads_per_worker)
+        # no dashboard; the scheduler's HTTP server (health, metrics) on a free local port: its default, 8787,
+        # is often taken (another cluster), and distributed then warns on stderr
         local = LocalCluster(
-            n_workers=n, threads_per_worker=threads_per_worker, processes=True, dashboard_address=None
+            n_workers=n,
+            threads_per_worker=threads_per_worker,
+            processes=True,
+            dashboard_address=None,
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
         )
     try:
         with Client(local) as client:

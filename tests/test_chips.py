@@ -162,3 +162,168 @@ def test_store_fast_path_gives_the_same_batches_as_dask(tmp_path):
     for (xa, ya), (xb, yb) in zip(a, b, strict=True):
         np.testing.assert_array_equal(xa.numpy(), xb.numpy())
         np.testing.assert_array_equal(ya.numpy(), yb.numpy())
+
+
+# -- sparse labels -----------------------------------------------------------------------------------------
+def _sparse(cube):
+    """Labels as polygons rasterised onto a scene: nodata (255) but for two small patches, < 0.1 % of pixels."""
+    lab = np.full((cube.sizes["y"], cube.sizes["x"]), 255, np.uint8)
+    lab[10:13, 10:13] = 0  # a patch of class 0 only (9 px)
+    lab[150:155, 100:105] = 2  # and one of class 2 (25 px)
+    out = cube.assign(labels=(("y", "x"), lab), valid=xr.ones_like(cube.valid))
+    out["labels"].attrs.update(nodata=255, classes=["a", "b", "c"])
+    assert (lab != 255).mean() < 0.001
+    return out
+
+
+def test_chips_without_a_labelled_pixel_are_skipped_and_class_0_counts(cube):
+    c = _sparse(cube)
+    plan = plan_chips(c, chip_size=32, val_fraction=0.0)
+    # grid step 32: one window holds each patch, on each of the 3 dates; every other window is unlabelled
+    assert sorted({(w.y, w.x) for w in plan.train}) == [(0, 0), (128, 96)]
+    assert len(plan.train) == 6 and plan.dropped["unlabelled"] > 0 and plan.labelled_pixels == 34
+    # min_positive counts labelled pixels, class 0 included: the 9-pixel class-0 patch is enough
+    assert {(w.y, w.x) for w in plan_chips(c, chip_size=32, val_fraction=0.0, min_positive=9).train} == {
+        (0, 0),
+        (128, 96),
+    }
+    assert {(w.y, w.x) for w in plan_chips(c, chip_size=32, val_fraction=0.0, min_positive=10).train} == {
+        (128, 96)
+    }
+    # positive_classes counts only those classes
+    only2 = plan_chips(c, chip_size=32, val_fraction=0.0, min_positive=1, positive_classes=[2])
+    assert {(w.y, w.x) for w in only2.train} == {(128, 96)}
+    # labels=None (an unsupervised plan) keeps every window
+    assert len(plan_chips(c, chip_size=32, val_fraction=0.0, labels=None).train) > 6
+
+
+def test_a_labelled_pixel_must_be_valid_on_the_chips_date(cube):
+    c = _sparse(cube)
+    valid = np.ones(c.valid.shape, bool)
+    valid[1, 150:155, 100:105] = False  # the class-2 patch is clouded on date 1
+    c = c.assign(valid=(c.valid.dims, valid))
+    plan = plan_chips(c, chip_size=32, val_fraction=0.0)
+    assert sorted((w.t, w.y, w.x) for w in plan.train if (w.y, w.x) == (128, 96)) == [
+        ((0,), 128, 96),
+        ((2,), 128, 96),
+    ]
+    # a whole series counts the pixel when it is valid on one of its dates
+    assert len(plan_chips(c, chip_size=32, val_fraction=0.0, times="all").train) == 2
+
+
+def test_stream_of_a_sparse_plan_has_no_all_ignored_chip(cube):
+    c = _sparse(cube)
+    plan = plan_chips(c, chip_size=32, val_fraction=0.0)
+    for b in _stream(c, plan, batch_size=2, shuffle=False):
+        assert all((y != IGNORE).any() for y in b.y.numpy())
+
+
+def test_every_chip_unlabelled_names_the_coverage(cube):
+    c = _sparse(cube)
+    c["labels"] = c.labels.where(c.labels != 0, 255).astype("uint8")  # keep the class-2 patch only
+    c["labels"].attrs.update(nodata=255)
+    with pytest.raises(TrainError, match=r"'unlabelled': \d+.*The labels cover 25 pixels where chips"):
+        plan_chips(c, chip_size=32, val_fraction=0.0, min_positive=26)
+    with pytest.raises(
+        TrainError, match=r"min_positive=5 counts labelled pixels of the variable 'lab'.*it has"
+    ):
+        plan_chips(c, chip_size=32, labels="lab", min_positive=5)
+
+
+def test_multilabel_masks_count_a_pixel_labelled_when_any_class_is(cube):
+    c = _sparse(cube)
+    lab = c.labels.values
+    masks = np.stack([np.where(lab == 255, 255, lab == k) for k in range(3)]).astype("uint8")
+    c["labels"] = (("class", "y", "x"), masks)
+    c["labels"].attrs.update(nodata=255)
+    assert len(plan_chips(c, chip_size=32, val_fraction=0.0).train) == 6
+    only2 = plan_chips(c, chip_size=32, val_fraction=0.0, min_positive=1, positive_classes=[2])
+    assert {(w.y, w.x) for w in only2.train} == {(128, 96)}
+
+
+def test_nodata_from_a_rasters_fill_value_attr(cube):
+    """rioxarray's open_rasterio keeps a raster's nodata as attrs['_FillValue'], not attrs['nodata']."""
+    c = _sparse(cube)
+    c["labels"].attrs = {"_FillValue": np.uint8(255)}
+    plan = plan_chips(c, chip_size=32, val_fraction=0.0)
+    assert len(plan.train) == 6
+    for b in _stream(c, plan, batch_size=6, shuffle=False):
+        assert set(np.unique(b.y.numpy())) <= {IGNORE, 0, 2}
+
+
+# -- regions from vector files -----------------------------------------------------------------------------
+def _halves(cube, crs):
+    """West and east halves of the cube as two polygons in ``crs`` (not the cube's), and their class values."""
+    import shapely
+    from pyproj import Transformer
+
+    to = Transformer.from_crs(cube.rio.crs, crs, always_xy=True)
+    x0, x1, xm = float(cube.x[0]) - 5, float(cube.x[-1]) + 5, float(cube.x[96]) - 5
+    y0, y1 = float(cube.y[-1]) - 5, float(cube.y[0]) + 5
+
+    def poly(a, b):  # densified edges: a straight line in one CRS is curved in the other
+        xs = np.r_[np.linspace(a, b, 20), np.full(20, b), np.linspace(b, a, 20), np.full(20, a)]
+        ys = np.r_[np.full(20, y0), np.linspace(y0, y1, 20), np.full(20, y1), np.linspace(y1, y0, 20)]
+        return shapely.Polygon(np.column_stack(to.transform(xs, ys)))
+
+    return [poly(x0, xm), poly(xm, x1)]
+
+
+def _write_vector(path, geoms, fields, crs, driver, layer=None):
+    import shapely
+    from pyogrio.raw import write
+
+    names = list(fields)
+    write(
+        str(path),
+        shapely.to_wkb(np.asarray(geoms, dtype=object)),
+        [np.asarray(fields[n]) for n in names],
+        names,
+        layer=layer,
+        driver=driver,
+        geometry_type="Polygon",
+        crs=crs,
+        append=layer is not None and path.exists(),
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "driver"),
+    [("r.gpkg", "GPKG"), ("r.shp", "ESRI Shapefile"), ("r.geojson", "GeoJSON"), ("r.fgb", "FlatGeobuf")],
+)
+def test_region_labels_read_vector_files_in_their_own_crs(cube, tmp_path, name, driver):
+    from geoarray.chips import region_labels
+
+    crs = "EPSG:4326" if driver == "GeoJSON" else "EPSG:3857"  # never the cube's EPSG:32633
+    path = _write_vector(tmp_path / name, _halves(cube, crs), {"code": np.array([10, 2])}, crs, driver)
+    plan = plan_chips(cube, chip_size=32, val_fraction=0.0, labels=None)
+    names = region_labels(plan, cube, str(path), property="code")
+    assert names == ["2", "10"]  # numbers sort as numbers
+    want = {(w.y, w.x): (1 if w.x + 16 < 96 else 0) for w in plan.train}  # majority half under each chip
+    assert {(w.y, w.x): w.label for w in plan.train} == want
+
+
+def test_region_labels_from_a_geodataframe_like_object(cube):
+    """Anything with a FeatureCollection __geo_interface__ and a .crs (a GeoDataFrame) works."""
+    from shapely.geometry import mapping
+
+    from geoarray.chips import region_labels
+
+    class Frame:
+        crs = "EPSG:3857"
+
+        def __init__(self, geoms, values):
+            self.__geo_interface__ = {
+                "type": "FeatureCollection",
+                "features": [
+                    {"type": "Feature", "geometry": g and mapping(g), "properties": {"k": v}}
+                    for g, v in zip(geoms, values, strict=True)
+                ],
+            }
+
+    plan = plan_chips(cube, chip_size=32, val_fraction=0.0, labels=None)
+    # real frames hold features without a geometry or without a value: they are left out
+    frame = Frame([*_halves(cube, "EPSG:3857"), None, _halves(cube, "EPSG:3857")[0]], ["w", "e", "x", None])
+    assert region_labels(plan, cube, frame, property="k") == ["e", "w"]
+    assert {w.label for w in plan.train if w.x + 32 <= 90} == {1}

@@ -78,14 +78,18 @@ def test_resume_continues_the_same_run(cube, tmp_path):
     """4 epochs in one go equal 2 epochs resumed to 4: weights, optimizer, shuffle and augmentation continue."""
     from geoarray.training.state import load_state, state_path
 
-    kw = dict(task="segmentation", chip_size=64, batch_size=8, lr=1e-3, steps_per_epoch=2, schedule="constant")
+    kw = dict(
+        task="segmentation", chip_size=64, batch_size=8, lr=1e-3, steps_per_epoch=2, schedule="constant"
+    )
     kw.update(SMALL)
     whole = tmp_path / "whole.safetensors"
     geoarray.fit(cube, epochs=4, out=str(whole), keep_state=True, **kw)
     out = tmp_path / "m.safetensors"
     geoarray.fit(cube, epochs=2, out=str(out), log_dir=str(tmp_path / "l1"), keep_state=True, **kw)
     assert state_path(out).exists()
-    geoarray.fit(cube, epochs=4, out=str(out), resume=str(out), log_dir=str(tmp_path / "l2"), keep_state=True, **kw)
+    geoarray.fit(
+        cube, epochs=4, out=str(out), resume=str(out), log_dir=str(tmp_path / "l2"), keep_state=True, **kw
+    )
     rows = list(csv.DictReader(open(tmp_path / "l2" / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == [3, 4]
     a, b = load_state(whole), load_state(out)  # the last epoch's weights (the checkpoint holds the best)
@@ -313,3 +317,258 @@ def test_bad_device_is_refused_before_training(tmp_path):
         geoarray.fit(
             c, task="segmentation", chip_size=32, epochs=1, device="gpu", out=str(tmp_path / "m.safetensors")
         )
+
+
+# -- losses: all-ignored batches -------------------------------------------------------------------------
+def _grad_of(fn, logits, target, **kw):
+    import torch
+
+    lg = torch.as_tensor(logits, dtype=torch.float32).clone().requires_grad_(True)
+    loss = fn(lg, torch.as_tensor(target), **kw)
+    loss.backward()
+    return float(loss.detach()), lg.grad
+
+
+def test_losses_by_hand_and_zero_for_an_all_ignored_batch():
+    import math
+
+    import torch
+
+    from geoarray._constants import IGNORE
+    from geoarray.tasks import _losses
+
+    # two pixels, three classes: logits (1, 3, 1, 2)
+    logits = np.array([[[[1.0, 0.0]], [[2.0, 0.0]], [[3.0, 0.0]]]])
+    ce1 = math.log(math.e + math.e**2 + math.e**3) - 1.0  # pixel 1, class 0
+    ce2 = math.log(3.0)  # pixel 2 (all logits 0), class 2
+    loss, _ = _grad_of(_losses.cross_entropy, logits, [[[0, 2]]])
+    assert loss == pytest.approx((ce1 + ce2) / 2, rel=1e-6)
+    w = torch.tensor([2.0, 1.0, 1.0])
+    loss, _ = _grad_of(_losses.cross_entropy, logits, [[[0, 2]]], weight=w)
+    assert loss == pytest.approx((2 * ce1 + ce2) / 3, rel=1e-6)  # torch's weighted mean
+    loss, _ = _grad_of(_losses.cross_entropy, logits, [[[0, IGNORE]]])
+    assert loss == pytest.approx(ce1, rel=1e-6)
+    pt = math.exp(-ce1)
+    loss, _ = _grad_of(_losses.focal, logits, [[[0, IGNORE]]])
+    assert loss == pytest.approx((1 - pt) ** 2 * ce1, rel=1e-6)
+    # multi-label: (1, 2 classes, 1, 1); class 1 ignored
+    loss, _ = _grad_of(_losses.bce, np.array([[[[2.0]], [[-1.0]]]]), [[[[1]], [[IGNORE]]]])
+    assert loss == pytest.approx(math.log(1 + math.exp(-2.0)), rel=1e-6)
+    # every target ignored (a chip of label nodata): 0, with zero finite gradients, not NaN
+    for fn, lg, target, kw in [
+        (_losses.cross_entropy, logits, [[[IGNORE, IGNORE]]], {}),
+        (_losses.cross_entropy, logits, [[[IGNORE, IGNORE]]], {"weight": w}),
+        (_losses.cross_entropy, logits, [[[1, 1]]], {"weight": torch.tensor([1.0, 0.0, 1.0])}),  # weight 0
+        (_losses.focal, logits, [[[IGNORE, IGNORE]]], {}),
+        (_losses.bce, logits, np.full((1, 3, 1, 2), IGNORE), {}),
+        (_losses.bce_dice, logits, np.full((1, 3, 1, 2), IGNORE), {}),
+    ]:
+        loss, grad = _grad_of(fn, lg, target, **kw)
+        assert loss == 0.0, fn.__name__
+        assert torch.isfinite(grad).all() and (grad == 0).all(), fn.__name__
+
+
+def _sparse_cube(size=256, seed=0):
+    """Labels like polygons rasterised onto a scene: nodata but for three small patches (< 0.1 % of pixels)."""
+    c = synthetic_cube(size=size, n_times=2, seed=seed, chunks=size // 2)
+    truth = c.labels.isel(time=0).values
+    lab = np.full((size, size), 255, np.uint8)
+    for y, x in ((20, 30), (140, 200), (200, 60)):
+        lab[y : y + 4, x : x + 5] = truth[y : y + 4, x : x + 5]
+    c["labels"] = xr.DataArray(
+        lab, dims=("y", "x"), attrs={"classes": c.labels.attrs["classes"], "nodata": 255}
+    )
+    assert (lab != 255).mean() < 0.001
+    return c
+
+
+def test_sparse_labels_train_instead_of_a_nan_loss(tmp_path):
+    """Before: chips with only nodata made an all-ignored batch, a NaN loss, and "lower lr" at step 1."""
+    c = _sparse_cube()
+    out = geoarray.fit(
+        c,
+        task="segmentation",
+        chip_size=32,
+        epochs=2,
+        batch_size=4,
+        val_fraction=0.0,
+        out=str(tmp_path / "s.safetensors"),
+        log_dir=str(tmp_path / "log"),
+        **SMALL,
+    )
+    rows = list(csv.DictReader(open(tmp_path / "log" / "metrics.csv")))
+    assert all(np.isfinite(float(r["train_loss"])) for r in rows)
+    assert read_metadata(out)["training"]["epoch"] >= 1
+
+
+# -- normalisation statistics ----------------------------------------------------------------------------
+def test_band_stats_use_valid_pixels_only_and_not_the_labels():
+    from geoarray._preprocess import band_stats
+
+    c = synthetic_cube(size=64, n_times=2, seed=4, chunks=32)
+    bands = [str(b) for b in c.band.values]
+    x, ok = c.imagery.values.astype(np.float64), c.valid.values[:, None] & np.isfinite(c.imagery.values)
+    want_mean = [x[:, k][ok[:, 0]].mean() for k in range(4)]
+    want_std = [x[:, k][ok[:, 0]].std() for k in range(4)]
+    mean, std = band_stats(c, bands)
+    np.testing.assert_allclose(mean, want_mean, rtol=1e-9)
+    np.testing.assert_allclose(std, want_std, rtol=1e-9)
+    # fill values behind valid=False change nothing, and the labels play no part
+    filled = c.copy()
+    filled["imagery"] = c.imagery.where(c.valid, 1e30)
+    filled["labels"] = c.labels * 0
+    m2, s2 = band_stats(filled, bands)
+    np.testing.assert_allclose(m2, mean, rtol=1e-9)
+    np.testing.assert_allclose(s2, std, rtol=1e-9)
+
+
+def test_band_stats_warn_when_float32_cannot_normalise_a_band():
+    """Seen on real data: 1e30 in half an image gave mean/std 4.5e29 and no word."""
+    from geoarray._preprocess import band_stats
+    from geoarray.errors import GeoArrayWarning
+
+    c = synthetic_cube(size=64, n_times=2, seed=4, chunks=32)
+    bands = [str(b) for b in c.band.values]
+    c = c.drop_vars("valid")
+    img = c.imagery.values.copy()
+    img[:, 1, :, :32] = 1e30  # an unmasked fill value in half of band "green"
+    c["imagery"] = (c.imagery.dims, img)
+    with pytest.warns(
+        GeoArrayWarning, match=r"band 'green': its valid values reach 1e\+30.*mark it invalid"
+    ) as rec:
+        mean, _ = band_stats(c, bands)
+    assert len(rec) == 1 and mean[1] > 1e29  # the statistics are what they are; the warning says why
+    img[:, 1, :, :32] = -3.4e38  # float32's lowest: the usual GDAL fill
+    c["imagery"] = (c.imagery.dims, img)
+    with pytest.warns(GeoArrayWarning, match=r"band 'green'.*-3.4e\+38"):
+        band_stats(c, bands)
+    img[:, 1] = np.nan  # a band with no valid value at all
+    c["imagery"] = (c.imagery.dims, img)
+    with pytest.warns(GeoArrayWarning, match=r"band 'green' has no valid value in the cube"):
+        band_stats(c, bands)
+    # a Landsat scene's collar: 0 where there is no data, digital numbers of 6000..20000 elsewhere, no nodata
+    dn = np.random.default_rng(1).integers(6000, 20000, size=img.shape).astype("uint16")
+    dn[:, :, :, :12] = 0
+    c["imagery"] = (c.imagery.dims, dn)
+    with pytest.warns(
+        GeoArrayWarning,
+        match=r"bands \['blue', 'green', 'red', 'nir'\]: up to 18.8% of their valid "
+        r"values are exactly 0.*undeclared nodata.*gdal_edit.py -a_nodata 0",
+    ) as rec:
+        band_stats(c, bands)
+    assert len(rec) == 1  # one warning for all the bands
+    c["valid"] = (("time", "y", "x"), np.broadcast_to(c.x.values >= float(c.x[12]), (2, 64, 64)))
+    band_stats(c, bands)  # masked: quiet
+    c = c.drop_vars("valid")
+    # genuine wide data stays quiet: a heavy tail over 5 orders of magnitude, and a large offset
+    img = np.random.default_rng(0).lognormal(0, 2.5, size=img.shape).astype("float32")
+    img[:, 2] += 1e9
+    c["imagery"] = (c.imagery.dims, img)
+    band_stats(c, bands)  # GeoArrayWarning is an error in the test suite
+    # and genuine zeros among small values (reflectance with dark water) too
+    img = np.random.default_rng(2).uniform(0, 0.5, size=img.shape).astype("float32")
+    img[:, :, :8] = 0.0
+    c["imagery"] = (c.imagery.dims, img)
+    band_stats(c, bands)
+
+
+# -- dates: training and predict feed sequence models the same numbers ------------------------------------
+def test_sequence_models_get_the_same_dates_in_training_and_predict(tmp_path):
+    import torch
+
+    from geoarray._preprocess import date_features
+    from geoarray.models import GeoModel, register_model
+    from geoarray.models._registry import _FACTORIES
+
+    seen: list[np.ndarray] = []
+
+    class DateProbe(GeoModel):
+        input_kind = "sequence"
+
+        def __init__(self, in_channels, num_classes, date_encoding):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(in_channels, num_classes, 1)
+            self.out_channels, self.date_encoding = num_classes, date_encoding
+
+        def forward(self, x, dates=None):
+            seen.append(dates.detach().cpu().numpy().copy())
+            b, t = x.shape[:2]
+            y = self.conv(x.flatten(0, 1)).unflatten(0, (b, t))
+            return y + 0 * dates[:, :, None, None, None]
+
+    def _date_probe(in_channels: int = 3, num_classes: int = 2, date_encoding: str = "days") -> DateProbe:
+        return DateProbe(in_channels, num_classes, date_encoding)
+
+    register_model(_date_probe)
+    try:
+        c = synthetic_cube(size=64, n_times=3, seed=1, chunks=32)
+        ckpt = geoarray.fit(
+            c,
+            task="segmentation",
+            model="_date_probe",
+            chip_size=32,
+            epochs=1,
+            batch_size=2,
+            val_fraction=0.0,
+            out=str(tmp_path / "d.safetensors"),
+            progress=False,
+        )
+        probe_dates = {10.0, 40.0, 70.0}  # the receptive-field measurement's own example input
+        trained = {float(v) for d in seen for v in d.ravel()} - probe_dates
+        seen.clear()
+        geoarray.predict(c.chunk(time=-1), ckpt)["mask"].compute(scheduler="synchronous")
+        predicted = {float(v) for d in seen for v in d.ravel()}
+    finally:
+        _FACTORIES.pop("_date_probe", None)
+    days = set(date_features(c.time.values, "days").tolist())
+    assert min(days) > 18_000  # days since 1970, not day of year
+    assert trained == predicted == days
+
+
+# -- the CLI: chip filters and a quiet DDP run -------------------------------------------------------------
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "c.zarr"
+    geoarray.write_cube(synthetic_cube(size=96, n_times=1, seed=2, chunks=48), path)
+    return path
+
+
+def test_cli_fit_chip_filters(store, tmp_path):
+    from typer.testing import CliRunner
+
+    from geoarray.cli import app
+
+    runner = CliRunner()
+    base = ["fit", str(store), "-o", str(tmp_path / "m.safetensors"), "--chip-size", "32", "--epochs", "1"]
+    base += ["--model-kw", "width=4", "--model-kw", "depth=3", "--val-fraction", "0"]
+    r = runner.invoke(app, [*base, "--min-positive", "30", "--positive-classes", "1,2", "--min-valid", "0.9"])
+    assert r.exit_code == 0, r.output
+    assert "wrote" in r.output
+    r = runner.invoke(app, [*base, "--min-positive", "100000"])
+    assert (
+        r.exit_code == 2
+        and "every training chip was filtered out" in r.output
+        and "'min_positive'" in r.output
+    )
+    r = runner.invoke(app, [*base, "--min-valid", "1.5"])
+    assert r.exit_code == 2 and "min_valid=1.5; expected a fraction between 0 and 1" in r.output
+    r = runner.invoke(app, [*base, "--positive-classes", "water"])
+    assert r.exit_code == 2 and "--positive-classes 'water'; expected comma-separated class ids" in r.output
+    r = runner.invoke(app, [*base, "--positive-classes", "9", "--min-positive", "1"])
+    assert r.exit_code == 2 and "positive_classes=[9] names ids [9] that the labels do not have" in r.output
+
+
+@pytest.mark.slow
+def test_cli_fit_with_workers_prints_no_dask_info_lines(store, tmp_path):
+    """distributed logs at INFO; the CLI's root handler printed every scheduler/nanny line without --verbose."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "m.safetensors"
+    args = [sys.executable, "-m", "geoarray.cli", "fit", str(store), "-o", str(out), "--chip-size", "32"]
+    args += ["--epochs", "1", "--batch-size", "4", "--model-kw", "width=4", "--model-kw", "depth=3"]
+    args += ["--val-fraction", "0", "--workers", "2"]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "INFO" not in r.stderr, r.stderr
+    assert out.exists() and "wrote" in r.stdout

@@ -1,5 +1,5 @@
-"""Chips: windows over a cube (:mod:`.plan`), chip labels from vector regions (:mod:`.regions`), and the
-threaded batch stream that feeds torch (:mod:`.stream`).
+"""Chips: windows over a cube (:mod:`.plan`), which of them a run keeps (:mod:`.filters`), chip labels from
+vector regions (:mod:`.regions`), and the threaded batch stream that feeds torch (:mod:`.stream`).
 
 A chip is a :class:`Window` (index slices into the cube), never a copy. Windows are planned inside *tiles*
 (the split unit) and tiles inside *read blocks* (whole storage chunks), so the stream reads each block once

@@ -9,14 +9,14 @@ and training chips keep ``buffer`` pixels away from them, so no training chip to
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import xarray as xr
 
+from geoarray.chips.filters import apply_filters
 from geoarray.errors import TrainError
 
 __all__ = ["ChipPlan", "Rect", "TimeSelection", "Window", "plan_chips"]
@@ -70,6 +70,7 @@ class ChipPlan:
     chip_size: int
     times: list[tuple[int, ...]]
     dropped: dict[str, int] = field(default_factory=dict)
+    labelled_pixels: int | None = None  # labelled pixels in the read blocks that hold windows (filters only)
 
     def val_mask(self, shape: tuple[int, int]) -> np.ndarray:
         """Boolean ``(y, x)`` mask of the validation tiles: where held-out scores are computed."""
@@ -151,13 +152,18 @@ def plan_chips(
     buffer
         Pixels a training chip keeps from any validation tile.
     min_valid
-        Minimum fraction of valid pixels (``valid`` and finite) in a chip.
+        Minimum fraction of valid pixels (``valid`` and finite imagery) in a chip, over its dates.
     min_positive
-        Minimum number of positive label pixels in a chip (seed 003's slumps filter).
+        Minimum number of *labelled* pixels in a chip: pixels whose label is not the label variable's
+        ``nodata`` on a date where the pixel is valid. Class 0 counts like any class (a chip labelled only with
+        class 0 is kept); with ``positive_classes``, only pixels of those classes count (seed 003's slumps
+        filter: ``min_positive=50, positive_classes=[1]``). 0: no threshold.
     positive_classes
-        Which class ids count as positive (default: every class but 0).
+        Class ids that ``min_positive`` counts (default: every labelled pixel). For multi-label
+        ``labels(class, y, x)``: a pixel counts when one of these classes' masks is 1.
     labels
-        The label variable used by ``min_positive`` (None to skip).
+        The label variable. When the cube has it, chips without a single labelled, valid pixel are always
+        dropped (they would train on nothing and make an all-ignored batch); pass None for unsupervised plans.
     multiple_of
         The model stride: ``chip_size`` must be a multiple of it.
     seed
@@ -171,7 +177,8 @@ def plan_chips(
     ------
     TrainError
         A chip larger than the cube, a chip size that isn't a multiple of the stride, a split with no
-        training tiles, or filters that leave no chip (the message names the filter).
+        training tiles, or filters that leave no chip (the message names the filter; ``dropped["unlabelled"]``
+        counts chips with no labelled pixel).
     """
     ny, nx = cube.sizes["y"], cube.sizes["x"]
     if chip_size <= 0 or chip_size > min(ny, nx):
@@ -209,7 +216,7 @@ def plan_chips(
 
     train: list[Window] = []
     val: list[Window] = []
-    dropped = {"buffer": 0, "min_valid": 0, "min_positive": 0}
+    dropped = {"buffer": 0, "min_valid": 0, "unlabelled": 0, "min_positive": 0}
     for ti, (tile, bi) in enumerate(tiles):
         rects = _windows_in(tile, chip_size, mode, step, n_random, rng)
         for y, x in rects:
@@ -230,13 +237,28 @@ def plan_chips(
         times=tsets,
         dropped=dropped,
     )
-    if min_valid > 0 or (min_positive > 0 and labels):
-        _apply_filters(cube, plan, min_valid, min_positive, positive_classes, labels, var)
+    has_labels = bool(labels) and labels in cube.data_vars
+    if (min_positive > 0 or positive_classes is not None) and not has_labels:
+        raise TrainError(
+            f"min_positive={min_positive} counts labelled pixels of the variable {labels!r}, which the cube does "
+            f"not have (it has {sorted(map(str, cube.data_vars))}); pass labels= the label variable."
+        )
+    if min_valid > 0 or has_labels:
+        apply_filters(
+            cube, plan, min_valid, min_positive, positive_classes, labels if has_labels else None, var
+        )
     if not plan.train:
         reasons = {k: v for k, v in plan.dropped.items() if v}
+        cover = ""
+        if reasons.get("unlabelled") and plan.labelled_pixels is not None:
+            cover = (
+                f" The labels cover {plan.labelled_pixels} pixels where chips were planned; 'unlabelled' chips "
+                "have no labelled pixel on a valid date."
+            )
         raise TrainError(
-            f"every training chip was filtered out (dropped: {reasons or 'none; the split left no room'}). "
-            "Relax the filter that dropped them (min_valid, min_positive, buffer) or use a smaller chip_size."
+            f"every training chip was filtered out (dropped: {reasons or 'none; the split left no room'}).{cover} "
+            "Relax the filter that dropped them (min_valid, min_positive, buffer), lower val_fraction, or use a "
+            "smaller chip_size."
         )
     return plan
 
@@ -292,52 +314,3 @@ def _windows_in(
         xx = rng.integers(tile.x0, tile.x1 - chip + 1, size=n_random)
         return list(zip(yy.tolist(), xx.tolist(), strict=True))
     raise TrainError(f"mode={mode!r}; expected 'grid' or 'random'.")
-
-
-def _apply_filters(
-    cube: xr.Dataset,
-    plan: ChipPlan,
-    min_valid: float,
-    min_positive: int,
-    positive_classes: Sequence[int] | None,
-    labels: str | None,
-    var: str,
-) -> None:
-    """Drop windows below the valid fraction / positive count, reading only ``valid`` and ``labels``."""
-    has_valid = "valid" in cube.data_vars
-    lab = cube[labels] if labels and labels in cube.data_vars and min_positive > 0 else None
-    nodata = int(lab.attrs.get("nodata", -1)) if lab is not None else -1
-    by_block: dict[int, list[tuple[str, int, Window]]] = defaultdict(list)
-    for split in ("train", "val"):
-        for i, w in enumerate(getattr(plan, split)):
-            by_block[w.block].append((split, i, w))
-    keep: dict[str, set[int]] = {"train": set(), "val": set()}
-    for bi, items in by_block.items():
-        b = plan.blocks[bi]
-        sl: dict[str, Any] = {"y": slice(b.y0, b.y1), "x": slice(b.x0, b.x1)}
-        if has_valid:
-            ok = np.asarray(cube["valid"].isel(sl).values, dtype=bool)
-        else:
-            ok = np.ones((cube.sizes["time"], b.y1 - b.y0, b.x1 - b.x0), dtype=bool)
-        if min_valid > 0:
-            img = cube[var].isel(sl)
-            ok = ok & np.isfinite(np.asarray(img.values, dtype=np.float32)).all(axis=1)
-        pos = None
-        if lab is not None:
-            lv = np.asarray(lab.isel(sl).values)
-            pc = np.isin(lv, positive_classes) if positive_classes is not None else (lv != 0) & (lv != nodata)
-            pos = pc if pc.ndim == 3 else pc[None]
-        for split, i, w in items:
-            ys, xs = slice(w.y - b.y0, w.y - b.y0 + w.size), slice(w.x - b.x0, w.x - b.x0 + w.size)
-            t = list(w.t)
-            if min_valid > 0 and ok[t][:, ys, xs].mean() < min_valid:
-                plan.dropped["min_valid"] += 1
-                continue
-            if pos is not None:
-                pt = pos[t] if pos.shape[0] > 1 else pos
-                if int(pt[:, ys, xs].sum()) < min_positive:
-                    plan.dropped["min_positive"] += 1
-                    continue
-            keep[split].add(i)
-    plan.train = [w for i, w in enumerate(plan.train) if i in keep["train"]]
-    plan.val = [w for i, w in enumerate(plan.val) if i in keep["val"]]

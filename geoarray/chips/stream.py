@@ -18,6 +18,7 @@ import xarray as xr
 
 from geoarray._constants import IGNORE
 from geoarray._preprocess import date_features, normalize_fill
+from geoarray.chips.filters import label_nodata
 from geoarray.chips.plan import ChipPlan, Rect, Window, _take_times
 
 __all__ = ["Batch", "ChipStream"]
@@ -101,7 +102,7 @@ class ChipStream:
         self._lock = threading.Lock()
         lab = cube[labels] if labels and labels in cube.data_vars else None
         self._lab_dims = tuple(map(str, lab.dims)) if lab is not None else ()
-        self._nodata = int(lab.attrs.get("nodata", -1)) if lab is not None else -1
+        self._nodata = label_nodata(lab) if lab is not None else -1
         self.multilabel = "class" in self._lab_dims
         present = [str(b) for b in cube["band"].values]
         self._band_idx = [present.index(b) for b in self.bands]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,6 +31,39 @@ def _parse_kv(items: list[str] | None) -> dict[str, Any]:
         except json.JSONDecodeError:
             out[k] = v
     return out
+
+
+def _parse_ids(text: str | None) -> list[int] | None:
+    """``"1,3"`` -> ``[1, 3]``."""
+    from geoarray.errors import TrainError
+
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise TrainError(
+            f"--positive-classes {text!r}; expected comma-separated class ids such as 1,3."
+        ) from None
+
+
+@contextlib.contextmanager
+def _quiet_dask() -> Iterator[None]:
+    """Keep dask's INFO chatter (scheduler and nanny start-up, connections) out of a CLI run without --verbose.
+
+    distributed sets its loggers to INFO, and they propagate to the handler the CLI installs on the root
+    logger; the worker processes log at WARNING already (LocalCluster's silence_logs).
+    """
+    import distributed  # noqa: F401  (importing it sets its loggers' levels: do that first)
+
+    lg = logging.getLogger("distributed")
+    old = lg.level
+    if logging.getLogger().getEffectiveLevel() > logging.INFO:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        lg.setLevel(old)
 
 
 @app.command()
@@ -59,15 +95,29 @@ def fit(
     workers: Annotated[int, typer.Option(help="DDP ranks on a local Dask cluster (0: one process).")] = 0,
     scheduler: Annotated[str | None, typer.Option(help="Address of a Dask scheduler for DDP.")] = None,
     regions: Annotated[
-        Path | None, typer.Option(help="GeoJSON of chip-label regions (classification).")
+        Path | None,
+        typer.Option(
+            help="Vector file of chip-label regions (classification): GeoPackage, Shapefile, GeoJSON, ..."
+        ),
     ] = None,
     region_property: Annotated[str | None, typer.Option(help="Property holding the region label.")] = None,
+    region_layer: Annotated[
+        str | None, typer.Option(help="Layer of the regions file, when it has several.")
+    ] = None,
     min_valid: Annotated[
         float, typer.Option(help="Chip filter: the fraction of valid pixels a chip needs.")
     ] = 0.5,
     min_positive: Annotated[
-        int, typer.Option(help="Chip filter: labelled non-background pixels a chip needs (0: no filter).")
+        int,
+        typer.Option(
+            help="Chip filter: labelled pixels (not nodata; class 0 counts) a chip needs. Chips with none "
+            "are always skipped."
+        ),
     ] = 0,
+    positive_classes: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated class ids that --min-positive counts (default: every class)."),
+    ] = None,
     keep_state: Annotated[
         bool,
         typer.Option(help="Keep OUTPUT.train-state.safetensors after the run, so --resume can extend it."),
@@ -85,6 +135,8 @@ def fit(
     opts: dict[str, Any] = dict(
         min_valid=min_valid,
         min_positive=min_positive,
+        positive_classes=_parse_ids(positive_classes),
+        region_layer=region_layer,
         keep_state=keep_state,
         model=model,
         model_kwargs=_parse_kv(model_kw),
@@ -110,7 +162,7 @@ def fit(
     if workers or scheduler:
         from geoarray.distributed import cluster
 
-        with cluster(scheduler, n_workers=workers or None) as client:
+        with _quiet_dask(), cluster(scheduler, n_workers=workers or None) as client:
             path = run_fit(cube, task=task, client=client, **opts)
     else:
         path = run_fit(cube, task=task, **opts)

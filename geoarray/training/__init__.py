@@ -41,9 +41,11 @@ def fit(
     val_fraction: float = 0.2,
     min_valid: float = 0.5,
     min_positive: int = 0,
+    positive_classes: Sequence[int] | None = None,
     augment: bool = True,
     regions: str | os.PathLike[str] | Any = None,
     region_property: str | None = None,
+    region_layer: str | None = None,
     pixels_per_chip: int = 256,
     sensor: str | None = None,
     # optimisation
@@ -93,14 +95,22 @@ def fit(
         ``"grid"`` or ``"random"`` windows, and which dates make a chip (``"each"``, ``"all"`` or indices).
     val_fraction
         Fraction of spatial tiles held out for validation (the best epoch is chosen on them).
-    min_valid, min_positive
-        Chip filters: the fraction of valid pixels a chip needs, and how many labelled non-background pixels
-        (seed 003's filter). Chips with no labelled pixel at all are always skipped.
+    min_valid, min_positive, positive_classes
+        Chip filters. ``min_valid``: the fraction of valid pixels (``valid`` and finite imagery) a chip needs.
+        ``min_positive``: how many *labelled* pixels a chip needs: pixels whose label is not the labels'
+        ``nodata``, on a date where they are valid. Class 0 counts like any other class, so a chip labelled only
+        with class 0 is kept; pass ``positive_classes`` (class ids) to count only those classes (seed 003's
+        filter: ``min_positive=50, positive_classes=[1]``). Chips without a single labelled pixel are always
+        skipped, whatever ``min_positive`` is: with sparse labels (a few polygons rasterised onto a scene) most
+        chips have none, and a batch of them has nothing to learn from.
     augment
         Random flips, 90° rotations and radiometric jitter of training chips.
-    regions, region_property
-        Vector regions (GeoPackage, Shapefile, GeoParquet, GeoJSON or a GeoDataFrame) and the property that
-        holds each region's class, for ``task="classification"``.
+    regions, region_property, region_layer
+        Vector regions for ``task="classification"``: a file GDAL reads (GeoPackage, Shapefile, GeoJSON,
+        FlatGeobuf, ...; read with pyogrio in the layer's own CRS) or an object with ``__geo_interface__`` and
+        ``.crs`` (a GeoDataFrame), the property that holds each region's class, and the layer of a
+        multi-layer file. GeoParquet needs a GDAL built with Parquet, which pyogrio's wheels are not: pass
+        ``geopandas.read_parquet(path)`` instead.
     pixels_per_chip
         Pixels sampled per window for ``pixel_classification``.
     sensor
@@ -148,10 +158,19 @@ def fit(
     Raises
     ------
     TrainError
-        Bad options (named, with the expected range), missing labels, labels on another grid, chips that
-        don't fit, a model that does not fit the task, class counts that don't match the model, every chip
-        filtered out, no training tiles, or a NaN loss (named by epoch and step; nothing is saved from a NaN
-        model).
+        Before any work: bad options (named, with the expected range), paths that cannot be written, missing
+        labels, labels on another grid, labels that cannot train (float or bool, nodata everywhere, a single
+        class, negative ids, ids beyond ``attrs["classes"]``), chips that don't fit, a model that does not fit
+        the task (e.g. ``unet`` for ``"classification"``) or the cube's number of dates, class counts that
+        don't match the model, unreadable or non-overlapping regions, every chip filtered out, no training
+        tiles. During training: a NaN loss (named by epoch and step; nothing is saved from a NaN model).
+
+    Warns
+    -----
+    GeoArrayWarning
+        A band that float32 normalisation cannot serve (an unmasked fill value such as 1e30, an undeclared
+        nodata of 0, no valid value), label ids that look like codes rather than indices, or no validation
+        chip left after the filters.
 
     Examples
     --------
@@ -163,6 +182,8 @@ def fit(
     opts.pop("client")
     opts["model_kwargs"] = dict(model_kwargs or {})
     opts["bands"] = list(bands) if bands is not None else None
+    if positive_classes is not None and not isinstance(positive_classes, (str, bytes)):
+        opts["positive_classes"] = list(positive_classes)
     if class_weights is not None and not isinstance(class_weights, str):
         opts["class_weights"] = [float(w) for w in class_weights]
     for key in ("out", "resume", "log_dir"):

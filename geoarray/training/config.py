@@ -19,7 +19,10 @@ Schedule = Literal["cosine", "step", "plateau", "constant"]
 class FitConfig:
     """Everything that defines a training run besides the cube; the fields are :func:`geoarray.fit`'s options.
 
-    Grouped as in ``fit``'s signature: the task and model, the data (chips), optimisation, and runtime.
+    Grouped as in ``fit``'s signature: the task and model, the data (chips), optimisation, and runtime. The
+    chip filters: ``min_valid`` is the fraction of valid pixels a chip needs; ``min_positive`` the number of
+    labelled pixels it needs (label not nodata, on a valid date; class 0 counts), of ``positive_classes`` only
+    when given. Chips without any labelled pixel are always skipped. See :func:`geoarray.fit`.
     """
 
     # task and model
@@ -37,9 +40,11 @@ class FitConfig:
     val_fraction: float = 0.2
     min_valid: float = 0.5
     min_positive: int = 0
+    positive_classes: list[int] | None = None
     augment: bool = True
     regions: Any = None
     region_property: str | None = None
+    region_layer: str | None = None
     pixels_per_chip: int = 256
     sensor: str | None = None
     # optimisation
@@ -85,17 +90,35 @@ class FitConfig:
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
         _non_negative_int("min_positive", self.min_positive)
+        if self.positive_classes is not None:
+            if isinstance(self.positive_classes, (str, bytes)) or not hasattr(
+                self.positive_classes, "__iter__"
+            ):
+                raise TrainError(
+                    f"positive_classes={self.positive_classes!r}; expected a list of class ids such as [1, 2]."
+                )
+            self.positive_classes = list(self.positive_classes)
+            for c in self.positive_classes:
+                _non_negative_int("positive_classes item", c)
+            if not self.positive_classes:
+                raise TrainError(
+                    "positive_classes=[]; expected at least one class id, or None to count every class."
+                )
         _non_negative_int("seed", self.seed)
         if not _real(self.lr) or self.lr < 0:  # 0 is allowed: it trains only BatchNorm statistics
             raise TrainError(f"lr={self.lr!r}; expected a finite learning rate >= 0, such as 1e-3.")
         if not _real(self.weight_decay) or self.weight_decay < 0:
-            raise TrainError(f"weight_decay={self.weight_decay!r}; expected a finite number >= 0 (e.g. 1e-4).")
+            raise TrainError(
+                f"weight_decay={self.weight_decay!r}; expected a finite number >= 0 (e.g. 1e-4)."
+            )
         if not _real(self.warmup_epochs) or not 0 <= self.warmup_epochs <= self.epochs:
             raise TrainError(
                 f"warmup_epochs={self.warmup_epochs!r}; expected a number between 0 and epochs={self.epochs}."
             )
         if not _real(self.val_fraction) or not 0 <= self.val_fraction < 1:
-            raise TrainError(f"val_fraction={self.val_fraction!r}; expected 0 <= val_fraction < 1 (e.g. 0.2).")
+            raise TrainError(
+                f"val_fraction={self.val_fraction!r}; expected 0 <= val_fraction < 1 (e.g. 0.2)."
+            )
         if not _real(self.min_valid) or not 0 <= self.min_valid <= 1:
             raise TrainError(f"min_valid={self.min_valid!r}; expected a fraction between 0 and 1.")
         _choice("mode", self.mode, ("grid", "random"))
@@ -105,7 +128,9 @@ class FitConfig:
         if not isinstance(self.model_kwargs, dict):
             raise TrainError(f"model_kwargs={self.model_kwargs!r}; expected a dict such as {{'width': 16}}.")
         if not str(self.out):
-            raise TrainError("out=''; expected the path of the checkpoint to write, e.g. 'model.safetensors'.")
+            raise TrainError(
+                "out=''; expected the path of the checkpoint to write, e.g. 'model.safetensors'."
+            )
 
 
 def _real(v: Any) -> bool:

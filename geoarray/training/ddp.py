@@ -113,6 +113,22 @@ def _rank_main(
         dist.destroy_process_group()
 
 
+def _check_shards(cfg: FitConfig, setup: Setup, world: int) -> None:
+    """Every rank needs a full batch (DDP drops the last partial one): refuse before any rank starts."""
+    from geoarray.training.loop import shard_windows
+
+    if world < 2:  # one rank keeps its last partial batch
+        return
+    per = cfg.pixels_per_chip if setup.stream_kind == "pixels" else 1
+    n = min(len(shard_windows(setup.plan.train, r, world)) * per for r in range(world))
+    if n < cfg.batch_size:
+        raise TrainError(
+            f"{len(setup.plan.train)} training chips shared by {world} DDP ranks leave a rank {n} samples, less "
+            f"than one batch (batch_size={cfg.batch_size}); expected at least batch_size per rank. Lower "
+            "batch_size, use fewer workers, or a smaller stride/chip_size for more chips."
+        )
+
+
 def _task_states(dask_scheduler: Any, keys: list[str]) -> list[str]:
     return [dask_scheduler.tasks[k].state if k in dask_scheduler.tasks else "forgotten" for k in keys]
 
@@ -129,6 +145,7 @@ def run_ddp(
     if not workers:
         raise TrainError("the Dask cluster has no workers; start some (e.g. geoarray.distributed.cluster()).")
     world = len(workers)
+    _check_shards(cfg, setup, world)
     gpu = client.run(cuda_count, workers=[workers[0]])[workers[0]] > 0 and cfg.device in ("auto", "cuda")
     backend = "nccl" if gpu else "gloo"
     master = _host_of(workers[0])

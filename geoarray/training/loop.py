@@ -265,6 +265,8 @@ class Trainer:
             classes=self.setup.classes or None,
             sensor=self.cfg.sensor,
             multilabel=self.setup.task.multilabel,
+            # what the stream fed the model; predict reads it back, so both use the same date features
+            **({"date_encoding": self.setup.date_encoding} if self.setup.date_encoding else {}),
             training={
                 "epoch": epoch + 1,
                 "epochs": self.cfg.epochs,

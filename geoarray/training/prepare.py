@@ -9,16 +9,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import dask
 import numpy as np
 import xarray as xr
 
 from geoarray.cube import validate_cube
-from geoarray.errors import TrainError
+from geoarray.errors import GeoArrayWarning, TrainError
 from geoarray.training.config import FitConfig
 
 __all__ = ["Setup", "prepare"]
@@ -49,9 +52,171 @@ def _labels_of(cube: xr.Dataset, cfg: FitConfig) -> xr.DataArray | None:
                 f"labels are on another grid ({dict(lab.sizes)} vs the cube's y={cube.sizes['y']}, "
                 f"x={cube.sizes['x']}); align them with `geoarray.read_labels(path, like=cube)`."
             )
+    if lab.dtype == bool:
+        raise TrainError(
+            f"labels {cfg.labels!r} have dtype bool; expected integer class ids. Convert them with "
+            f"`ds[{cfg.labels!r}] = ds.{cfg.labels}.astype('uint8')` (False is class 0, True class 1)."
+        )
     if not np.issubdtype(lab.dtype, np.integer):
-        raise TrainError(f"labels have dtype {lab.dtype}; expected integer class ids.")
+        raise TrainError(
+            f"labels {cfg.labels!r} have dtype {lab.dtype}; expected integer class ids. A label raster opened "
+            "with NaN for nodata (e.g. rioxarray's mask_and_scale=True) is float: convert it with "
+            f"`ds[{cfg.labels!r}] = ds.{cfg.labels}.fillna(255).astype('uint8')` and set its attrs['nodata'] = 255, "
+            "or read it with geoarray.read_labels(path, like=ds)."
+        )
     return lab
+
+
+def _classes_of(lab: xr.DataArray, name: str, multilabel: bool) -> list[str]:
+    """Class names, after one pass over the labels that refuses ids they cannot train on."""
+    from geoarray.chips.filters import label_nodata
+
+    nodata = label_nodata(lab)
+    hint = (
+        f"(attrs['nodata'] = {nodata})"
+        if nodata != -1
+        else "(no attrs['nodata']: only -1 means 'no label'; set it, e.g. to 255)"
+    )
+    held = lab.where(lab != nodata)
+    lo, hi = (float(v) for v in dask.compute(held.min(), held.max(), scheduler="threads"))
+    if math.isnan(hi):
+        raise TrainError(
+            f"labels {name!r} are nodata {hint} in every pixel; expected class ids in at least some. Check "
+            "that the label raster overlaps the cube (geoarray.read_labels(path, like=cube) fills the rest "
+            "with nodata) and that attrs['nodata'] is the value meaning 'no label'."
+        )
+    if multilabel:
+        classes = [str(c) for c in (lab.attrs.get("classes") or lab["class"].values)]
+        if lo < 0 or hi > 1:
+            raise TrainError(
+                f"multi-label labels {name!r} hold values {lo:g}..{hi:g} {hint}; expected 0/1 masks per class "
+                "and nodata."
+            )
+        return classes
+    if lo < 0:
+        raise TrainError(
+            f"labels {name!r} hold the negative id {int(lo)} {hint}; expected class ids 0, 1, ... . If "
+            f"{int(lo)} means 'no label', set attrs['nodata'] = {int(lo)}."
+        )
+    named = lab.attrs.get("classes", [])
+    if isinstance(named, (str, bytes)) or not hasattr(named, "__len__"):
+        raise TrainError(
+            f"labels {name!r} have attrs['classes'] = {named!r}; expected a list of class names, one per id, "
+            "such as ['water', 'forest']."
+        )
+    classes = [str(c) for c in named]
+    top = int(hi)
+    if not classes:
+        classes = [str(i) for i in range(top + 1)]
+        _warn_if_codes(held, name, top)
+    elif top >= len(classes):
+        raise TrainError(
+            f"labels {name!r} hold class id {top} {hint} but attrs['classes'] names only {len(classes)} "
+            f"classes {classes} (ids 0..{len(classes) - 1}). Name every class in attrs['classes'], or if {top} "
+            f"means 'no label', set attrs['nodata'] = {top}."
+        )
+    if lo == hi:
+        raise TrainError(
+            f"labels {name!r} hold a single class, {top} ({classes[top]!r}), in every labelled pixel {hint}; "
+            "expected at least two classes to learn to tell apart. Label examples of the other classes "
+            "(e.g. background as 0) too."
+        )
+    return classes
+
+
+def _check_paths(cfg: FitConfig) -> None:
+    """Where the run writes: a wrong path would fail only after the first epoch."""
+    from pathlib import Path
+
+    out = Path(cfg.out)
+    if out.is_dir():
+        raise TrainError(
+            f"out={cfg.out!r} is a directory; expected the checkpoint file to write, e.g. "
+            f"{str(out / 'model.safetensors')!r}."
+        )
+    if any(p.exists() and not p.is_dir() for p in out.parents):
+        raise TrainError(f"out={cfg.out!r} lies under a file, not a directory; expected a writable path.")
+    if cfg.log_dir is not None and Path(cfg.log_dir).exists() and not Path(cfg.log_dir).is_dir():
+        raise TrainError(f"log_dir={cfg.log_dir!r} is a file; expected a directory (created if missing).")
+
+
+def _fit_timesteps(cfg: FitConfig, mk: dict[str, Any], n_times: int) -> None:
+    """Models built for a fixed number of dates (``num_timesteps``, e.g. pixel_mlp) get the cube's."""
+    from geoarray.models import model_info
+
+    if "num_timesteps" not in model_info(cfg.model):
+        return
+    want = mk.setdefault("num_timesteps", n_times)
+    if want != n_times:
+        raise TrainError(
+            f"model_kwargs num_timesteps={want} but the cube has {n_times} dates; {cfg.model!r} takes a fixed "
+            f"number of dates. Drop num_timesteps (it is then {n_times}), or select {want} dates "
+            f"(cube.isel(time=...)), or use a model that takes any number of dates (pixel_cnn, "
+            "pixel_transformer)."
+        )
+
+
+def _warn_if_codes(held: xr.DataArray, name: str, top: int) -> None:
+    """Unnamed labels whose ids are codes (NLCD's 11, 21, ..., 95), not indices 0..K-1: most outputs unused."""
+    if top < 8 or top > 65535:
+        return
+    import dask.array as dsa
+
+    ids = dsa.asarray(held.fillna(top + 1).astype("int64").data).ravel()  # nodata -> bin top + 1
+    counts = np.asarray(dask.compute(dsa.bincount(ids, minlength=top + 2), scheduler="threads")[0])[: top + 1]
+    used = np.flatnonzero(counts).tolist()
+    if len(used) * 2 <= top + 1:
+        warnings.warn(
+            f"labels {name!r} use {len(used)} distinct ids {used[:12]}{' ...' if len(used) > 12 else ''} and no "
+            f"attrs['classes']; read as class indices they make {top + 1} classes (0..{top}), {top + 1 - len(used)} "
+            "of which never occur, so the model gets as many unused outputs. If the ids are codes (e.g. land-cover "
+            "codes), remap them to 0..K-1 and name them in attrs['classes'].",
+            GeoArrayWarning,
+            stacklevel=4,
+        )
+
+
+def _models_of_kind(kinds: tuple[str, ...]) -> list[str]:
+    """Registry names whose models take ``kinds`` of input (read from the factories' return annotations)."""
+    import typing
+
+    from geoarray.models import list_models
+    from geoarray.models._registry import _get
+
+    out = []
+    for name in list_models():
+        try:
+            ret = typing.get_type_hints(_get(name)).get("return")
+        except Exception:  # a factory without a resolvable annotation: leave it out of the hint
+            continue
+        if getattr(ret, "input_kind", None) in kinds:
+            out.append(name)
+    return out
+
+
+_TASK_KINDS = {
+    "segmentation": ("image", "sequence", "pixels"),
+    "classification": ("chip",),
+    "pixel_classification": ("pixels",),
+}
+_KIND_WORDS = {
+    "image": "a map per pixel",
+    "sequence": "a map per pixel and date",
+    "pixels": "one class per pixel time series",
+    "chip": "one class per chip",
+}
+
+
+def _check_model_fits_task(cfg: FitConfig, probe: Any) -> None:
+    kind = str(getattr(probe, "input_kind", "image"))
+    allowed = _TASK_KINDS.get(cfg.task)
+    if allowed is None or kind in allowed:
+        return
+    better = next((t for t, ks in _TASK_KINDS.items() if kind in ks and t != "segmentation"), "segmentation")
+    raise TrainError(
+        f"model {cfg.model!r} outputs {_KIND_WORDS.get(kind, kind)}, which task {cfg.task!r} cannot train; "
+        f"expected one of {_models_of_kind(allowed)} for it, or task={better!r} for {cfg.model!r}."
+    )
 
 
 @dataclass
@@ -76,30 +241,27 @@ def prepare(cube: xr.Dataset, cfg: FitConfig) -> Setup:
     from geoarray.models import create_model
     from geoarray.tasks import get_task
 
-    lab = _labels_of(cube, cfg)  # first: its message says how to align labels, which is the usual fix
+    _check_paths(cfg)
+    lab = _labels_of(cube, cfg)  # its message says how to align labels, which is the usual fix
     validate_cube(cube, var=cfg.var)
     present = [str(b) for b in cube["band"].values]
     bands = list(cfg.bands) if cfg.bands else present
     missing = [b for b in bands if b not in present]
     if missing:
         raise TrainError(f"bands {missing} are not in the cube; it has {present}.")
+    twice = sorted({b for b in bands if bands.count(b) > 1})
+    if twice:
+        raise TrainError(f"bands={bands} lists {twice} more than once; expected each band once.")
+    if cfg.task != "classification" and (cfg.regions is not None or cfg.region_property is not None):
+        raise TrainError(
+            f"regions= / region_property= label whole chips for task='classification'; task {cfg.task!r} reads "
+            f"its labels from the cube's {cfg.labels!r} variable. Drop regions=, or rasterise the regions into "
+            "the labels (e.g. rasterio.features.rasterize onto the cube's grid)."
+        )
     multilabel = cfg.multilabel or (lab is not None and "class" in lab.dims)
     task = get_task(cfg.task, loss=cfg.loss, multilabel=multilabel)
 
-    classes: list[str] = []
-    if lab is not None:
-        if multilabel:
-            classes = [str(c) for c in (lab.attrs.get("classes") or lab["class"].values)]
-        else:
-            classes = [str(c) for c in lab.attrs.get("classes", [])]
-            nodata = int(lab.attrs.get("nodata", -1))
-            top = int(lab.where(lab != nodata).max().compute(scheduler="threads")) if lab.size else 0
-            if not classes:
-                classes = [str(i) for i in range(top + 1)]
-            elif top >= len(classes):
-                raise TrainError(
-                    f"labels hold class id {top} but attrs['classes'] names only {len(classes)} classes {classes}."
-                )
+    classes = _classes_of(lab, cfg.labels, multilabel) if lab is not None else []
     mk = dict(cfg.model_kwargs)
     if cfg.task != "classification" or lab is not None:
         if classes:
@@ -116,11 +278,25 @@ def prepare(cube: xr.Dataset, cfg: FitConfig) -> Setup:
             f"model_kwargs in_channels={mk['in_channels']} but {len(bands)} bands {bands} are used."
         )
 
+    _fit_timesteps(cfg, mk, cube.sizes["time"])
+
     with seeded_torch(cfg.seed, "cpu"):  # a throwaway model: leave the caller's generator alone
         probe = create_model(cfg.model, **mk)
+    _check_model_fits_task(cfg, probe)
     stream_kind = task.kind_for(probe)
-    if cfg.task == "pixel_classification" and stream_kind != "pixels":
-        raise TrainError(f"task 'pixel_classification' needs a pixel model (pixel_*), got {cfg.model!r}.")
+    if cfg.task == "classification" and (cfg.min_positive or cfg.positive_classes is not None):
+        raise TrainError(
+            f"min_positive={cfg.min_positive} / positive_classes={cfg.positive_classes} count labelled pixels of "
+            "a label raster; task 'classification' labels whole chips from regions=, so expected min_positive=0 "
+            "and no positive_classes."
+        )
+    if cfg.positive_classes is not None and classes:
+        bad = [c for c in cfg.positive_classes if not 0 <= c < len(classes)]
+        if bad:
+            raise TrainError(
+                f"positive_classes={cfg.positive_classes} names ids {bad} that the labels do not have; expected "
+                f"ids 0..{len(classes) - 1} of {classes}."
+            )
     times: Any = cfg.times if stream_kind not in ("sequence", "pixels") else "all"
     multiple = probe.stride if stream_kind in ("image", "sequence") else 1
     plan = plan_chips(
@@ -132,6 +308,7 @@ def prepare(cube: xr.Dataset, cfg: FitConfig) -> Setup:
         val_fraction=cfg.val_fraction,
         min_valid=cfg.min_valid,
         min_positive=cfg.min_positive,
+        positive_classes=cfg.positive_classes,
         labels=cfg.labels if lab is not None else None,
         multiple_of=multiple,
         var=cfg.var,
@@ -142,15 +319,31 @@ def prepare(cube: xr.Dataset, cfg: FitConfig) -> Setup:
             raise TrainError(
                 "task 'classification' needs regions= (a GeoJSON) and region_property= (its label field)."
             )
-        classes = region_labels(plan, cube, cfg.regions, property=cfg.region_property)
+        classes = region_labels(plan, cube, cfg.regions, property=cfg.region_property, layer=cfg.region_layer)
         if mk.get("num_classes") not in (None, len(classes)):
             raise TrainError(
                 f"model_kwargs num_classes={mk['num_classes']} but the regions hold {len(classes)} classes."
             )
         mk["num_classes"] = len(classes)
+        seen = sorted({int(w.label) for w in plan.train if w.label is not None})
+        if len(seen) < 2:
+            raise TrainError(
+                f"every training chip lies in regions of one class, {classes[seen[0]]!r} (the regions name "
+                f"{classes}); expected chips of at least two classes. Check that the regions of the other "
+                "classes overlap the cube, or lower val_fraction."
+            )
     task.classes = classes
     if cfg.class_weights is not None:
         task.class_weights = _class_weights(cfg.class_weights, lab, classes)
+    if cfg.val_fraction > 0 and not plan.val:
+        warnings.warn(
+            f"no validation chip is left after the chip filters (dropped: "
+            f"{ {k: v for k, v in plan.dropped.items() if v} }); expected some, to pick the best epoch. The best "
+            "epoch is picked by training loss instead. Label more of the held-out tiles, change seed= (another "
+            "split), or lower min_valid / min_positive.",
+            GeoArrayWarning,
+            stacklevel=3,
+        )
     log.info("%s", plan.summary())
 
     from geoarray._preprocess import band_stats
@@ -161,7 +354,8 @@ def prepare(cube: xr.Dataset, cfg: FitConfig) -> Setup:
             [dict(cube.sizes), bands, [str(t) for t in cube["time"].values], str(cube.rio.crs)], default=str
         ).encode()
     ).hexdigest()[:16]
-    date_encoding = getattr(probe, "date_encoding", None)
+    # the checkpoint records hparams["date_encoding"] (see save_checkpoint): train with the same value
+    date_encoding = probe.hparams.get("date_encoding", getattr(probe, "date_encoding", None))
     return Setup(bands, classes, mean, std, plan, task, mk, stream_kind, ident, date_encoding)
 
 
@@ -171,6 +365,10 @@ def _class_weights(spec: Any, lab: xr.DataArray | None, classes: list[str]) -> l
         w = [float(v) for v in spec]
         if len(w) != len(classes):
             raise TrainError(f"class_weights has {len(w)} values for {len(classes)} classes {classes}.")
+        if not all(math.isfinite(v) and v >= 0 for v in w) or not any(w):
+            raise TrainError(
+                f"class_weights={w}; expected finite weights >= 0, at least one of them > 0 (e.g. 1 per class)."
+            )
         return w
     if lab is None or "class" in lab.dims:
         raise TrainError("class_weights='balanced' needs single-label class ids in the labels.")
