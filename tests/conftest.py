@@ -131,7 +131,7 @@ def local_cluster():
     """One real LocalCluster (2 worker processes, 1 thread each) shared by the whole session."""
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
         with Client(cluster, set_as_default=False) as client:
             yield client
 

@@ -551,7 +551,7 @@ def test_cli_fit_chip_filters(store, tmp_path):
         and "'min_positive'" in r.output
     )
     r = runner.invoke(app, [*base, "--min-valid", "1.5"])
-    assert r.exit_code == 2 and "min_valid=1.5; expected a fraction between 0 and 1" in r.output
+    assert r.exit_code == 2 and "--min-valid 1.5; expected a fraction between 0 and 1" in r.output
     r = runner.invoke(app, [*base, "--positive-classes", "water"])
     assert r.exit_code == 2 and "--positive-classes 'water'; expected comma-separated class ids" in r.output
     r = runner.invoke(app, [*base, "--positive-classes", "9", "--min-positive", "1"])

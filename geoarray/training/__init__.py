@@ -223,8 +223,9 @@ def _check_paths(cfg: FitConfig) -> None:
             f"out={cfg.out!r} is a directory; expected the path of a checkpoint file to write, e.g. "
             f"{str(out / 'model.safetensors')!r}."
         )
-    if out.parent.exists() and not out.parent.is_dir():
-        raise TrainError(f"out={cfg.out!r}: {str(out.parent)!r} is a file, not a folder. Choose another path.")
+    blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise TrainError(f"out={cfg.out!r}: {str(blocking)!r} is a file, not a folder. Choose another path.")
     if cfg.log_dir is not None and Path(cfg.log_dir).exists() and not Path(cfg.log_dir).is_dir():
         raise TrainError(f"log_dir={cfg.log_dir!r} is a file; expected a folder for metrics.csv.")
     if cfg.resume is not None and not Path(cfg.resume).is_file():

@@ -124,22 +124,6 @@ def _classes_of(lab: xr.DataArray, name: str, multilabel: bool) -> list[str]:
     return classes
 
 
-def _check_paths(cfg: FitConfig) -> None:
-    """Where the run writes: a wrong path would fail only after the first epoch."""
-    from pathlib import Path
-
-    out = Path(cfg.out)
-    if out.is_dir():
-        raise TrainError(
-            f"out={cfg.out!r} is a directory; expected the checkpoint file to write, e.g. "
-            f"{str(out / 'model.safetensors')!r}."
-        )
-    if any(p.exists() and not p.is_dir() for p in out.parents):
-        raise TrainError(f"out={cfg.out!r} lies under a file, not a directory; expected a writable path.")
-    if cfg.log_dir is not None and Path(cfg.log_dir).exists() and not Path(cfg.log_dir).is_dir():
-        raise TrainError(f"log_dir={cfg.log_dir!r} is a file; expected a directory (created if missing).")
-
-
 def _fit_timesteps(cfg: FitConfig, mk: dict[str, Any], n_times: int) -> None:
     """Models built for a fixed number of dates (``num_timesteps``, e.g. pixel_mlp) get the cube's."""
     from geoarray.models import model_info
@@ -241,7 +225,6 @@ def prepare(cube: xr.Dataset, cfg: FitConfig) -> Setup:
     from geoarray.models import create_model
     from geoarray.tasks import get_task
 
-    _check_paths(cfg)
     lab = _labels_of(cube, cfg)  # its message says how to align labels, which is the usual fix
     validate_cube(cube, var=cfg.var)
     present = [str(b) for b in cube["band"].values]

@@ -246,11 +246,11 @@ def test_output_paths_are_checked_before_the_first_epoch(cube, tmp_path):
     (tmp_path / "runs").mkdir()
     (tmp_path / "file").write_text("x")
     for kw, pattern in [
-        ({"out": str(tmp_path / "runs")}, r"out='.*runs' is a directory; expected the checkpoint file"),
-        ({"out": str(tmp_path / "file" / "m.safetensors")}, r"lies under a file, not a directory"),
+        ({"out": str(tmp_path / "runs")}, r"out='.*runs' is a directory; expected the path of a checkpoint file"),
+        ({"out": str(tmp_path / "file" / "m.safetensors")}, r"is a file, not a folder"),
         (
             {"out": str(tmp_path / "m.safetensors"), "log_dir": str(tmp_path / "file")},
-            r"log_dir='.*file' is a file; expected a directory",
+            r"log_dir='.*file' is a file; expected a folder",
         ),
     ]:
         with pytest.raises(TrainError, match=pattern):
