@@ -131,7 +131,13 @@ def local_cluster():
     """One real LocalCluster (2 worker processes, 1 thread each) shared by the whole session."""
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
+    with LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+    ) as cluster:
         with Client(cluster, set_as_default=False) as client:
             yield client
 
