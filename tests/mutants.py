@@ -43,6 +43,7 @@ class Mutation:
 
 SEAMLESS = "tests/test_predict.py::test_seamless_small_chunks_equal_one_chunk_and_whole_image"
 RESUME = "tests/test_train.py::test_resume_continues_the_same_run"
+RF = "tests/models/test_models.py::test_receptive_field_matches_brute_force_perturbation"
 
 MUTATIONS = [
     Mutation(
@@ -60,6 +61,22 @@ MUTATIONS = [
         'return int(meta.get("halo", 0))\n',
         'return max(0, int(meta.get("halo", 0)) - stride)\n',
         (SEAMLESS,),
+    ),
+    Mutation(
+        "receptive-field-one-short",
+        "seamless predict equals whole-image inference (the halo is the measured receptive field)",
+        "geoarray/models/base.py",
+        "return max(c0 - lo, hi - (c0 + s - 1), 0)\n",
+        "return max(c0 - lo, hi - (c0 + s - 1), 0) - 1\n",
+        (RF,),
+    ),
+    Mutation(
+        "receptive-field-one-long",
+        "the receptive field is exact (a larger one only costs speed)",
+        "geoarray/models/base.py",
+        "return max(c0 - lo, hi - (c0 + s - 1), 0)\n",
+        "return max(c0 - lo, hi - (c0 + s - 1), 0) + 1\n",
+        (RF,),
     ),
     Mutation(
         "chunk-exists-always-false",
@@ -151,9 +168,10 @@ def _check_import(copy: Path) -> None:
         sys.exit(f"the tests would import geoarray from {out}, not from the copy {copy}; stopping")
 
 
-def _pytest(copy: Path, test: str, log: Path) -> tuple[int, float]:
+def _pytest(copy: Path, test: str, log: Path, *, stop_first: bool = True) -> tuple[int, float]:
     # -m "not gpu" replaces the default "not slow and not gpu": a row may name a slow test on purpose
-    cmd = [sys.executable, "-m", "pytest", test, "-x", "-q", "-p", "no:cacheprovider", "-m", "not gpu"]
+    cmd = [sys.executable, "-m", "pytest", test, "-q", "-p", "no:cacheprovider", "-m", "not gpu"]
+    cmd += ["-x"] if stop_first else ["-rf"]
     t0 = time.perf_counter()
     with open(log, "w") as f:
         rc = subprocess.run(cmd, cwd=copy, env=_env(copy), stdout=f, stderr=subprocess.STDOUT).returncode
@@ -178,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-k", default="", help="run only the rows whose name contains this")
     ap.add_argument("--baseline", action="store_true", help="also run each test without its mutation")
     ap.add_argument("--keep", action="store_true", help="keep the temporary copy and pytest logs")
+    ap.add_argument(
+        "--all-params", action="store_true", help="run every parametrization (no -x), to see which catch it"
+    )
     args = ap.parse_args(argv)
     rows = [m for m in MUTATIONS if args.k in m.name]
     if not rows:
@@ -204,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 for test in m.tests:
                     log = logs / f"{m.name}-{test.split('::')[-1]}.log"
-                    rc, secs = _pytest(copy, test, log)
+                    rc, secs = _pytest(copy, test, log, stop_first=not args.all_params)
                     verdict = "caught" if rc == 1 else "MISSED" if rc == 0 else f"ERROR (pytest rc {rc}, see {log})"
                     results.append((m.name, test, verdict, secs))
                     print(f"{m.name} | {test} | {verdict} | {secs:.0f} s", flush=True)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -158,6 +159,13 @@ def test_feature_model_float16(tmp_path, cube):
     out = geoarray.predict(cube, ckpt, dtype="float16")
     f = out.features
     assert f.dims == ("time", "feature", "y", "x") and f.sizes["feature"] == 6 and f.dtype == np.float16
+    # features are the model's raw outputs (no softmax), NaN where the input is invalid; float16 is the
+    # float32 result rounded
+    f32 = geoarray.predict(cube, ckpt).features.values
+    ref = _reference(cube, ckpt, softmax=False)
+    assert np.nanstd(ref) > 0.05 and (ref < 0).any()  # not probabilities
+    assert _max_rel(ref, f32, float(np.nanmax(np.abs(ref)))) <= 1e-5
+    np.testing.assert_array_equal(f.values, f32.astype(np.float16))
 
 
 def test_pixel_time_series_model_drops_time(tmp_path, cube):
@@ -189,11 +197,27 @@ def test_sensor_mismatch_leaves_dates_invalid_and_prefix_names(tmp_path, cube):
 
 
 def test_chunk_smaller_than_halo(tmp_path, cube):
-    ckpt = make_checkpoint(tmp_path / "m.safetensors", num_classes=5, classes=CLASSES, width=4)  # halo 96
+    # halo 96; weights scaled up so that distant pixels matter (see make_checkpoint)
+    ckpt = make_checkpoint(tmp_path / "m.safetensors", task="features", num_classes=4, width=4, gain=3.0)
     with pytest.raises(PredictError, match=r"smaller than the halo \(96 px\).*at least 96"):
         geoarray.predict(cube.chunk({"y": 64, "x": 64}), ckpt)
     out = geoarray.predict(cube.chunk({"y": 64, "x": 64}), ckpt, halo=16)  # explicit small halo is allowed
-    assert out.probabilities.shape[2:] == (150, 131)
+    f = out.features
+    assert f.shape[2:] == (150, 131)
+    # each block is the model run on the block plus 16 px around it (cut at the image border), cropped
+    ys, xs = np.cumsum((0, *f.chunks[2])), np.cumsum((0, *f.chunks[3]))
+    got = f.values
+    want = np.full_like(got, np.nan)
+    for y0, y1 in itertools.pairwise(ys):
+        for x0, x1 in itertools.pairwise(xs):
+            wy0, wx0 = max(0, y0 - 16), max(0, x0 - 16)
+            win = cube.isel(y=slice(wy0, y1 + 16), x=slice(wx0, x1 + 16))
+            ref = _reference(win, ckpt, softmax=False)
+            want[..., y0:y1, x0:x1] = ref[..., y0 - wy0 : y1 - wy0, x0 - wx0 : x1 - wx0]
+    scale = float(np.nanmax(np.abs(want)))
+    assert _max_rel(want, got, scale) <= 1e-5
+    seamless = geoarray.predict(cube.chunk({"y": -1, "x": -1}), ckpt).features.values
+    assert _max_rel(seamless, got, scale) > 1e-3  # and a 16 px halo is not the seamless answer
 
 
 def test_chunks_are_realigned_to_the_stride(tmp_path, cube):
