@@ -63,6 +63,14 @@ MUTATIONS = [
         (SEAMLESS,),
     ),
     Mutation(
+        "explicit-halo-ignored",
+        "predict(halo=N) reads N pixels around each block",
+        "geoarray/predict.py",
+        "return int(math.ceil(int(halo) / stride) * stride)\n",
+        "return 0\n",
+        ("tests/test_predict.py::test_chunk_smaller_than_halo",),
+    ),
+    Mutation(
         "receptive-field-one-short",
         "seamless predict equals whole-image inference (the halo is the measured receptive field)",
         "geoarray/models/base.py",
