@@ -150,9 +150,15 @@ def make_checkpoint(
     classes=None,
     task="segmentation",
     seed=0,
+    gain=1.0,
     **hparams,
 ):
-    """A real, randomly initialised registry model saved as a geoarray checkpoint (BN stats made non-trivial)."""
+    """A real, randomly initialised registry model saved as a geoarray checkpoint (BN stats made non-trivial).
+
+    ``gain`` multiplies every convolution's weights: at random init the far field of a deep net is so weak
+    (~1e-8 of the output) that a halo too small still matches whole-image inference in float32; a gain > 1
+    strengthens the deep paths, which carry the far field, until a missing stride of halo shows.
+    """
     import torch
 
     from geoarray.checkpoint import save_checkpoint
@@ -167,6 +173,9 @@ def make_checkpoint(
         if isinstance(mod, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d):
             mod.running_mean.copy_(torch.randn(mod.running_mean.shape, generator=g) * 0.1)
             mod.running_var.copy_(torch.rand(mod.running_var.shape, generator=g) + 0.5)
+        if gain != 1.0 and isinstance(mod, torch.nn.Conv2d | torch.nn.ConvTranspose2d):
+            with torch.no_grad():
+                mod.weight.mul_(gain)
     return save_checkpoint(
         path,
         model,

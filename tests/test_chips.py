@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+from collections import Counter
+from pathlib import Path
+
 import numpy as np
 import pytest
 import xarray as xr
-import zarr
 from zarr.storage import LocalStore, LoggingStore
 
 import geoarray
@@ -122,7 +124,42 @@ def test_stream_reads_each_zarr_chunk_once_per_epoch(tmp_path):
     assert n == len(plan.train) > 9 * 2 * 4
     assert len(chunk_reads) == len(set(chunk_reads)) == 2 * 3 * 3  # every chunk exactly once
     assert s.reads == len(plan.blocks)
-    assert zarr.__version__
+
+
+def test_stream_reads_each_chunk_once_per_epoch_on_the_direct_path(tmp_path, monkeypatch):
+    """The path open_cube cubes take (zarr reads in geoarray._source.read, no dask graph): every chunk file of
+    imagery, valid and labels is fetched from the store exactly once per epoch, counted under zarr."""
+    from geoarray._source import source_of
+
+    c = synthetic_cube(size=(192, 192), n_times=2, seed=0)
+    geoarray.write_cube(c, tmp_path / "c.zarr", chunk=64)
+    cube = geoarray.open_cube(tmp_path / "c.zarr")
+    names = ("imagery", "valid", "labels")
+    assert all(source_of(cube[v]) is not None for v in names)  # the direct path, not dask
+    on_disk = Counter(
+        f"{v}/{p.relative_to(tmp_path / 'c.zarr' / v).as_posix()}"
+        for v in names
+        for p in (tmp_path / "c.zarr" / v / "c").rglob("*")
+        if p.is_file()
+    )
+    assert sum(k.startswith("imagery/") for k in on_disk) == 2 * 3 * 3
+    plan = plan_chips(cube, chip_size=32, stride=16, val_fraction=0.0)
+    s = _stream(cube, plan, batch_size=16, augment=True)
+    gets: list[str] = []
+    real_get = LocalStore.get
+
+    async def counting_get(self, key, *args, **kwargs):  # the real read, counted
+        gets.append(f"{Path(str(self.root)).name}/{key}")
+        return await real_get(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(LocalStore, "get", counting_get)
+    for epoch in range(2):
+        gets.clear()
+        n = sum(len(b.x) for b in s)
+        assert n == len(plan.train) > 9 * 2 * 4
+        chunk_reads = Counter(k for k in gets if "/c/" in k)
+        assert chunk_reads == on_disk, f"epoch {epoch}: {chunk_reads - on_disk or on_disk - chunk_reads}"
+    assert s.reads == 2 * len(plan.blocks)
 
 
 def test_augment_moves_image_and_target_together(cube):

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import rasterio
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -23,7 +24,7 @@ def _load(name: str):  # type: ignore[no-untyped-def]
 def test_seed003_geotiff_unet_writes_georeferenced_outputs(tmp_path):
     ex = _load("seed003_geotiff_unet")
     s = ex.main(["--out", str(tmp_path), "--epochs", "20"])
-    assert s["mean_iou"] > 0.65
+    assert s["mean_iou"] > 0.74  # 0.78 measured at 20 epochs (0.79 at the full 40)
     with rasterio.open(ex.sample_path()) as src, rasterio.open(tmp_path / "mask_pred.tif") as m:
         assert m.crs == src.crs and m.shape == src.shape
         assert np.allclose(m.transform, src.transform) and m.nodata == 255
@@ -35,5 +36,19 @@ def test_seed003_geotiff_unet_writes_georeferenced_outputs(tmp_path):
 def test_seed004_multilabel_unet_learns_overlapping_classes(tmp_path):
     ex = _load("seed004_multilabel_unet")
     ious = ex.main(["--out", str(tmp_path), "--size", "192", "--epochs", "15"])
-    assert min(ious.values()) > 0.7 and np.mean(list(ious.values())) > 0.85
+    # measured: min 0.90 (water), mean 0.93 at this size and length
+    assert min(ious.values()) > 0.85 and np.mean(list(ious.values())) > 0.9, ious
     assert (tmp_path / "class_masks.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_readme_accuracy_claims_at_full_length(tmp_path):
+    """The README's numbers, at the README's lengths (about 2 min on 2 cores)."""
+    from geoarray.demo import run_demo
+
+    demo = run_demo(tmp_path / "demo", echo=lambda _: None, progress=False)
+    assert demo.held_out["mean_iou"] >= 0.8  # README: "around 0.8" at 15 epochs; 0.86 measured
+    s = _load("seed003_geotiff_unet").main(["--out", str(tmp_path / "s3")])
+    assert s["mean_iou"] >= 0.78  # README: 0.80 at 40 epochs; 0.790 measured
+    ious = _load("seed004_multilabel_unet").main(["--out", str(tmp_path / "s4")])
+    assert np.mean(list(ious.values())) >= 0.97  # README: 0.98 at 25 epochs on 256²; 0.979 measured

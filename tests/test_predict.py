@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -26,7 +27,7 @@ def cube():
     return synthetic_cube(size=(150, 131), n_times=2, seed=1)
 
 
-def _reference(cube, ckpt_path, *, sequence=False):
+def _reference(cube, ckpt_path, *, sequence=False, softmax=True):
     """Whole-image inference by hand: normalise, fill invalid with 0, run the model once, softmax."""
     ck = geoarray.load_checkpoint(ckpt_path)
     meta = ck.meta
@@ -43,7 +44,7 @@ def _reference(cube, ckpt_path, *, sequence=False):
             logits = ck.model(torch.from_numpy(x)[None], dates=doy)[0]
         else:
             logits = ck.model(torch.from_numpy(x))
-    probs = torch.softmax(logits, 1).numpy()
+    probs = (torch.softmax(logits, 1) if softmax else logits).numpy()
     probs[np.broadcast_to(~ok[:, None], probs.shape)] = np.nan
     return probs
 
@@ -53,29 +54,44 @@ def _smallest_chunk(ckpt):
     return max(meta["stride"], int(np.ceil(meta["halo"] / meta["stride"]) * meta["stride"]))
 
 
+def _max_rel(a, b, scale):
+    assert np.array_equal(np.isnan(a), np.isnan(b))
+    return float(np.nanmax(np.abs(a - b))) / scale
+
+
 @pytest.mark.parametrize(
-    ("name", "hp", "size"),
+    ("name", "hp", "size", "gain"),
     [
-        ("unet", {"width": 4}, (250, 211)),
-        ("res_unet", {"width": 4, "encoder": "resnet18"}, (330, 301)),
-        ("attention_unet", {"width": 4, "num_attention_layers": 2}, (250, 211)),
+        ("unet", {"width": 4}, (250, 211), 3.0),
+        ("res_unet", {"width": 4, "encoder": "resnet18"}, (330, 301), 4.0),
+        ("attention_unet", {"width": 4, "num_attention_layers": 2}, (250, 211), 3.0),
     ],
 )
-def test_seamless_small_chunks_equal_one_chunk_and_whole_image(tmp_path, name, hp, size):
+def test_seamless_small_chunks_equal_one_chunk_and_whole_image(tmp_path, name, hp, size, gain):
+    """Chunks of the halo's size give whole-image inference, with a model whose distant pixels matter.
+
+    Feature outputs (no softmax to saturate) of a model with up-scaled weights: a halo one stride short of
+    the receptive field changes the answer by more than 1e-3 of the output's scale (checked here, so the
+    test can tell a right halo from a wrong one); the automatic halo matches to 1e-5.
+    """
     c = synthetic_cube(size=size, n_times=2, seed=2)
-    ckpt = make_checkpoint(tmp_path / "m.safetensors", name, num_classes=5, classes=CLASSES, **hp)
+    ckpt = make_checkpoint(tmp_path / "m.safetensors", name, task="features", num_classes=4, gain=gain, **hp)
+    meta = read_metadata(ckpt)
     chunk = _smallest_chunk(ckpt)
     seq = name == "attention_unet"
-    one = geoarray.predict(c.chunk({"time": -1 if seq else 1, "y": -1, "x": -1}), ckpt)
-    many_cube = c.chunk({"time": -1 if seq else 1, "y": chunk, "x": chunk})
+    t = -1 if seq else 1
+    one = geoarray.predict(c.chunk({"time": t, "y": -1, "x": -1}), ckpt).features.values
+    many_cube = c.chunk({"time": t, "y": chunk, "x": chunk})
     assert len(many_cube.chunks["y"]) >= 3 and len(many_cube.chunks["x"]) >= 3
-    many = geoarray.predict(many_cube, ckpt)
-    a, b = one.probabilities.values, many.probabilities.values
-    assert np.nanmax(np.abs(a - b)) <= 1e-4
-    np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
-    ref = _reference(c, ckpt, sequence=seq)
-    assert np.nanmax(np.abs(ref - b)) <= 1e-4
-    np.testing.assert_array_equal(one["mask"].values, many["mask"].values)
+    many = geoarray.predict(many_cube, ckpt).features
+    assert many.chunks[2][0] == chunk  # the blocks really are this small (not grouped into one)
+    ref = _reference(c, ckpt, sequence=seq, softmax=False)
+    scale = float(np.nanmax(np.abs(ref)))
+    assert _max_rel(ref, one, scale) <= 1e-5
+    assert _max_rel(ref, many.values, scale) <= 1e-5
+    # negative control: one stride less of halo is visibly wrong with this model
+    short = geoarray.predict(many_cube, ckpt, halo=meta["halo"] - meta["stride"]).features.values
+    assert _max_rel(ref, short, scale) > 1e-3
 
 
 def test_outputs_dims_coords_and_provenance(tmp_path, cube):
@@ -144,6 +160,13 @@ def test_feature_model_float16(tmp_path, cube):
     out = geoarray.predict(cube, ckpt, dtype="float16")
     f = out.features
     assert f.dims == ("time", "feature", "y", "x") and f.sizes["feature"] == 6 and f.dtype == np.float16
+    # features are the model's raw outputs (no softmax), NaN where the input is invalid; float16 is the
+    # float32 result rounded
+    f32 = geoarray.predict(cube, ckpt).features.values
+    ref = _reference(cube, ckpt, softmax=False)
+    assert np.nanstd(ref) > 0.05 and (ref < 0).any()  # not probabilities
+    assert _max_rel(ref, f32, float(np.nanmax(np.abs(ref)))) <= 1e-5
+    np.testing.assert_array_equal(f.values, f32.astype(np.float16))
 
 
 def test_pixel_time_series_model_drops_time(tmp_path, cube):
@@ -175,11 +198,27 @@ def test_sensor_mismatch_leaves_dates_invalid_and_prefix_names(tmp_path, cube):
 
 
 def test_chunk_smaller_than_halo(tmp_path, cube):
-    ckpt = make_checkpoint(tmp_path / "m.safetensors", num_classes=5, classes=CLASSES, width=4)  # halo 96
+    # halo 96; weights scaled up so that distant pixels matter (see make_checkpoint)
+    ckpt = make_checkpoint(tmp_path / "m.safetensors", task="features", num_classes=4, width=4, gain=3.0)
     with pytest.raises(PredictError, match=r"smaller than the halo \(96 px\).*at least 96"):
         geoarray.predict(cube.chunk({"y": 64, "x": 64}), ckpt)
     out = geoarray.predict(cube.chunk({"y": 64, "x": 64}), ckpt, halo=16)  # explicit small halo is allowed
-    assert out.probabilities.shape[2:] == (150, 131)
+    f = out.features
+    assert f.shape[2:] == (150, 131)
+    # each block is the model run on the block plus 16 px around it (cut at the image border), cropped
+    ys, xs = np.cumsum((0, *f.chunks[2])), np.cumsum((0, *f.chunks[3]))
+    got = f.values
+    want = np.full_like(got, np.nan)
+    for y0, y1 in itertools.pairwise(ys):
+        for x0, x1 in itertools.pairwise(xs):
+            wy0, wx0 = max(0, y0 - 16), max(0, x0 - 16)
+            win = cube.isel(y=slice(wy0, y1 + 16), x=slice(wx0, x1 + 16))
+            ref = _reference(win, ckpt, softmax=False)
+            want[..., y0:y1, x0:x1] = ref[..., y0 - wy0 : y1 - wy0, x0 - wx0 : x1 - wx0]
+    scale = float(np.nanmax(np.abs(want)))
+    assert _max_rel(want, got, scale) <= 1e-5
+    seamless = geoarray.predict(cube.chunk({"y": -1, "x": -1}), ckpt).features.values
+    assert _max_rel(seamless, got, scale) > 1e-3  # and a 16 px halo is not the seamless answer
 
 
 def test_chunks_are_realigned_to_the_stride(tmp_path, cube):
@@ -270,6 +309,85 @@ dask.config.set(scheduler="synchronous")
 geoarray.predict(geoarray.open_cube(sys.argv[1]), sys.argv[2], store=sys.argv[1])
 """
 
+OUTPUTS = ("mask", "probabilities")
+
+
+def _chunk_files(store):
+    """Chunk files of the outputs, keyed by output and block (time, y, x); zarr's temporary files left out."""
+    out = {}
+    for var in OUTPUTS:
+        for p in (store / var / "c").rglob("*"):
+            if p.is_file() and not p.name.endswith(".partial"):
+                parts = tuple(int(k) for k in p.relative_to(store / var / "c").parts)
+                block = (parts[0], *parts[-2:])  # probabilities' keys hold the class chunk too
+                out[(var, block)] = p
+    return out
+
+
+def _finished_blocks(store):
+    """Stat (inode, mtime) of every chunk file of the blocks whose outputs are all written."""
+    files = _chunk_files(store)
+    blocks = {b for _, b in files}
+    done = [b for b in blocks if all((v, b) in files for v in OUTPUTS)]
+    return {files[(v, b)]: _stat(files[(v, b)]) for b in done for v in OUTPUTS}
+
+
+def _stat(path):
+    st = path.stat()
+    return st.st_ino, st.st_mtime_ns
+
+
+def _simulate_kill(store, drop):
+    """What a killed run leaves: some chunk files missing, and the outputs flagged incomplete."""
+    import zarr
+
+    for path in drop:
+        path.unlink()
+    for var in OUTPUTS:
+        zarr.open_array(str(store / var), mode="r+").attrs.update({"geoarray_complete": False})
+
+
+def test_resume_writes_only_the_missing_chunks(tmp_path):
+    c = synthetic_cube(size=(128, 128), n_times=2, seed=4)
+    ckpt = make_checkpoint(tmp_path / "m.safetensors", num_classes=5, classes=CLASSES, width=4, depth=3)
+    store = tmp_path / "c.zarr"
+    geoarray.write_cube(c, store, chunk=32)
+    geoarray.predict(geoarray.open_cube(store), ckpt, store=store)
+    whole = tree_digest(store)
+    files = _chunk_files(store)
+    assert len(files) == 2 * 2 * 4 * 4
+    # a kill part-way: block (0, 0, 1) lost its mask only, (1, 2, 3) its probabilities only, row y=3 of
+    # date 1 both (write_block writes the outputs of a block one after the other)
+    drop = [files[("mask", (0, 0, 1))], files[("probabilities", (1, 2, 3))]]
+    drop += [files[(v, (1, 3, x))] for v in OUTPUTS for x in range(4)]
+    _simulate_kill(store, drop)
+    kept = _finished_blocks(store)
+    assert len(kept) == 2 * (2 * 4 * 4 - 6)
+    geoarray.predict(geoarray.open_cube(store), ckpt, store=store)
+    assert tree_digest(store) == whole  # the same bytes as the uninterrupted run
+    rewritten = [str(p.relative_to(store)) for p, st in kept.items() if _stat(p) != st]
+    assert not rewritten, f"finished chunks were written again: {rewritten[:4]}"
+    assert geoarray.open_cube(store)["mask"].attrs["geoarray_complete"] is True
+
+
+def test_partial_output_of_another_checkpoint_is_refused(tmp_path):
+    c = synthetic_cube(size=(128, 128), n_times=1, seed=4)
+    ckpt = make_checkpoint(tmp_path / "a.safetensors", num_classes=5, classes=CLASSES, width=4, depth=3)
+    other = make_checkpoint(tmp_path / "b.safetensors", num_classes=5, classes=CLASSES, width=4, depth=3, seed=1)
+    store = tmp_path / "c.zarr"
+    geoarray.write_cube(c, store, chunk=32)
+    geoarray.predict(geoarray.open_cube(store), ckpt, store=store)
+    files = _chunk_files(store)
+    _simulate_kill(store, [files[(v, (0, 3, x))] for v in OUTPUTS for x in range(4)])
+    before = tree_digest(store)
+    for var in OUTPUTS:  # finishing it with other weights would mix two models in one variable
+        with pytest.raises(StoreExistsError, match=rf"'{var}' .* is a partial output of another checkpoint"):
+            geoarray.predict(geoarray.open_cube(store), other, store=store, outputs=[var])
+    assert tree_digest(store) == before  # refused before any write
+    out = geoarray.predict(geoarray.open_cube(store), other, store=store, overwrite=True)
+    assert out["mask"].attrs["checkpoint_sha256"] == geoarray.load_checkpoint(other).sha256
+    np.testing.assert_array_equal(out["mask"].values, geoarray.predict(c, other)["mask"].values)
+
 
 def test_killed_run_resumes_byte_identical(tmp_path):
     c = synthetic_cube(size=(256, 256), n_times=2, seed=4)
@@ -293,8 +411,12 @@ def test_killed_run_resumes_byte_identical(tmp_path):
     partial = sum(1 for p in chunks.rglob("*") if p.is_file())
     assert 5 <= partial < 2 * 8 * 8
     assert geoarray.open_cube(a)["mask"].attrs["geoarray_complete"] is False
+    kept = _finished_blocks(a)
+    assert len(kept) >= 2 * 4
     # ... run again, finishes the rest
     geoarray.predict(geoarray.open_cube(a), ckpt, store=a)
+    rewritten = [str(p.relative_to(a)) for p, st in kept.items() if _stat(p) != st]
+    assert not rewritten, f"chunks finished before the kill were written again: {rewritten[:4]}"
     done_a = tree_digest(a)
     done_b = tree_digest(b)
     assert done_a == done_b  # outputs byte-identical to the uninterrupted run

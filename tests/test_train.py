@@ -74,22 +74,49 @@ def test_training_is_deterministic_with_a_seed(cube, tmp_path):
     assert all(np.array_equal(wa[k], wb[k]) for k in wa)
 
 
-def test_resume_continues_the_same_run(cube, tmp_path):
-    """4 epochs in one go equal 2 epochs resumed to 4: weights, optimizer, shuffle and augmentation continue."""
+class _Interrupted(BaseException):
+    """A Ctrl-C / kill stand-in that nothing in the library catches."""
+
+
+def test_resume_continues_the_same_run(cube, tmp_path, monkeypatch):
+    """A run of 4 epochs interrupted after epoch 2 and resumed equals the run of 4 in one go: weights,
+    optimizer, learning-rate schedule (warm-up, then cosine over the 4 epochs), shuffle and augmentation all
+    continue where the interrupted run stopped."""
+    from geoarray.training import state
     from geoarray.training.state import load_state, state_path
 
     kw = dict(
-        task="segmentation", chip_size=64, batch_size=8, lr=1e-3, steps_per_epoch=2, schedule="constant"
+        task="segmentation",
+        epochs=4,
+        chip_size=32,
+        batch_size=8,
+        lr=1e-3,
+        steps_per_epoch=2,
+        schedule="cosine",
+        warmup_epochs=1.5,
+        augment=True,
+        seed=2,
+        model="unet",
+        model_kwargs={"width": 8, "depth": 3},
+        progress=False,
     )
-    kw.update(SMALL)
     whole = tmp_path / "whole.safetensors"
-    geoarray.fit(cube, epochs=4, out=str(whole), keep_state=True, **kw)
+    geoarray.fit(cube, out=str(whole), keep_state=True, **kw)
     out = tmp_path / "m.safetensors"
-    geoarray.fit(cube, epochs=2, out=str(out), log_dir=str(tmp_path / "l1"), keep_state=True, **kw)
-    assert state_path(out).exists()
-    geoarray.fit(
-        cube, epochs=4, out=str(out), resume=str(out), log_dir=str(tmp_path / "l2"), keep_state=True, **kw
-    )
+    real_save = state.save_state
+
+    def save_then_interrupt(*args, epoch, **kwargs):
+        path = real_save(*args, epoch=epoch, **kwargs)
+        if epoch == 2:  # interrupted right after epoch 2's side file was written
+            raise _Interrupted
+        return path
+
+    monkeypatch.setattr(state, "save_state", save_then_interrupt)
+    with pytest.raises(_Interrupted):
+        geoarray.fit(cube, out=str(out), log_dir=str(tmp_path / "l1"), **kw)
+    monkeypatch.undo()
+    assert load_state(out).epoch == 2  # the interrupted run left its side file
+    geoarray.fit(cube, out=str(out), resume=str(out), log_dir=str(tmp_path / "l2"), keep_state=True, **kw)
     rows = list(csv.DictReader(open(tmp_path / "l2" / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == [3, 4]
     a, b = load_state(whole), load_state(out)  # the last epoch's weights (the checkpoint holds the best)
@@ -97,7 +124,7 @@ def test_resume_continues_the_same_run(cube, tmp_path):
     for k, w in a.weights.items():
         np.testing.assert_allclose(b.weights[k].numpy(), w.numpy(), rtol=0, atol=1e-6, err_msg=k)
     # a finished run removes its side file unless asked to keep it
-    geoarray.fit(cube, epochs=1, out=str(tmp_path / "n.safetensors"), **kw)
+    geoarray.fit(cube, out=str(tmp_path / "n.safetensors"), **{**kw, "epochs": 2})
     assert not state_path(tmp_path / "n.safetensors").exists()
 
 
@@ -309,6 +336,36 @@ def test_bf16_autocast_and_early_stopping(cube, tmp_path):
             out=str(tmp_path / "c.safetensors"),
             **SMALL,
         )
+
+
+def test_bf16_autocast_runs_the_model_in_bfloat16(cube, tmp_path):
+    """precision="bf16" runs the forward passes of training and validation under bfloat16 autocast: the
+    convolutions' outputs are bfloat16 (float32 with precision="32", the negative control)."""
+    import torch
+
+    from geoarray.training.config import FitConfig
+    from geoarray.training.loop import Trainer
+    from geoarray.training.prepare import prepare
+
+    for precision, want in (("bf16", torch.bfloat16), ("32", torch.float32)):
+        cfg = FitConfig(
+            task="segmentation",
+            chip_size=32,
+            epochs=1,
+            batch_size=4,
+            steps_per_epoch=1,
+            precision=precision,
+            device="cpu",
+            out=str(tmp_path / f"{precision}.safetensors"),
+            **SMALL,
+        )
+        trainer = Trainer(cube, cfg, prepare(cube, cfg))
+        seen: dict[bool, set] = {True: set(), False: set()}  # training / eval-mode passes
+        head = trainer.model.decoder.head
+        head.register_forward_hook(lambda mod, inp, out, seen=seen: seen[mod.training].add(out.dtype))
+        trainer.run()
+        # eval-mode passes also include the checkpoint's receptive-field measurement, outside autocast
+        assert seen[True] == {want} and want in seen[False], (precision, seen)
 
 
 def test_bad_device_is_refused_before_training(tmp_path):

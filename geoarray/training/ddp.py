@@ -99,6 +99,7 @@ def _rank_main(
             "history": trainer.history,
             "steps_per_epoch": trainer.steps_per_epoch,
             "reads": trainer.train_stream.reads,
+            "blocks": sorted({w.block for w in trainer.train_stream.windows}),  # this rank's shard
         }
         # Tear down in a safe order. DDP's Reducer holds the process group; freed after
         # destroy_process_group (when this frame's locals go), ~ProcessGroupGloo joined gloo threads that
