@@ -149,7 +149,7 @@ def test_stream_reads_each_chunk_once_per_epoch_on_the_direct_path(tmp_path, mon
     real_get = LocalStore.get
 
     async def counting_get(self, key, *args, **kwargs):  # the real read, counted
-        gets.append(f"{Path(str(self.root)).name}/{key}")
+        gets.append((Path(str(self.root)) / key).relative_to(tmp_path / "c.zarr").as_posix())
         return await real_get(self, key, *args, **kwargs)
 
     monkeypatch.setattr(LocalStore, "get", counting_get)
