@@ -46,6 +46,9 @@ class Trainer:
         self.device = _device(cfg.device)
         with seeded_torch(cfg.seed, self.device):
             self.model = create_model(cfg.model, **setup.model_kwargs).to(self.device)
+            # what trains: the model, or the model plus the task's heads (an SSL projector); the checkpoint
+            # holds the model only
+            self.net = setup.task.train_module(self.model).to(self.device)
         self.start_epoch = 0
         self.best = -math.inf
         resumed = self._resume(cfg.resume) if cfg.resume else None
@@ -58,7 +61,7 @@ class Trainer:
             "mean": setup.mean,
             "std": setup.std,
             "kind": setup.stream_kind,
-            "labels": cfg.labels if cfg.task != "classification" else None,
+            "labels": cfg.labels if setup.task.reads_label_raster and setup.classes else None,
             "pixels_per_window": cfg.pixels_per_chip,
             "var": cfg.var,
             "readers": cfg.readers,
@@ -90,7 +93,7 @@ class Trainer:
                 f"rank {rank} has no full training batch ({self.train_stream.num_samples} chips, "
                 f"batch_size={cfg.batch_size}); lower batch_size or use more data."
             )
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = [p for p in self.net.parameters() if p.requires_grad]
         if cfg.optimizer == "adamw":
             self.opt: Any = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         elif cfg.optimizer == "sgd":
@@ -109,7 +112,7 @@ class Trainer:
         self.scaler = (
             torch.amp.GradScaler("cuda") if cfg.precision == "16" and self.device.startswith("cuda") else None
         )
-        self.ddp_model: Any = self.model
+        self.ddp_model: Any = self.net
         self.log = MetricsLog(cfg.log_dir if rank == 0 else None)
         self.history: list[dict[str, Any]] = []
         self.weight_digests: list[str] = []
@@ -154,6 +157,13 @@ class Trainer:
                 "train_loss": train_loss,
                 "lr": self.opt.param_groups[0]["lr"],
             }
+            try:
+                row.update(self.setup.task.end_epoch())  # e.g. an SSL task's collapse watch
+            except TrainError:
+                if saved and self.start_epoch == 0 and self.rank == 0:
+                    out.unlink(missing_ok=True)  # an earlier epoch of a run that then failed: not a result
+                    state.state_path(out).unlink(missing_ok=True)
+                raise
             if self.rank == 0:
                 metrics = self.validate() if self.setup.plan.val else {"score": -train_loss}
                 row.update(metrics)
@@ -193,7 +203,7 @@ class Trainer:
 
     def _train_epoch(self, epoch: int, total: int, warmup: int, base_lrs: list[float]) -> float:
 
-        self.model.train()
+        self.net.train()
         losses = []
         bar = None
         if self.cfg.progress and self.rank == 0:
@@ -211,8 +221,7 @@ class Trainer:
                     grp["lr"] = base * f
             batch = self._to(batch)
             with self._autocast():
-                logits = self.setup.task.forward(self.ddp_model, batch)
-                loss = self.setup.task.loss(logits.float(), batch)
+                loss = self.setup.task.training_loss(self.ddp_model, batch)
             check_finite(loss.detach(), epoch + 1, step + 1)
             self.opt.zero_grad(set_to_none=True)
             if self.scaler is not None:
@@ -239,15 +248,13 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         import torch
 
-        self.model.eval()
+        self.net.eval()
         acc = self.setup.task.new_state()
         with torch.no_grad():
             for batch in self.val_stream:
                 batch = self._to(batch)
                 with self._autocast():
-                    logits = self.setup.task.forward(self.model, batch)
-                    loss = self.setup.task.loss(logits.float(), batch)
-                self.setup.task.update(acc, logits, batch, float(loss))
+                    self.setup.task.validation_step(self.net, batch, acc)
         return self.setup.task.summarize(acc)
 
     # -- checkpoints -----------------------------------------------------------------------------------

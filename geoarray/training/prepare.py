@@ -182,6 +182,7 @@ _TASK_KINDS = {
     "segmentation": ("image", "sequence", "pixels"),
     "classification": ("chip",),
     "pixel_classification": ("pixels",),
+    "barlow_twins": ("pixels",),
 }
 _KIND_WORDS = {
     "image": "a map per pixel",
@@ -242,7 +243,7 @@ def prepare(cube: xr.Dataset, cfg: FitConfig) -> Setup:
             "the labels (e.g. rasterio.features.rasterize onto the cube's grid)."
         )
     multilabel = cfg.multilabel or (lab is not None and "class" in lab.dims)
-    task = get_task(cfg.task, loss=cfg.loss, multilabel=multilabel)
+    task = get_task(cfg.task, loss=cfg.loss, multilabel=multilabel, **cfg.task_kwargs)
 
     classes = _classes_of(lab, cfg.labels, multilabel) if lab is not None else []
     mk = dict(cfg.model_kwargs)
@@ -266,6 +267,7 @@ def prepare(cube: xr.Dataset, cfg: FitConfig) -> Setup:
     with seeded_torch(cfg.seed, "cpu"):  # a throwaway model: leave the caller's generator alone
         probe = create_model(cfg.model, **mk)
     _check_model_fits_task(cfg, probe)
+    task.check(probe, cube.sizes["time"])
     stream_kind = task.kind_for(probe)
     if cfg.task == "classification" and (cfg.min_positive or cfg.positive_classes is not None):
         raise TrainError(
