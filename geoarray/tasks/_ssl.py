@@ -116,7 +116,7 @@ class SSLTask(Task):
         self._sums = {t: 0.0 for t in self.terms}
         self._steps = 0
         self._seen = self._skipped = 0
-        self._watch: deque[torch.Tensor] = deque()
+        self._watch: deque[tuple[torch.Tensor, ...]] = deque()
         self._rows = 0
 
     # -- set-up --------------------------------------------------------------------------------------
@@ -163,18 +163,28 @@ class SSLTask(Task):
         self._steps += 1
         for t, v in terms.items():
             self._sums[t] += float(v.detach())
-        backbone = getattr(net, "module", net).backbone
-        with torch.no_grad():  # the collapse watch: embeddings of the clean series, as predict makes them
-            e = backbone(batch.x[:256], batch.dates[:256], batch.valid[:256]).float().cpu()
-        self._watch.append(e)
-        self._rows += len(e)
-        while self._rows - len(self._watch[0]) >= WATCH_ROWS:
-            self._rows -= len(self._watch.popleft())
+        # the collapse watch keeps the clean series of the last batches (copies: the stream reuses its buffers)
+        self._watch.append(tuple(t[:WATCH_ROWS].detach().clone() for t in (batch.x, batch.dates, batch.valid)))
+        self._rows += len(self._watch[-1][0])
+        while self._rows - len(self._watch[0][0]) >= WATCH_ROWS:
+            self._rows -= len(self._watch.popleft()[0])
         return loss
 
-    def end_epoch(self) -> dict[str, float]:
+    def _watch_embeddings(self, net: Any) -> torch.Tensor | None:
+        """The end-of-epoch model's embeddings (eval mode, as predict makes them) of the kept clean series."""
+        if not self._watch:
+            return None
+        backbone = getattr(net, "module", net).backbone
+        was = backbone.training
+        backbone.eval()
+        with torch.no_grad():
+            e = torch.cat([backbone(*inp).float().cpu() for inp in self._watch])
+        backbone.train(was)
+        return e
+
+    def end_epoch(self, net: Any) -> dict[str, float]:
         seen, skipped, steps = self._seen, self._skipped, max(1, self._steps)
-        sums, watch = dict(self._sums), list(self._watch)
+        sums, emb = dict(self._sums), self._watch_embeddings(net)
         self._reset()
         k = self.view_dates
         if seen and skipped == seen:
@@ -184,9 +194,9 @@ class SSLTask(Task):
             )
         out = {t: v / steps for t, v in sums.items()}
         out["skipped_pixels"] = float(skipped)
-        if not watch:
+        if emb is None:
             return out
-        z = torch.cat(watch).double()
+        z = emb.double()
         std = z.std(0)
         rms = float(z.pow(2).mean().sqrt())
         out["emb_std_mean"], out["emb_std_min"] = float(std.mean()), float(std.min())

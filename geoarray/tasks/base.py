@@ -80,8 +80,9 @@ class Task:
         logits = self.forward(net, batch)
         self.update(state, logits, batch, float(self.loss(logits.float(), batch)))
 
-    def end_epoch(self) -> dict[str, float]:
-        """Training statistics of the epoch just run, logged with it; may raise TrainError to end the run."""
+    def end_epoch(self, net: Any) -> dict[str, float]:
+        """Training statistics of the epoch just run (``net`` as trained), logged with it; may raise
+        TrainError to end the run."""
         return {}
 
     # -- validation ------------------------------------------------------------------------------------

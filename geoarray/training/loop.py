@@ -158,7 +158,7 @@ class Trainer:
                 "lr": self.opt.param_groups[0]["lr"],
             }
             try:
-                row.update(self.setup.task.end_epoch())  # e.g. an SSL task's collapse watch
+                row.update(self.setup.task.end_epoch(self.net))  # e.g. an SSL task's collapse watch
             except TrainError:
                 if saved and self.start_epoch == 0 and self.rank == 0:
                     out.unlink(missing_ok=True)  # an earlier epoch of a run that then failed: not a result
