@@ -188,7 +188,7 @@ def fit(
     opts.pop("cube")
     opts.pop("client")
     opts["model_kwargs"] = dict(model_kwargs or {})
-    opts["task_kwargs"] = dict(task_kwargs or {})
+    opts["task_kwargs"] = dict(task_kwargs) if isinstance(task_kwargs, dict) else (task_kwargs or {})
     opts["bands"] = list(bands) if bands is not None else None
     if positive_classes is not None and not isinstance(positive_classes, (str, bytes)):
         opts["positive_classes"] = list(positive_classes)
