@@ -88,7 +88,14 @@ def bt_run(tmp_path_factory):
 def test_barlow_twins_trains_without_labels_and_logs_the_collapse_watch(bt_run):
     _, ckpt, _, rows = bt_run
     first, last = rows[0], rows[-1]
-    for key in ("bt_on_diag", "bt_off_diag", "emb_std_mean", "emb_std_min", "effective_rank", "skipped_pixels"):
+    for key in (
+        "bt_on_diag",
+        "bt_off_diag",
+        "emb_std_mean",
+        "emb_std_min",
+        "effective_rank",
+        "skipped_pixels",
+    ):
         assert key in last
     assert float(last["train_loss"]) < float(first["train_loss"])
     assert float(last["effective_rank"]) > 32 / 4  # of 32 dims, far from collapse
@@ -116,7 +123,11 @@ def test_features_from_predict_separate_the_classes_better_than_raw_pixels(bt_ru
     stable = (lab == lab[0]).all(0)  # pixels whose class never changes
     img = full.imagery.values
     ok = full.valid.values & np.isfinite(img).all(1)
-    raw = np.concatenate([np.where(ok[:, None], img, 0), ok[:, None]], 1).transpose(2, 3, 0, 1).reshape(96, 96, -1)
+    raw = (
+        np.concatenate([np.where(ok[:, None], img, 0), ok[:, None]], 1)
+        .transpose(2, 3, 0, 1)
+        .reshape(96, 96, -1)
+    )
     west = np.arange(96)[None, :].repeat(96, 0) < 48  # spatial split: train west, test east
     tr, te = stable & west, stable & ~west
     acc = {}
@@ -136,3 +147,22 @@ def test_a_constant_cube_collapses_with_a_train_error_and_no_checkpoint(tmp_path
     with pytest.raises(TrainError, match=r"collapsed: .*near constant .*std at most 0\.00e\+00"):
         geoarray.fit(c, task="barlow_twins", epochs=2, pixels_per_chip=128, out=str(out), **SMALL)
     assert not out.exists()
+
+
+def test_probe_scores_the_encoder_beside_random_init_and_raw_inputs(bt_run):
+    full, ckpt, _, _ = bt_run
+    df = geoarray.probe(full, ckpt, label_fractions=(0.1, 1.0), tile_size=24, seed=0)
+    print(df.to_string())
+    assert list(df.columns) == ["encoder", "protocol", "label_fraction", "top1", "top5"]
+    assert set(df.encoder) == {"ssl", "random_init", "raw"} and set(df.protocol) == {"linear", "knn"}
+    assert len(df) == 3 * 2 * 2
+    top1 = df.set_index(["encoder", "protocol", "label_fraction"])["top1"]
+    assert (df.top5 >= df.top1).all()
+    assert top1["ssl", "knn", 1.0] > 0.9
+    assert top1["ssl", "knn", 1.0] > top1["raw", "knn", 1.0]
+
+
+def test_probe_refuses_a_cube_without_labels(bt_run):
+    full, ckpt, _, _ = bt_run
+    with pytest.raises(geoarray.errors.ProbeError, match=r"probe needs labels, but the cube has no 'labels'"):
+        geoarray.probe(full.drop_vars("labels"), ckpt)

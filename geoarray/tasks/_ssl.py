@@ -122,7 +122,9 @@ class SSLTask(Task):
     # -- set-up --------------------------------------------------------------------------------------
     def check(self, model: Any, n_times: int) -> None:
         if getattr(model, "input_kind", None) != "pixels":
-            raise TrainError(f"task {self.name!r} trains pixel time-series backbones (pixel_mlp, pixel_cnn, ...).")
+            raise TrainError(
+                f"task {self.name!r} trains pixel time-series backbones (pixel_mlp, pixel_cnn, ...)."
+            )
         if getattr(model, "out_channels", None) != getattr(model, "feature_dim", None):
             raise TrainError(
                 f"task {self.name!r} trains a feature backbone; the model has a class head of "
@@ -164,7 +166,9 @@ class SSLTask(Task):
         for t, v in terms.items():
             self._sums[t] += float(v.detach())
         # the collapse watch keeps the clean series of the last batches (copies: the stream reuses its buffers)
-        self._watch.append(tuple(t[:WATCH_ROWS].detach().clone() for t in (batch.x, batch.dates, batch.valid)))
+        self._watch.append(
+            tuple(t[:WATCH_ROWS].detach().clone() for t in (batch.x, batch.dates, batch.valid))
+        )
         self._rows += len(self._watch[-1][0])
         while self._rows - len(self._watch[0][0]) >= WATCH_ROWS:
             self._rows -= len(self._watch.popleft()[0])

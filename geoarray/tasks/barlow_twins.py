@@ -35,8 +35,15 @@ class BarlowTwinsTask(SSLTask):
     name = "barlow_twins"
     terms = ("bt_on_diag", "bt_off_diag")
 
-    def __init__(self, loss: str | None = None, multilabel: bool = False, *, lambd: float = 5e-3, **kw: object):
-        if not isinstance(lambd, (int, float)) or isinstance(lambd, bool) or not math.isfinite(lambd) or lambd < 0:
+    def __init__(
+        self, loss: str | None = None, multilabel: bool = False, *, lambd: float = 5e-3, **kw: object
+    ):
+        if (
+            not isinstance(lambd, (int, float))
+            or isinstance(lambd, bool)
+            or not math.isfinite(lambd)
+            or lambd < 0
+        ):
             raise TrainError(f"task_kwargs lambd={lambd!r}; expected a finite weight >= 0 (e.g. 5e-3).")
         self.lambd = float(lambd)
         super().__init__(loss, multilabel, **kw)  # type: ignore[arg-type]

@@ -36,7 +36,10 @@ def cube():
         ({"task_kwargs": {"view_dates": 0}}, r"view_dates=0; expected a positive integer"),
         ({"task_kwargs": {"lamda": 1.0}}, r"task 'barlow_twins' does not take these options.*lamda"),
         ({"loss": "focal"}, r"has its own loss; expected loss=None"),
-        ({"model_kwargs": {"width": 8, "num_classes": 3}}, r"has a class head of 3 outputs. Drop num_classes"),
+        (
+            {"model_kwargs": {"width": 8, "num_classes": 3}},
+            r"has a class head of 3 outputs. Drop num_classes",
+        ),
         ({"model": "unet", "model_kwargs": {"width": 4, "depth": 3}}, r"task 'barlow_twins' cannot train"),
         ({"task_kwargs": "lambd=1"}, r"task_kwargs='lambd=1'; expected a dict"),
     ],
