@@ -166,3 +166,19 @@ def test_probe_refuses_a_cube_without_labels(bt_run):
     full, ckpt, _, _ = bt_run
     with pytest.raises(geoarray.errors.ProbeError, match=r"probe needs labels, but the cube has no 'labels'"):
         geoarray.probe(full.drop_vars("labels"), ckpt)
+
+
+def test_an_absurd_lr_ends_in_a_train_error_and_no_checkpoint(tmp_path):
+    # measured: SGD at lr=1e3 leaves a finite loss, but embeddings of rms ~1e8 with effective rank ~2 of 32
+    c = synthetic_cube(size=96, n_times=6, seed=1, chunks=48).drop_vars("labels")
+    out = tmp_path / "bt.safetensors"
+    with pytest.raises(TrainError, match=r"(diverged: .* rms|collapsed: )"):
+        geoarray.fit(
+            c,
+            task="barlow_twins",
+            epochs=2,
+            pixels_per_chip=128,
+            out=str(out),
+            **{**SMALL, "lr": 1e3, "optimizer": "sgd"},
+        )
+    assert not out.exists()

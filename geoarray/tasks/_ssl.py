@@ -93,6 +93,7 @@ class SSLTask(Task):
         projector_depth: int = 2,
         collapse_rank: float = 1.5,
         collapse_std: float = 1e-4,
+        diverge_rms: float = 1e3,
     ) -> None:
         if loss is not None or multilabel:
             raise TrainError(
@@ -109,7 +110,7 @@ class SSLTask(Task):
             raise TrainError(f"task_kwargs noise={noise!r}; expected a finite std >= 0 (e.g. 0.05).")
         self.view_dates, self.noise = view_dates, float(noise)
         self.projector_dim, self.projector_depth = projector_dim, projector_depth
-        self.collapse_rank, self.collapse_std = collapse_rank, collapse_std
+        self.collapse_rank, self.collapse_std, self.diverge_rms = collapse_rank, collapse_std, diverge_rms
         self._reset()
 
     def _reset(self) -> None:
@@ -217,6 +218,12 @@ class SSLTask(Task):
                 f"({what}; expected std > {self.collapse_std:g} x rms and effective rank >= {self.collapse_rank:g}). "
                 "No checkpoint of this run is kept. Lower lr, check that the cube varies (a constant cube has "
                 "nothing to learn), or raise the off-diagonal weight / noise in task_kwargs."
+            )
+        if not math.isfinite(rms) or rms > self.diverge_rms:
+            raise TrainError(
+                f"task {self.name!r} diverged: the embeddings of the last {len(z)} pixels have rms {rms:.3g} "
+                f"(expected at most diverge_rms={self.diverge_rms:g}; inputs are normalised, so features of a "
+                "working encoder stay near 1). No checkpoint of this run is kept. Lower lr (e.g. by 10x)."
             )
         return out
 

@@ -88,8 +88,10 @@ def fit(
     task_kwargs
         Options of the task. ``"barlow_twins"``: ``lambd`` (off-diagonal weight, 5e-3), ``view_dates`` (valid
         dates per view; default half the cube's dates; pixels with fewer are skipped and counted),
-        ``noise`` (band noise std in normalised units, 0.05), ``projector_dim`` (128), ``collapse_rank`` (1.5)
-        and ``collapse_std`` (1e-4): a run whose embeddings fall below either ends in a TrainError.
+        ``noise`` (band noise std in normalised units, 0.05), ``projector_dim`` (128); the collapse watch's
+        ``collapse_rank`` (1.5), ``collapse_std`` (1e-4) and ``diverge_rms`` (1e3): a run whose end-of-epoch
+        embeddings fall below either of the first two (collapse) or above the last (divergence) ends in a
+        TrainError, and no checkpoint of it is kept.
 
     model, model_kwargs
         A registry name (``geoarray.models.list_models()``) and its hyper-parameters; ``in_channels`` and
