@@ -182,3 +182,23 @@ def test_an_absurd_lr_ends_in_a_train_error_and_no_checkpoint(tmp_path):
             **{**SMALL, "lr": 1e3, "optimizer": "sgd"},
         )
     assert not out.exists()
+
+
+def test_resume_continues_a_barlow_twins_run_projector_included(tmp_path):
+    from geoarray.training.state import load_state
+
+    c = synthetic_cube(size=96, n_times=6, seed=1, chunks=48).drop_vars("labels")
+    kw = dict(
+        task="barlow_twins", pixels_per_chip=64, steps_per_epoch=2, schedule="constant", keep_state=True
+    )
+    kw.update(SMALL)
+    whole = tmp_path / "whole.safetensors"
+    geoarray.fit(c, epochs=3, out=str(whole), **kw)
+    out = tmp_path / "m.safetensors"
+    geoarray.fit(c, epochs=2, out=str(out), **kw)
+    geoarray.fit(c, epochs=3, out=str(out), resume=str(out), **kw)
+    a, b = load_state(whole), load_state(out)
+    assert a is not None and b is not None and a.epoch == b.epoch == 3
+    assert any(k.startswith("projector.") for k in a.weights)
+    for k, w in a.weights.items():
+        np.testing.assert_allclose(b.weights[k].numpy(), w.numpy(), rtol=0, atol=1e-5, err_msg=k)

@@ -178,7 +178,7 @@ class Trainer:
                 else:
                     patience += 1
                 extra = {"plateau": self.plateau.state_dict()} if self.plateau is not None else {}
-                state.save_state(out, self.model, self.opt, epoch=epoch + 1, best=self.best, extra=extra)
+                state.save_state(out, self.net, self.opt, epoch=epoch + 1, best=self.best, extra=extra)
                 self.log.write(row)
                 self.history.append(row)
                 log.info("epoch %d/%d %s", epoch + 1, self.cfg.epochs, _fmt(row))
@@ -299,7 +299,7 @@ class Trainer:
         st = state.load_state(path)
         try:
             if st is not None:
-                self.model.load_state_dict(st.weights)
+                self.net.load_state_dict(st.weights)  # with the task's heads (an SSL projector)
                 self.start_epoch, self.best = st.epoch, st.best
             else:
                 ck = load_checkpoint(path)
