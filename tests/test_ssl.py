@@ -202,3 +202,30 @@ def test_resume_continues_a_barlow_twins_run_projector_included(tmp_path):
     assert any(k.startswith("projector.") for k in a.weights)
     for k, w in a.weights.items():
         np.testing.assert_allclose(b.weights[k].numpy(), w.numpy(), rtol=0, atol=1e-5, err_msg=k)
+
+
+def test_labels_in_the_cube_pick_the_best_epoch_by_knn_but_do_not_filter_training(tmp_path):
+    c = synthetic_cube(size=96, n_times=6, seed=1, chunks=48)
+    lab = c.labels.isel(time=-1).copy()
+    sparse = lab.where(lab.x < lab.x[20], 255).astype("uint8")  # labels in a strip of the west only
+    sparse.attrs = dict(lab.attrs, nodata=255)
+    c["labels"] = sparse
+    kw = dict(task="barlow_twins", epochs=2, pixels_per_chip=128, **SMALL)
+    geoarray.fit(c, out=str(tmp_path / "a.safetensors"), log_dir=str(tmp_path / "la"), val_fraction=0.5, **kw)
+    rows = _metrics(tmp_path / "la")
+    assert all(float(r["score"]) == float(r["val_knn_top1"]) for r in rows)
+    assert float(rows[-1]["val_knn_top1"]) > 0.5
+    meta = read_metadata(tmp_path / "a.safetensors")
+    assert meta["output"] == {"kind": "features", "variables": ["features"], "feature_dim": 32}
+    assert meta["training"]["best_metric"] == max(float(r["val_knn_top1"]) for r in rows)
+    # the same training as without labels (the labels only score validation): identical last-epoch weights
+    from geoarray.training.state import load_state
+
+    geoarray.fit(c, out=str(tmp_path / "c.safetensors"), val_fraction=0.5, keep_state=True, **kw)
+    geoarray.fit(
+        c.drop_vars("labels"), out=str(tmp_path / "d.safetensors"), val_fraction=0.5, keep_state=True, **kw
+    )
+    a, b = load_state(tmp_path / "c.safetensors"), load_state(tmp_path / "d.safetensors")
+    assert a is not None and b is not None
+    for k, w in a.weights.items():
+        np.testing.assert_array_equal(b.weights[k].numpy(), w.numpy(), err_msg=k)

@@ -21,6 +21,8 @@ from geoarray.tasks.base import Task
 
 #: rows of clean (un-augmented) embeddings the collapse watch keeps from the end of each epoch
 WATCH_ROWS = 2048
+#: validation pixels whose clean embeddings feed the effective rank and the kNN probe
+PROBE_ROWS = 8192
 
 
 class TwinNet(nn.Module):
@@ -230,19 +232,47 @@ class SSLTask(Task):
     # -- validation ----------------------------------------------------------------------------------
     def new_state(self) -> dict[str, Any]:
         g = torch.Generator().manual_seed(0)  # the same views every epoch: scores that compare
-        return {"loss": 0.0, "n": 0, "gen": g, "emb": []}
+        return {"loss": 0.0, "n": 0, "gen": g, "emb": [], "y": []}
 
     def validation_step(self, net: Any, batch: Batch, state: dict[str, Any]) -> None:
         loss, _, n = self._views_loss(net, batch, state["gen"])
         if n >= 2:
             state["loss"] += float(loss) * n
             state["n"] += n
-        if sum(len(e) for e in state["emb"]) < WATCH_ROWS:
+        if sum(len(e) for e in state["emb"]) < PROBE_ROWS:
             state["emb"].append(net.backbone(batch.x, batch.dates, batch.valid).float().cpu())
+            if batch.y is not None:
+                state["y"].append(batch.y.cpu())
 
     def summarize(self, state: dict[str, Any]) -> dict[str, float]:
         val = state["loss"] / state["n"] if state["n"] else math.nan
         out = {"val_loss": val, "score": -val}
-        if state["emb"]:
-            out["val_effective_rank"] = effective_rank(torch.cat(state["emb"]).double().numpy())
+        if not state["emb"]:
+            return out
+        emb = torch.cat(state["emb"]).double().numpy()
+        out["val_effective_rank"] = effective_rank(emb)
+        if state["y"] and len(self.classes) >= 2:
+            knn = knn_probe(emb, torch.cat(state["y"]).numpy(), len(self.classes))
+            if not math.isnan(knn):
+                out["val_knn_top1"] = out["score"] = knn  # the labels pick the best epoch
         return out
+
+
+def knn_probe(emb: Any, y: Any, n_classes: int) -> float:
+    """kNN top-1 between the two halves of the validation pixels (they come chip by chip, so the halves are
+    different chips of the held-out tiles), averaged over both directions; NaN when a half has no label."""
+    import numpy as np
+
+    from geoarray._probe_fit import knn_scores, standardize
+    from geoarray.metrics import topk_accuracy
+
+    ok = (y >= 0) & (y < n_classes)
+    emb, y = emb[ok], y[ok]
+    h = len(y) // 2
+    if h < 1:
+        return math.nan
+    accs = []
+    for a, b in ((slice(0, h), slice(h, None)), (slice(h, None), slice(0, h))):
+        tr, te = standardize(emb[a], emb[b])
+        accs.append(topk_accuracy(knn_scores(tr, y[a], te, n_classes), y[b]))
+    return float(np.mean(accs))

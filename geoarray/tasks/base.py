@@ -24,8 +24,10 @@ class Task:
 
     name = ""
     default_loss = "ce"
-    #: whether the chip stream reads the cube's label raster for this task
+    #: whether the training chips (and their filters) read the cube's label raster for this task
     reads_label_raster = True
+    #: whether validation reads it (an SSL task scores its features with them when the cube has labels)
+    scores_with_label_raster = True
 
     def __init__(self, loss: str | None = None, multilabel: bool = False) -> None:
         self.multilabel = multilabel

@@ -61,17 +61,18 @@ class Trainer:
             "mean": setup.mean,
             "std": setup.std,
             "kind": setup.stream_kind,
-            "labels": cfg.labels if setup.task.reads_label_raster and setup.classes else None,
             "pixels_per_window": cfg.pixels_per_chip,
             "var": cfg.var,
             "readers": cfg.readers,
             "batch_size": cfg.batch_size,
             "date_encoding": setup.date_encoding,
         }
+        labels = cfg.labels if setup.classes else None
         self.train_stream = ChipStream(
             cube,
             train_windows,
             plan,
+            labels=labels if setup.task.reads_label_raster else None,
             shuffle=True,
             augment=cfg.augment,
             seed=cfg.seed + rank,
@@ -82,7 +83,14 @@ class Trainer:
         # the sequence where the first run stopped
         self.train_stream.epoch = self.start_epoch
         self.val_stream = ChipStream(
-            cube, plan.val, plan, shuffle=False, augment=False, seed=cfg.seed, **common
+            cube,
+            plan.val,
+            plan,
+            shuffle=False,
+            augment=False,
+            seed=cfg.seed,
+            labels=labels if setup.task.scores_with_label_raster else None,
+            **common,
         )
         steps = len(self.train_stream)
         if cfg.steps_per_epoch:

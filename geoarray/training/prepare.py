@@ -29,6 +29,8 @@ __all__ = ["Setup", "prepare"]
 log = logging.getLogger(__name__)
 
 _LABELLED = ("segmentation", "pixel_classification")
+#: tasks that train without labels and, when the cube has them, score validation with them (a kNN probe)
+_LABELS_OPTIONAL = ("barlow_twins",)
 
 
 def _device(name: str) -> str:
@@ -38,7 +40,11 @@ def _device(name: str) -> str:
 
 
 def _labels_of(cube: xr.Dataset, cfg: FitConfig) -> xr.DataArray | None:
-    if cfg.task not in _LABELLED:
+    if cfg.task in _LABELS_OPTIONAL:  # single-label class ids only; others train without them
+        present = cube.data_vars.get(cfg.labels)
+        if present is None or "class" in present.dims:
+            return None
+    elif cfg.task not in _LABELLED:
         return None
     if cfg.labels not in cube.data_vars:
         raise TrainError(
@@ -247,7 +253,7 @@ def prepare(cube: xr.Dataset, cfg: FitConfig) -> Setup:
 
     classes = _classes_of(lab, cfg.labels, multilabel) if lab is not None else []
     mk = dict(cfg.model_kwargs)
-    if cfg.task != "classification" or lab is not None:
+    if cfg.task in _LABELLED:
         if classes:
             want = mk.get("num_classes")
             if want is not None and int(want) != len(classes):
@@ -294,7 +300,7 @@ def prepare(cube: xr.Dataset, cfg: FitConfig) -> Setup:
         min_valid=cfg.min_valid,
         min_positive=cfg.min_positive,
         positive_classes=cfg.positive_classes,
-        labels=cfg.labels if lab is not None else None,
+        labels=cfg.labels if lab is not None and task.reads_label_raster else None,
         multiple_of=multiple,
         var=cfg.var,
         seed=cfg.seed,
