@@ -65,3 +65,58 @@ def test_pixels_with_too_few_valid_dates_are_skipped_and_all_skipped_is_an_error
     with pytest.raises(TrainError, match=r"skipped every pixel \(\d+\): none has view_dates=2 valid dates"):
         geoarray.fit(c, **{**BT, "out": str(out), "min_valid": 0.2})
     assert not out.exists()
+
+
+def test_pixels_with_too_few_valid_dates_are_counted_in_the_log(cube, tmp_path):
+    c = cube.copy()
+    west = cube.x < cube.x[48]
+    one = xr.where(west, cube.time == cube.time[0], True)  # west: one valid date each
+    c["valid"] = (one & xr.ones_like(cube.valid)).transpose("time", "y", "x")
+    geoarray.fit(
+        c,
+        **{**BT, "out": str(tmp_path / "bt.safetensors"), "log_dir": str(tmp_path / "log"), "min_valid": 0.2},
+    )
+    import csv
+
+    row = next(csv.DictReader(open(tmp_path / "log" / "metrics.csv")))
+    assert float(row["skipped_pixels"]) > 0
+
+
+@pytest.fixture(scope="module")
+def bt_ckpt(cube, tmp_path_factory):
+    return geoarray.fit(cube, **{**BT, "out": str(tmp_path_factory.mktemp("bt") / "bt.safetensors")})
+
+
+@pytest.mark.parametrize(
+    "change, error, match",
+    [
+        ({"protocols": ("svm",)}, "ProbeError", r"protocols=\['svm'\]; expected some of \['linear', 'knn'\]"),
+        (
+            {"label_fractions": (0.0,)},
+            "ProbeError",
+            r"label_fractions=\[0.0\]; expected fractions in \(0, 1\]",
+        ),
+        ({"test_fraction": 1.0}, "ProbeError", r"test_fraction=1.0; expected a fraction between 0 and 1"),
+        ({"labels": "truth"}, "ProbeError", r"probe needs labels, but the cube has no 'truth' variable"),
+        ({"tile_size": 1000}, "ProbeError", r"leaves no (training|test) pixel; pass a smaller tile_size"),
+    ],
+)
+def test_probe_refuses_bad_options(bt_ckpt, change, error, match):
+    c = synthetic_cube(size=96, n_times=4, seed=0, chunks=48)
+    with pytest.raises(getattr(geoarray.errors, error), match=match):
+        geoarray.probe(c, bt_ckpt, **change)
+
+
+def test_probe_refuses_a_cube_of_another_band_set_and_a_classifier(bt_ckpt, tmp_path):
+    c = synthetic_cube(size=96, n_times=4, seed=0, chunks=48, bands=("b1", "b2", "b3", "b4"))
+    with pytest.raises(geoarray.errors.BandError, match=r"lacks bands \['blue', 'green', 'red', 'nir'\]"):
+        geoarray.probe(c, bt_ckpt)
+    c = synthetic_cube(size=96, n_times=4, seed=0, chunks=48)
+    clf = geoarray.fit(
+        c,
+        **{**BT, "task": "pixel_classification", "out": str(tmp_path / "p.safetensors")},
+    )
+    with pytest.raises(
+        geoarray.errors.ProbeError, match=r"'pixel_classification' checkpoint .* feature encoders"
+    ):
+        geoarray.probe(c, clf)
