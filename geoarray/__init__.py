@@ -16,6 +16,7 @@ from geoarray.errors import GeoArrayError
 from geoarray.io.geotiff import export_geotiff, from_geotiff, read_labels
 from geoarray.io.stac import from_stac
 from geoarray.predict import clear_caches, predict
+from geoarray.probe import probe
 from geoarray.training import fit
 
 __all__ = [  # noqa: RUF022  (grouped by stage, like xarray)
@@ -40,6 +41,8 @@ __all__ = [  # noqa: RUF022  (grouped by stage, like xarray)
     "load_checkpoint",
     "predict",
     "save_checkpoint",
+    # evaluation
+    "probe",
     # submodules (loaded on first use)
     "datasets",
     "demo",

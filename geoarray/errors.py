@@ -18,6 +18,7 @@ __all__ = [
     "ModelError",
     "NoOverlapError",
     "PredictError",
+    "ProbeError",
     "RasterError",
     "STACError",
     "StoreError",
@@ -98,3 +99,7 @@ class PredictError(GeoArrayError, ValueError):
 
 class TrainError(GeoArrayError, ValueError):
     """Training inputs or a training run that cannot go on."""
+
+
+class ProbeError(GeoArrayError, ValueError):
+    """An evaluation (probe) that cannot run on these inputs."""

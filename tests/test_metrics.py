@@ -137,3 +137,13 @@ def test_evaluate_refuses_ids_outside_the_named_classes_and_partial_outputs():
     multilabel = xr.DataArray(np.zeros((2, 2, 2), np.uint8), dims=("class", "y", "x"), name="mask")
     with pytest.raises(CubeError, match=r"multi-label"):
         evaluate(multilabel, truth)
+
+
+def test_effective_rank_matches_a_hand_computation():
+    # centred already; orthogonal columns of norms sqrt(18) and sqrt(2): singular values 3√2 and √2, so
+    # p = (0.75, 0.25) and the effective rank is exp(-(0.75 ln 0.75 + 0.25 ln 0.25)) = 1.7548...
+    z = np.array([[3.0, 0.0], [-3.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
+    assert effective_rank(z) == pytest.approx(np.exp(-(0.75 * np.log(0.75) + 0.25 * np.log(0.25))), rel=1e-12)
+    assert effective_rank(z) == pytest.approx(1.75476, abs=1e-5)
+    assert effective_rank(np.eye(3) - 1 / 3) == pytest.approx(2.0)  # centred I3: rank 2, equal values
+    assert effective_rank(np.full((5, 4), 7.0)) == 1.0  # constant embeddings: fully collapsed

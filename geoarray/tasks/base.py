@@ -14,10 +14,20 @@ from geoarray.tasks import _losses
 
 
 class Task:
-    """How a model consumes a batch, the loss, and the validation score (higher is better)."""
+    """How a model consumes a batch, the loss, and the validation score (higher is better).
+
+    The training loop talks to a task through :meth:`train_module`, :meth:`training_loss`,
+    :meth:`validation_step`, :meth:`summarize` and :meth:`end_epoch` only. Supervised tasks take a labelled
+    batch; self-supervised tasks (:mod:`geoarray.tasks._ssl`) override them to make their own views from an
+    unlabelled batch, train heads (a projector) beside the model, and watch for collapse.
+    """
 
     name = ""
     default_loss = "ce"
+    #: whether the training chips (and their filters) read the cube's label raster for this task
+    reads_label_raster = True
+    #: whether validation reads it (an SSL task scores its features with them when the cube has labels)
+    scores_with_label_raster = True
 
     def __init__(self, loss: str | None = None, multilabel: bool = False) -> None:
         self.multilabel = multilabel
@@ -54,6 +64,28 @@ class Task:
             b, t = logits.shape[:2]
             return logits.reshape(b * t, *logits.shape[2:]), y.reshape(b * t, *y.shape[2:])
         return logits, y
+
+    # -- what the training loop calls ---------------------------------------------------------------------
+    def check(self, model: Any, n_times: int) -> None:
+        """Refuse a model or cube this task cannot train, before any work (``prepare`` calls it)."""
+
+    def train_module(self, model: Any) -> Any:
+        """The module whose parameters train (and that DDP wraps): the model, or the model plus heads."""
+        return model
+
+    def training_loss(self, net: Any, batch: Batch) -> torch.Tensor:
+        """The loss of one training batch (``net`` is :meth:`train_module`'s result, maybe DDP-wrapped)."""
+        return self.loss(self.forward(net, batch).float(), batch)
+
+    def validation_step(self, net: Any, batch: Batch, state: dict[str, Any]) -> None:
+        """Score one validation batch into ``state`` (from :meth:`new_state`), without gradients."""
+        logits = self.forward(net, batch)
+        self.update(state, logits, batch, float(self.loss(logits.float(), batch)))
+
+    def end_epoch(self, net: Any) -> dict[str, float]:
+        """Training statistics of the epoch just run (``net`` as trained), logged with it; may raise
+        TrainError to end the run."""
+        return {}
 
     # -- validation ------------------------------------------------------------------------------------
     def new_state(self) -> dict[str, Any]:

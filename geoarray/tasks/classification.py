@@ -10,6 +10,7 @@ from geoarray.tasks.base import Task
 class ClassificationTask(Task):
     name = "classification"
     default_loss = "ce"
+    reads_label_raster = scores_with_label_raster = False  # chip labels come from regions=
 
     def kind_for(self, model: Any) -> str:
         return "chip"

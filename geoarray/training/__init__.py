@@ -30,6 +30,7 @@ def fit(
     # model
     model: str = "unet",
     model_kwargs: dict[str, Any] | None = None,
+    task_kwargs: dict[str, Any] | None = None,
     # data
     labels: str = "labels",
     bands: Sequence[str] | None = None,
@@ -82,7 +83,15 @@ def fit(
         ``labels(class, y, x)`` 0/1 masks for multi-label segmentation).
     task
         ``"segmentation"``, ``"classification"`` (chip labels from ``regions=`` + ``region_property=``) or
-        ``"pixel_classification"`` (pixel time series).
+        ``"pixel_classification"`` (pixel time series), or ``"barlow_twins"`` (self-supervised, on pixel
+        time-series backbones; no labels needed; the checkpoint's output is ``features``).
+    task_kwargs
+        Options of the task. ``"barlow_twins"``: ``lambd`` (off-diagonal weight, 5e-3), ``view_dates`` (valid
+        dates per view; default half the cube's dates; pixels with fewer are skipped and counted),
+        ``noise`` (band noise std in normalised units, 0.05), ``projector_dim`` (128); the collapse watch's
+        ``collapse_rank`` (1.5), ``collapse_std`` (1e-4) and ``diverge_rms`` (1e3): a run whose end-of-epoch
+        embeddings fall below either of the first two (collapse) or above the last (divergence) ends in a
+        TrainError, and no checkpoint of it is kept.
 
     model, model_kwargs
         A registry name (``geoarray.models.list_models()``) and its hyper-parameters; ``in_channels`` and
@@ -181,6 +190,7 @@ def fit(
     opts.pop("cube")
     opts.pop("client")
     opts["model_kwargs"] = dict(model_kwargs or {})
+    opts["task_kwargs"] = dict(task_kwargs) if isinstance(task_kwargs, dict) else (task_kwargs or {})
     opts["bands"] = list(bands) if bands is not None else None
     if positive_classes is not None and not isinstance(positive_classes, (str, bytes)):
         opts["positive_classes"] = list(positive_classes)

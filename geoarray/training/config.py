@@ -29,6 +29,7 @@ class FitConfig:
     task: str
     model: str = "unet"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    task_kwargs: dict[str, Any] = field(default_factory=dict)
     # data
     labels: str = "labels"
     bands: list[str] | None = None
@@ -125,6 +126,8 @@ class FitConfig:
         _choice("optimizer", self.optimizer, ("adamw", "sgd"))
         _choice("schedule", self.schedule, ("cosine", "step", "plateau", "constant"))
         _choice("precision", self.precision, ("32", "bf16", "16"))
+        if not isinstance(self.task_kwargs, dict):
+            raise TrainError(f"task_kwargs={self.task_kwargs!r}; expected a dict such as {{'lambd': 5e-3}}.")
         if not isinstance(self.model_kwargs, dict):
             raise TrainError(f"model_kwargs={self.model_kwargs!r}; expected a dict such as {{'width': 16}}.")
         if not str(self.out):

@@ -90,7 +90,7 @@ def _rank_main(
         dist.all_reduce(steps, op=dist.ReduceOp.MIN)  # every rank must run the same number of steps
         trainer.steps_per_epoch = int(steps.item())
         ids = [trainer.model.parameters().__next__().device.index] if backend == "nccl" else None
-        trainer.ddp_model = DistributedDataParallel(trainer.model, device_ids=ids)
+        trainer.ddp_model = DistributedDataParallel(trainer.net, device_ids=ids)
         out = trainer.run()
         report = {
             "rank": rank,

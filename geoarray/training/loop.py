@@ -46,6 +46,9 @@ class Trainer:
         self.device = _device(cfg.device)
         with seeded_torch(cfg.seed, self.device):
             self.model = create_model(cfg.model, **setup.model_kwargs).to(self.device)
+            # what trains: the model, or the model plus the task's heads (an SSL projector); the checkpoint
+            # holds the model only
+            self.net = setup.task.train_module(self.model).to(self.device)
         self.start_epoch = 0
         self.best = -math.inf
         resumed = self._resume(cfg.resume) if cfg.resume else None
@@ -58,17 +61,18 @@ class Trainer:
             "mean": setup.mean,
             "std": setup.std,
             "kind": setup.stream_kind,
-            "labels": cfg.labels if cfg.task != "classification" else None,
             "pixels_per_window": cfg.pixels_per_chip,
             "var": cfg.var,
             "readers": cfg.readers,
             "batch_size": cfg.batch_size,
             "date_encoding": setup.date_encoding,
         }
+        labels = cfg.labels if setup.classes else None
         self.train_stream = ChipStream(
             cube,
             train_windows,
             plan,
+            labels=labels if setup.task.reads_label_raster else None,
             shuffle=True,
             augment=cfg.augment,
             seed=cfg.seed + rank,
@@ -79,7 +83,14 @@ class Trainer:
         # the sequence where the first run stopped
         self.train_stream.epoch = self.start_epoch
         self.val_stream = ChipStream(
-            cube, plan.val, plan, shuffle=False, augment=False, seed=cfg.seed, **common
+            cube,
+            plan.val,
+            plan,
+            shuffle=False,
+            augment=False,
+            seed=cfg.seed,
+            labels=labels if setup.task.scores_with_label_raster else None,
+            **common,
         )
         steps = len(self.train_stream)
         if cfg.steps_per_epoch:
@@ -90,7 +101,7 @@ class Trainer:
                 f"rank {rank} has no full training batch ({self.train_stream.num_samples} chips, "
                 f"batch_size={cfg.batch_size}); lower batch_size or use more data."
             )
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = [p for p in self.net.parameters() if p.requires_grad]
         if cfg.optimizer == "adamw":
             self.opt: Any = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         elif cfg.optimizer == "sgd":
@@ -109,7 +120,7 @@ class Trainer:
         self.scaler = (
             torch.amp.GradScaler("cuda") if cfg.precision == "16" and self.device.startswith("cuda") else None
         )
-        self.ddp_model: Any = self.model
+        self.ddp_model: Any = self.net
         self.log = MetricsLog(cfg.log_dir if rank == 0 else None)
         self.history: list[dict[str, Any]] = []
         self.weight_digests: list[str] = []
@@ -154,6 +165,13 @@ class Trainer:
                 "train_loss": train_loss,
                 "lr": self.opt.param_groups[0]["lr"],
             }
+            try:
+                row.update(self.setup.task.end_epoch(self.net))  # e.g. an SSL task's collapse watch
+            except TrainError:
+                if saved and self.start_epoch == 0 and self.rank == 0:
+                    out.unlink(missing_ok=True)  # an earlier epoch of a run that then failed: not a result
+                    state.state_path(out).unlink(missing_ok=True)
+                raise
             if self.rank == 0:
                 metrics = self.validate() if self.setup.plan.val else {"score": -train_loss}
                 row.update(metrics)
@@ -168,7 +186,7 @@ class Trainer:
                 else:
                     patience += 1
                 extra = {"plateau": self.plateau.state_dict()} if self.plateau is not None else {}
-                state.save_state(out, self.model, self.opt, epoch=epoch + 1, best=self.best, extra=extra)
+                state.save_state(out, self.net, self.opt, epoch=epoch + 1, best=self.best, extra=extra)
                 self.log.write(row)
                 self.history.append(row)
                 log.info("epoch %d/%d %s", epoch + 1, self.cfg.epochs, _fmt(row))
@@ -193,7 +211,7 @@ class Trainer:
 
     def _train_epoch(self, epoch: int, total: int, warmup: int, base_lrs: list[float]) -> float:
 
-        self.model.train()
+        self.net.train()
         losses = []
         bar = None
         if self.cfg.progress and self.rank == 0:
@@ -211,8 +229,7 @@ class Trainer:
                     grp["lr"] = base * f
             batch = self._to(batch)
             with self._autocast():
-                logits = self.setup.task.forward(self.ddp_model, batch)
-                loss = self.setup.task.loss(logits.float(), batch)
+                loss = self.setup.task.training_loss(self.ddp_model, batch)
             check_finite(loss.detach(), epoch + 1, step + 1)
             self.opt.zero_grad(set_to_none=True)
             if self.scaler is not None:
@@ -239,15 +256,13 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         import torch
 
-        self.model.eval()
+        self.net.eval()
         acc = self.setup.task.new_state()
         with torch.no_grad():
             for batch in self.val_stream:
                 batch = self._to(batch)
                 with self._autocast():
-                    logits = self.setup.task.forward(self.model, batch)
-                    loss = self.setup.task.loss(logits.float(), batch)
-                self.setup.task.update(acc, logits, batch, float(loss))
+                    self.setup.task.validation_step(self.net, batch, acc)
         return self.setup.task.summarize(acc)
 
     # -- checkpoints -----------------------------------------------------------------------------------
@@ -292,7 +307,7 @@ class Trainer:
         st = state.load_state(path)
         try:
             if st is not None:
-                self.model.load_state_dict(st.weights)
+                self.net.load_state_dict(st.weights)  # with the task's heads (an SSL projector)
                 self.start_epoch, self.best = st.epoch, st.best
             else:
                 ck = load_checkpoint(path)

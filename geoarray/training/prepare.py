@@ -29,6 +29,8 @@ __all__ = ["Setup", "prepare"]
 log = logging.getLogger(__name__)
 
 _LABELLED = ("segmentation", "pixel_classification")
+#: tasks that train without labels and, when the cube has them, score validation with them (a kNN probe)
+_LABELS_OPTIONAL = ("barlow_twins",)
 
 
 def _device(name: str) -> str:
@@ -38,7 +40,11 @@ def _device(name: str) -> str:
 
 
 def _labels_of(cube: xr.Dataset, cfg: FitConfig) -> xr.DataArray | None:
-    if cfg.task not in _LABELLED:
+    if cfg.task in _LABELS_OPTIONAL:  # single-label class ids only; others train without them
+        present = cube.data_vars.get(cfg.labels)
+        if present is None or "class" in present.dims:
+            return None
+    elif cfg.task not in _LABELLED:
         return None
     if cfg.labels not in cube.data_vars:
         raise TrainError(
@@ -182,6 +188,7 @@ _TASK_KINDS = {
     "segmentation": ("image", "sequence", "pixels"),
     "classification": ("chip",),
     "pixel_classification": ("pixels",),
+    "barlow_twins": ("pixels",),
 }
 _KIND_WORDS = {
     "image": "a map per pixel",
@@ -242,11 +249,11 @@ def prepare(cube: xr.Dataset, cfg: FitConfig) -> Setup:
             "the labels (e.g. rasterio.features.rasterize onto the cube's grid)."
         )
     multilabel = cfg.multilabel or (lab is not None and "class" in lab.dims)
-    task = get_task(cfg.task, loss=cfg.loss, multilabel=multilabel)
+    task = get_task(cfg.task, loss=cfg.loss, multilabel=multilabel, **cfg.task_kwargs)
 
     classes = _classes_of(lab, cfg.labels, multilabel) if lab is not None else []
     mk = dict(cfg.model_kwargs)
-    if cfg.task != "classification" or lab is not None:
+    if cfg.task in _LABELLED:
         if classes:
             want = mk.get("num_classes")
             if want is not None and int(want) != len(classes):
@@ -266,6 +273,7 @@ def prepare(cube: xr.Dataset, cfg: FitConfig) -> Setup:
     with seeded_torch(cfg.seed, "cpu"):  # a throwaway model: leave the caller's generator alone
         probe = create_model(cfg.model, **mk)
     _check_model_fits_task(cfg, probe)
+    task.check(probe, cube.sizes["time"])
     stream_kind = task.kind_for(probe)
     if cfg.task == "classification" and (cfg.min_positive or cfg.positive_classes is not None):
         raise TrainError(
@@ -292,7 +300,7 @@ def prepare(cube: xr.Dataset, cfg: FitConfig) -> Setup:
         min_valid=cfg.min_valid,
         min_positive=cfg.min_positive,
         positive_classes=cfg.positive_classes,
-        labels=cfg.labels if lab is not None else None,
+        labels=cfg.labels if lab is not None and task.reads_label_raster else None,
         multiple_of=multiple,
         var=cfg.var,
         seed=cfg.seed,
