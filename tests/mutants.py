@@ -126,8 +126,8 @@ MUTATIONS = [
         "resume-weights-not-restored",
         "training resume continues the same run",
         "geoarray/training/loop.py",
-        "            self.model.load_state_dict(st.weights)\n",
-        "",
+        "                self.net.load_state_dict(st.weights)  # with the task's heads (an SSL projector)\n",
+        "                pass\n",
         (RESUME,),
     ),
     Mutation(
