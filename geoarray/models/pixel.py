@@ -155,6 +155,10 @@ def pixel_transformer(
     num_classes: int = 0,
 ) -> PixelTransformer:
     """Transformer over dates with a day-of-year encoding, masked for invalid dates."""
+    if d_model % nhead:  # torch's own check is an assert that names neither hparam
+        raise ValueError(
+            f"d_model={d_model} is not a multiple of nhead={nhead}; expected e.g. d_model=64, nhead=4"
+        )
     return PixelTransformer(
         in_channels, out_channels, d_model, nhead, num_layers, dim_feedforward, dropout, num_classes
     )
