@@ -17,7 +17,7 @@ import xarray as xr
 from rasterio.enums import Resampling
 from rasterio.warp import transform_bounds
 
-from geoarray._atomic import atomic_write
+from geoarray._atomic import atomic_write, check_file_path
 from geoarray._constants import DEFAULT_CHUNK, LABEL_NODATA
 from geoarray.errors import CRSError, NoOverlapError, RasterError
 from geoarray.io._files import (
@@ -234,7 +234,7 @@ def export_geotiff(
         The variable, e.g. ``ds.mask.isel(time=0)`` or ``ds.probabilities.sel(time="2021-05-01")``. A ``time``
         dim of length 1 is dropped.
     path
-        Output path (``.tif``).
+        Output path, ending ``.tif`` or ``.tiff`` (missing folders are made).
     nodata
         Nodata value to record; defaults to the variable's ``nodata`` attr, or NaN for floats.
     compress
@@ -254,6 +254,8 @@ def export_geotiff(
         raise RasterError(
             f"expected an xarray.DataArray, got {type(da).__name__}; select one variable: ds['mask']."
         )
+    out = Path(path)
+    check_file_path(out, "a Cloud-Optimized GeoTIFF", (".tif", ".tiff"))
     if "time" in da.dims:
         if da.sizes["time"] != 1:
             raise RasterError(
@@ -280,7 +282,6 @@ def export_geotiff(
     if transform.e > 0:  # south-up coordinates: write the usual north-up file
         da = da.isel(y=slice(None, None, -1))
         transform = transform_of(da, repr(da.name))
-    out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     data = da.load()
     if data.dtype == bool:
