@@ -106,8 +106,9 @@ def check_hparams(name: str, hparams: dict[str, Any]) -> dict[str, Any]:
 
 
 # Smallest value of an int hparam (default 1): 0 classes make a feature model (pixel models, resnets; map
-# models refuse it themselves), and 0 attention layers a plain UNet.
-_MINIMUM = {"num_classes": 0, "num_attention_layers": 0}
+# models refuse it themselves), and 0 attention layers a plain UNet. Each model checks its own depth range
+# (a UNet's is 2..7), so the registry checks only that depth is an integer.
+_MINIMUM: dict[str, int | None] = {"num_classes": 0, "num_attention_layers": 0, "depth": None}
 _EVEN = ("encoding_dim", "d_model")  # sinusoidal date encodings take sin/cos pairs
 
 
@@ -124,8 +125,9 @@ def _checked(model: str, p: inspect.Parameter, v: Any) -> Any:
     found = f"{p.name}={v!r}" + ("" if same else f" ({type(v).__name__})")
     if kind == "int":
         low = _MINIMUM.get(p.name, 1)
-        if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < low:
-            raise ModelError(f"model {model!r} got {found}; expected an integer >= {low}{default}.")
+        if not isinstance(v, numbers.Integral) or isinstance(v, bool) or (low is not None and v < low):
+            at_least = "" if low is None else f" >= {low}"
+            raise ModelError(f"model {model!r} got {found}; expected an integer{at_least}{default}.")
         if p.name in _EVEN and v % 2:
             raise ModelError(f"model {model!r} got {found}; expected an even integer{default}.")
         return int(v)

@@ -100,7 +100,9 @@ def test_ingest_refuses_classes_shorter_than_the_label_ids_before_writing(tmp_pa
     [
         ("unet", {"width": "abc"}, r"width='abc' \(str\); expected an integer >= 1, e.g. width=32"),
         ("unet", {"width": 0}, r"width=0; expected an integer >= 1"),
-        ("unet", {"depth": -1}, r"depth=-1; expected an integer >= 1"),
+        ("unet", {"depth": -1}, r"depth=-1; expected 2..7"),
+        ("unet", {"depth": 2.0}, r"depth=2.0; expected an integer, e.g. depth=5"),
+        ("pixel_cnn", {"depth": 0}, r"depth=0; expected an integer >= 1 \(convolution layers\)"),
         ("unet", {"width": 2.5}, r"width=2.5; expected an integer"),
         ("unet", {"num_classes": 0}, r"num_classes=0; expected >= 1 \(one output map per class\)"),
         ("unet", {"dropout": 1.5}, r"dropout=1.5; expected a probability 0 <= p < 1"),
@@ -122,13 +124,28 @@ def test_create_model_keeps_good_hparams_as_python_numbers():
 
 
 @pytest.mark.parametrize(
-    "model_kwargs", [{"width": 0, "depth": 3}, {"width": 8, "depth": -1}, {"width": "abc"}]
+    ("model_kwargs", "message"),
+    [
+        ({"width": 0, "depth": 3}, r"width=0; expected an integer >= 1"),
+        ({"width": 8, "depth": -1}, r"depth=-1; expected 2..7"),
+        ({"width": "abc"}, r"width='abc' \(str\); expected an integer >= 1"),
+    ],
 )
-def test_fit_refuses_bad_hparams_before_any_work(cube, tmp_path, model_kwargs):
-    with raise_if_dask_computes(0), pytest.raises(ModelError, match="expected an integer >= 1"):
+def test_fit_refuses_bad_hparams_before_any_work(cube, tmp_path, model_kwargs, message):
+    untouchable = (
+        cube.copy()
+    )  # labels that fail if anything reads them (fit's label pass picks its scheduler)
+    untouchable["labels"] = cube.labels.copy(
+        data=cube.labels.data.map_blocks(_never_read, dtype=cube.labels.dtype)
+    )
+    with raise_if_dask_computes(0), pytest.raises(ModelError, match=message):
         geoarray.fit(
-            cube, **{**SEG, "model_kwargs": model_kwargs}, out=str(tmp_path / "m.safetensors"), **FAST
+            untouchable, **{**SEG, "model_kwargs": model_kwargs}, out=str(tmp_path / "m.safetensors"), **FAST
         )
+
+
+def _never_read(block):
+    raise AssertionError("the labels were read before the options were checked")
 
 
 def test_cli_fit_model_kw_that_is_not_a_number(store, tmp_path):
