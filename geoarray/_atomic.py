@@ -33,3 +33,32 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], Any]) -> 
         if tmp.exists():
             tmp.unlink()
     return out
+
+
+def check_file_path(
+    path: str | os.PathLike[str], what: str, suffixes: tuple[str, ...] = (), *, example: str = ""
+) -> None:
+    """Refuse, before any work, an output path that :func:`atomic_write` would fail on only at the end.
+
+    A directory (``os.replace`` onto it is an IsADirectoryError), a path under a file, or, when ``suffixes``
+    are given, another suffix (compared case-insensitively: a GeoTIFF named ``.png`` misleads its readers).
+    """
+    from geoarray.errors import OutputPathError
+
+    out = Path(path)
+    if out.is_dir():
+        raise OutputPathError(
+            f"{str(out)!r} is a directory; expected the path of {what} file to write, e.g. "
+            f"{str(out / (example or 'out' + (suffixes or ('',))[0]))!r}."
+        )
+    under = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if under is not None:
+        raise OutputPathError(
+            f"{str(out)!r} lies under {str(under)!r}, which is a file; choose another path."
+        )
+    if suffixes and out.suffix.lower() not in suffixes:
+        ends = f"ends {out.suffix!r}" if out.suffix else "has no suffix"
+        raise OutputPathError(
+            f"{str(out)!r} {ends}, but {what} file is written there; expected a name ending "
+            f"{' or '.join(suffixes)}, e.g. {str(out.with_suffix(suffixes[0]))!r}."
+        )

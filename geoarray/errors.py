@@ -17,6 +17,7 @@ __all__ = [
     "GeoArrayWarning",
     "ModelError",
     "NoOverlapError",
+    "OutputPathError",
     "PredictError",
     "ProbeError",
     "RasterError",
@@ -69,6 +70,10 @@ class StoreNotFoundError(StoreError, FileNotFoundError):
 
 class StoreExistsError(StoreError, FileExistsError):
     """The store (or a variable in it) exists and the mode forbids overwriting it."""
+
+
+class OutputPathError(GeoArrayError, OSError):
+    """An output file path that cannot be written: a directory, a path under a file, or the wrong suffix."""
 
 
 # -- inputs -----------------------------------------------------------------------------------------------

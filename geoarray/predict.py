@@ -145,7 +145,8 @@ def predict(
         The cube lacks a band the checkpoint needs.
     PredictError
         Chunks that don't fit the model (time chunked for a time-series model, chunks smaller than the halo),
-        a chip classifier, or outputs whose class/feature dim clashes with the cube's (pass ``prefix``).
+        a chip classifier, a model built for another number of dates (``num_timesteps``), or outputs whose
+        class/feature dim clashes with the cube's (pass ``prefix``).
     StoreError
         ``store`` is missing, not writable, on another grid, holds the outputs already (without
         ``overwrite=True``), or a dim of the same name with another size (pass ``prefix``). Checked before
@@ -196,8 +197,11 @@ def _predict(
     dtype: Literal["float32", "float16"],
     threshold: float,
     progress: bool,
+    rechunk_time: bool = False,
 ) -> tuple[xr.Dataset, WriteReport | None]:
-    """:func:`predict`, plus what it wrote into ``store`` (the CLI reports it)."""
+    """:func:`predict`, plus what it wrote into ``store``. ``rechunk_time`` (the CLI's; its user cannot rechunk)
+    makes time one chunk for whole-series models, lazily: a task then holds dates x bands x (block + halo)² x 4 B.
+    """
     cube = conform_cube(cube, var=var)  # dims by name: another order is transposed (lazily)
     _check_options(batch_size, dtype, threshold, prefix)
     dtype = np.dtype(dtype).name  # type: ignore[assignment]  # np.float16, "f2", ... -> "float16"
@@ -220,6 +224,7 @@ def _predict(
             "per-pixel maps, train task='segmentation' instead."
         )
     input_kind = in_spec.get("kind", "image")
+    _check_dates(meta, input_kind, cube, Path(path).name)
     stride = int(meta.get("stride", 1))
     h = _resolve_halo(halo, meta, stride, input_kind)
 
@@ -240,6 +245,9 @@ def _predict(
             {"time": -1 if whole_series else 1, "band": -1, "y": DEFAULT_CHUNK, "x": DEFAULT_CHUNK}
         )
     chunks = img.data.chunks
+    if input_kind in ("sequence", "pixels") and len(chunks[0]) > 1 and rechunk_time:
+        img = img.chunk({"time": -1})  # tasks read every date of their block; direct store reads stay direct
+        chunks = img.data.chunks
     if input_kind in ("sequence", "pixels") and len(chunks[0]) > 1:
         raise PredictError(
             f"{meta['model']['name']!r} consumes the whole time series, but the cube's time is chunked "
@@ -319,6 +327,18 @@ def _assign(cube: xr.Dataset, new: dict[str, xr.DataArray]) -> xr.Dataset:
             "prefix='change_'): the outputs then get their own dims ('change_class', 'change_feature')."
         )
     return cube.drop_vars([*replaced, *(d for d in rewrite if d in cube.variables)]).assign(new)
+
+
+def _check_dates(meta: dict[str, Any], input_kind: str, cube: xr.Dataset, name: str) -> None:
+    """A model built for a fixed number of dates (pixel_mlp's ``num_timesteps``) refuses a cube with others."""
+    want, n = meta["model"]["hparams"].get("num_timesteps"), cube.sizes["time"]
+    if input_kind in ("pixels", "sequence") and want is not None and int(want) != n:
+        model = meta["model"]["name"]
+        raise PredictError(
+            f"{name} holds a {model!r} model built for {want} dates (num_timesteps={want}); the cube has {n}. "
+            f"Select {want} dates (`cube.isel(time=slice(0, {want}))`; in the CLI, a store of {want} dates), or train "
+            "a model that takes any number of dates (pixel_cnn, pixel_transformer) on this cube."
+        )
 
 
 def _resolve_halo(halo: int | str, meta: dict[str, Any], stride: int, input_kind: str) -> int:

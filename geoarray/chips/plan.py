@@ -8,10 +8,12 @@ and training chips keep ``buffer`` pixels away from them, so no training chip to
 
 from __future__ import annotations
 
+import datetime as dt
 import math
-from collections.abc import Sequence
+import numbers
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import xarray as xr
@@ -21,7 +23,7 @@ from geoarray.errors import TrainError
 
 __all__ = ["ChipPlan", "Rect", "TimeSelection", "Window", "plan_chips"]
 
-TimeSelection = Literal["each", "all"] | Sequence[int]
+TimeSelection = Literal["each", "all"] | Sequence[int | str | dt.date | np.datetime64]
 
 
 @dataclass(frozen=True)
@@ -98,18 +100,56 @@ def _take_times(a: np.ndarray, tpos: list[int]) -> np.ndarray:
     return a[tpos]
 
 
-def _time_sets(n: int, times: TimeSelection) -> list[tuple[int, ...]]:
+def _time_sets(dates: np.ndarray, times: TimeSelection) -> list[tuple[int, ...]]:
+    n = len(dates)
     if isinstance(times, str):
         if times == "each":
             return [(i,) for i in range(n)]
         if times == "all":
             return [tuple(range(n))]
-        raise TrainError(f"times={times!r}; expected 'each', 'all' or a list of time indices.")
-    idx = tuple(int(i) for i in times)
-    bad = [i for i in idx if not -n <= i < n]
-    if bad or not idx:
-        raise TrainError(f"times={list(idx)} out of range for a cube with {n} dates.")
-    return [tuple(i % n for i in idx)]
+    if isinstance(times, str) or not isinstance(times, Iterable):
+        raise TrainError(
+            f"times={times!r}; expected 'each', 'all', or a list of time indices or dates, such as [0, 2] or "
+            "['2021-05-01', '2021-06-01']."
+        )
+    idx = tuple(_time_index(dates, t) for t in times)
+    if not idx:
+        raise TrainError("times=[]; expected at least one time index or date, or 'each' / 'all'.")
+    return [idx]
+
+
+def _time_index(dates: np.ndarray, t: Any) -> int:
+    """The position of one ``times=`` item: an index (negative counts from the end) or a date of the cube."""
+    import pandas as pd
+
+    n = len(dates)
+    if isinstance(t, numbers.Integral) and not isinstance(t, bool):
+        if not -n <= int(t) < n:
+            raise TrainError(
+                f"times index {t} is out of range for a cube with {n} dates; expected {-n}..{n - 1}."
+            )
+        return int(t) % n
+    index = pd.DatetimeIndex(dates)
+    shown = [str(d.date()) if d == d.normalize() else str(d) for d in index]
+    try:
+        when = pd.Timestamp(t) if isinstance(t, (str, dt.date, np.datetime64)) else None
+    except ValueError:
+        when = None
+    if when is None or when is pd.NaT:
+        raise TrainError(
+            f"times item {t!r} is neither a time index nor a date; the cube's dates are {shown}."
+        )
+    when = when.tz_convert(None) if when.tzinfo else when
+    # a day (midnight) matches any time on that day; a time of day must match exactly
+    hits = np.flatnonzero(index.normalize() == when if when == when.normalize() else index == when)
+    if hits.size == 0:
+        raise TrainError(f"times item {t!r} is not a date of the cube; expected one of {shown}, or an index.")
+    if hits.size > 1:
+        raise TrainError(
+            f"times item {t!r} matches {hits.size} dates {[shown[k] for k in hits]}; pass the full timestamp "
+            f"or an index ({', '.join(map(str, hits))})."
+        )
+    return int(hits[0])
 
 
 def plan_chips(
@@ -142,8 +182,9 @@ def plan_chips(
     mode
         ``"grid"``: windows every ``stride`` pixels; ``"random"``: ``n_random`` seeded windows per tile.
     times
-        ``"each"`` (one chip per date), ``"all"`` (the whole series per chip) or explicit time indices
-        (e.g. ``[0, 3]`` for a pair).
+        ``"each"`` (one chip per date), ``"all"`` (the whole series per chip) or explicit time indices or
+        dates of the cube (e.g. ``[0, 3]`` or ``["2021-05-01", "2021-08-01"]`` for a pair; a day matches any
+        time on that day).
     val_fraction
         Fraction of tiles held out for validation (0 for none).
     tile_size
@@ -211,7 +252,7 @@ def plan_chips(
         )
     val_tiles = sorted(rng.choice(ntiles, size=nval, replace=False).tolist()) if nval else []
     val_set = set(val_tiles)
-    tsets = _time_sets(cube.sizes["time"], times)
+    tsets = _time_sets(cube["time"].values, times)
     step = stride or chip_size
 
     train: list[Window] = []

@@ -5,7 +5,6 @@ Each read block is read once per epoch (one zarr read on the direct path) and cu
 
 from __future__ import annotations
 
-import math
 import threading
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -62,6 +61,11 @@ class ChipStream:
     date_encoding
         How dates reach sequence and pixel models (``"doy"``, the default, or ``"days"``): the same function
         predict uses, :func:`geoarray._preprocess.date_features`.
+    min_batch
+        The smallest batch handed over (at most ``batch_size``). A last batch smaller than it is merged into
+        the one before (which grows past ``batch_size``), or dropped when there is none. The training stream
+        uses 2: BatchNorm in training mode fails on a batch of one chip whose features are 1x1 (or on one
+        pixel series). ``len()`` counts the batches actually yielded.
     """
 
     def __init__(
@@ -86,6 +90,7 @@ class ChipStream:
         pixels_per_window: int = 256,
         var: str = "imagery",
         date_encoding: str | None = None,
+        min_batch: int = 1,
     ) -> None:
         self.cube = cube
         self.windows = list(windows)
@@ -96,6 +101,7 @@ class ChipStream:
         self.shuffle, self.augment, self.seed = shuffle, augment, seed
         self.readers, self.shuffle_blocks, self.drop_last = max(1, readers), max(1, shuffle_blocks), drop_last
         self.pixels_per_window = pixels_per_window
+        self.min_batch = max(1, min(int(min_batch), self.batch_size))
         self.var = var
         self.epoch = 0
         self.reads = 0  # block reads, for read-amplification checks
@@ -113,8 +119,12 @@ class ChipStream:
         self._by_block = dict(by_block)
 
     def __len__(self) -> int:
-        n = self.num_samples
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        full, rest = divmod(self.num_samples, self.batch_size)
+        if self.drop_last or rest == 0:
+            return full
+        return full + (
+            rest >= self.min_batch
+        )  # a rest under min_batch joins the last full batch (or is dropped)
 
     @property
     def num_samples(self) -> int:
@@ -239,6 +249,8 @@ class ChipStream:
             rng.shuffle(order)
         buf: list[tuple[Any, ...]] = []
         cap = self.shuffle_blocks * max(1, self.num_samples // max(1, len(order))) if self.shuffle else 0
+        if self.min_batch > 1:  # keep enough back that the last batch can take a small rest
+            cap = max(cap, self.min_batch)
         ring = [_BatchBuffers(), _BatchBuffers()]
         k = 0
         with ThreadPoolExecutor(self.readers, thread_name_prefix="geoarray-chips") as pool:
@@ -258,12 +270,15 @@ class ChipStream:
                     k += 1
         if self.shuffle:
             rng.shuffle(buf)
-        while len(buf) >= self.batch_size or (buf and not self.drop_last):
-            yield self._emit(buf, rng, ring[k % 2])
+        while len(buf) >= self.batch_size or (len(buf) >= self.min_batch and not self.drop_last):
+            merge = not self.drop_last and len(buf) < self.batch_size + self.min_batch
+            yield self._emit(buf, rng, ring[k % 2], len(buf) if merge else self.batch_size)
             k += 1
 
-    def _emit(self, buf: list[tuple[Any, ...]], rng: np.random.Generator, bufs: _BatchBuffers) -> Batch:
-        n = min(self.batch_size, len(buf))
+    def _emit(
+        self, buf: list[tuple[Any, ...]], rng: np.random.Generator, bufs: _BatchBuffers, n: int | None = None
+    ) -> Batch:
+        n = min(self.batch_size if n is None else n, len(buf))
         picks = []
         for _ in range(n):
             j = int(rng.integers(len(buf))) if self.shuffle else 0

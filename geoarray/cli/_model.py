@@ -208,7 +208,8 @@ def predict(
 ) -> None:
     """Apply a checkpoint blockwise (with a halo) and write its outputs into the cube's Zarr store.
 
-    A run that is interrupted resumes where it stopped when the same command runs again.
+    A run that is interrupted resumes where it stopped when the same command runs again. Whole-series models
+    (pixel_*, attention_unet) read every date of a block in one task: memory grows with the number of dates.
     """
     from geoarray.cube import open_cube
     from geoarray.errors import PredictError
@@ -227,6 +228,7 @@ def predict(
         overwrite=overwrite,
         dtype="float16" if float16 else "float32",
         threshold=0.5,
+        rechunk_time=True,  # whole-series models get each block's dates in one task (the CLI cannot rechunk)
     )
     cube = open_cube(store, var=var)
     target = store

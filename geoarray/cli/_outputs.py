@@ -57,6 +57,7 @@ def export(
     allow_partial: AllowPartial = False,
 ) -> None:
     """Export one variable (one date) as a Cloud-Optimized GeoTIFF with its georeferencing."""
+    from geoarray._atomic import check_file_path
     from geoarray._constants import COMPLETE
     from geoarray.cube import _open_zarr
     from geoarray.errors import RasterError
@@ -64,6 +65,7 @@ def export(
     from geoarray.metrics import _holes_read_as_a_class
 
     _not_a_file(store)
+    check_file_path(output, "a Cloud-Optimized GeoTIFF", (".tif", ".tiff"))  # before the store is read
     ds = _open_zarr(store)
     if variable not in ds.data_vars:
         raise RasterError(f"no variable {variable!r} in {store}; it has {sorted(map(str, ds.data_vars))}.")
@@ -122,11 +124,14 @@ def evaluate(
     """
     import json
 
+    from geoarray._atomic import atomic_write, check_file_path
     from geoarray.cube import open_cube
     from geoarray.errors import CubeError
     from geoarray.metrics import evaluate as score
 
     _not_a_file(store)
+    if json_out:
+        check_file_path(json_out, "a JSON", example="scores.json")  # before the scoring pass, not after it
     ds = open_cube(store)
     for v in (pred, truth):
         if v not in ds.data_vars:
@@ -141,7 +146,7 @@ def evaluate(
         typer.echo(f"classes matched by name: {pred} {list(p_names)} -> {truth} {list(t_names)}")
     typer.echo(_score_table(s))
     if json_out:
-        json_out.write_text(json.dumps(s, indent=2))
+        atomic_write(json_out, lambda tmp: tmp.write_text(json.dumps(s, indent=2)))  # makes missing folders
         typer.echo(f"wrote {json_out}")
 
 

@@ -17,7 +17,7 @@ import xarray as xr
 from rasterio.enums import Resampling
 from rasterio.warp import transform_bounds
 
-from geoarray._atomic import atomic_write
+from geoarray._atomic import atomic_write, check_file_path
 from geoarray._constants import DEFAULT_CHUNK, LABEL_NODATA
 from geoarray.errors import CRSError, NoOverlapError, RasterError
 from geoarray.io._files import (
@@ -129,12 +129,14 @@ def read_labels(
     Returns
     -------
     xarray.DataArray
-        ``labels(y, x)`` on ``like``'s coordinates, with attrs ``classes`` and ``nodata``; lazy.
+        ``labels(y, x)`` on ``like``'s coordinates, with attrs ``classes`` and ``nodata``; lazy, but the ids
+        are checked in one pass over the warped raster here (a label map is one band: about a tenth of a
+        10-band date of the cube), and writing the result reads it again.
 
     Raises
     ------
     RasterError
-        Not a single-band integer raster.
+        Not a single-band integer raster; a negative id other than ``nodata``; an id beyond ``classes``.
     NoOverlapError
         The raster does not overlap the cube at all.
 
@@ -176,13 +178,41 @@ def read_labels(
             da = open_da(vrt, chunks={"y": DEFAULT_CHUNK, "x": DEFAULT_CHUNK})
     lab = da.isel(band=0, drop=True).drop_vars("spatial_ref", errors="ignore")
     lab = lab.assign_coords(y=like["y"].values, x=like["x"].values)
+    lo, hi = _id_range(lab, fill)
+    where = f"{str(p)!r} (nodata {fill}, read onto the cube's grid)"
+    if lo is not None and lo < 0:
+        raise RasterError(
+            f"{where} holds the negative class id {lo}; expected ids 0, 1, ... . If {lo} means 'no label', "
+            "pass it as the nodata (read_labels' nodata argument, --label-nodata in the CLI)."
+        )
     if classes is None:
-        ids = np.unique(np.asarray(lab.values))
-        ids = ids[ids != fill]
-        classes = [str(i) for i in range(int(ids.max()) + 1)] if ids.size else []
+        classes = [str(i) for i in range(hi + 1)] if hi is not None else []
+    elif hi is not None and hi >= len(classes):
+        raise RasterError(
+            f"{where} holds class id {hi}, but classes names only {len(classes)}: {list(classes)} (ids 0.."
+            f"{len(classes) - 1}). Name every class up to id {hi} in classes (--classes), or if {hi} means "
+            "'no label', pass it as the nodata (read_labels' nodata argument, --label-nodata in the CLI)."
+        )
     lab.attrs = {"classes": list(classes), "nodata": fill, "long_name": "labels", "source": str(p)}
     lab.name = "labels"
     return lab.rio.write_crs(grid.crs)
+
+
+def _id_range(lab: xr.DataArray, fill: int) -> tuple[int | None, int | None]:
+    """Smallest and largest id that is not ``fill``, in one pass over the warped raster (None, None if none)."""
+    import dask
+    import dask.array as dsa
+
+    info = np.iinfo(lab.dtype)
+    held = lab.data != fill
+    lo, hi = dask.compute(
+        dsa.where(held, lab.data, info.max).min(),
+        dsa.where(held, lab.data, info.min).max(),
+        scheduler="threads",
+    )
+    if lo == info.max and hi == info.min:  # both only when no pixel is held
+        return None, None
+    return int(lo), int(hi)
 
 
 def export_geotiff(
@@ -204,7 +234,7 @@ def export_geotiff(
         The variable, e.g. ``ds.mask.isel(time=0)`` or ``ds.probabilities.sel(time="2021-05-01")``. A ``time``
         dim of length 1 is dropped.
     path
-        Output path (``.tif``).
+        Output path, ending ``.tif`` or ``.tiff`` (missing folders are made).
     nodata
         Nodata value to record; defaults to the variable's ``nodata`` attr, or NaN for floats.
     compress
@@ -224,6 +254,8 @@ def export_geotiff(
         raise RasterError(
             f"expected an xarray.DataArray, got {type(da).__name__}; select one variable: ds['mask']."
         )
+    out = Path(path)
+    check_file_path(out, "a Cloud-Optimized GeoTIFF", (".tif", ".tiff"))
     if "time" in da.dims:
         if da.sizes["time"] != 1:
             raise RasterError(
@@ -250,7 +282,6 @@ def export_geotiff(
     if transform.e > 0:  # south-up coordinates: write the usual north-up file
         da = da.isel(y=slice(None, None, -1))
         transform = transform_of(da, repr(da.name))
-    out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     data = da.load()
     if data.dtype == bool:

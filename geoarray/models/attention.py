@@ -48,6 +48,8 @@ class AttentionUNet(GeoModel):
         dropout: float,
     ) -> None:
         super().__init__()
+        if depth < 1:
+            raise ValueError(f"depth={depth}; expected an integer >= 1 (levels of the UNet)")
         if not 0 <= num_attention_layers <= min(4, depth):
             raise ValueError(f"num_attention_layers={num_attention_layers}; expected 0..{min(4, depth)}")
         if positional_encoding not in ("none", "add", "concat"):

@@ -53,6 +53,8 @@ class PixelMLP(PixelModel):
         num_classes: int,
     ) -> None:
         super().__init__(out_channels, num_classes)
+        if depth < 1:
+            raise ValueError(f"depth={depth}; expected an integer >= 1 (linear layers)")
         self.t = num_timesteps
         layers: list[nn.Module] = []
         c = num_timesteps * (in_channels + 1)  # +1: the validity flag of each date
@@ -73,6 +75,8 @@ class PixelCNN(PixelModel):
         self, in_channels: int, out_channels: int, width: int, depth: int, kernel_size: int, num_classes: int
     ) -> None:
         super().__init__(out_channels, num_classes)
+        if depth < 1:
+            raise ValueError(f"depth={depth}; expected an integer >= 1 (convolution layers)")
         layers: list[nn.Module] = []
         c = in_channels + 1
         for _ in range(depth):
@@ -155,6 +159,10 @@ def pixel_transformer(
     num_classes: int = 0,
 ) -> PixelTransformer:
     """Transformer over dates with a day-of-year encoding, masked for invalid dates."""
+    if d_model % nhead:  # torch's own check is an assert that names neither hparam
+        raise ValueError(
+            f"d_model={d_model} is not a multiple of nhead={nhead}; expected e.g. d_model=64, nhead=4"
+        )
     return PixelTransformer(
         in_channels, out_channels, d_model, nhead, num_layers, dim_feedforward, dropout, num_classes
     )

@@ -28,6 +28,8 @@ class Decoder(nn.Module):
 
     def __init__(self, channels: list[int], skips: list[int], out_channels: int) -> None:
         super().__init__()
+        if out_channels < 1:
+            raise ValueError(f"num_classes={out_channels}; expected >= 1 (one output map per class)")
         self.ups = nn.ModuleList()
         self.blocks = nn.ModuleList()
         c = channels[0]
@@ -90,6 +92,8 @@ class Linear(GeoModel):
 
     def __init__(self, in_channels: int, num_classes: int) -> None:
         super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes={num_classes}; expected >= 1 (one output map per class)")
         self.out_channels = num_classes
         self.proj = nn.Conv2d(in_channels, num_classes, 1)
 

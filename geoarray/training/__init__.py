@@ -38,7 +38,7 @@ def fit(
     chip_size: int = 64,
     stride: int | None = None,
     mode: Literal["grid", "random"] = "grid",
-    times: Literal["each", "all"] | Sequence[int] = "each",
+    times: Literal["each", "all"] | Sequence[int | str] = "each",
     val_fraction: float = 0.2,
     min_valid: float = 0.5,
     min_positive: int = 0,
@@ -101,7 +101,8 @@ def fit(
         The label variable, the bands to use (default: all, in cube order) and the imagery variable.
     chip_size, stride, mode, times
         Chips: size in pixels (a multiple of the model's stride), grid step (default: ``chip_size``),
-        ``"grid"`` or ``"random"`` windows, and which dates make a chip (``"each"``, ``"all"`` or indices).
+        ``"grid"`` or ``"random"`` windows, and which dates make a chip (``"each"``, ``"all"``, or a list of
+        indices or dates such as ``["2021-05-01"]``).
     val_fraction
         Fraction of spatial tiles held out for validation (the best epoch is chosen on them).
     min_valid, min_positive, positive_classes

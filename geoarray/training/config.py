@@ -130,6 +130,14 @@ class FitConfig:
             raise TrainError(f"task_kwargs={self.task_kwargs!r}; expected a dict such as {{'lambd': 5e-3}}.")
         if not isinstance(self.model_kwargs, dict):
             raise TrainError(f"model_kwargs={self.model_kwargs!r}; expected a dict such as {{'width': 16}}.")
+        import torch
+
+        from geoarray.models import create_model
+
+        # a bad name, type or size fails now, not after a pass over the data; on the meta device building
+        # allocates nothing and draws no random numbers (about 10 ms)
+        with torch.device("meta"):
+            create_model(self.model, **self.model_kwargs)
         if not str(self.out):
             raise TrainError(
                 "out=''; expected the path of the checkpoint to write, e.g. 'model.safetensors'."

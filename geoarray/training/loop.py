@@ -77,6 +77,7 @@ class Trainer:
             augment=cfg.augment,
             seed=cfg.seed + rank,
             drop_last=world > 1,
+            min_batch=2,  # BatchNorm cannot train on one chip with 1x1 features: a last single chip is merged
             **common,
         )
         # the stream seeds each epoch's shuffle and augmentation with (seed, epoch): a resumed run continues
@@ -99,7 +100,7 @@ class Trainer:
         if steps == 0:
             raise TrainError(
                 f"rank {rank} has no full training batch ({self.train_stream.num_samples} chips, "
-                f"batch_size={cfg.batch_size}); lower batch_size or use more data."
+                f"batch_size={cfg.batch_size}, at least 2 per batch); lower batch_size or use more data."
             )
         params = [p for p in self.net.parameters() if p.requires_grad]
         if cfg.optimizer == "adamw":
@@ -229,7 +230,16 @@ class Trainer:
                     grp["lr"] = base * f
             batch = self._to(batch)
             with self._autocast():
-                loss = self.setup.task.training_loss(self.ddp_model, batch)
+                try:
+                    loss = self.setup.task.training_loss(self.ddp_model, batch)
+                except ValueError as e:  # BatchNorm on a batch of one chip whose features shrink to 1x1
+                    if "more than 1 value per channel" not in str(e):
+                        raise
+                    raise TrainError(
+                        f"batch_size={self.cfg.batch_size}: {self.cfg.model!r} normalises its features with "
+                        "BatchNorm, which cannot train on one value per channel (one chip, reduced to 1x1). "
+                        "Expected batch_size >= 2, or larger chips."
+                    ) from None
             check_finite(loss.detach(), epoch + 1, step + 1)
             self.opt.zero_grad(set_to_none=True)
             if self.scaler is not None:

@@ -58,6 +58,12 @@ def _labels_of(cube: xr.Dataset, cfg: FitConfig) -> xr.DataArray | None:
                 f"labels are on another grid ({dict(lab.sizes)} vs the cube's y={cube.sizes['y']}, "
                 f"x={cube.sizes['x']}); align them with `geoarray.read_labels(path, like=cube)`."
             )
+    extra = [str(d) for d in lab.dims if d not in ("y", "x")]
+    if len(extra) > 1 or extra[:1] not in ([], ["time"], ["class"]):
+        raise TrainError(
+            f"labels {cfg.labels!r} have dims {tuple(map(str, lab.dims))}; expected class ids (y, x) or (time, y, x), "
+            f"or 0/1 masks (class, y, x). Pass labels= the cube's label variable (it has {sorted(map(str, cube.data_vars))})."
+        )
     if lab.dtype == bool:
         raise TrainError(
             f"labels {cfg.labels!r} have dtype bool; expected integer class ids. Convert them with "

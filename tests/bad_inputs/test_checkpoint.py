@@ -140,7 +140,7 @@ META_CASES = [
     ("model not registered", _set("model.name", "unet3d"), r"needs model 'unet3d', which this geoarray does not register.*Upgrade geoarray, or import", False),
     ("hparams rejected", _set("model.hparams.depth", 0), r"hparams don't build model 'unet'.*depth=0; expected 2\.\.7", False),
     ("hparam unknown", _set("model.hparams.layers", 3), r"hparams don't build model 'unet'.*no hparam\(s\) \['layers'\]", False),
-    ("hparam torch refuses", _set("model.hparams.width", -1), r"hparams don't build model 'unet'.*RuntimeError", False),
+    ("hparam out of range", _set("model.hparams.width", -1), r"hparams don't build model 'unet'.*width=-1; expected an integer >= 1", False),
     ("hparams a 36 TB model", _set("model.hparams.width", 10**6), r"weights don't fit model 'unet'.*wrong shape", False),
     ("hparams of another model", _set("model.hparams.width", 8), r"weights don't fit model 'unet'.*wrong shape", False),
     ("classes shorter than outputs", _set("output.classes", ["bg"]), r"1 class names \['bg'\] for 2 output channels", False),
