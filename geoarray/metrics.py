@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from geoarray._constants import COMPLETE, LABEL_NODATA
-from geoarray.errors import CubeError
+from geoarray.errors import CubeError, GeoArrayError
 
 __all__ = ["change_f1", "confusion_matrix", "effective_rank", "evaluate", "scores", "topk_accuracy"]
 
@@ -141,18 +141,7 @@ def evaluate(pred: Any, truth: Any, *, valid: Any = None, allow_partial: bool = 
     """
     for da, role in ((pred, "prediction"), (truth, "truth")):
         _check_class_map(da, role)
-        if da.attrs.get(COMPLETE) is False and not allow_partial:
-            raise CubeError(
-                f"{role} {da.name!r} is a partial output: its predict run did not finish (attr {COMPLETE} is "
-                "False), so missing chunks would be skipped and the scores describe part of the map. Run the "
-                "same predict again to finish it, or pass allow_partial=True to score what is there."
-            )
-        if da.attrs.get(COMPLETE) is False and _holes_read_as_a_class(da):
-            raise CubeError(
-                f"{role} {da.name!r} is a partial output of an older geoarray: its missing chunks read as class "
-                f"{da.encoding.get('fill_value')}, not as nodata, so they cannot be told apart. Run the same "
-                "predict again to finish it before scoring."
-            )
+        require_complete(da, f"{role} {da.name!r}", allow_partial=allow_partial)
     p_names, t_names = _class_names(pred), _class_names(truth)
     p_nd, t_nd = _nodata(pred), _nodata(truth)
     if p_names is not None and t_names is not None:
@@ -202,6 +191,33 @@ def _check_class_map(da: Any, role: str) -> None:
         )
         raise CubeError(
             f"the {role} {da.name!r} has dims {dims}{kind}; expected (y, x) or (time, y, x). {fix}"
+        )
+
+
+def require_complete(
+    da: Any,
+    what: str,
+    *,
+    allow_partial: bool = False,
+    error: type[GeoArrayError] = CubeError,
+    use: str = "score",
+    flag: str = "allow_partial=True",
+) -> None:
+    """Refuse a partial predict output (``geoarray_complete`` False) unless ``allow_partial``; refuse even then
+    an old partial output whose missing chunks read as a class id (written before outputs had a nodata fill)."""
+    if da.attrs.get(COMPLETE) is not False:
+        return
+    if not allow_partial:
+        raise error(
+            f"{what} is a partial output: its predict run did not finish (attr {COMPLETE} is False), so the "
+            f"chunks it did not write are nodata. Run the same predict again to finish it, or pass {flag} to "
+            f"{use} what is there."
+        )
+    if _holes_read_as_a_class(da):
+        raise error(
+            f"{what} is a partial output of an older geoarray: its missing chunks read as class "
+            f"{da.encoding.get('fill_value')}, not as nodata. Run the same predict again to finish it before you "
+            f"{use} it."
         )
 
 

@@ -58,11 +58,10 @@ def export(
 ) -> None:
     """Export one variable (one date) as a Cloud-Optimized GeoTIFF with its georeferencing."""
     from geoarray._atomic import check_file_path
-    from geoarray._constants import COMPLETE
     from geoarray.cube import _open_zarr
     from geoarray.errors import RasterError
     from geoarray.io.geotiff import export_geotiff, select_time
-    from geoarray.metrics import _holes_read_as_a_class
+    from geoarray.metrics import require_complete
 
     _not_a_file(store)
     check_file_path(output, "a Cloud-Optimized GeoTIFF", (".tif", ".tiff"))  # before the store is read
@@ -70,18 +69,14 @@ def export(
     if variable not in ds.data_vars:
         raise RasterError(f"no variable {variable!r} in {store}; it has {sorted(map(str, ds.data_vars))}.")
     da = ds[variable]
-    if da.attrs.get(COMPLETE) is False and not allow_partial:
-        raise RasterError(
-            f"{variable!r} in {store} is a partial output: its predict run did not finish, and the chunks it "
-            "did not write would be exported as nodata. Run the same `geoarray predict` again to finish it, "
-            "or pass --allow-partial to export what is there."
-        )
-    if da.attrs.get(COMPLETE) is False and _holes_read_as_a_class(da):
-        raise RasterError(
-            f"{variable!r} in {store} is a partial output of an older geoarray: its missing chunks read as "
-            f"{da.encoding.get('fill_value')}, a class id, not as nodata. Run the same `geoarray predict` again "
-            "to finish it before exporting."
-        )
+    require_complete(
+        da,
+        f"{variable!r} in {store}",
+        allow_partial=allow_partial,
+        error=RasterError,
+        use="export",
+        flag="--allow-partial",
+    )
     if "time" in da.dims:
         da = select_time(da, time_index)
     elif time_index is not None:

@@ -138,7 +138,7 @@ def test_partial_output_of_an_older_geoarray_is_never_scored_or_exported(tmp_pat
     r = runner.invoke(
         app, ["export", str(store), "mask", "-o", str(tmp_path / "m.tif"), "--time", "0", "--allow-partial"]
     )
-    assert r.exit_code == 2 and "missing chunks read as 0" in r.output
+    assert r.exit_code == 2 and "missing chunks read as class 0" in r.output
     assert not (tmp_path / "m.tif").exists()
     assert runner.invoke(app, ["predict", str(store), "-c", str(ckpt)]).exit_code == 0  # finishing it works
     assert runner.invoke(app, ["evaluate", str(store)]).exit_code == 0
