@@ -180,3 +180,13 @@ def date_features(times: Any, encoding: str | None) -> np.ndarray:
         return (t - np.datetime64("1970-01-01", "D")).astype(np.float32)
     year_start = t.astype("datetime64[Y]").astype("datetime64[D]")
     return (t - year_start).astype(np.float32) + np.float32(1.0)
+
+
+def date_hits(index: Any, when: Any) -> np.ndarray:
+    """Positions in ``index`` (a ``pandas.DatetimeIndex``) that ``when`` names: a day (midnight) matches any
+    time on that day; a time of day must match exactly. Time-zone-aware ``when`` is compared in UTC."""
+    import pandas as pd
+
+    t = pd.Timestamp(when)
+    t = t.tz_convert(None) if t.tzinfo else t
+    return np.flatnonzero(index.normalize() == t if t == t.normalize() else index == t)

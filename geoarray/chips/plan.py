@@ -18,6 +18,7 @@ from typing import Any, Literal
 import numpy as np
 import xarray as xr
 
+from geoarray._preprocess import date_hits
 from geoarray.chips.filters import apply_filters
 from geoarray.errors import TrainError
 
@@ -139,9 +140,7 @@ def _time_index(dates: np.ndarray, t: Any) -> int:
         raise TrainError(
             f"times item {t!r} is neither a time index nor a date; the cube's dates are {shown}."
         )
-    when = when.tz_convert(None) if when.tzinfo else when
-    # a day (midnight) matches any time on that day; a time of day must match exactly
-    hits = np.flatnonzero(index.normalize() == when if when == when.normalize() else index == when)
+    hits = date_hits(index, when)
     if hits.size == 0:
         raise TrainError(f"times item {t!r} is not a date of the cube; expected one of {shown}, or an index.")
     if hits.size > 1:

@@ -19,6 +19,7 @@ from rasterio.warp import transform_bounds
 
 from geoarray._atomic import atomic_write, check_file_path
 from geoarray._constants import DEFAULT_CHUNK, LABEL_NODATA
+from geoarray._preprocess import date_hits
 from geoarray.errors import CRSError, NoOverlapError, RasterError
 from geoarray.io._files import (
     PathLike,
@@ -90,9 +91,7 @@ def select_time(da: xr.DataArray, when: str | int | None = None) -> xr.DataArray
         raise RasterError(
             f"time {when!r} is neither a date (YYYY-MM-DD) nor an index; {name!r} has dates {shown}."
         ) from None
-    t = t.tz_convert(None) if t.tzinfo else t
-    # a day (midnight) matches any time on that day; a time of day must match exactly
-    hits = np.flatnonzero(times.normalize() == t) if t == t.normalize() else np.flatnonzero(times == t)
+    hits = date_hits(times, t)
     if hits.size == 0:
         raise RasterError(f"{name!r} has no date {text!r}; it has {shown}. Pass one of them or an index.")
     if hits.size > 1:
