@@ -14,7 +14,7 @@ import shutil
 import numpy as np
 import pytest
 from conftest import make_checkpoint, write_tif
-from helpers import raise_if_dask_computes
+from helpers import raise_if_dask_computes, write_west_east_regions
 from rasterio.transform import from_origin
 from typer.testing import CliRunner
 
@@ -210,26 +210,7 @@ def test_training_stream_never_yields_a_batch_of_one(cube, n, batch_size, sizes)
 @pytest.fixture(scope="module")
 def regions(cube, tmp_path_factory):
     """Two regions (west, east) covering the cube, as a real GeoJSON file in lon/lat."""
-    from pyproj import Transformer
-
-    tr = Transformer.from_crs(cube.rio.crs, "EPSG:4326", always_xy=True)
-    x0, x1, xm = float(cube.x[0]) - 5, float(cube.x[-1]) + 5, float(cube.x[48])
-    y0, y1 = float(cube.y[-1]) - 5, float(cube.y[0]) + 5
-
-    def poly(a, b):
-        ring = [tr.transform(x, y) for x, y in ((a, y0), (b, y0), (b, y1), (a, y1), (a, y0))]
-        return {"type": "Polygon", "coordinates": [ring]}
-
-    doc = {
-        "type": "FeatureCollection",
-        "features": [
-            {"type": "Feature", "properties": {"k": "west"}, "geometry": poly(x0, xm)},
-            {"type": "Feature", "properties": {"k": "east"}, "geometry": poly(xm, x1)},
-        ],
-    }
-    path = tmp_path_factory.mktemp("regions") / "regions.geojson"
-    path.write_text(json.dumps(doc))
-    return str(path)
+    return write_west_east_regions(cube, tmp_path_factory.mktemp("regions") / "regions.geojson", split=48)
 
 
 def test_resnet_trains_when_the_last_batch_would_hold_one_chip(cube, regions, tmp_path):

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import xarray as xr
+from helpers import write_west_east_regions
 
 import geoarray
 from geoarray.datasets import synthetic_cube
@@ -27,28 +28,7 @@ def cube():
 @pytest.fixture(scope="module")
 def regions(cube, tmp_path_factory):
     """Two regions (west, east) as a real GeoJSON file in lon/lat."""
-    from pyproj import Transformer
-
-    tr = Transformer.from_crs(cube.rio.crs, "EPSG:4326", always_xy=True)
-    x0, x1, xm = float(cube.x[0]) - 5, float(cube.x[-1]) + 5, float(cube.x[64])
-    y0, y1 = float(cube.y[-1]) - 5, float(cube.y[0]) + 5
-
-    def poly(a, b):
-        return {
-            "type": "Polygon",
-            "coordinates": [[tr.transform(x, y) for x, y in ((a, y0), (b, y0), (b, y1), (a, y1), (a, y0))]],
-        }
-
-    doc = {
-        "type": "FeatureCollection",
-        "features": [
-            {"type": "Feature", "properties": {"k": "west"}, "geometry": poly(x0, xm)},
-            {"type": "Feature", "properties": {"k": "east"}, "geometry": poly(xm, x1)},
-        ],
-    }
-    path = tmp_path_factory.mktemp("regions") / "regions.geojson"
-    path.write_text(json.dumps(doc))
-    return str(path)
+    return write_west_east_regions(cube, tmp_path_factory.mktemp("regions") / "regions.geojson", split=64)
 
 
 def _labels(values_of, **attrs):
