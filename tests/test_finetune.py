@@ -123,9 +123,10 @@ def test_finetune_gives_the_backbone_its_own_learning_rate():
 
 
 def test_protocols_on_a_chip_encoder_with_region_labels(tmp_path):
+    from helpers import write_west_east_regions
+
     from geoarray.checkpoint import save_checkpoint
     from geoarray.models import create_model
-    from helpers import write_west_east_regions
 
     cube = synthetic_cube(size=128, n_times=1, seed=1, chunks=64).drop_vars("labels")
     east = (cube.x >= cube.x[64]).astype("float32")
