@@ -109,6 +109,30 @@ def test_finetune_trains_on_one_percent_of_the_labelled_tiles(pixel_cube, bt_ckp
     assert not torch.equal(init["proj.weight"], ft["proj.weight"])
 
 
+def test_init_gives_the_run_its_model_bands_and_sensor(pixel_cube, tmp_path):
+    from geoarray.checkpoint import save_checkpoint
+    from geoarray.models import create_model
+    from geoarray.training import FitConfig
+    from geoarray.training.protocols import resolve_init
+
+    enc = create_model("pixel_cnn", in_channels=2, width=8, out_channels=8)
+    init = str(
+        save_checkpoint(
+            tmp_path / "e.safetensors", enc, task="barlow_twins", bands=["nir", "red"], sensor="S2"
+        )
+    )
+    # model and model_kwargs may be left out, or given as the encoder's (out_channels is no UNet hparam)
+    given = (
+        {},
+        {"model_kwargs": {"out_channels": 8}},
+        {"model": "pixel_cnn", "model_kwargs": {"num_classes": 3}},
+    )
+    for opts in given:
+        cfg = resolve_init(pixel_cube, FitConfig(task="linear_probe", init=init, **opts))
+        assert cfg.model == "pixel_cnn" and cfg.bands == ["nir", "red"] and cfg.sensor == "S2"
+        assert cfg.model_kwargs == {k: v for k, v in enc.hparams.items() if k != "num_classes"}
+
+
 def test_finetune_gives_the_backbone_its_own_learning_rate():
     from geoarray.models import create_model
     from geoarray.tasks import get_task

@@ -143,9 +143,11 @@ class FitConfig:
         from geoarray.models import create_model
 
         # a bad name, type or size fails now, not after a pass over the data; on the meta device building
-        # allocates nothing and draws no random numbers (about 10 ms)
-        with torch.device("meta"):
-            create_model(self.model, **self.model_kwargs)
+        # allocates nothing and draws no random numbers (about 10 ms). A protocol left at the default model
+        # takes its model from init, which fit checks next.
+        if not (self.task in PROTOCOLS and self.model == "unet"):
+            with torch.device("meta"):
+                create_model(self.model, **self.model_kwargs)
         if not str(self.out):
             raise TrainError(
                 "out=''; expected the path of the checkpoint to write, e.g. 'model.safetensors'."

@@ -86,8 +86,36 @@ def resolve_init(cube: xr.Dataset, cfg: FitConfig) -> FitConfig:
             f"{where} scales its input by {inp['scale']} before normalising, which fit does not do; expected a "
             "checkpoint with scale 1 (as fit writes). Re-save the encoder with save_checkpoint(..., scale=1)."
         )
+    _check_kind(cube, cfg, name, kind, hp, where)
     hp.pop("num_classes", None)
-    return dataclasses.replace(cfg, model=name, model_kwargs=hp, bands=want)
+    # the encoder's sensor too: predict then runs on that sensor's dates, like the encoder's own checkpoint
+    return dataclasses.replace(
+        cfg, model=name, model_kwargs=hp, bands=want, sensor=cfg.sensor or inp.get("sensor")
+    )
+
+
+def _check_kind(
+    cube: xr.Dataset, cfg: FitConfig, name: str, kind: str, hp: dict[str, Any], where: str
+) -> None:
+    """Labels of the encoder's kind (chip labels from regions, pixel labels from the cube) and its dates."""
+    regions = cfg.regions is not None or cfg.region_property is not None
+    if kind == "chip" and not (cfg.regions is not None and cfg.region_property):
+        raise TrainError(
+            f"{where} holds a chip encoder ({name!r}), whose labels are one class per chip: task {cfg.task!r} "
+            "needs regions= (a vector file) and region_property= (its label field) for it."
+        )
+    if kind == "pixels" and regions:
+        raise TrainError(
+            f"{where} holds a pixel time-series encoder ({name!r}), trained on the cube's {cfg.labels!r} "
+            "raster; regions= label whole chips (for chip encoders). Drop regions= / region_property=."
+        )
+    n = hp.get("num_timesteps")
+    if n is not None and n != cube.sizes["time"]:
+        raise TrainError(
+            f"the {name!r} encoder in {where} takes exactly {n} dates, and the cube has {cube.sizes['time']}. "
+            f"Select {n} dates (cube.isel(time=...)), or use an encoder that takes any number of dates "
+            "(pixel_cnn, pixel_transformer)."
+        )
 
 
 def init_provenance(cfg: FitConfig) -> dict[str, Any]:

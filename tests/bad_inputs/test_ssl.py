@@ -142,6 +142,8 @@ def encoders(tmp_path_factory):
     bands = ["blue", "green", "red", "nir"]
     enc = create_model("pixel_cnn", in_channels=4, width=8, out_channels=8)
     unet = create_model("unet", in_channels=4, num_classes=2, width=4, depth=2)
+    chip = create_model("resnet18", in_channels=4, num_classes=2, width=4)
+    mlp = create_model("pixel_mlp", in_channels=4, num_timesteps=6, hidden=8, out_channels=8)
     (d / "notes.safetensors").write_text("not a checkpoint")
     return {
         "pixel": str(save_checkpoint(d / "enc.safetensors", enc, task="barlow_twins", bands=bands)),
@@ -151,6 +153,10 @@ def encoders(tmp_path_factory):
         "unet": str(
             save_checkpoint(d / "u.safetensors", unet, task="segmentation", bands=bands, classes=["a", "b"])
         ),
+        "chip": str(
+            save_checkpoint(d / "c.safetensors", chip, task="classification", bands=bands, classes=["a", "b"])
+        ),
+        "mlp6": str(save_checkpoint(d / "m.safetensors", mlp, task="barlow_twins", bands=bands)),
         "text": str(d / "notes.safetensors"),
         "missing": str(d / "missing.safetensors"),
     }
@@ -224,6 +230,23 @@ def encoders(tmp_path_factory):
             {"init": "pixel", "task": "linear_probe", "task_kwargs": {"backbone_lr": 1e-4}},
             TrainError,
             r"task 'linear_probe' does not take these options.*backbone_lr",
+        ),
+        (
+            {"init": "chip"},
+            TrainError,
+            r"holds a chip encoder \('resnet18'\), whose labels are one class per chip: task 'finetune' needs "
+            r"regions= \(a vector file\) and region_property=",
+        ),
+        (
+            {"init": "pixel", "regions": "r.geojson", "region_property": "k"},
+            TrainError,
+            r"holds a pixel time-series encoder \('pixel_cnn'\), trained on the cube's 'labels' raster; regions= "
+            r"label whole chips \(for chip encoders\). Drop regions=",
+        ),
+        (
+            {"init": "mlp6"},
+            TrainError,
+            r"the 'pixel_mlp' encoder in init=.* takes exactly 6 dates, and the cube has 4. Select 6 dates",
         ),
         (
             {"init": "pixel", "labels": "truth"},
