@@ -10,12 +10,14 @@ from geoarray.tasks.base import Task
 from geoarray.tasks.classification import ClassificationTask
 from geoarray.tasks.pixel_classification import PixelClassificationTask
 from geoarray.tasks.segmentation import SegmentationTask
+from geoarray.tasks.vicreg import VICRegTask
 
 TASKS: dict[str, type[Task]] = {
     "segmentation": SegmentationTask,
     "classification": ClassificationTask,
     "pixel_classification": PixelClassificationTask,
     "barlow_twins": BarlowTwinsTask,
+    "vicreg": VICRegTask,
 }
 
 
