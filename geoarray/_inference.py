@@ -35,6 +35,7 @@ class RunSpec:
     batch_size: int | None
     norm: tuple[tuple[float, ...], tuple[float, ...], float]  # mean, std, scale
     bands: tuple[str, ...] = ()  # names, in input order (for messages)
+    precision: str = "32"  # "32", or autocast to "bf16" / "16" (outputs are cast back to float32)
 
 
 @dataclass(frozen=True)
@@ -309,7 +310,9 @@ def _run_window(model: Any, window: np.ndarray, ok: np.ndarray, block: BlockSpec
     run = np.asarray(block.run_times, dtype=bool)
     t = window.shape[0]
     device = spec.device
-    with torch.inference_mode():
+    from geoarray._devices import autocast
+
+    with torch.inference_mode(), autocast(device, spec.precision):
         if input_kind == "pixels":
             return _run_pixels(model, window[..., oy : oy + by, ox : ox + bx], valid, block)
         shape_k = spec.channels
