@@ -204,7 +204,7 @@ def _postprocess(logits: Any, kind: str, spec: RunSpec) -> list[np.ndarray]:
             if name == "probabilities":
                 outs.append(probs.numpy().astype(spec.float_dtype, copy=False))
             elif name == "mask":
-                outs.append(probs.argmax(1).numpy().astype(spec.mask_dtype))
+                outs.append(probs.numpy().argmax(1).astype(spec.mask_dtype))  # numpy's: 5x torch's here
     elif kind == "multilabel":
         probs = torch.sigmoid(logits.float())
         for name in spec.outputs:
