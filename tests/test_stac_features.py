@@ -102,6 +102,7 @@ def test_a_killed_run_resumes_to_the_same_store(catalog, tmp_path):
     assert 5 <= len(written) < 27  # killed mid-run: some chunks, not all
     partial = geoarray.cube._open_zarr(store)
     assert partial["mask"].attrs["geoarray_complete"] is False
+    before = {p: p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file() and "/c/" in str(p)}
 
     r = runner.invoke(  # the same run again, from the command line: it finishes the missing chunks
         app,
@@ -110,6 +111,7 @@ def test_a_killed_run_resumes_to_the_same_store(catalog, tmp_path):
     )  # fmt: skip
     assert r.exit_code == 0, r.output
     assert "wrote mask, probabilities" in r.output
+    assert {p: p.stat().st_mtime_ns for p in before} == before  # the chunks of the first run were kept
     whole = tmp_path / "whole.zarr"
     geoarray.stac_features(catalog["items"], catalog["ckpt"], whole, progress=False, **OPTS)
     assert tree_digest(store) == tree_digest(whole)
