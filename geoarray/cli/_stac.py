@@ -110,5 +110,5 @@ def stac_features(
     px = ds.sizes.get("time", 1) * ds.sizes["y"] * ds.sizes["x"]
     typer.echo(
         f"wrote {', '.join(sorted(outs))} ({ds.sizes.get('time', 1)} dates x {ds.sizes['y']} x {ds.sizes['x']}, "
-        f"{ds.rio.crs}) to {output} in {dt:.1f} s ({px / dt / 1e6:.2f} Mpx/s)"
+        f"{ds.rio.crs}) to {output} in {dt:.1f} s ({px / dt / 1e6:.3g} Mpx/s)"
     )
