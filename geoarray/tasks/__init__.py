@@ -11,6 +11,7 @@ from geoarray.tasks.classification import ClassificationTask
 from geoarray.tasks.finetune import FinetuneTask, LinearProbeTask
 from geoarray.tasks.pixel_classification import PixelClassificationTask
 from geoarray.tasks.segmentation import SegmentationTask
+from geoarray.tasks.vicreg import VICRegTask
 
 TASKS: dict[str, type[Task]] = {
     "segmentation": SegmentationTask,
@@ -19,6 +20,7 @@ TASKS: dict[str, type[Task]] = {
     "barlow_twins": BarlowTwinsTask,
     "linear_probe": LinearProbeTask,
     "finetune": FinetuneTask,
+    "vicreg": VICRegTask,
 }
 
 

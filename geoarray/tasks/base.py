@@ -70,6 +70,11 @@ class Task:
     def check(self, model: Any, n_times: int) -> None:
         """Refuse a model or cube this task cannot train, before any work (``prepare`` calls it)."""
 
+    def plan_times(self, times: Any) -> Any:
+        """The ``times=`` of the chip plan for this task (``prepare`` calls it after :meth:`check`); a task whose
+        samples need several dates of one chip widens it."""
+        return times
+
     def train_module(self, model: Any) -> Any:
         """The module whose parameters train (and that DDP wraps): the model, or the model plus heads."""
         return model

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 _LABELLED = ("segmentation", "pixel_classification")
 #: tasks that train without labels and, when the cube has them, score validation with them (a kNN probe)
 _LABELS_OPTIONAL = ("barlow_twins",)
+#: self-supervised tasks: they train a model's embedding (``num_classes=0`` unless given)
+_FEATURE_TASKS = ("barlow_twins", "vicreg")
 
 
 def _device(name: str) -> str:
@@ -196,9 +198,10 @@ _TASK_KINDS = {
     "segmentation": ("image", "sequence", "pixels"),
     "classification": ("chip",),
     "pixel_classification": ("pixels",),
-    "barlow_twins": ("pixels",),
+    "barlow_twins": ("pixels", "chip"),
     "linear_probe": ("pixels", "chip"),
     "finetune": ("pixels", "chip"),
+    "vicreg": ("chip",),
 }
 _KIND_WORDS = {
     "image": "a map per pixel",
@@ -287,6 +290,10 @@ def prepare(cube: xr.Dataset, cfg: FitConfig) -> Setup:
     with seeded_torch(cfg.seed, "cpu"):  # a throwaway model: leave the caller's generator alone
         probe = create_model(cfg.model, **mk)
     _check_model_fits_task(cfg, probe)
+    if cfg.task in _FEATURE_TASKS and "num_classes" not in mk and probe.out_channels != getattr(probe, "feature_dim", None):
+        mk["num_classes"] = 0  # a self-supervised task trains the backbone's embedding (resnets default to 10 classes)
+        with seeded_torch(cfg.seed, "cpu"):
+            probe = create_model(cfg.model, **mk)
     task.check(probe, cube.sizes["time"])
     stream_kind = task.kind_for(probe)
     if kind_task == "classification" and (cfg.min_positive or cfg.positive_classes is not None):
@@ -303,6 +310,7 @@ def prepare(cube: xr.Dataset, cfg: FitConfig) -> Setup:
                 f"ids 0..{len(classes) - 1} of {classes}."
             )
     times: Any = cfg.times if stream_kind not in ("sequence", "pixels") else "all"
+    times = task.plan_times(times)  # e.g. VICReg's temporal positives take every date of a chip
     multiple = probe.stride if stream_kind in ("image", "sequence") else 1
     plan = plan_chips(
         cube,
