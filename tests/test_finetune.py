@@ -133,6 +133,25 @@ def test_init_gives_the_run_its_model_bands_and_sensor(pixel_cube, tmp_path):
         assert cfg.model_kwargs == {k: v for k, v in enc.hparams.items() if k != "num_classes"}
 
 
+def test_the_training_loop_uses_the_backbone_learning_rate(pixel_cube, bt_ckpt, tmp_path):
+    """backbone_lr=0: the encoder's weights stay bit for bit (its BatchNorm statistics still follow the data,
+    as fine-tuning runs the encoder in train mode), while the head learns at lr."""
+    out = geoarray.fit(
+        pixel_cube,
+        task="finetune",
+        init=bt_ckpt,
+        task_kwargs={"backbone_lr": 0.0},
+        epochs=1,
+        lr=1e-2,
+        out=str(tmp_path / "ft.safetensors"),
+        **PIX,
+    )
+    init, ft = _tensors(bt_ckpt), _tensors(out)
+    params = dict(load_checkpoint(bt_ckpt).model.named_parameters())
+    assert params and all(torch.equal(init[k], ft[k]) for k in params)
+    assert not torch.equal(init["net.1.running_mean"], ft["net.1.running_mean"])
+
+
 def test_finetune_gives_the_backbone_its_own_learning_rate():
     from geoarray.models import create_model
     from geoarray.tasks import get_task
