@@ -133,6 +133,25 @@ def test_init_gives_the_run_its_model_bands_and_sensor(pixel_cube, tmp_path):
         assert cfg.model_kwargs == {k: v for k, v in enc.hparams.items() if k != "num_classes"}
 
 
+def test_the_training_loop_uses_the_backbone_learning_rate(pixel_cube, bt_ckpt, tmp_path):
+    """backbone_lr=0: the encoder's weights stay bit for bit (its BatchNorm statistics still follow the data,
+    as fine-tuning runs the encoder in train mode), while the head learns at lr."""
+    out = geoarray.fit(
+        pixel_cube,
+        task="finetune",
+        init=bt_ckpt,
+        task_kwargs={"backbone_lr": 0.0},
+        epochs=1,
+        lr=1e-2,
+        out=str(tmp_path / "ft.safetensors"),
+        **PIX,
+    )
+    init, ft = _tensors(bt_ckpt), _tensors(out)
+    params = dict(load_checkpoint(bt_ckpt).model.named_parameters())
+    assert params and all(torch.equal(init[k], ft[k]) for k in params)
+    assert not torch.equal(init["net.1.running_mean"], ft["net.1.running_mean"])
+
+
 def test_finetune_gives_the_backbone_its_own_learning_rate():
     from geoarray.models import create_model
     from geoarray.tasks import get_task
@@ -199,3 +218,37 @@ def test_protocols_on_a_chip_encoder_with_region_labels(tmp_path):
     )
     b = _tensors(ft)
     assert not torch.equal(a["stem.0.weight"], b["stem.0.weight"])
+
+
+def test_pixel_encoders_get_their_dates_and_validity_through_ddp():
+    """fit(client=) wraps the trained module in DDP, which hides the model's input kind: a pixel model (a
+    protocol's FrozenEncoder too) must still be called with its dates and validity (one real gloo rank)."""
+    import socket
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from geoarray.chips import Batch
+    from geoarray.models import create_model
+    from geoarray.tasks import get_task
+    from geoarray.tasks.finetune import FrozenEncoder
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    g = torch.Generator().manual_seed(0)
+    x, v = torch.randn(5, 6, 2, generator=g), torch.rand(5, 6, generator=g) > 0.3
+    d = torch.arange(6.0).repeat(5, 1) * 30
+    batch = Batch(x=x, y=None, dates=d, valid=v)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            m = create_model("pixel_cnn", in_channels=2, width=4, out_channels=4, num_classes=3).eval()
+        want = m(x, d, v)
+        assert not torch.equal(want, m(x))  # without dates and validity the output differs
+        for net in (m, FrozenEncoder(m)):
+            got = get_task("pixel_classification").forward(DistributedDataParallel(net), batch)
+            assert torch.equal(got, want)
+    finally:
+        dist.destroy_process_group()

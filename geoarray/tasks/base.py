@@ -45,7 +45,8 @@ class Task:
         return str(getattr(model, "input_kind", "image"))
 
     def forward(self, model: Any, batch: Batch) -> torch.Tensor:
-        kind = getattr(model, "input_kind", "image")
+        # DDP does not pass attribute lookups on to the module it wraps: ask the module
+        kind = getattr(getattr(model, "module", model), "input_kind", "image")
         if kind == "sequence":
             return model(batch.x, dates=batch.dates)
         if kind == "pixels":

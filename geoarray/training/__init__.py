@@ -3,6 +3,8 @@
 The package reads top-down, and imports only go down:
 
 - :mod:`.config`: :class:`FitConfig`, every option, checked before any work;
+- :mod:`.protocols`: ``init=`` (a pretrained encoder checked against the run and made its model) and
+  ``label_fraction`` (training chips of a fraction of the labelled tiles);
 - :mod:`.prepare`: bands, classes, chip plan and normalisation statistics (:class:`Setup`);
 - :mod:`.loop`: the epoch loop (plain PyTorch), shared by one process and each DDP rank;
 - :mod:`.state`: the resume side file (safetensors + JSON);
