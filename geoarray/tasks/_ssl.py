@@ -189,9 +189,33 @@ class SSLTask(Task):
         backbone.train(was)
         return e
 
+    def _watch_projections(self, net: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Projections of two views of the kept clean series (eval mode, views drawn from a fixed seed, so
+        epochs compare), or None when fewer than two series have enough valid dates."""
+        if not self._watch:
+            return None
+        x, d, v = (torch.cat(parts) for parts in zip(*self._watch, strict=True))
+        g = torch.Generator().manual_seed(0)
+        xv, dv, mv, keep = pixel_views(x, d, v, int(self.view_dates or 1), self.noise, g)
+        n = int(keep.sum())
+        if n < 2:
+            return None
+        module = getattr(net, "module", net)
+        was = module.training
+        module.eval()
+        with torch.no_grad():
+            _, proj = module(xv, dv, mv)
+        module.train(was)
+        return proj[:n].float().cpu(), proj[n:].float().cpu()
+
+    def diagnostics(self, net: Any) -> dict[str, float]:
+        """Extra per-epoch numbers of a subclass, from the watch rows (called before they are dropped)."""
+        return {}
+
     def end_epoch(self, net: Any) -> dict[str, float]:
         seen, skipped, steps = self._seen, self._skipped, max(1, self._steps)
         sums, emb = dict(self._sums), self._watch_embeddings(net)
+        extra = self.diagnostics(net) if emb is not None else {}
         self._reset()
         k = self.view_dates
         if seen and skipped == seen:
@@ -208,6 +232,7 @@ class SSLTask(Task):
         rms = float(z.pow(2).mean().sqrt())
         out["emb_std_mean"], out["emb_std_min"] = float(std.mean()), float(std.min())
         out["effective_rank"] = effective_rank(z.numpy())
+        out.update(extra)
         flat = float(std.max()) <= self.collapse_std * max(1.0, rms)
         if flat or out["effective_rank"] < self.collapse_rank:
             what = (
