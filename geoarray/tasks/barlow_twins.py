@@ -84,6 +84,8 @@ class BarlowTwinsTask(SSLTask):
         np.save(log_dir / f"cross_correlation_epoch{epoch:03d}.npy", c, allow_pickle=False)
         draw(c, log_dir / "cross_correlation.png", epoch=epoch)
 
-    def objective(self, p1: torch.Tensor, p2: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def objective(
+        self, p1: torch.Tensor, p2: torch.Tensor, *, gather: bool = False
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         loss, on, off = barlow_twins_loss(p1, p2, self.lambd)
         return loss, {"bt_on_diag": on, "bt_off_diag": off}
