@@ -43,11 +43,12 @@ def timed(self, *a, **k):
     t = time.perf_counter(); r = orig(self, *a, **k); times.append(time.perf_counter() - t); return r
 loop.Trainer._train_epoch = timed
 geoarray.fit(cube, task="barlow_twins", model="pixel_mlp", model_kwargs=json.loads(sys.argv[5]),
-             task_kwargs={"view_dates": %(view)d}, chip_size=32, pixels_per_chip=256, batch_size=%(batch)d,
+             task_kwargs={"view_dates": int(sys.argv[6])}, chip_size=32, pixels_per_chip=256,
+             batch_size=int(sys.argv[7]),
              epochs=epochs, steps_per_epoch=steps, val_fraction=0.0, lr=3e-3, progress=False,
              out=store + ".bt.safetensors")
 print(json.dumps({"epoch_s": times, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-""" % {"view": VIEW, "batch": BATCH}
+"""
 
 
 def make_cube(path, size: int):
@@ -60,8 +61,9 @@ def make_cube(path, size: int):
 
 
 def geoarray_run(store, steps: int, epochs: int, threads: int) -> dict:
+    args = [str(store), str(steps), str(epochs), str(threads), json.dumps(MODEL), str(VIEW), str(BATCH)]
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, str(store), str(steps), str(epochs), str(threads), json.dumps(MODEL)],
+        [sys.executable, "-c", CHILD, *args],
         capture_output=True,
         text=True,
         check=True,
@@ -121,7 +123,9 @@ def main() -> None:
     small = make_cube(wd / f"pheno{args.size}.zarr", args.size)
     big = make_cube(wd / f"pheno{2 * args.size}.zarr", 2 * args.size)
     print(load_report())
-    print(f"pixel_mlp {MODEL}, batch {BATCH}, views of {VIEW} dates, {args.steps} steps x {args.epochs} epochs")
+    print(
+        f"pixel_mlp {MODEL}, batch {BATCH}, views of {VIEW} dates, {args.steps} steps x {args.epochs} epochs"
+    )
     px = args.steps * BATCH
     ga = geoarray_run(small, args.steps, args.epochs, args.threads)
     pl = plain_run(small, args.steps, args.epochs, args.threads)

@@ -58,8 +58,13 @@ def parcels(rng: np.random.Generator, ny: int, nx: int, size: float) -> np.ndarr
     return ids
 
 
-def fraction(doy: np.ndarray, base: np.ndarray, peak: np.ndarray, seasons: Sequence[tuple[np.ndarray, np.ndarray]],
-             slope: np.ndarray) -> np.ndarray:
+def fraction(
+    doy: np.ndarray,
+    base: np.ndarray,
+    peak: np.ndarray,
+    seasons: Sequence[tuple[np.ndarray, np.ndarray]],
+    slope: np.ndarray,
+) -> np.ndarray:
     """Vegetation fraction ``(T, P)`` at days ``doy (T,)`` for pixels with per-pixel parameters ``(P,)``: a
     double logistic per season (up at green-up, down at senescence), the seasons' maximum."""
     f = np.zeros((len(doy), len(base)), dtype=np.float32)
@@ -100,7 +105,7 @@ def generate(
     soil = np.clip(1 + per_parcel(0.15) + per_pixel(0.08, 6.0), 0.5, 1.6)  # soil brightness
     moist = np.clip(1 + per_parcel(0.1) + per_pixel(0.05, 6.0), 0.6, 1.4)  # short-wave infrared factor
     lab = labels.ravel()
-    img = np.empty((nt, len(BANDS), p), dtype=np.float32)
+    flat = np.empty((nt, len(BANDS), p), dtype=np.float32)
     for k, name in enumerate(classes):
         m = lab == k
         if not m.any():
@@ -108,20 +113,27 @@ def generate(
         kind, base, peak, seasons, slope = CLASSES[name]
         n = int(m.sum())
         ss = [(up + shift[m], down + shift[m] + length[m]) for up, down in seasons]
-        fv = fraction(doy, np.full(n, base, np.float32), np.minimum(peak * vigour[m], 1.0), ss,
-                      np.full(n, slope, np.float32))
+        fv = fraction(
+            doy,
+            np.full(n, base, np.float32),
+            np.minimum(peak * vigour[m], 1.0),
+            ss,
+            np.full(n, slope, np.float32),
+        )
         if kind == "water":
             turbid = np.clip(soil[m] - 1, -0.3, 0.6)  # sediment brightens the visible bands
-            refl = WATER[:, None] * (1 + turbid) + 0.04 * np.clip(turbid, 0, None) * (np.arange(6) < 3)[:, None]
+            refl = (
+                WATER[:, None] * (1 + turbid) + 0.04 * np.clip(turbid, 0, None) * (np.arange(6) < 3)[:, None]
+            )
             spec = np.broadcast_to(refl, (nt, len(BANDS), n))
         else:
             back = (BUILT if kind == "built" else SOIL)[:, None] * soil[m]
             spec = fv[:, None, :] * VEG[None, :, None] + (1 - fv[:, None, :]) * back[None]
         spec = np.array(spec, dtype=np.float32)
         spec[:, 4:] *= moist[m]
-        img[..., m] = spec
-    img += rng.normal(0, noise, img.shape).astype(np.float32)
-    img = img.reshape(nt, len(BANDS), ny, nx)
+        flat[..., m] = spec
+    flat += rng.normal(0, noise, flat.shape).astype(np.float32)
+    img = flat.reshape(nt, len(BANDS), ny, nx)
 
     valid = np.ones((nt, ny, nx), dtype=bool)
     if cloud_cover > 0:  # some dates clear, some mostly cloudy: a cover fraction per date around cloud_cover
@@ -132,6 +144,8 @@ def generate(
             field = smooth(rng, (ny, nx), 8.0)
             cloud = field > np.quantile(field, 1 - covers[t])
             bright = 0.55 + 0.2 * smooth(rng, (ny, nx), 4.0)[cloud]
-            img[t, :, cloud] = (bright[:, None] + rng.normal(0, 0.02, (int(cloud.sum()), 6))).astype(np.float32)
+            img[t, :, cloud] = (bright[:, None] + rng.normal(0, 0.02, (int(cloud.sum()), 6))).astype(
+                np.float32
+            )
             valid[t, cloud] = False
     return img, valid, labels

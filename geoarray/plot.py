@@ -10,7 +10,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["class_masks", "cross_correlation", "curves", "effective_rank", "false_color", "overlay", "pca_rgb"]
+__all__ = [
+    "class_masks",
+    "cross_correlation",
+    "curves",
+    "effective_rank",
+    "false_color",
+    "overlay",
+    "pca_rgb",
+]
 
 
 def _plt() -> Any:
@@ -84,19 +92,23 @@ def overlay(
     *,
     nodata: int = 255,
     title: str = "",
+    image_title: str = "image",
+    alpha: float = 0.6,
 ) -> Path:
-    """Side-by-side panels: the image, then each class map (truth, prediction, ...) blended over it."""
+    """Side-by-side panels: the image, then each class map (truth, prediction, ...) blended over it with
+    ``alpha`` (1.0: the class maps alone, for an image whose colours would mix with the classes')."""
     plt = _plt()
     n = 1 + len(masks)
     fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4.6), constrained_layout=True)
     axes = np.atleast_1d(axes)
     axes[0].imshow(rgb)
-    axes[0].set_title("image")
+    axes[0].set_title(image_title)
     cmap = _class_cmap(len(classes))
     for ax, (name, m) in zip(axes[1:], masks.items(), strict=True):
-        ax.imshow(rgb)
+        if alpha < 1:
+            ax.imshow(rgb)
         shown = np.ma.masked_where(np.asarray(m) == nodata, np.asarray(m))
-        ax.imshow(shown, cmap=cmap, vmin=-0.5, vmax=len(classes) - 0.5, alpha=0.6, interpolation="nearest")
+        ax.imshow(shown, cmap=cmap, vmin=-0.5, vmax=len(classes) - 0.5, alpha=alpha, interpolation="nearest")
         ax.set_title(name)
     for ax in axes:
         ax.set_axis_off()
@@ -104,10 +116,10 @@ def overlay(
     fig.legend(
         handles,
         list(classes),
-        loc="lower center",
+        loc="upper center",  # hangs below the panels: more rows grow downwards, never over them
         ncol=min(len(classes), 6),
         frameon=False,
-        bbox_to_anchor=(0.5, -0.06),
+        bbox_to_anchor=(0.5, 0.0),
     )
     if title:
         fig.suptitle(title)
