@@ -54,7 +54,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     # 1. the cube (labels are kept for the probe and the classifier; Barlow Twins never reads them)
     full = phenology_cube(size=size, n_times=N_TIMES, seed=0)
     store = args.out / "pheno.zarr"
-    geoarray.write_cube(full, store, mode="w", chunk=48 if args.quick else 64)
+    # chunks of 24 px (quick) make 16 read blocks, which fit's spatial split uses as tiles: enough training
+    # tiles around the held-out ones for every class to be seen
+    geoarray.write_cube(full, store, mode="w", chunk=24 if args.quick else 48)
     cube = geoarray.open_cube(store)
     classes = list(cube.labels.attrs["classes"])
     print(
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         model="pixel_mlp",
         model_kwargs={"num_timesteps": N_TIMES, "hidden": 128, "out_channels": 32},
         task_kwargs={"view_dates": 8},
-        chip_size=24 if args.quick else 32,
+        chip_size=24 if args.quick else 48,
         pixels_per_chip=256,
         batch_size=256,
         epochs=bt_epochs,
@@ -93,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     # 5. fine-tune a classifier from the Barlow Twins encoder (the encoder's model, bands and statistics come
     #    from init); fit holds out a spatial split of tiles, and the class map is scored there
-    chip = 16 if args.quick else 32
+    chip = 8 if args.quick else 16
     clf = geoarray.fit(
         cube,
         task="finetune",
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         loss=args.loss,
         chip_size=chip,
         val_fraction=0.3,
-        pixels_per_chip=256,
+        pixels_per_chip=chip * chip,
         batch_size=64,
         epochs=ft_epochs,
         lr=1e-2,  # the new class head; the pretrained backbone moves 100x slower

@@ -249,22 +249,25 @@ def phenology_cube(
     import rioxarray  # noqa: F401  (registers .rio)
 
     from geoarray import _phenology as ph
+    from geoarray.errors import CubeError
 
     names = list(ph.CLASSES) if classes is None else list(classes)
     unknown = [c for c in names if c not in ph.CLASSES]
     if unknown or len(names) < 2:
-        raise ValueError(
+        raise CubeError(
             f"classes={names}; expected at least 2 of {list(ph.CLASSES)} (unknown: {unknown})."
         )
     if not 0 <= cloud_cover < 1:
-        raise ValueError(f"cloud_cover={cloud_cover!r}; expected a fraction in [0, 1), e.g. 0.3.")
+        raise CubeError(f"cloud_cover={cloud_cover!r}; expected a fraction in [0, 1), e.g. 0.3.")
+    if not 1 <= n_times <= 365:
+        raise CubeError(f"n_times={n_times}; expected 1 to 365 dates in the year (distinct days).")
     ny, nx = (size, size) if isinstance(size, int) else size
     rng = np.random.default_rng(seed)
     step = 365.0 / n_times
     offsets = np.clip(np.round(step * (np.arange(n_times) + 0.5) + rng.uniform(-0.3, 0.3, n_times) * step), 0, 364)
     times = (pd.Timestamp(start) + pd.to_timedelta(np.unique(offsets), unit="D")).values
     if len(times) != n_times:
-        raise ValueError(f"n_times={n_times}; expected at most 365 dates in the year.")
+        raise CubeError(f"n_times={n_times}; expected 1 to 365 dates in the year (distinct days).")
     doy = pd.DatetimeIndex(times).dayofyear.values.astype(np.float32)
     img, valid, labels = ph.generate(
         ny, nx, doy, names, parcel_size=parcel_size, cloud_cover=cloud_cover, noise=noise, rng=rng

@@ -309,3 +309,33 @@ def test_labels_in_the_cube_pick_the_best_epoch_by_knn_but_do_not_filter_trainin
     assert a is not None and b is not None
     for k, w in a.weights.items():
         np.testing.assert_array_equal(b.weights[k].numpy(), w.numpy(), err_msg=k)
+
+
+def test_the_phenology_cube_has_the_structure_seed001_needs():
+    from geoarray.errors import CubeError
+
+    c = phenology_cube(size=64, n_times=24, seed=3)
+    assert c.imagery.dims == ("time", "band", "y", "x") and c.imagery.shape == (24, 6, 64, 64)
+    assert c.labels.dims == ("y", "x") and len(c.labels.attrs["classes"]) == 8
+    assert np.unique(c.labels.values).size == 8  # every class present
+    cloudy = 1 - c.valid.values.mean((1, 2))
+    assert 0.2 < cloudy.mean() < 0.5 and cloudy.min() < 0.05 and cloudy.max() > 0.6  # clear and cloudy dates
+    img, lab = c.imagery.values, c.labels.values
+    ndvi = (img[:, 3] - img[:, 2]) / (img[:, 3] + img[:, 2])
+    doy = c.time.dt.dayofyear.values
+
+    def peak(k):  # day of year of the class's greenest clear date
+        m = (lab == k)[None] & c.valid.values
+        return doy[np.nanargmax([ndvi[t][m[t]].mean() if m[t].any() else np.nan for t in range(24)])]
+
+    names = list(c.labels.attrs["classes"])
+    # the crops differ by when they green up: winter crops peak in spring, summer crops in summer
+    assert peak(names.index("winter_crop")) < 160 < peak(names.index("summer_crop"))
+    # within a class, pixels differ (per-parcel and per-pixel green-up, vigour, soil): not one curve per class
+    m = (lab == names.index("summer_crop"))[None] & c.valid.values
+    spread = [ndvi[t][m[t]].std() for t in range(24) if m[t].sum() > 20]
+    assert max(spread) > 0.1, spread
+    with pytest.raises(CubeError, match=r"classes=\['water', 'rice'\]; expected at least 2 of"):
+        phenology_cube(size=16, classes=["water", "rice"])
+    with pytest.raises(CubeError, match=r"n_times=0; expected 1 to 365"):
+        phenology_cube(size=16, n_times=0)
