@@ -50,15 +50,15 @@ def test_seed001_barlow_twins_quick_beats_its_baselines_and_draws_its_pictures(t
     for proto in ("linear", "knn"):
         assert s[f"ssl_{proto}"] > s[f"random_init_{proto}"], s
         assert s[f"ssl_{proto}"] > s[f"raw_{proto}"], s
-    assert s["effective_rank"] > 16, s  # of 32 features
+    assert s["effective_rank"] > 16, s  # of 32 features (measured 22.0)
     assert s["accuracy"] > ACC_FLOOR_QUICK, s
     for png in ("features_and_classes.png", "cross_correlation.png", "effective_rank.png"):
         assert (tmp_path / png).stat().st_size > 10_000, png
     assert (tmp_path / "pheno.zarr" / "features").is_dir()
 
 
-#: the fine-tuned classifier's held-out accuracy with --quick (measured: see the README's seed table)
-ACC_FLOOR_QUICK = 0.6
+#: the fine-tuned classifier's held-out accuracy with --quick (measured 0.90, README's seed table)
+ACC_FLOOR_QUICK = 0.8
 
 
 @pytest.mark.slow
