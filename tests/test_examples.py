@@ -41,6 +41,26 @@ def test_seed004_multilabel_unet_learns_overlapping_classes(tmp_path):
     assert (tmp_path / "class_masks.png").stat().st_size > 10_000
 
 
+def test_seed001_barlow_twins_quick_beats_its_baselines_and_draws_its_pictures(tmp_path, capsys):
+    ex = _load("seed001_barlow_twins")
+    s = ex.main(["--out", str(tmp_path), "--quick"])
+    print(capsys.readouterr().out)
+    print(s)
+    # the probe table's proof: SSL features beat a random-init encoder and the raw series (linear and kNN)
+    for proto in ("linear", "knn"):
+        assert s[f"ssl_{proto}"] > s[f"random_init_{proto}"], s
+        assert s[f"ssl_{proto}"] > s[f"raw_{proto}"], s
+    assert s["effective_rank"] > 16, s  # of 32 features (measured 22.0)
+    assert s["accuracy"] > ACC_FLOOR_QUICK, s
+    for png in ("features_and_classes.png", "cross_correlation.png", "effective_rank.png"):
+        assert (tmp_path / png).stat().st_size > 10_000, png
+    assert (tmp_path / "pheno.zarr" / "features").is_dir()
+
+
+#: the fine-tuned classifier's held-out accuracy with --quick (measured 0.90, README's seed table)
+ACC_FLOOR_QUICK = 0.8
+
+
 @pytest.mark.slow
 def test_readme_accuracy_claims_at_full_length(tmp_path):
     """The README's numbers, at the README's lengths (about 2 min on 2 cores)."""

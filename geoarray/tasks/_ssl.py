@@ -287,6 +287,35 @@ class SSLTask(Task):
         backbone.train(was)
         return e
 
+    def _watch_projections(self, net: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Projections of two views of the kept clean series (eval mode, views drawn from a fixed seed, so
+        epochs compare), or None when fewer than two series have enough valid dates."""
+        if not self._watch:
+            return None
+        parts = [torch.cat(p) for p in zip(*self._watch, strict=True)]
+        # the watch holds clean inputs: (x, dates, valid) of pixel series, or (x,) single-date chips, whose
+        # views are then two augmentations (also under positives="temporal", which needs the dates)
+        batch = Batch(parts[0], None, *parts[1:]) if len(parts) == 3 else Batch(parts[0], None)
+        g = torch.Generator().manual_seed(0)
+        if self._kind(batch) == "pixels":
+            inputs, keep = self.views(batch, g)
+        else:
+            inputs, keep = chip_views(batch, self.augment, temporal=False, generator=g)
+        n = int(keep.sum())
+        if n < 2:
+            return None
+        module = getattr(net, "module", net)
+        was = module.training
+        module.eval()
+        with torch.no_grad():
+            _, proj = module(*inputs)
+        module.train(was)
+        return proj[:n].float().cpu(), proj[n:].float().cpu()
+
+    def diagnostics(self, net: Any) -> dict[str, float]:
+        """Extra per-epoch numbers of a subclass, from the watch rows (called before they are dropped)."""
+        return {}
+
     def _skip_message(self, seen: int) -> str:
         if self.kind == "chip":
             return (
@@ -303,6 +332,7 @@ class SSLTask(Task):
     def end_epoch(self, net: Any) -> dict[str, float]:
         seen, skipped, steps = self._seen, self._skipped, max(1, self._steps)
         sums, emb = dict(self._sums), self._watch_embeddings(net)
+        extra = self.diagnostics(net) if emb is not None else {}
         self._reset()
         if seen and skipped == seen:
             raise TrainError(self._skip_message(seen))
@@ -315,6 +345,7 @@ class SSLTask(Task):
         rms = float(z.pow(2).mean().sqrt())
         out["emb_std_mean"], out["emb_std_min"] = float(std.mean()), float(std.min())
         out["effective_rank"] = effective_rank(z.numpy())
+        out.update(extra)
         flat = float(std.max()) <= self.collapse_std * max(1.0, rms)
         what_rows = f"the last {len(z)} {_KIND_WORDS.get(self.kind or 'pixels', ('pixel',))[0]}s"
         if flat or out["effective_rank"] < self.collapse_rank:

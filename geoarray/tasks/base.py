@@ -98,6 +98,10 @@ class Task:
         TrainError to end the run."""
         return {}
 
+    def log_epoch(self, log_dir: Any, epoch: int) -> None:
+        """Write the epoch's own artefacts into fit's ``log_dir`` (a ``Path``; rank 0 only, after
+        ``metrics.csv``), e.g. Barlow Twins' cross-correlation matrix. Nothing by default."""
+
     # -- validation ------------------------------------------------------------------------------------
     def new_state(self) -> dict[str, Any]:
         k = max(2, len(self.classes)) if self.multilabel else len(self.classes)

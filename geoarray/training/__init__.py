@@ -96,9 +96,10 @@ def fit(
         (``predict`` writes ``mask`` and ``probabilities``), and its ``training`` provenance records
         ``protocol``, ``init`` and ``init_sha256``.
     task_kwargs
-        Options of the task. ``"barlow_twins"``: ``lambd`` (off-diagonal weight, 5e-3), ``view_dates`` (valid
-        dates per view; default half the cube's dates; pixels with fewer are skipped and counted),
-        ``noise`` (band noise std in normalised units, 0.05), ``projector_dim`` (128); the collapse watch's
+        Options of the task. ``"barlow_twins"``: ``lambd`` (off-diagonal weight, default 10 / projector_dim),
+        ``view_dates`` (valid dates per view; default half the cube's dates; pixels with fewer are skipped and
+        counted), ``noise`` (band noise std in normalised units, 0.05), ``projector_dim`` (128); with
+        ``log_dir``, ``cross_correlation_epochNNN.npy`` per epoch and ``cross_correlation.png``; the collapse watch's
         ``collapse_rank`` (1.5), ``collapse_std`` (1e-4) and ``diverge_rms`` (1e3): a run whose end-of-epoch
         embeddings fall below either of the first two (collapse) or above the last (divergence) ends in a
         TrainError, and no checkpoint of it is kept. ``"finetune"``: ``backbone_lr`` (the encoder's learning

@@ -192,6 +192,8 @@ class Trainer:
                 extra = {"plateau": self.plateau.state_dict()} if self.plateau is not None else {}
                 state.save_state(out, self.net, self.opt, epoch=epoch + 1, best=self.best, extra=extra)
                 self.log.write(row)
+                if self.log.dir is not None:
+                    self.setup.task.log_epoch(self.log.dir, epoch + 1)
                 self.history.append(row)
                 log.info("epoch %d/%d %s", epoch + 1, self.cfg.epochs, _fmt(row))
                 if self.plateau is not None and not math.isnan(score):
