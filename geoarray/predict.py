@@ -26,6 +26,7 @@ from geoarray._blocks import MIN_BLOCK, TINY, aligned, build_graph, direct_sourc
 from geoarray._constants import MASK_NODATA, MASK_NODATA_WIDE
 from geoarray._inference import RunSpec, clear_caches
 from geoarray._preprocess import date_features
+from geoarray._storage import is_url, location
 from geoarray._writer import WriteReport, dim_clashes, partial_outputs, write_to_store
 from geoarray.checkpoint import load_checkpoint
 from geoarray.cube import DEFAULT_CHUNK, conform_cube
@@ -88,6 +89,7 @@ def predict(
     dtype: Literal["float32", "float16"] = "float32",
     threshold: float = 0.5,
     progress: bool = False,
+    storage_options: dict[str, Any] | None = None,
 ) -> xr.Dataset:
     """Apply a checkpoint to a cube blockwise, with a halo; return the cube plus new output variables.
 
@@ -128,6 +130,8 @@ def predict(
         Sigmoid threshold of multi-label masks.
     progress
         Show a progress bar while writing to ``store``.
+    storage_options
+        fsspec options (credentials, ``client_kwargs``) for ``store`` and ``ckpt`` given as URLs (``s3://…``).
 
     Returns
     -------
@@ -179,6 +183,7 @@ def predict(
         dtype=dtype,
         threshold=threshold,
         progress=progress,
+        storage_options=storage_options,
     )[0]
 
 
@@ -198,6 +203,7 @@ def _predict(
     threshold: float,
     progress: bool,
     rechunk_time: bool = False,
+    storage_options: dict[str, Any] | None = None,
 ) -> tuple[xr.Dataset, WriteReport | None]:
     """:func:`predict`, plus what it wrote into ``store``. ``rechunk_time`` (the CLI's; its user cannot rechunk)
     makes time one chunk for whole-series models, lazily: a task then holds dates x bands x (block + halo)² x 4 B.
@@ -207,8 +213,8 @@ def _predict(
     dtype = np.dtype(dtype).name  # type: ignore[assignment]  # np.float16, "f2", ... -> "float16"
     threshold = float(threshold)
     device = _device(device)
-    path = str(Path(ckpt).resolve())
-    ck = load_checkpoint(path)  # validates metadata, weights and checksum now, not inside the tasks
+    path, ck_options = (str(ckpt), storage_options) if is_url(ckpt) else (str(Path(ckpt).resolve()), None)
+    ck = load_checkpoint(path, storage_options=ck_options)  # checks meta, weights, checksum now, not in tasks
     meta, sha = ck.meta, ck.sha256
     out_spec, in_spec = meta["output"], meta["input"]
     kind = out_spec["kind"]
@@ -306,15 +312,17 @@ def _predict(
         batch_size=None if batch_size is None else int(batch_size),
         norm=(tuple(in_spec["mean"]), tuple(in_spec["std"]), float(in_spec.get("scale", 1.0))),
         bands=tuple(needed),
+        ckpt_options=location(path, ck_options).options_json,
     )
     arrays, blocks = build_graph(data, valid, (ych, xch), spec, h, run_times, dates, direct=direct)
     new = _wrap(arrays, cube, wanted, spec, meta, prefix, Path(path).name)
     if store is None:
         return _assign(cube, new), None
-    report = write_to_store(new, arrays, blocks, store, sha, overwrite=overwrite, progress=progress)
+    so = {"storage_options": storage_options} if is_url(store) else {}
+    report = write_to_store(new, arrays, blocks, store, sha, overwrite=overwrite, progress=progress, **so)
     from geoarray.cube import open_cube
 
-    return open_cube(store, var=var), report
+    return open_cube(store, var=var, **so), report
 
 
 def _assign(cube: xr.Dataset, new: dict[str, xr.DataArray]) -> xr.Dataset:
