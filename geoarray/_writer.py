@@ -26,7 +26,7 @@ from geoarray._constants import COMPLETE
 from geoarray._progress import compute_with_progress
 from geoarray._storage import Location, location
 from geoarray.cube import _grid_mismatch, _open_zarr
-from geoarray.errors import StoreError, StoreExistsError, StoreNotFoundError
+from geoarray.errors import PredictError, StoreError, StoreExistsError, StoreNotFoundError
 
 __all__ = ["COMPLETE", "WriteReport", "dim_clashes", "partial_outputs", "write_to_store"]
 
@@ -286,7 +286,18 @@ def _write_blocks(
             {**run_layer.layers, write_name: MaterializedLayer(dsk)},
             {**run_layer.dependencies, write_name: {run_key[0] for run_key, _ in blocks[:1]}},
         )
-        compute_with_progress(Delayed(write_name, g), enabled=progress, desc="predict")
+        try:
+            compute_with_progress(Delayed(write_name, g), enabled=progress, desc="predict")
+        except Exception as e:
+            if type(e).__name__ != "KilledWorker":  # distributed's; not imported, it is optional here
+                raise
+            raise PredictError(
+                f"dask workers died running a predict block, more often than distributed.scheduler.allowed-failures "
+                f"allows ({e}). Usually a worker ran out of memory (its Nanny terminates it at 95 % of memory_limit) "
+                "or the system killed it. The chunks written so far are kept; after a fix, the same predict resumes. "
+                "Fix: smaller blocks (the cube's chunks), more memory per worker (memory_limit) or fewer threads per "
+                "worker."
+            ) from e
     return written, skipped
 
 
