@@ -159,3 +159,29 @@ def test_fit_reads_a_cube_on_s3(s3, tmp_path):
     assert all(bool((wr[k] == wl[k]).all()) for k in wl)
     with pytest.raises(TrainError, match="local path"):
         geoarray.fit(geoarray.open_cube(url, storage_options=so), out=f"s3://{s3.bucket()}/m.safetensors", **kw)
+
+
+def test_from_stac_reads_cogs_on_s3_through_gdal_vsis3(s3, stac_catalog):
+    """Items whose COG hrefs are s3:// URLs on the local S3 server: the header probe and the pixel reads go
+    through GDAL's /vsis3/ with the endpoint and credentials of storage_options (no AWS_S3_ENDPOINT in the
+    environment), and give the files' values."""
+    import pystac
+
+    bucket = s3.bucket(versioned=False)
+    items = []
+    for item in pystac.Catalog.from_file(str(stac_catalog["path"])).get_items(recursive=True):
+        item = item.clone()
+        for key, asset in item.assets.items():
+            url = f"s3://{bucket}/{item.id}/{key}.tif"
+            s3.fs.put_file(asset.get_absolute_href(), url)
+            asset.href = url
+        items.append(item)
+    assert "AWS_S3_ENDPOINT" not in __import__("os").environ
+    ds = geoarray.from_stac(items, bands=["red", "nir"], check="all", storage_options=s3.storage_options)
+    got = ds.imagery.values
+    for t in range(3):
+        for j, band in enumerate(["red", "nir"]):
+            np.testing.assert_array_equal(got[t, j], stac_catalog["truth"][(t, band)])
+    with pytest.raises(geoarray.errors.STACError, match="cannot open"):  # without the endpoint: refused, named
+        geoarray.from_stac(items, bands=["red"], storage_options={"key": "x", "secret": "y", "client_kwargs": {
+            "endpoint_url": "http://127.0.0.1:9"}})
