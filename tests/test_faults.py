@@ -142,14 +142,16 @@ def test_worker_kill_repeat(faulty, cube_store):
 
 
 def _memory_bomb(limit_mb: int) -> None:
-    """Started on one worker: allocate (and touch) 20 MB every 20 ms until the Nanny terminates the process."""
+    """Started on one worker: allocate (and touch) 100 MB every 10 ms, up to ``limit_mb``, and hold it until
+    the Nanny terminates the process."""
     import numpy as np
 
     def grow():
         held = []
-        for _ in range(limit_mb // 20):
-            held.append(np.ones(20 * 2**20, dtype=np.uint8))
-            time.sleep(0.02)
+        for _ in range(limit_mb // 100):
+            held.append(np.ones(100 * 2**20, dtype=np.uint8))
+            time.sleep(0.01)
+        time.sleep(600)
 
     threading.Thread(target=grow, daemon=True).start()
 
@@ -157,7 +159,12 @@ def _memory_bomb(limit_mb: int) -> None:
 def test_worker_out_of_memory_is_restarted_and_predict_completes(cube_store):
     """A worker's memory grows past its limit mid-predict: its Nanny terminates it (at 95 % of memory_limit) and
     starts a new one; the lost tasks run again and the store equals an uninterrupted run."""
-    cluster, client = _cluster(memory_limit="1.5GB")
+    import dask
+
+    # A worker holds ~420 MB once torch and the model are loaded; 700 MB leaves room for the blocks, and the
+    # Nanny terminates at 95 % (665 MB). Pausing (at 80 %) is off: this test is about termination.
+    with dask.config.set({"distributed.worker.memory.pause": False}):
+        cluster, client = _cluster(memory_limit="700MB")
     try:
         want = _reference_on(client, cube_store, "oom_ref")
         store = cube_store["root"] / "oom.zarr"
@@ -165,8 +172,9 @@ def test_worker_out_of_memory_is_restarted_and_predict_completes(cube_store):
         pids = client.run(os.getpid)
         addr, victim = sorted(pids.items())[0]
         thread, box = _predict_in_thread(client, store, cube_store["ckpt"])
-        while _mask_chunks(store) < 6 and thread.is_alive():
+        while _mask_chunks(store) < 3 and thread.is_alive():
             time.sleep(0.005)
+        assert thread.is_alive()
         client.run(_memory_bomb, 3000, workers=[addr])  # capped at 3 GB: twice the limit
         thread.join(300)
         assert not thread.is_alive(), "predict hung after a worker ran out of memory"
