@@ -76,7 +76,7 @@ def s3():
         "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
         "AWS_CONFIG_FILE": os.devnull,
     }
-    saved = {k: os.environ.get(k) for k in [*dummy, "AWS_PROFILE", "AWS_SESSION_TOKEN"]}
+    saved = {k: os.environ.get(k) for k in [*dummy, "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"]}
     os.environ.update(dummy)
     os.environ.pop("AWS_PROFILE", None)
     os.environ.pop("AWS_SESSION_TOKEN", None)
@@ -86,6 +86,8 @@ def s3():
         host, port = server.get_host_and_port()
         assert host == "127.0.0.1", f"the S3 test server must listen on localhost, got {host}"
         endpoint = f"http://{host}:{port}"
+        # botocore's default endpoint too: an S3 client made without storage_options stays on localhost
+        os.environ["AWS_ENDPOINT_URL"] = endpoint
         yield S3(endpoint, {"key": "x", "secret": "y", "client_kwargs": {"endpoint_url": endpoint}})
     finally:
         server.stop()
