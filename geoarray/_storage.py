@@ -90,34 +90,55 @@ class Location:
         if self.remote:
             self.fs.invalidate_cache(self.path)
 
+    def _ask(self, question: Any) -> Any:
+        """Run a filesystem query; an unreachable endpoint or refused credentials become a StoreError."""
+        self.refresh()
+        try:
+            return question()
+        except FileNotFoundError:
+            raise
+        except Exception as e:  # botocore/aiohttp/gcsfs raise many types for "cannot reach" and "denied"
+            raise StoreError(
+                f"cannot reach {self.url!r} ({type(e).__name__}: {e}). Check the URL, and the endpoint and "
+                "credentials in storage_options (e.g. {'key': ..., 'secret': ..., 'client_kwargs': "
+                "{'endpoint_url': ...}}; without them the AWS_* environment variables are used)."
+            ) from None
+
     def exists(self) -> bool:
         if not self.remote:
             return Path(self.url).exists()
-        self.refresh()
-        return bool(self.fs.exists(self.path))
+        return bool(self._ask(lambda: self.fs.exists(self.path)))
 
     def isfile(self) -> bool:
         if not self.remote:
             return Path(self.url).is_file()
-        self.refresh()
-        return bool(self.fs.isfile(self.path))
+        return bool(self._ask(lambda: self.fs.isfile(self.path)))
 
     def isdir(self) -> bool:
         """A local directory, or a prefix with objects under it."""
         if not self.remote:
             return Path(self.url).is_dir()
-        self.refresh()
-        return bool(self.fs.isdir(self.path))
+        return bool(self._ask(lambda: self.fs.isdir(self.path)))
 
     def listdir(self) -> list[str]:
         """Names directly under this location (empty if there are none)."""
         if not self.remote:
             return sorted(p.name for p in Path(self.url).iterdir()) if Path(self.url).is_dir() else []
-        self.refresh()
         try:
-            return sorted(str(p).rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self.path, detail=False))
+            found = self._ask(lambda: self.fs.ls(self.path, detail=False))
         except FileNotFoundError:
             return []
+        return sorted(str(p).rstrip("/").rsplit("/", 1)[-1] for p in found)
+
+    def check_bucket(self) -> None:
+        """Refuse a URL whose bucket (first path component) does not exist: zarr would fail mid-write."""
+        bucket = self.path.lstrip("/").split("/", 1)[0]
+        if self.remote and bucket and self.url.startswith(("s3://", "gs://", "gcs://", "az://", "abfs://")):
+            if not self._ask(lambda: self.fs.exists(bucket)):
+                raise StoreError(
+                    f"the bucket {bucket!r} of {self.url!r} does not exist (or these credentials cannot see it); "
+                    "create it first, or check the URL and storage_options."
+                )
 
     def keys(self) -> set[str]:
         """Every file/object under this location, as keys relative to it (one listing, not one request each)."""

@@ -288,6 +288,7 @@ def _write_remote(
     ds: xr.Dataset, loc: Location, *, mode: Literal["w-", "w", "a"], var: str, chunk: int, progress: bool
 ) -> list[str]:
     """write_cube into an object store: the local checks, asked of the prefix (there are no directories)."""
+    loc.check_bucket()
     if loc.isfile():
         raise (StoreError if mode == "a" else StoreExistsError)(
             f"{loc.url!r} is an object (a file), not a Zarr store; write_cube writes a prefix of objects. "

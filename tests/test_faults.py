@@ -156,6 +156,7 @@ def _memory_bomb(limit_mb: int) -> None:
     threading.Thread(target=grow, daemon=True).start()
 
 
+@pytest.mark.slow  # page faults run at ~30 MB/s on these machines: growing past the limit takes ~10 s
 def test_worker_out_of_memory_is_restarted_and_predict_completes(cube_store):
     """A worker's memory grows past its limit mid-predict: its Nanny terminates it (at 95 % of memory_limit) and
     starts a new one; the lost tasks run again and the store equals an uninterrupted run."""
@@ -230,7 +231,7 @@ def test_weights_reach_each_worker_once_from_s3(local_cluster, s3, tmp_path):
     local = make_checkpoint(tmp_path / "m.safetensors", num_classes=5, classes=CLASSES, width=4, depth=3, seed=23)
     ckpt, store = f"s3://{bucket}/m.safetensors", f"s3://{bucket}/c.zarr"
     s3.fs.put_file(str(local), ckpt)
-    geoarray.write_cube(synthetic_cube(size=(128, 128), n_times=2, seed=6), store, chunk=32, storage_options=so)
+    geoarray.write_cube(synthetic_cube(size=(128, 128), n_times=1, seed=6), store, chunk=32, storage_options=so)
     before = local_cluster.run(_loads)
     with local_cluster.as_current(), get_task_stream(local_cluster) as ts:
         out = geoarray.predict(geoarray.open_cube(store, storage_options=so), ckpt, store=store, storage_options=so)
@@ -239,7 +240,7 @@ def test_weights_reach_each_worker_once_from_s3(local_cluster, s3, tmp_path):
     for t in ts.data:
         if str(t["key"]).startswith("('geoarray-predict-"):
             blocks[t["worker"]] = blocks.get(t["worker"], 0) + 1
-    assert sum(blocks.values()) == 2 * 4 * 4  # one task per block
+    assert sum(blocks.values()) == 4 * 4  # one task per block
     assert len(blocks) == 2, f"both workers should run blocks: {blocks}"
     loads = {w: after[w] - before[w] for w in after}
     assert all(loads[w] == 1 for w in blocks), f"loads per worker {loads}, blocks per worker {blocks}"

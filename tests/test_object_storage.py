@@ -67,6 +67,11 @@ def test_store_errors_on_s3(s3, tmp_path):
     assert s3.fs.cat_file(f"{bucket}/notes/readme.txt") == b"hello"
     with pytest.raises(StoreError, match="apply to URLs only"):
         geoarray.open_cube(tmp_path / "x.zarr", storage_options=so)
+    with pytest.raises(StoreError, match=r"the bucket 'no-such-bucket' .* does not exist"):
+        geoarray.write_cube(synthetic_cube(size=32, n_times=1), "s3://no-such-bucket/c.zarr", storage_options=so)
+    closed = {**so, "client_kwargs": {"endpoint_url": "http://127.0.0.1:9"}, "config_kwargs": {"retries": {"max_attempts": 1}}}
+    with pytest.raises(StoreError, match=r"cannot reach 's3://.*/notes'.*EndpointConnectionError"):
+        geoarray.open_cube(f"s3://{bucket}/notes", storage_options=closed)
 
 
 _KILL_SCRIPT = """
