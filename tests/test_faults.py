@@ -24,6 +24,7 @@ from conftest import make_checkpoint, tree_digest
 import geoarray
 from geoarray.datasets import synthetic_cube
 from geoarray.errors import PredictError
+from geoarray.predict import clear_caches
 
 CLASSES = ["a", "b", "c", "d", "e"]
 
@@ -233,9 +234,13 @@ def test_weights_reach_each_worker_once_from_s3(local_cluster, s3, tmp_path):
     s3.fs.put_file(str(local), ckpt)
     geoarray.write_cube(synthetic_cube(size=(128, 128), n_times=1, seed=6), store, chunk=32, storage_options=so)
     before = local_cluster.run(_loads)
-    with local_cluster.as_current(), get_task_stream(local_cluster) as ts:
-        out = geoarray.predict(geoarray.open_cube(store, storage_options=so), ckpt, store=store, storage_options=so)
-    after = local_cluster.run(_loads)
+    try:
+        with local_cluster.as_current(), get_task_stream(local_cluster) as ts:
+            cube = geoarray.open_cube(store, storage_options=so)
+            out = geoarray.predict(cube, ckpt, store=store, storage_options=so)
+        after = local_cluster.run(_loads)
+    finally:  # the session's cluster is shared: leave its workers' caches empty, as other tests expect
+        local_cluster.run(clear_caches)
     blocks: dict[str, int] = {}
     for t in ts.data:
         if str(t["key"]).startswith("('geoarray-predict-"):
