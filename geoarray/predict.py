@@ -26,6 +26,7 @@ from geoarray._blocks import MIN_BLOCK, TINY, aligned, build_graph, direct_sourc
 from geoarray._constants import MASK_NODATA, MASK_NODATA_WIDE
 from geoarray._inference import RunSpec, clear_caches
 from geoarray._preprocess import date_features
+from geoarray._storage import is_url, location
 from geoarray._writer import WriteReport, dim_clashes, partial_outputs, write_to_store
 from geoarray.checkpoint import load_checkpoint
 from geoarray.cube import DEFAULT_CHUNK, conform_cube
@@ -80,6 +81,7 @@ def predict(
     threshold: float = 0.5,
     progress: bool = False,
     precision: Literal["32", "bf16", "16"] = "32",
+    storage_options: dict[str, Any] | None = None,
 ) -> xr.Dataset:
     """Apply a checkpoint to a cube blockwise, with a halo; return the cube plus new output variables.
 
@@ -123,6 +125,8 @@ def predict(
     precision
         ``"32"``, or the model under autocast: ``"bf16"`` (GPU; CPUs with AVX512-BF16/AMX, elsewhere emulated
         and slower, with a warning) or ``"16"`` (GPU only). Recorded in the outputs' ``precision`` attr.
+    storage_options
+        fsspec options (credentials, ``client_kwargs``) for ``store`` and ``ckpt`` given as URLs (``s3://…``).
 
     Returns
     -------
@@ -175,6 +179,7 @@ def predict(
         threshold=threshold,
         progress=progress,
         precision=precision,
+        storage_options=storage_options,
     )[0]
 
 
@@ -196,6 +201,7 @@ def _predict(
     rechunk_time: bool = False,
     precision: str = "32",
     reopen: bool = True,
+    storage_options: dict[str, Any] | None = None,
 ) -> tuple[xr.Dataset, WriteReport | None]:
     """:func:`predict`, plus what it wrote into ``store``. ``rechunk_time`` (the CLI's; its user cannot rechunk)
     makes time one chunk for whole-series models, lazily: a task then holds dates x bands x (block + halo)² x 4 B.
@@ -205,8 +211,8 @@ def _predict(
     dtype = np.dtype(dtype).name  # type: ignore[assignment]  # np.float16, "f2", ... -> "float16"
     threshold = float(threshold)
     device, precision = _device(device, precision)
-    path = str(Path(ckpt).resolve())
-    ck = load_checkpoint(path)  # validates metadata, weights and checksum now, not inside the tasks
+    path, ck_options = (str(ckpt), storage_options) if is_url(ckpt) else (str(Path(ckpt).resolve()), None)
+    ck = load_checkpoint(path, storage_options=ck_options)  # checks meta, weights, checksum now, not in tasks
     meta, sha = ck.meta, ck.sha256
     out_spec, in_spec = meta["output"], meta["input"]
     kind = out_spec["kind"]
@@ -305,15 +311,17 @@ def _predict(
         norm=(tuple(in_spec["mean"]), tuple(in_spec["std"]), float(in_spec.get("scale", 1.0))),
         bands=tuple(needed),
         precision=precision,
+        ckpt_options=location(path, ck_options).options_json,
     )
     arrays, blocks = build_graph(data, valid, (ych, xch), spec, h, run_times, dates, direct=direct)
     new = _wrap(arrays, cube, wanted, spec, meta, prefix, Path(path).name)
     if store is None:
         return _assign(cube, new), None
-    report = write_to_store(new, arrays, blocks, store, sha, overwrite=overwrite, progress=progress)
+    so = {"storage_options": storage_options} if is_url(store) else {}
+    report = write_to_store(new, arrays, blocks, store, sha, overwrite=overwrite, progress=progress, **so)
     from geoarray.cube import open_cube
 
-    return (open_cube(store, var=var) if reopen else cube), report  # reopen=False: a store without `var`
+    return (open_cube(store, var=var, **so) if reopen else cube), report  # reopen=False: no `var` in store
 
 
 def _assign(cube: xr.Dataset, new: dict[str, xr.DataArray]) -> xr.Dataset:

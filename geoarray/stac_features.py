@@ -116,11 +116,14 @@ def stac_features(
 
     _check_cluster_options(scheduler, workers)
     name = Path(ckpt).name
-    needed = [str(b) for b in read_metadata(ckpt)["input"]["bands"]]
+    needed = [str(b) for b in read_metadata(ckpt, storage_options=storage_options)["input"]["bands"]]
     load = _band_names(bands, needed, name)
     its = _in_range(read_items(items), time)
     _check_bands(its, load, needed, name)
-    cube = from_stac(its, bands=load, resolution=resolution, crs=crs, bbox=bbox, engine=engine, chunk=chunk)
+    gdal = {"storage_options": storage_options} if storage_options and engine == "odc" else {}  # s3 COG hrefs
+    cube = from_stac(
+        its, bands=load, resolution=resolution, crs=crs, bbox=bbox, engine=engine, chunk=chunk, **gdal
+    )
     if load != needed:
         cube = cube.assign_coords(band=needed)
     opts: dict[str, Any] = dict(

@@ -254,8 +254,19 @@ def run(cube: xr.Dataset, cfg: FitConfig, *, client: Any = None) -> Path:
 
 def _check_paths(cfg: FitConfig) -> None:
     """Paths that would fail only after training: refuse them before the first step."""
+    from geoarray._storage import is_url
     from geoarray.errors import TrainError
 
+    for key in ("out", "resume", "log_dir"):
+        value = getattr(cfg, key)
+        if value is not None and is_url(str(value)):
+            # Path("s3://b/m") would silently become a local folder "s3:"; the checkpoint, its resume file
+            # and metrics are written with atomic renames, which object stores do not have.
+            raise TrainError(
+                f"{key}={value!r} is a URL; fit writes {key} to a local path (with an atomic rename). Train "
+                "into a local file, then upload it (`fsspec.filesystem('s3', **opts).put(local, url)`): "
+                "predict and load_checkpoint read checkpoints from URLs with storage_options."
+            )
     out = Path(cfg.out)
     if out.is_dir():
         raise TrainError(
