@@ -120,10 +120,11 @@ def stac_features(
     load = _band_names(bands, needed, name)
     its = _in_range(read_items(items), time)
     _check_bands(its, load, needed, name)
-    gdal = {"storage_options": storage_options} if storage_options and engine == "odc" else {}  # s3 COG hrefs
+    gdal = storage_options if engine == "odc" else None  # the same credentials reach s3 COG hrefs (GDAL)
     cube = from_stac(
-        its, bands=load, resolution=resolution, crs=crs, bbox=bbox, engine=engine, chunk=chunk, **gdal
-    )
+        its, bands=load, resolution=resolution, crs=crs, bbox=bbox, engine=engine, chunk=chunk,
+        storage_options=gdal,
+    )  # fmt: skip
     if load != needed:
         cube = cube.assign_coords(band=needed)
     opts: dict[str, Any] = dict(
