@@ -587,34 +587,3 @@ def test_unwritten_chunks_read_as_nodata_and_partial_outputs_are_named(tmp_path,
     geoarray.predict(ds, ckpt, store=store)  # the next run finishes it
     done = geoarray.open_cube(store)
     assert partial_outputs(done) == [] and (done["mask"].values[0, :64, :64] != 255).any()
-
-
-def test_chip_classifier_message_gives_a_recipe_that_works(tmp_path, cube):
-    import re
-
-    ckpt = make_checkpoint(
-        tmp_path / "c.safetensors",
-        "resnet18",
-        task="classification",
-        num_classes=3,
-        classes=["a", "b", "c"],
-        width=4,
-        _meta={"training": {"chip_size": 32}},
-    )
-    with pytest.raises(PredictError, match="chip classifier") as e:
-        geoarray.predict(cube, ckpt)
-    call = re.search(r"`(geoarray\.plan_chips\(cube, [^`]*\)\.train)`", str(e.value)).group(1)
-    assert call == "geoarray.plan_chips(cube, chip_size=32, val_fraction=0, labels=None).train"
-    windows = eval(call, {"geoarray": geoarray, "cube": cube})  # the recipe, as the message spells it
-    ck = geoarray.load_checkpoint(ckpt)
-    inp = ck.meta["input"]
-    w = windows[0]
-    x = cube.imagery.sel(band=inp["bands"]).isel(
-        time=list(w.t), y=slice(w.y, w.y + w.size), x=slice(w.x, w.x + w.size)
-    )
-    mean = np.asarray(inp["mean"], np.float32)[:, None, None]
-    std = np.asarray(inp["std"], np.float32)[:, None, None]
-    x = np.nan_to_num((x.values * inp["scale"] - mean) / std).astype(np.float32)
-    with torch.no_grad():
-        label = ck.model(torch.from_numpy(x)).argmax(1)
-    assert ck.meta["output"]["classes"][int(label[0])] in ["a", "b", "c"]
