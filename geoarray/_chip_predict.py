@@ -317,7 +317,8 @@ def _dataset(
             a.update(long_name="learned features per chip")
             c = {"feature": np.arange(spec.channels)}
             data[o] = xr.DataArray(arr, dims=("time", "feature", "y", "x"), coords=c, attrs=a)
-    ds = xr.Dataset(data, coords=coords, attrs={CHIP_GRID: True})
+    grid_attrs = {CHIP_GRID: True, "chip_size": spec.grid.chip_size, "stride": spec.grid.stride}
+    ds = xr.Dataset(data, coords=coords, attrs=grid_attrs)
     if "sensor" in cube.coords and cube["sensor"].dims == ("time",):
         ds = ds.assign_coords(sensor=("time", cube["sensor"].values))
     if cube.rio.crs is not None:

@@ -206,3 +206,17 @@ def test_store_root_and_foreign_groups_are_not_overwritten(tmp_path, cube, ckpt)
     assert geoarray.open_cube(store).imagery.shape == cube.imagery.shape
     own = geoarray.predict_chips(cube, ckpt, store=tmp_path / "own.zarr", group=None)  # a new store: its root
     assert own.mask.shape == (2, 6, 6)
+
+
+def test_cli_predict_writes_a_chip_grid_for_chip_checkpoints(tmp_path, cube, ckpt):
+    from typer.testing import CliRunner
+
+    from geoarray.cli import app
+
+    store = tmp_path / "c.zarr"
+    geoarray.write_cube(cube, store)
+    r = CliRunner().invoke(app, ["predict", str(store), "--ckpt", str(ckpt), "--group", "cls"])
+    assert r.exit_code == 0, r.output
+    assert "to group 'cls'" in r.output and "chips of 16 px" in r.output
+    got = xr.open_zarr(store, group="cls", decode_coords="all", consolidated=False)
+    np.testing.assert_array_equal(got.mask.values, geoarray.predict_chips(cube, ckpt).mask.values)
