@@ -30,7 +30,8 @@ class Batch:
     ``x``: ``(B, C, H, W)`` image chips, ``(B, T, C, H, W)`` sequences or ``(B, T, C)`` pixel series;
     ``y``: ``(B, H, W)`` class ids (``-100`` = ignore), ``(B, K, H, W)`` multi-label targets (``-100`` =
     ignore), ``(B, T, H, W)`` per-frame ids, or ``(B,)`` chip / pixel labels; ``dates``: ``(B, T)`` days
-    of year (sequences and pixels); ``valid``: ``(B, T)`` for pixel series.
+    of year (sequences and pixels); ``valid``: ``(B, T)`` bool for pixel series, or the float fraction of valid
+    pixels on each date of multi-date chips ``(B, T, C, H, W)``.
     """
 
     x: Any
@@ -201,9 +202,12 @@ class ChipStream:
                 out.extend(self._pixel_samples(block, w, x, ys, xs, doy, rng))
                 continue
             if self.kind == "chip":
-                out.append(
-                    (x[0] if len(tpos) == 1 else x, np.int64(w.label if w.label is not None else IGNORE), doy)
-                )
+                label = np.int64(w.label if w.label is not None else IGNORE)
+                if len(tpos) == 1:
+                    out.append((x[0], label, doy))
+                else:  # a multi-date chip, with the valid fraction of each date (temporal positives pick by it)
+                    ok = _take_times(block["ok"][:, ys, xs], tpos)
+                    out.append((x, label, doy, ok.mean(axis=(1, 2), dtype=np.float32)))
                 continue
             y = self._target(block, w, ys, xs) if self._lab_dims else None
             if self.kind == "image":
@@ -322,7 +326,7 @@ class _BatchBuffers:
         dates = valid = None
         if stream.kind in ("sequence", "pixels"):
             dates = torch.from_numpy(np.stack([p[2] for p in picks]).astype(np.float32))
-        if stream.kind == "pixels":
+        if stream.kind == "pixels" or len(picks[0]) > 3:  # pixel validity, or multi-date chips' valid fractions
             valid = torch.from_numpy(np.stack([p[3] for p in picks]))
         return Batch(xt, yt, dates, valid)
 

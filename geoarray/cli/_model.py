@@ -15,8 +15,9 @@ from geoarray.cli._app import Store, _friendly, app
 from geoarray.cli._outputs import _not_a_file
 
 
-def _parse_kv(items: list[str] | None) -> dict[str, Any]:
-    """``["width=16", "encoder=resnet18"]`` -> ``{"width": 16, "encoder": "resnet18"}`` (JSON values)."""
+def _parse_kv(items: list[str] | None, flag: str = "--model-kw") -> dict[str, Any]:
+    """``["width=16", "encoder=resnet18"]`` -> ``{"width": 16, "encoder": "resnet18"}``: values parsed as JSON
+    when they parse, else kept as strings."""
     import json
 
     from geoarray.errors import TrainError
@@ -24,7 +25,8 @@ def _parse_kv(items: list[str] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
-            raise TrainError(f"--model-kw {item!r}; expected name=value, e.g. --model-kw width=16.")
+            example = "width=16" if flag == "--model-kw" else "backbone_lr=1e-4"
+            raise TrainError(f"{flag} {item!r}; expected name=value, e.g. {flag} {example}.")
         k, v = item.split("=", 1)
         try:
             out[k] = json.loads(v)
@@ -72,12 +74,31 @@ def fit(
     store: Store,
     output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint to write (.safetensors).")],
     task: Annotated[
-        str, typer.Option(help="segmentation, classification or pixel_classification.")
+        str,
+        typer.Option(
+            help="segmentation, classification, pixel_classification, barlow_twins, or linear_probe / finetune "
+            "(with --init)."
+        ),
     ] = "segmentation",
     model: Annotated[str, typer.Option(help="Registry model name (geoarray models).")] = "unet",
     model_kw: Annotated[
         list[str] | None, typer.Option("--model-kw", help="Model hparam name=value (repeat).")
     ] = None,
+    task_kw: Annotated[
+        list[str] | None,
+        typer.Option("--task-kw", help="Task option name=value (repeat), e.g. --task-kw backbone_lr=1e-4."),
+    ] = None,
+    init: Annotated[
+        Path | None,
+        typer.Option(
+            help="Pretrained encoder checkpoint for --task linear_probe or finetune (its model, bands and "
+            "normalisation are used)."
+        ),
+    ] = None,
+    label_fraction: Annotated[
+        float,
+        typer.Option(help="Train on this fraction (0-1] of the labelled training tiles (at least one tile)."),
+    ] = 1.0,
     labels: Annotated[str, typer.Option(help="Label variable in the cube.")] = "labels",
     bands: Annotated[str | None, typer.Option(help="Comma-separated bands (default: all).")] = None,
     chip_size: Annotated[int, typer.Option(help="Chip size in pixels.")] = 64,
@@ -140,6 +161,9 @@ def fit(
         keep_state=keep_state,
         model=model,
         model_kwargs=_parse_kv(model_kw),
+        task_kwargs=_parse_kv(task_kw, "--task-kw"),
+        init=str(init) if init else None,
+        label_fraction=label_fraction,
         labels=labels,
         bands=bands.split(",") if bands else None,
         chip_size=chip_size,

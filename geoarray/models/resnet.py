@@ -92,7 +92,6 @@ class ResNetClassifier(GeoModel):
     def __init__(self, arch: str, in_channels: int, num_classes: int, width: int, dropout: float) -> None:
         super().__init__()
         self.stride = 32
-        self.out_channels = num_classes
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, width, 7, 2, 3, bias=False),
             nn.BatchNorm2d(width),
@@ -101,6 +100,7 @@ class ResNetClassifier(GeoModel):
         )
         self.layers, outs = _layers(arch, width, width, dropout)
         self.feature_dim = outs[-1]
+        self.out_channels = num_classes or self.feature_dim  # 0 classes: the pooled embedding is the output
         self.head = nn.Linear(outs[-1], num_classes) if num_classes else nn.Identity()
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,9 @@
 model, and the collapse watch (per-dimension std and effective rank of the embeddings, every epoch).
 
 A subclass defines :meth:`SSLTask.objective` (the loss of two projected views, with its named terms). The
-model stays the backbone: the checkpoint holds it without the projector, and its output kind is "features".
+views come from a maker per input kind (:mod:`geoarray.tasks._views`): pixel series keep random subsets of their
+valid dates; chips are augmented twice, or taken on two dates (``positives="temporal"``). The model stays the
+backbone: the checkpoint holds it without the projector, and its output kind is "features".
 """
 
 from __future__ import annotations
@@ -17,12 +19,27 @@ from torch import nn
 from geoarray.chips import Batch
 from geoarray.errors import TrainError
 from geoarray.metrics import effective_rank
+from geoarray.tasks._augment import ChipAugment
+from geoarray.tasks._gather import world_size
+from geoarray.tasks._views import chip_views, clean_inputs, pixel_views
 from geoarray.tasks.base import Task
 
-#: rows of clean (un-augmented) embeddings the collapse watch keeps from the end of each epoch
+__all__ = ["SSLTask", "TwinNet", "knn_probe", "pixel_views", "projector"]
+
+#: rows of clean (un-augmented) inputs the collapse watch keeps from the end of each epoch
 WATCH_ROWS = 2048
-#: validation pixels whose clean embeddings feed the effective rank and the kNN probe
+#: ... and at most this many input values (chips are large: 64 chips of 256² x 8 bands)
+WATCH_VALUES = 1 << 25
+#: validation samples whose clean embeddings feed the effective rank and the kNN probe
 PROBE_ROWS = 8192
+#: what each input kind is, for messages
+_KIND_WORDS = {
+    "pixels": ("pixel", "pixel time-series backbones (pixel_mlp, pixel_cnn, pixel_transformer)"),
+    "chip": ("chip", "chip encoders (resnet18, resnet50)"),
+}
+#: task_kwargs of chip views (ChipAugment's fields)
+_CHIP_OPTIONS = ("crop_scale", "brightness", "contrast", "jitter_p", "blur_p", "blur_sigma")
+POSITIVES = ("augment", "temporal")
 
 
 class TwinNet(nn.Module):
@@ -33,8 +50,9 @@ class TwinNet(nn.Module):
         self.backbone = backbone
         self.projector = projector
 
-    def forward(self, x: torch.Tensor, dates: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        e = self.backbone(x, dates, valid)
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``inputs`` as the backbone takes them: ``(x, dates, valid)`` for pixel series, ``(x,)`` for chips."""
+        e = self.backbone(*inputs)
         return e, self.projector(e)
 
 
@@ -48,41 +66,22 @@ def projector(dim_in: int, dim: int, depth: int = 2) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def pixel_views(
-    x: torch.Tensor,
-    dates: torch.Tensor,
-    valid: torch.Tensor,
-    k: int,
-    noise: float,
-    generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Two views of each pixel series with at least ``k`` valid dates: ``k`` of its valid dates drawn at random
-    (kept in time order, with their date features; the other dates are marked invalid, so every pixel backbone
-    takes them, fixed-length ones too), plus Gaussian band noise of std ``noise`` (normalised units).
-
-    Returns ``x (2n, T, C)``, ``dates (2n, T)``, ``valid (2n, T)`` (view 1 rows, then view 2 rows) and the
-    ``(B,)`` bool mask of the pixels kept.
-    """
-    keep = valid.sum(1) >= k
-    x, dates, valid = x[keep], dates[keep], valid[keep]
-    xs, ms = [], []
-    for _ in range(2):
-        r = torch.rand(valid.shape, generator=generator).to(x.device)
-        r = r.masked_fill(~valid, 2.0)  # invalid dates never drawn
-        idx = r.topk(k, dim=1, largest=False).indices
-        m = torch.zeros_like(valid).scatter_(1, idx, True)
-        eps = torch.randn(x.shape, generator=generator).to(x.device) * noise
-        xs.append((x + eps) * m[..., None])
-        ms.append(m)
-    return torch.cat(xs), dates.repeat(2, 1), torch.cat(ms), keep
-
-
 class SSLTask(Task):
-    """A self-supervised task on pixel time series: unlabelled batches, two views, a projector."""
+    """A self-supervised task: unlabelled batches, two views per sample, a projector.
+
+    It trains pixel time-series backbones (views: two subsets of a pixel's valid dates, plus band noise) and
+    chip encoders (views: two augmentations of a chip, or with ``positives="temporal"`` the same place on two
+    dates, each augmented); :meth:`check` picks the views from the model's ``input_kind``.
+    """
 
     reads_label_raster = False
     #: term names of :meth:`objective`, logged per epoch as ``<name>``
     terms: tuple[str, ...] = ()
+    #: the input kinds this task trains
+    kinds: tuple[str, ...] = ("pixels", "chip")
+    #: whether :meth:`objective` takes batch statistics over every DDP rank's rows (``gather=True``)
+    gathers = False
+    default_projector: tuple[int, int] = (128, 2)
 
     def __init__(
         self,
@@ -91,28 +90,57 @@ class SSLTask(Task):
         *,
         view_dates: int | None = None,
         noise: float = 0.05,
-        projector_dim: int = 128,
-        projector_depth: int = 2,
+        positives: str = "augment",
+        min_valid_date: float = 0.5,
+        projector_dim: int | None = None,
+        projector_depth: int | None = None,
         collapse_rank: float = 1.5,
         collapse_std: float = 1e-4,
         diverge_rms: float = 1e3,
+        **chip_options: Any,
     ) -> None:
         if loss is not None or multilabel:
             raise TrainError(
                 f"task {self.name!r} has its own loss; expected loss=None and multilabel=False, got "
                 f"loss={loss!r}, multilabel={multilabel}."
             )
+        unknown = sorted(set(chip_options) - set(_CHIP_OPTIONS))
+        if unknown:
+            raise TypeError(f"unexpected options {unknown}; chip views take {list(_CHIP_OPTIONS)}")
         self.loss_name, self.multilabel = self.name, False
         self.classes: list[str] = []
         self.class_weights: list[float] | None = None
-        for key, v in (("view_dates", view_dates), ("projector_dim", projector_dim)):
+        projector_dim = self.default_projector[0] if projector_dim is None else projector_dim
+        projector_depth = self.default_projector[1] if projector_depth is None else projector_depth
+        for key, v in (
+            ("view_dates", view_dates),
+            ("projector_dim", projector_dim),
+            ("projector_depth", projector_depth),
+        ):
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
                 raise TrainError(f"task_kwargs {key}={v!r}; expected a positive integer.")
         if not isinstance(noise, (int, float)) or not math.isfinite(noise) or noise < 0:
             raise TrainError(f"task_kwargs noise={noise!r}; expected a finite std >= 0 (e.g. 0.05).")
+        if positives not in POSITIVES:
+            raise TrainError(
+                f"task_kwargs positives={positives!r}; expected 'augment' (two augmentations of one chip) or "
+                "'temporal' (the same place on two dates, each augmented)."
+            )
+        if isinstance(min_valid_date, bool) or not isinstance(min_valid_date, (int, float)) or not (
+            0 <= min_valid_date <= 1
+        ):
+            raise TrainError(
+                f"task_kwargs min_valid_date={min_valid_date!r}; expected the fraction (0..1) of a chip's pixels "
+                "that must be valid on a date for it to be a temporal positive (e.g. 0.5)."
+            )
         self.view_dates, self.noise = view_dates, float(noise)
+        self.positives, self.min_valid_date = positives, float(min_valid_date)
+        self.chip_options = dict(chip_options)
+        self.augment = ChipAugment(noise=self.noise, **chip_options)  # checks the chip options now
         self.projector_dim, self.projector_depth = projector_dim, projector_depth
         self.collapse_rank, self.collapse_std, self.diverge_rms = collapse_rank, collapse_std, diverge_rms
+        self.kind = ""  # the model's input kind, set by check()
+        self.n_times = 0
         self._reset()
 
     def _reset(self) -> None:
@@ -124,14 +152,26 @@ class SSLTask(Task):
 
     # -- set-up --------------------------------------------------------------------------------------
     def check(self, model: Any, n_times: int) -> None:
-        if getattr(model, "input_kind", None) != "pixels":
-            raise TrainError(
-                f"task {self.name!r} trains pixel time-series backbones (pixel_mlp, pixel_cnn, ...)."
-            )
+        kind = str(getattr(model, "input_kind", None))
+        if kind not in self.kinds:
+            trains = " or ".join(_KIND_WORDS[k][1] for k in self.kinds)
+            raise TrainError(f"task {self.name!r} trains {trains}; model {model.name!r} takes {kind} input.")
+        self.kind, self.n_times = kind, n_times
         if getattr(model, "out_channels", None) != getattr(model, "feature_dim", None):
+            fix = "Drop num_classes from model_kwargs." if kind == "pixels" else "Pass model_kwargs num_classes=0."
             raise TrainError(
                 f"task {self.name!r} trains a feature backbone; the model has a class head of "
-                f"{model.out_channels} outputs. Drop num_classes from model_kwargs."
+                f"{model.out_channels} outputs. {fix}"
+            )
+        if kind == "chip":
+            self._check_chips(n_times)
+            return
+        if self.chip_options or self.positives != "augment":
+            given = sorted(self.chip_options) + (["positives"] if self.positives != "augment" else [])
+            raise TrainError(
+                f"task_kwargs {given} are options of chip views, but {model.name!r} takes pixel time series, "
+                "whose views are subsets of their valid dates (view_dates) plus band noise (noise). Drop them, "
+                "or train a chip encoder (resnet18, resnet50)."
             )
         if self.view_dates is None:
             self.view_dates = max(1, n_times // 2)
@@ -141,44 +181,102 @@ class SSLTask(Task):
                 f"view_dates of a pixel's valid dates. Pass view_dates <= {n_times} (e.g. {max(1, n_times // 2)})."
             )
 
+    def _check_chips(self, n_times: int) -> None:
+        if self.view_dates is not None:
+            raise TrainError(
+                f"task_kwargs view_dates={self.view_dates} is an option of pixel time-series views; chip views "
+                "are augmentations (crop_scale, brightness, contrast, blur_p, noise) or, with "
+                "positives='temporal', two dates of one place. Drop view_dates."
+            )
+        if self.positives == "temporal" and n_times < 2:
+            raise TrainError(
+                f"task_kwargs positives='temporal' pairs the same place on two different dates, but the cube has "
+                f"{n_times} date. Use positives='augment' (two augmentations of one chip, the default), or a "
+                "cube with at least 2 dates."
+            )
+
+    def plan_times(self, times: Any) -> Any:
+        """Temporal positives need every date of a chip (or the dates the user picked, at least two)."""
+        if self.kind != "chip" or self.positives != "temporal":
+            return times
+        if isinstance(times, str):
+            return "all"
+        picked = list(times)
+        if len(set(map(str, picked))) < 2:
+            raise TrainError(
+                f"task_kwargs positives='temporal' pairs two dates of each chip, but times={times!r} selects "
+                f"{len(set(map(str, picked)))}. Pass times='all' (or leave the default), or at least two dates."
+            )
+        return picked
+
     def train_module(self, model: Any) -> nn.Module:
         return TwinNet(model, projector(int(model.feature_dim), self.projector_dim, self.projector_depth))
 
     # -- training ------------------------------------------------------------------------------------
-    def objective(self, p1: torch.Tensor, p2: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def objective(
+        self, p1: torch.Tensor, p2: torch.Tensor, *, gather: bool = False
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss of the projections of two views (row i of each is one sample), with its named terms.
+        ``gather``: under DDP, batch statistics may be taken over every rank's rows (see :attr:`gathers`)."""
         raise NotImplementedError
 
+    def _kind(self, batch: Batch) -> str:
+        return self.kind or ("pixels" if batch.x.ndim == 3 else "chip")
+
+    def views(
+        self, batch: Batch, generator: torch.Generator | None = None
+    ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """The model inputs of both views (view 1 rows, then view 2 rows) and the ``(B,)`` mask of samples kept."""
+        if self._kind(batch) == "pixels":
+            k = int(self.view_dates or 1)
+            xv, dv, mv, keep = pixel_views(batch.x, batch.dates, batch.valid, k, self.noise, generator)
+            return (xv, dv, mv), keep
+        return chip_views(
+            batch,
+            self.augment,
+            temporal=self.positives == "temporal",
+            min_valid=self.min_valid_date,
+            generator=generator,
+        )
+
     def _views_loss(
-        self, net: Any, batch: Batch, generator: torch.Generator | None = None
+        self, net: Any, batch: Batch, generator: torch.Generator | None = None, *, gather: bool = False
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
-        k = int(self.view_dates or 1)
-        xv, dv, mv, keep = pixel_views(batch.x, batch.dates, batch.valid, k, self.noise, generator)
+        inputs, keep = self.views(batch, generator)
         n = int(keep.sum())
-        if n < 2:  # nothing to correlate; a zero loss that still reaches every parameter
-            zero = sum((p.sum() * 0.0 for p in net.parameters()), torch.zeros((), device=batch.x.device))
-            return zero, {}, n
-        _, proj = net(xv, dv, mv)
-        loss, terms = self.objective(proj[:n].float(), proj[n:].float())
+        gathering = gather and self.gathers and world_size() > 1
+        if n < (1 if gathering else 2):
+            # nothing to compare here: a zero loss that still runs the forward pass (DDP expects one) and
+            # reaches every parameter; under a gathered objective this rank still joins the collectives
+            _, proj = net(*clean_inputs(self._kind(batch), batch))
+            zero = proj.float().sum() * 0.0
+            if not gathering:
+                return zero, {}, n
+            loss, terms = self.objective(proj[:0].float(), proj[:0].float(), gather=True)
+            return loss + zero, terms, n
+        _, proj = net(*inputs)
+        loss, terms = self.objective(proj[:n].float(), proj[n:].float(), gather=gathering)
         return loss, terms, n
 
     def training_loss(self, net: Any, batch: Batch) -> torch.Tensor:
-        loss, terms, n = self._views_loss(net, batch)
+        loss, terms, n = self._views_loss(net, batch, gather=True)
         self._seen += len(batch.x)
         self._skipped += len(batch.x) - n
         self._steps += 1
         for t, v in terms.items():
             self._sums[t] += float(v.detach())
-        # the collapse watch keeps the clean series of the last batches (copies: the stream reuses its buffers)
-        self._watch.append(
-            tuple(t[:WATCH_ROWS].detach().clone() for t in (batch.x, batch.dates, batch.valid))
-        )
+        # the collapse watch keeps the clean inputs of the last batches (copies: the stream reuses its buffers)
+        clean = clean_inputs(self._kind(batch), batch)
+        per_row = max(1, clean[0][0].numel())
+        cap = max(64, min(WATCH_ROWS, WATCH_VALUES // per_row))
+        self._watch.append(tuple(t[:cap].detach().clone() for t in clean))
         self._rows += len(self._watch[-1][0])
-        while self._rows - len(self._watch[0][0]) >= WATCH_ROWS:
+        while self._rows - len(self._watch[0][0]) >= cap:
             self._rows -= len(self._watch.popleft()[0])
         return loss
 
     def _watch_embeddings(self, net: Any) -> torch.Tensor | None:
-        """The end-of-epoch model's embeddings (eval mode, as predict makes them) of the kept clean series."""
+        """The end-of-epoch model's embeddings (eval mode, as predict makes them) of the kept clean inputs."""
         if not self._watch:
             return None
         backbone = getattr(net, "module", net).backbone
@@ -189,18 +287,27 @@ class SSLTask(Task):
         backbone.train(was)
         return e
 
+    def _skip_message(self, seen: int) -> str:
+        if self.kind == "chip":
+            return (
+                f"task {self.name!r} skipped every chip ({seen}): none has two dates with at least "
+                f"min_valid_date={self.min_valid_date:g} of its pixels valid, which positives='temporal' pairs. "
+                "Lower min_valid_date in task_kwargs, use a cube with more cloud-free dates, or "
+                "positives='augment'."
+            )
+        return (
+            f"task {self.name!r} skipped every pixel ({seen}): none has view_dates={self.view_dates} valid dates. "
+            f"Pass a smaller view_dates in task_kwargs, or use a cube with more cloud-free dates."
+        )
+
     def end_epoch(self, net: Any) -> dict[str, float]:
         seen, skipped, steps = self._seen, self._skipped, max(1, self._steps)
         sums, emb = dict(self._sums), self._watch_embeddings(net)
         self._reset()
-        k = self.view_dates
         if seen and skipped == seen:
-            raise TrainError(
-                f"task {self.name!r} skipped every pixel ({seen}): none has view_dates={k} valid dates. "
-                f"Pass a smaller view_dates in task_kwargs, or use a cube with more cloud-free dates."
-            )
+            raise TrainError(self._skip_message(seen))
         out = {t: v / steps for t, v in sums.items()}
-        out["skipped_pixels"] = float(skipped)
+        out[f"skipped_{_KIND_WORDS.get(self.kind or 'pixels', ('pixel',))[0]}s"] = float(skipped)
         if emb is None:
             return out
         z = emb.double()
@@ -209,6 +316,7 @@ class SSLTask(Task):
         out["emb_std_mean"], out["emb_std_min"] = float(std.mean()), float(std.min())
         out["effective_rank"] = effective_rank(z.numpy())
         flat = float(std.max()) <= self.collapse_std * max(1.0, rms)
+        what_rows = f"the last {len(z)} {_KIND_WORDS.get(self.kind or 'pixels', ('pixel',))[0]}s"
         if flat or out["effective_rank"] < self.collapse_rank:
             what = (
                 f"per-dimension std at most {float(std.max()):.2e}"
@@ -216,14 +324,14 @@ class SSLTask(Task):
                 else f"effective rank {out['effective_rank']:.2f} of {z.shape[1]} dims"
             )
             raise TrainError(
-                f"task {self.name!r} collapsed: the embeddings of the last {len(z)} pixels are near constant "
+                f"task {self.name!r} collapsed: the embeddings of {what_rows} are near constant "
                 f"({what}; expected std > {self.collapse_std:g} x rms and effective rank >= {self.collapse_rank:g}). "
                 "No checkpoint of this run is kept. Lower lr, check that the cube varies (a constant cube has "
-                "nothing to learn), or raise the off-diagonal weight / noise in task_kwargs."
+                "nothing to learn), or raise the off-diagonal / variance weight or the augmentation in task_kwargs."
             )
         if not math.isfinite(rms) or rms > self.diverge_rms:
             raise TrainError(
-                f"task {self.name!r} diverged: the embeddings of the last {len(z)} pixels have rms {rms:.3g} "
+                f"task {self.name!r} diverged: the embeddings of {what_rows} have rms {rms:.3g} "
                 f"(expected at most diverge_rms={self.diverge_rms:g}; inputs are normalised, so features of a "
                 "working encoder stay near 1). No checkpoint of this run is kept. Lower lr (e.g. by 10x)."
             )
@@ -240,7 +348,7 @@ class SSLTask(Task):
             state["loss"] += float(loss) * n
             state["n"] += n
         if sum(len(e) for e in state["emb"]) < PROBE_ROWS:
-            state["emb"].append(net.backbone(batch.x, batch.dates, batch.valid).float().cpu())
+            state["emb"].append(net.backbone(*clean_inputs(self._kind(batch), batch)).float().cpu())
             if batch.y is not None:
                 state["y"].append(batch.y.cpu())
 

@@ -48,6 +48,8 @@ class BarlowTwinsTask(SSLTask):
         self.lambd = float(lambd)
         super().__init__(loss, multilabel, **kw)  # type: ignore[arg-type]
 
-    def objective(self, p1: torch.Tensor, p2: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def objective(
+        self, p1: torch.Tensor, p2: torch.Tensor, *, gather: bool = False
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         loss, on, off = barlow_twins_loss(p1, p2, self.lambd)
         return loss, {"bt_on_diag": on, "bt_off_diag": off}

@@ -16,10 +16,10 @@ from geoarray.tasks import _losses
 class Task:
     """How a model consumes a batch, the loss, and the validation score (higher is better).
 
-    The training loop talks to a task through :meth:`train_module`, :meth:`training_loss`,
-    :meth:`validation_step`, :meth:`summarize` and :meth:`end_epoch` only. Supervised tasks take a labelled
-    batch; self-supervised tasks (:mod:`geoarray.tasks._ssl`) override them to make their own views from an
-    unlabelled batch, train heads (a projector) beside the model, and watch for collapse.
+    The training loop talks to a task through :meth:`train_module`, :meth:`param_groups`,
+    :meth:`training_loss`, :meth:`validation_step`, :meth:`summarize` and :meth:`end_epoch` only. Supervised
+    tasks take a labelled batch; self-supervised tasks (:mod:`geoarray.tasks._ssl`) override them to make their
+    own views from an unlabelled batch, train heads (a projector) beside the model, and watch for collapse.
     """
 
     name = ""
@@ -69,9 +69,19 @@ class Task:
     def check(self, model: Any, n_times: int) -> None:
         """Refuse a model or cube this task cannot train, before any work (``prepare`` calls it)."""
 
+    def plan_times(self, times: Any) -> Any:
+        """The ``times=`` of the chip plan for this task (``prepare`` calls it after :meth:`check`); a task whose
+        samples need several dates of one chip widens it."""
+        return times
+
     def train_module(self, model: Any) -> Any:
         """The module whose parameters train (and that DDP wraps): the model, or the model plus heads."""
         return model
+
+    def param_groups(self, net: Any, lr: float) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups (``net`` is :meth:`train_module`'s result): every trainable
+        parameter at ``lr``. A task may give parts of the model their own learning rates."""
+        return [{"params": [p for p in net.parameters() if p.requires_grad], "lr": lr}]
 
     def training_loss(self, net: Any, batch: Batch) -> torch.Tensor:
         """The loss of one training batch (``net`` is :meth:`train_module`'s result, maybe DDP-wrapped)."""
