@@ -227,6 +227,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ap.error(f"--countries must be 1..{len(COUNTRIES)}")
     t0 = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
+    if quick:  # 32 px chips in batches of 32: one torch thread is as fast, and leaves a core to the chip reader
+        import torch
+
+        torch.set_num_threads(1)
 
     cube_mem, grid, placed = make_cube(args.countries, args.scenes, patch, n_dates, seed=2)
     store = args.out / "sn7_synthetic.zarr"

@@ -147,10 +147,10 @@ def test_invalid_chips_are_nodata(cube, ckpt):
 
 def test_chip_encoder_writes_features(tmp_path, cube):
     ck = make_checkpoint(
-        tmp_path / "enc.safetensors", "resnet18", task="features", num_classes=8, width=4, seed=1
-    )
+        tmp_path / "enc.safetensors", "resnet18", task="vicreg", num_classes=0, width=4, seed=1
+    )  # a VICReg encoder: the pooled embedding, 8 x width
     out = geoarray.predict_chips(cube, ck, chip_size=32)
-    assert out.features.dims == ("time", "feature", "y", "x") and out.sizes["feature"] == 8
+    assert out.features.dims == ("time", "feature", "y", "x") and out.sizes["feature"] == 32
     loaded = geoarray.load_checkpoint(ck)
     for t, i, j in [(0, 1, 0), (1, 2, 1)]:
         x = cube.imagery.isel(time=t, y=slice(32 * i, 32 * i + 32), x=slice(32 * j, 32 * j + 32)).values
