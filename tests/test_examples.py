@@ -52,3 +52,22 @@ def test_readme_accuracy_claims_at_full_length(tmp_path):
     assert s["mean_iou"] >= 0.78  # README: 0.80 at 40 epochs; 0.790 measured
     ious = _load("seed004_multilabel_unet").main(["--out", str(tmp_path / "s4")])
     assert np.mean(list(ious.values())) >= 0.97  # README: 0.98 at 25 epochs on 256²; 0.979 measured
+
+
+def test_seed002_vicreg_quick_runs_the_seed_pipeline(tmp_path):
+    import xarray as xr
+
+    ex = _load("seed002_vicreg")
+    r = ex.main(["--quick", "--out", str(tmp_path)])
+    chance = 1 / 6  # 6 countries in --quick
+    # measured (--quick): SUPERVISED_MEASURED
+    assert r["supervised"]["top1"] > 2.5 * chance
+    for k in ("finetune_1pct", "finetune_10pct", "linear_frozen"):
+        assert 0 <= r[k]["top1"] <= r[k]["top5"] <= 1
+    assert r["linear_frozen"]["top5"] > 5 * chance  # above the top-5 chance
+    top1 = r["probe"].set_index(["encoder", "protocol", "label_fraction"])["top1"]
+    assert top1["ssl", "linear", 1.0] > top1["random_init", "linear", 1.0]  # VICReg beats its random init
+    feats = xr.open_zarr(tmp_path / "sn7_synthetic.zarr", group="vicreg_features", consolidated=False)
+    assert feats.features.dims == ("time", "feature", "y", "x") and feats.sizes["y"] == 4 * 4  # 4 scene rows
+    for png in ("country_map.png", "vicreg_features.png"):
+        assert (tmp_path / png).stat().st_size > 10_000
