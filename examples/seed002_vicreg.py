@@ -9,8 +9,8 @@ This example runs the same pipeline on geoarray's public API. SpaceNet-7 is not 
 scenes are **synthetic, with the structure the seed needs** (nothing here is real imagery):
 
 - ``--countries`` countries (default 8; 6 with ``--quick``), each with ``--scenes`` scenes (default 3) of 4 x 4
-  patches; the scenes
-  are tiled into one cube (4 bands: blue, green, red, nir) on a UTM grid, over ``--dates`` dates.
+  patches; the scenes are tiled into one cube (4 bands: blue, green, red, nir) on a UTM grid, over ``--dates``
+  dates.
 - A country is a way of building a city, the thing a patch classifier can learn: the block size and street
   width of its grid, how densely blocks are built up, how much vegetation there is and in what clumps, and a
   slight tint of its roofs. These survive flips and 90° rotations (the training augmentations); the grid's
@@ -289,7 +289,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "linear_frozen": score(cube, lin, truth, held, names),
     }
     r = results
-    print("\nVICReg ResNet-18, held-out chips (the seed's table):")
+    from geoarray.checkpoint import read_metadata
+
+    tiles = {f: read_metadata(ck)["training"] for f, ck in ft.items()}
+    used = ", ".join(
+        f"{round(f * 100)} %: {t.get('label_tiles')} of {t.get('labelled_train_tiles')}"
+        for f, t in tiles.items()
+    )
+    print(
+        f"\nVICReg ResNet-18, held-out chips (the seed's table; labelled training tiles fine-tuned on, {used}):"
+    )
     print("| - | 1% Train Percentage | 10% Train Percentage | Linear Layer on Frozen Features |")
     print("| ------------- | ------------- | ------------- | ------------- |")
     for k in ("top1", "top5"):
@@ -332,7 +341,7 @@ def draw(
     rgb = np.clip(
         np.moveaxis(cube.imagery.isel(time=0).sel(band=["red", "green", "blue"]).values, 0, -1) * 3.5, 0, 1
     )
-    rgb = np.nan_to_num(rgb)
+    rgb = np.nan_to_num(rgb, nan=1.0)  # empty scene slots: white, as in the chip maps
     truth_chips = np.kron(truth, np.ones((4, 4), int)).astype(float)
     truth_chips[truth_chips < 0] = np.nan
     pred = classes["mask"].isel(time=0).values.astype(float)
@@ -341,7 +350,7 @@ def draw(
         if "class" in classes.coords
         else list(classes.mask.attrs["classes"])
     )
-    pred = np.vectorize(lambda v: names.index(order[int(v)]) if v != 255 else np.nan)(pred)
+    pred = np.vectorize(lambda v: names.index(order[int(v)]) if v != 255 else np.nan, otypes=[float])(pred)
     fig, ax = plt.subplots(1, 3, figsize=(15, 5.4), constrained_layout=True)
     ax[0].imshow(rgb)
     ax[0].set_title("scenes (date 1, true colour)")
@@ -362,7 +371,7 @@ def draw(
 
     f = feats.features.isel(time=0).values  # (feature, y, x)
     fig, ax = plt.subplots(1, 2, figsize=(10, 5.4), constrained_layout=True)
-    ax[0].imshow(plot.pca_rgb(f), interpolation="nearest")
+    ax[0].imshow(np.nan_to_num(plot.pca_rgb(f), nan=1.0), interpolation="nearest")
     ax[0].set_title(f"VICReg chip features, PCA -> RGB ({f.shape[0]}-d)")
     ax[1].imshow(truth_chips, cmap=cmap, vmin=-0.5, vmax=len(names) - 0.5, interpolation="nearest")
     ax[1].set_title("country per chip: truth")
