@@ -18,6 +18,7 @@ from geoarray.io.geotiff import export_geotiff, from_geotiff, read_labels
 from geoarray.io.stac import from_stac
 from geoarray.predict import clear_caches, predict
 from geoarray.probe import probe
+from geoarray.stac_features import stac_features
 from geoarray.training import fit
 
 __all__ = [  # noqa: RUF022  (grouped by stage, like xarray)
@@ -46,6 +47,8 @@ __all__ = [  # noqa: RUF022  (grouped by stage, like xarray)
     "probe",
     # chip-level inference
     "predict_chips",
+    # STAC to features
+    "stac_features",
     # submodules (loaded on first use)
     "datasets",
     "demo",

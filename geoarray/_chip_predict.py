@@ -125,7 +125,7 @@ def predict_chips(
     cube = conform_cube(cube, var=var)
     _check_options(batch_size, min_valid, dtype, group)
     dtype = np.dtype(dtype).name  # type: ignore[assignment]
-    device = _device(device)
+    device, _ = _device(device, "32")  # chips run in float32
     path = str(Path(ckpt).resolve())
     ck = load_checkpoint(path)
     meta = ck.meta

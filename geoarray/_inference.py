@@ -35,6 +35,7 @@ class RunSpec:
     batch_size: int | None
     norm: tuple[tuple[float, ...], tuple[float, ...], float]  # mean, std, scale
     bands: tuple[str, ...] = ()  # names, in input order (for messages)
+    precision: str = "32"  # "32", or autocast to "bf16" / "16" (outputs are cast back to float32)
 
 
 @dataclass(frozen=True)
@@ -203,7 +204,7 @@ def _postprocess(logits: Any, kind: str, spec: RunSpec) -> list[np.ndarray]:
             if name == "probabilities":
                 outs.append(probs.numpy().astype(spec.float_dtype, copy=False))
             elif name == "mask":
-                outs.append(probs.argmax(1).numpy().astype(spec.mask_dtype))
+                outs.append(probs.numpy().argmax(1).astype(spec.mask_dtype))  # numpy's: 5x torch's here
     elif kind == "multilabel":
         probs = torch.sigmoid(logits.float())
         for name in spec.outputs:
@@ -309,7 +310,9 @@ def _run_window(model: Any, window: np.ndarray, ok: np.ndarray, block: BlockSpec
     run = np.asarray(block.run_times, dtype=bool)
     t = window.shape[0]
     device = spec.device
-    with torch.inference_mode():
+    from geoarray._devices import autocast
+
+    with torch.inference_mode(), autocast(device, spec.precision):
         if input_kind == "pixels":
             return _run_pixels(model, window[..., oy : oy + by, ox : ox + bx], valid, block)
         shape_k = spec.channels

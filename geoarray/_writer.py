@@ -229,6 +229,12 @@ def _plan(
                 f"{name!r} in {where!r} is a partial output of another checkpoint ({attrs.get('checkpoint')}); "
                 "pass overwrite=True to replace it, or prefix= to write beside it."
             )
+        elif attrs.get("precision", "32") != da.attrs.get("precision", "32"):
+            raise StoreExistsError(
+                f"{name!r} in {where!r} is a partial output made with precision={attrs.get('precision', '32')!r}; "
+                f"this run asks for {da.attrs.get('precision', '32')!r}. Resume with the first run's precision, "
+                "or pass overwrite=True to start again."
+            )
         else:
             _check_resumable(existing[name], da, name, where)
             resume.append(name)

@@ -36,21 +36,12 @@ __all__ = ["clear_caches", "partial_outputs", "predict"]
 log = logging.getLogger(__name__)
 
 
-def _device(device: str) -> str:
-    from geoarray._devices import resolve_device
+def _device(device: str, precision: str) -> tuple[str, str]:
+    from geoarray._devices import check_precision, remote_client, resolve_device
 
-    return resolve_device(device, PredictError, check_cuda=not _remote_client())
-
-
-def _remote_client() -> bool:
-    """A distributed client is active: its workers, not this process, decide which devices exist."""
-    try:
-        from distributed import get_client
-
-        get_client()
-        return True
-    except (ImportError, ValueError):
-        return False
+    local = not remote_client()  # with a distributed client, its workers decide which devices exist
+    device = resolve_device(device, PredictError, check_cuda=local)
+    return device, check_precision(precision, device, PredictError, check_cuda=local)
 
 
 def _check_options(batch_size: Any, dtype: Any, threshold: Any, prefix: Any) -> None:
@@ -88,6 +79,7 @@ def predict(
     dtype: Literal["float32", "float16"] = "float32",
     threshold: float = 0.5,
     progress: bool = False,
+    precision: Literal["32", "bf16", "16"] = "32",
 ) -> xr.Dataset:
     """Apply a checkpoint to a cube blockwise, with a halo; return the cube plus new output variables.
 
@@ -128,6 +120,9 @@ def predict(
         Sigmoid threshold of multi-label masks.
     progress
         Show a progress bar while writing to ``store``.
+    precision
+        ``"32"``, or the model under autocast: ``"bf16"`` (GPU; CPUs with AVX512-BF16/AMX, elsewhere emulated
+        and slower, with a warning) or ``"16"`` (GPU only). Recorded in the outputs' ``precision`` attr.
 
     Returns
     -------
@@ -179,6 +174,7 @@ def predict(
         dtype=dtype,
         threshold=threshold,
         progress=progress,
+        precision=precision,
     )[0]
 
 
@@ -198,6 +194,8 @@ def _predict(
     threshold: float,
     progress: bool,
     rechunk_time: bool = False,
+    precision: str = "32",
+    reopen: bool = True,
 ) -> tuple[xr.Dataset, WriteReport | None]:
     """:func:`predict`, plus what it wrote into ``store``. ``rechunk_time`` (the CLI's; its user cannot rechunk)
     makes time one chunk for whole-series models, lazily: a task then holds dates x bands x (block + halo)² x 4 B.
@@ -206,7 +204,7 @@ def _predict(
     _check_options(batch_size, dtype, threshold, prefix)
     dtype = np.dtype(dtype).name  # type: ignore[assignment]  # np.float16, "f2", ... -> "float16"
     threshold = float(threshold)
-    device = _device(device)
+    device, precision = _device(device, precision)
     path = str(Path(ckpt).resolve())
     ck = load_checkpoint(path)  # validates metadata, weights and checksum now, not inside the tasks
     meta, sha = ck.meta, ck.sha256
@@ -305,6 +303,7 @@ def _predict(
         batch_size=None if batch_size is None else int(batch_size),
         norm=(tuple(in_spec["mean"]), tuple(in_spec["std"]), float(in_spec.get("scale", 1.0))),
         bands=tuple(needed),
+        precision=precision,
     )
     arrays, blocks = build_graph(data, valid, (ych, xch), spec, h, run_times, dates, direct=direct)
     new = _wrap(arrays, cube, wanted, spec, meta, prefix, Path(path).name)
@@ -313,7 +312,7 @@ def _predict(
     report = write_to_store(new, arrays, blocks, store, sha, overwrite=overwrite, progress=progress)
     from geoarray.cube import open_cube
 
-    return open_cube(store, var=var), report
+    return (open_cube(store, var=var) if reopen else cube), report  # reopen=False: a store without `var`
 
 
 def _assign(cube: xr.Dataset, new: dict[str, xr.DataArray]) -> xr.Dataset:
@@ -385,6 +384,7 @@ def _wrap(
         "model": meta["model"]["name"],
         "task": meta["task"],
         "geoarray_version": __version__,
+        "precision": spec.precision,
     }
     result = {}
     for arr, out in zip(arrays, wanted, strict=True):

@@ -235,6 +235,10 @@ def predict(
     chip_size: Annotated[
         int | None, typer.Option(help="Chip models: chip size in pixels (default: the training chip size).")
     ] = None,
+    precision: Annotated[
+        str, typer.Option(help="32, bf16 or 16: the model under autocast (16 needs a GPU; bf16 pays off on GPUs "
+        "and CPUs with AVX512-BF16/AMX).")
+    ] = "32",
 ) -> None:
     """Apply a checkpoint blockwise (with a halo) and write its outputs into the cube's Zarr store.
 
@@ -284,6 +288,7 @@ def predict(
         overwrite=overwrite,
         dtype="float16" if float16 else "float32",
         threshold=0.5,
+        precision=precision,
         rechunk_time=True,  # whole-series models get each block's dates in one task (the CLI cannot rechunk)
     )
     cube = open_cube(store, var=var)
