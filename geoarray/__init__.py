@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from geoarray import errors
+from geoarray._chip_predict import predict_chips
 from geoarray._version import __version__
 from geoarray.checkpoint import load_checkpoint, save_checkpoint
 from geoarray.chips import plan_chips
@@ -44,6 +45,8 @@ __all__ = [  # noqa: RUF022  (grouped by stage, like xarray)
     "save_checkpoint",
     # evaluation
     "probe",
+    # chip-level inference
+    "predict_chips",
     # STAC to features
     "stac_features",
     # submodules (loaded on first use)

@@ -144,8 +144,8 @@ def predict(
         The cube lacks a band the checkpoint needs.
     PredictError
         Chunks that don't fit the model (time chunked for a time-series model, chunks smaller than the halo),
-        a chip classifier, a model built for another number of dates (``num_timesteps``), or outputs whose
-        class/feature dim clashes with the cube's (pass ``prefix``).
+        a chip model (run it with :func:`predict_chips`), a model built for another number of dates
+        (``num_timesteps``), or outputs whose class/feature dim clashes with the cube's (pass ``prefix``).
     StoreError
         ``store`` is missing, not writable, on another grid, holds the outputs already (without
         ``overwrite=True``), or a dim of the same name with another size (pass ``prefix``). Checked before
@@ -216,16 +216,15 @@ def _predict(
     meta, sha = ck.meta, ck.sha256
     out_spec, in_spec = meta["output"], meta["input"]
     kind = out_spec["kind"]
-    if kind == "classification":
+    if in_spec.get("kind") == "chip":  # one value per chip: another grid than the cube's, so its own function
         chip = meta.get("training", {}).get("chip_size") or "N"
+        what = "chip classifier" if kind == "classification" else "chip encoder"
         raise PredictError(
-            f"{Path(path).name} is a chip classifier (task {meta['task']!r}): it gives one label per chip of {chip} "
-            "px, and predict writes per-pixel maps. Classify chips with the model itself: `ck = "
-            f"geoarray.load_checkpoint(ckpt)`; windows `w` of `geoarray.plan_chips(cube, chip_size={chip}, "
-            "val_fraction=0, labels=None).train`; for each, the bands ck.meta['input']['bands'] at times w.t, "
-            "rows w.y:w.y+w.size, cols w.x:w.x+w.size, normalised (x * scale - mean) / std with "
-            "ck.meta['input'] (NaN set to 0); `ck.model(x).argmax(1)` indexes ck.meta['output']['classes']. For "
-            "per-pixel maps, train task='segmentation' instead."
+            f"{Path(path).name} is a {what} (task {meta['task']!r}): it gives one "
+            f"{'label' if kind == 'classification' else 'embedding'} per chip of {chip} px, and predict writes "
+            "per-pixel maps on the cube's grid. Run it on a grid of chips with `geoarray.predict_chips(cube, "
+            "ckpt)` (store='site.zarr' writes it into the group 'chips'). For per-pixel maps, train "
+            "task='segmentation' instead."
         )
     input_kind = in_spec.get("kind", "image")
     _check_dates(meta, input_kind, cube, Path(path).name)

@@ -364,3 +364,22 @@ def test_region_labels_from_a_geodataframe_like_object(cube):
     frame = Frame([*_halves(cube, "EPSG:3857"), None, _halves(cube, "EPSG:3857")[0]], ["w", "e", "x", None])
     assert region_labels(plan, cube, frame, property="k") == ["e", "w"]
     assert {w.label for w in plan.train if w.x + 32 <= 90} == {1}
+
+
+def test_chip_classification_batches_are_augmented(cube):
+    """Chip batches (one label per chip) get the flips, rotations and jitter of augment=True, labels untouched."""
+    import torch
+
+    plan = plan_chips(cube, chip_size=32, val_fraction=0.0, labels=None)
+    plain = next(iter(_stream(cube, plan, batch_size=8, shuffle=False, kind="chip")))
+    aug = next(iter(_stream(cube, plan, batch_size=8, shuffle=False, kind="chip", augment=True)))
+    assert plain.x.shape == aug.x.shape == (8, 4, 32, 32)
+    assert not torch.equal(plain.x, aug.x)
+    assert torch.equal(plain.y, aug.y)
+    # each chip is a flip/rotation of its plain self, times a per-band gain plus a bias: same sorted values up to
+    # that affine map, so per band the correlation of sorted values is ~1
+    a = np.sort(plain.x[0, 0].numpy().ravel())
+    b = np.sort(aug.x[0, 0].numpy().ravel())
+    if np.corrcoef(a, b)[0, 1] < 0:  # a negative gain is possible only in principle (gain ~ N(1, 0.05))
+        b = b[::-1]
+    assert np.corrcoef(a, b)[0, 1] > 0.999

@@ -373,7 +373,9 @@ def test_resume_writes_only_the_missing_chunks(tmp_path):
 def test_partial_output_of_another_checkpoint_is_refused(tmp_path):
     c = synthetic_cube(size=(128, 128), n_times=1, seed=4)
     ckpt = make_checkpoint(tmp_path / "a.safetensors", num_classes=5, classes=CLASSES, width=4, depth=3)
-    other = make_checkpoint(tmp_path / "b.safetensors", num_classes=5, classes=CLASSES, width=4, depth=3, seed=1)
+    other = make_checkpoint(
+        tmp_path / "b.safetensors", num_classes=5, classes=CLASSES, width=4, depth=3, seed=1
+    )
     store = tmp_path / "c.zarr"
     geoarray.write_cube(c, store, chunk=32)
     geoarray.predict(geoarray.open_cube(store), ckpt, store=store)
@@ -589,40 +591,6 @@ def test_unwritten_chunks_read_as_nodata_and_partial_outputs_are_named(tmp_path,
     assert partial_outputs(done) == [] and (done["mask"].values[0, :64, :64] != 255).any()
 
 
-def test_chip_classifier_message_gives_a_recipe_that_works(tmp_path, cube):
-    import re
-
-    ckpt = make_checkpoint(
-        tmp_path / "c.safetensors",
-        "resnet18",
-        task="classification",
-        num_classes=3,
-        classes=["a", "b", "c"],
-        width=4,
-        _meta={"training": {"chip_size": 32}},
-    )
-    with pytest.raises(PredictError, match="chip classifier") as e:
-        geoarray.predict(cube, ckpt)
-    call = re.search(r"`(geoarray\.plan_chips\(cube, [^`]*\)\.train)`", str(e.value)).group(1)
-    assert call == "geoarray.plan_chips(cube, chip_size=32, val_fraction=0, labels=None).train"
-    windows = eval(call, {"geoarray": geoarray, "cube": cube})  # the recipe, as the message spells it
-    ck = geoarray.load_checkpoint(ckpt)
-    inp = ck.meta["input"]
-    w = windows[0]
-    x = cube.imagery.sel(band=inp["bands"]).isel(
-        time=list(w.t), y=slice(w.y, w.y + w.size), x=slice(w.x, w.x + w.size)
-    )
-    mean = np.asarray(inp["mean"], np.float32)[:, None, None]
-    std = np.asarray(inp["std"], np.float32)[:, None, None]
-    x = np.nan_to_num((x.values * inp["scale"] - mean) / std).astype(np.float32)
-    with torch.no_grad():
-        label = ck.model(torch.from_numpy(x)).argmax(1)
-    assert ck.meta["output"]["classes"][int(label[0])] in ["a", "b", "c"]
-
-
-# -- precision ("32" | "bf16" | "16") ---------------------------------------------------------------------------
-
-
 def _bf16_here():
     """bf16 runs on every AVX-512 CPU; without AVX512-BF16/AMX it is emulated, and predict warns (an error in tests)."""
     import contextlib
@@ -646,10 +614,15 @@ def test_bf16_blockwise_equals_bf16_whole_image(tmp_path):
     emulated bf16, Ice Lake): 0, bit-identical, which is asserted here; on other CPUs, the bound.
     """
     c = synthetic_cube(size=(250, 211), n_times=1, seed=2)
-    ckpt = make_checkpoint(tmp_path / "m.safetensors", "unet", task="features", num_classes=4, gain=3.0, width=4)
+    ckpt = make_checkpoint(
+        tmp_path / "m.safetensors", "unet", task="features", num_classes=4, gain=3.0, width=4
+    )
     meta = read_metadata(ckpt)
     chunk = _smallest_chunk(ckpt)
-    whole_cube, many_cube = c.chunk({"time": 1, "y": -1, "x": -1}), c.chunk({"time": 1, "y": chunk, "x": chunk})
+    whole_cube, many_cube = (
+        c.chunk({"time": 1, "y": -1, "x": -1}),
+        c.chunk({"time": 1, "y": chunk, "x": chunk}),
+    )
     f32 = geoarray.predict(whole_cube, ckpt).features.values
     with _bf16_here():
         whole = geoarray.predict(whole_cube, ckpt, precision="bf16").features
@@ -674,7 +647,9 @@ def test_precision_is_checked_and_recorded(tmp_path, cube):
     with pytest.raises(PredictError, match=r"precision='64'; expected '32', 'bf16' or '16'"):
         geoarray.predict(cube, ckpt, precision="64")
     if not torch.cuda.is_available():
-        with pytest.raises(PredictError, match=r"precision='16' \(float16 autocast\) needs a CUDA GPU.*'bf16'"):
+        with pytest.raises(
+            PredictError, match=r"precision='16' \(float16 autocast\) needs a CUDA GPU.*'bf16'"
+        ):
             geoarray.predict(cube, ckpt, precision="16")
     out = geoarray.predict(cube, ckpt)
     assert out.mask.attrs["precision"] == out.probabilities.attrs["precision"] == "32"
@@ -689,7 +664,10 @@ def test_a_resume_in_another_precision_is_refused(tmp_path, cube):
 
     for var in ("mask", "probabilities"):  # a run cut short: flagged partial
         zarr.open_array(str(store / var), mode="r+").attrs["geoarray_complete"] = False
-    with _bf16_here(), pytest.raises(StoreExistsError, match=r"made with precision='32'; this run asks for 'bf16'"):
+    with (
+        _bf16_here(),
+        pytest.raises(StoreExistsError, match=r"made with precision='32'; this run asks for 'bf16'"),
+    ):
         geoarray.predict(geoarray.open_cube(store), ckpt, store=store, precision="bf16")
 
 

@@ -319,7 +319,7 @@ class _BatchBuffers:
             x[i] = p[0]
             if y is not None:
                 y[i] = p[1]
-        if stream.augment and stream.kind in ("image", "sequence"):
+        if stream.augment and stream.kind in ("image", "sequence", "chip"):  # chip labels are scalars: untouched
             _augment(x, y, rng)
         xt = torch.from_numpy(x)
         yt = torch.from_numpy(y) if y is not None else None

@@ -229,6 +229,12 @@ def predict(
     ] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     var: Annotated[str, typer.Option(help="Imagery variable.")] = "imagery",
+    group: Annotated[
+        str, typer.Option(help="Chip models: the Zarr group of the store that receives the chip grid.")
+    ] = "chips",
+    chip_size: Annotated[
+        int | None, typer.Option(help="Chip models: chip size in pixels (default: the training chip size).")
+    ] = None,
     precision: Annotated[
         str, typer.Option(help="32, bf16 or 16: the model under autocast (16 needs a GPU; bf16 pays off on GPUs "
         "and CPUs with AVX512-BF16/AMX).")
@@ -238,7 +244,10 @@ def predict(
 
     A run that is interrupted resumes where it stopped when the same command runs again. Whole-series models
     (pixel_*, attention_unet) read every date of a block in one task: memory grows with the number of dates.
+    Chip models (resnet18/50 classifiers and encoders) give one class or embedding per chip: their chip grid is
+    written into the group --group of the store (see geoarray.predict_chips).
     """
+    from geoarray.checkpoint import read_metadata
     from geoarray.cube import open_cube
     from geoarray.errors import PredictError
     from geoarray.predict import _predict
@@ -246,6 +255,29 @@ def predict(
     if halo != "auto" and not halo.isdigit():
         raise PredictError(f"--halo {halo!r}; expected 'auto' or a number of pixels.")
     _not_a_file(store)
+    if read_metadata(ckpt)["input"].get("kind") == "chip":
+        from geoarray._chip_predict import predict_chips
+
+        t0 = time.perf_counter()
+        out = predict_chips(
+            open_cube(store, var=var),
+            ckpt,
+            chip_size=chip_size,
+            var=var,
+            device=device,
+            store=output if output is not None else store,
+            group=group,
+            overwrite=overwrite,
+            dtype="float16" if float16 else "float32",
+            progress=True,
+            batch_size=batch_size or 64,
+        )
+        dims = ", ".join(f"{d}={n}" for d, n in out.sizes.items())
+        typer.echo(
+            f"wrote {sorted(map(str, out.data_vars))} ({dims}; chips of {out.attrs.get('chip_size', chip_size)} px) "
+            f"to group {group!r} of {output or store} in {time.perf_counter() - t0:.1f} s"
+        )
+        return
     opts: dict[str, Any] = dict(
         var=var,
         halo="auto" if halo == "auto" else int(halo),

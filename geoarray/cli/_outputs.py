@@ -160,6 +160,12 @@ def probe(
         str, typer.Option(help="Comma-separated fractions of the training pixels each protocol learns from.")
     ] = "0.01,0.1,1",
     seed: Annotated[int, typer.Option(help="Seed of the sample, the split and the random-init encoder.")] = 0,
+    regions: Annotated[
+        Path | None, typer.Option(help="Vector regions (GeoPackage, GeoJSON, ...) instead of --labels.")
+    ] = None,
+    region_property: Annotated[
+        str | None, typer.Option(help="The regions' property that holds the class (with --regions).")
+    ] = None,
 ) -> None:
     """Score an encoder's features with linear and kNN probes on a spatial split, beside the same protocols on a
     random-init encoder (random_init) and on the raw inputs (raw): top-1 and top-5 accuracy on held-out tiles."""
@@ -184,6 +190,8 @@ def probe(
         protocols=split_list(protocols, "--protocols") or [],
         label_fractions=fractions,
         seed=seed,
+        regions=None if regions is None else str(regions),
+        region_property=region_property,
     )
     typer.echo(df.to_string(index=False, float_format="{:.4f}".format))
 
