@@ -16,9 +16,9 @@ import numpy as np
 import xarray as xr
 
 from geoarray._constants import IGNORE
-from geoarray._preprocess import date_features, normalize_fill
+from geoarray._preprocess import date_features
 from geoarray.chips.filters import label_nodata
-from geoarray.chips.plan import ChipPlan, Rect, Window, _take_times
+from geoarray.chips.plan import ChipPlan, Rect, Window, _take_times, read_extent
 
 __all__ = ["Batch", "ChipStream"]
 
@@ -117,6 +117,9 @@ class ChipStream:
         for w in self.windows:
             by_block[w.block].append(w)
         self._by_block = dict(by_block)
+        # what each block's read covers: the block, plus the neighbour strips its random windows reach into
+        self._extent = {bi: read_extent(plan.blocks[bi], ws) for bi, ws in self._by_block.items()}
+        self._norm = _Norm(self.mean, self.std, self.scale)
 
     def __len__(self) -> int:
         full, rest = divmod(self.num_samples, self.batch_size)
@@ -138,7 +141,7 @@ class ChipStream:
 
         from geoarray._source import read, source_of
 
-        b = self.plan.blocks[bi]
+        b = self._extent[bi]
         sl: dict[str, Any] = {"y": slice(b.y0, b.y1), "x": slice(b.x0, b.x1)}
         times = sorted({t for w in self._by_block[bi] for t in w.t})
         vals: dict[str, Any] = {}
@@ -171,22 +174,29 @@ class ChipStream:
             vals.update(computed)
         with self._lock:
             self.reads += 1
-        x, ok = normalize_fill(np.asarray(vals["img"]), vals.get("valid"), self.mean, self.std, self.scale)
-        return {"x": x, "ok": ok, "labels": vals.get("labels"), "times": times, "rect": b}
+        raw = np.asarray(vals["img"])
+        # Chips are normalised straight into the batch (one pass per chip, in _BatchBuffers.fill); here only
+        # which pixels are usable: finite (floats) and valid. None: all of them (integer imagery, no `valid`).
+        ok = None
+        if raw.dtype.kind not in "iub":
+            ok = np.isfinite(raw).all(axis=1)
+        if vals.get("valid") is not None:
+            v = np.asarray(vals["valid"]).astype(bool, copy=False)
+            ok = v if ok is None else ok & v
+        return {"x": raw, "ok": ok, "labels": vals.get("labels"), "times": times, "rect": b}
 
     def _target(self, block: dict[str, Any], w: Window, ys: slice, xs: slice) -> np.ndarray:
         tpos = [block["times"].index(t) for t in w.t]
         lab = block["labels"]
-        ok = _take_times(block["ok"][:, ys, xs], tpos)
         if "time" in self._lab_dims:
             lt = _take_times(lab[..., ys, xs], tpos)
         else:
             lt = np.broadcast_to(lab[..., ys, xs], (len(tpos), *lab[..., ys, xs].shape))
         lt = lt.astype(np.int64)
-        if self.multilabel:  # (T, K, h, w)
-            bad = (lt == self._nodata) | ~ok[:, None]
-        else:
-            bad = (lt == self._nodata) | ~ok
+        bad = lt == self._nodata
+        if block["ok"] is not None:
+            ok = _take_times(block["ok"][:, ys, xs], tpos)
+            bad |= ~ok[:, None] if self.multilabel else ~ok  # (T, K, h, w) for multi-label targets
         return np.where(bad, IGNORE, lt)
 
     def _samples(self, block: dict[str, Any], rng: np.random.Generator) -> list[tuple[Any, ...]]:
@@ -195,21 +205,22 @@ class ChipStream:
         for w in self._by_block[block["bi"]]:
             ys, xs = slice(w.y - b.y0, w.y - b.y0 + w.size), slice(w.x - b.x0, w.x - b.x0 + w.size)
             tpos = [block["times"].index(t) for t in w.t]
-            x = _take_times(block["x"][:, :, ys, xs], tpos)  # (T, C, h, w): a view into the block
+            x = _take_times(block["x"][:, :, ys, xs], tpos)  # (T, C, h, w): a raw view into the block
+            ok = None if block["ok"] is None else _take_times(block["ok"][:, ys, xs], tpos)  # (T, h, w)
             doy = self._doy[list(w.t)]
             if self.kind == "pixels":
                 out.extend(self._pixel_samples(block, w, x, ys, xs, doy, rng))
                 continue
+            one = self.kind == "image" or (self.kind == "chip" and len(tpos) == 1)
+            xi, oki = (x[0], None if ok is None else ok[0]) if one else (x, ok)
             if self.kind == "chip":
-                out.append(
-                    (x[0] if len(tpos) == 1 else x, np.int64(w.label if w.label is not None else IGNORE), doy)
-                )
+                out.append((xi, np.int64(w.label if w.label is not None else IGNORE), doy, None, oki))
                 continue
             y = self._target(block, w, ys, xs) if self._lab_dims else None
             if self.kind == "image":
-                out.append((x[0], None if y is None else y[0], doy))
+                out.append((xi, None if y is None else y[0], doy, None, oki))
             else:
-                out.append((x, y, doy))
+                out.append((xi, y, doy, None, oki))
         return out
 
     def _pixel_samples(
@@ -223,7 +234,10 @@ class ChipStream:
         rng: np.random.Generator,
     ) -> list[tuple[Any, ...]]:
         tpos = [block["times"].index(t) for t in w.t]
-        ok = _take_times(block["ok"][:, ys, xs], tpos)  # (T, h, w)
+        if block["ok"] is None:
+            ok = np.ones((len(tpos), ys.stop - ys.start, xs.stop - xs.start), dtype=bool)
+        else:
+            ok = _take_times(block["ok"][:, ys, xs], tpos)  # (T, h, w)
         lab = block["labels"]
         lt = lab[..., ys, xs] if lab is not None else None
         if lt is not None and lt.ndim == 3:  # labels(time, y, x): a pixel series takes the last date's label
@@ -235,10 +249,13 @@ class ChipStream:
         if idx.size > self.pixels_per_window:
             idx = rng.choice(idx, self.pixels_per_window, replace=False)
         t, c = x.shape[:2]
-        series = x.reshape(t, c, -1)[:, :, idx].transpose(2, 0, 1)  # (n, T, C)
+        raw = x.reshape(t, c, -1)[:, :, idx].transpose(2, 0, 1)  # (n, T, C)
         valid = ok.reshape(t, -1)[:, idx].T
+        series = np.empty(raw.shape, dtype=np.float32)  # normalised here, all at once (not per pixel)
+        self._norm.into(series, raw, band_axis=-1)
+        series[~valid] = 0
         labels = lt.ravel()[idx].astype(np.int64) if lt is not None else np.full(idx.size, IGNORE)
-        return [(series[i], labels[i], doy, valid[i]) for i in range(idx.size)]
+        return [(series[i], labels[i], doy, valid[i], None) for i in range(idx.size)]
 
     # -- iteration -----------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Batch]:
@@ -311,8 +328,15 @@ class _BatchBuffers:
         x = self._get("x", (n, *picks[0][0].shape), np.float32)
         has_y = picks[0][1] is not None
         y = self._get("y", (n, *np.shape(picks[0][1])), np.int64) if has_y else None
+        norm = stream._norm if stream.kind != "pixels" else None  # pixel series come normalised
         for i, p in enumerate(picks):
-            x[i] = p[0]
+            if norm is None:
+                x[i] = p[0]
+            else:  # the raw chip, normalised straight into its slot; unusable pixels 0 on every band
+                norm.into(x[i], p[0], band_axis=-3)
+                ok = p[4]
+                if ok is not None and not ok.all():
+                    np.moveaxis(x[i], -3, -1)[~ok] = 0
             if y is not None:
                 y[i] = p[1]
         if stream.augment and stream.kind in ("image", "sequence"):
@@ -325,6 +349,26 @@ class _BatchBuffers:
         if stream.kind == "pixels":
             valid = torch.from_numpy(np.stack([p[3] for p in picks]))
         return Batch(xt, yt, dates, valid)
+
+
+class _Norm:
+    """``(x * scale - mean) / std`` per band written into a float32 array, in the operation order (and so
+    the float32 results) of :func:`geoarray._preprocess.normalize_fill`, which predict applies to its blocks."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], scale: float) -> None:
+        self.mean = np.asarray(mean, dtype=np.float32)
+        self.inv = np.float32(1.0) / np.asarray(std, dtype=np.float32)
+        self.scale = float(scale)
+
+    def into(self, out: np.ndarray, raw: np.ndarray, *, band_axis: int) -> None:
+        shape = [1] * (-band_axis)
+        shape[0] = -1
+        m, inv = self.mean.reshape(shape), self.inv.reshape(shape)
+        np.copyto(out, raw, casting="unsafe")  # the cast to float32 happens first, as in normalize_fill
+        if self.scale != 1.0:
+            out *= np.float32(self.scale)
+        out -= m
+        out *= inv
 
 
 def _augment(x: np.ndarray, y: np.ndarray | None, rng: np.random.Generator) -> None:
