@@ -83,6 +83,10 @@ class ChipPlan:
             held[t.y0 : t.y1, t.x0 : t.x1] = True
         return held
 
+    def extent(self, bi: int, windows: Iterable[Window]) -> Rect:
+        """The pixels to read for ``windows`` of block ``bi``: see :func:`read_extent`."""
+        return read_extent(self.blocks[bi], windows)
+
     def summary(self) -> str:
         return (
             f"{len(self.train)} training and {len(self.val)} validation chips of {self.chip_size}² from "

@@ -18,7 +18,7 @@ import xarray as xr
 from geoarray._constants import IGNORE
 from geoarray._preprocess import date_features
 from geoarray.chips.filters import label_nodata
-from geoarray.chips.plan import ChipPlan, Rect, Window, _take_times, read_extent
+from geoarray.chips.plan import ChipPlan, Rect, Window, _take_times
 
 __all__ = ["Batch", "ChipStream"]
 
@@ -118,7 +118,7 @@ class ChipStream:
             by_block[w.block].append(w)
         self._by_block = dict(by_block)
         # what each block's read covers: the block, plus the neighbour strips its random windows reach into
-        self._extent = {bi: read_extent(plan.blocks[bi], ws) for bi, ws in self._by_block.items()}
+        self._extent = {bi: plan.extent(bi, ws) for bi, ws in self._by_block.items()}
         self._norm = _Norm(self.mean, self.std, self.scale)
 
     def __len__(self) -> int:
@@ -177,12 +177,12 @@ class ChipStream:
         raw = np.asarray(vals["img"])
         # Chips are normalised straight into the batch (one pass per chip, in _BatchBuffers.fill); here only
         # which pixels are usable: finite (floats) and valid. None: all of them (integer imagery, no `valid`).
-        ok = None
+        ok: np.ndarray | None = None
         if raw.dtype.kind not in "iub":
             ok = np.isfinite(raw).all(axis=1)
         if vals.get("valid") is not None:
-            v = np.asarray(vals["valid"]).astype(bool, copy=False)
-            ok = v if ok is None else ok & v
+            vb = np.asarray(vals["valid"]).astype(bool, copy=False)
+            ok = vb if ok is None else ok & vb
         return {"x": raw, "ok": ok, "labels": vals.get("labels"), "times": times, "rect": b}
 
     def _target(self, block: dict[str, Any], w: Window, ys: slice, xs: slice) -> np.ndarray:
