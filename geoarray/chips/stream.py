@@ -5,6 +5,7 @@ Each read block is read once per epoch (one zarr read on the direct path) and cu
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -21,6 +22,8 @@ from geoarray.chips.filters import label_nodata
 from geoarray.chips.plan import ChipPlan, Rect, Window, _take_times
 
 __all__ = ["Batch", "ChipStream"]
+
+FILL_THREADS = 2  # threads that normalise chips into a batch (numpy releases the GIL)
 
 
 @dataclass
@@ -270,7 +273,10 @@ class ChipStream:
             cap = max(cap, self.min_batch)
         ring = [_BatchBuffers(), _BatchBuffers()]
         k = 0
-        with ThreadPoolExecutor(self.readers, thread_name_prefix="geoarray-chips") as pool:
+        with (
+            ThreadPoolExecutor(self.readers, thread_name_prefix="geoarray-chips") as pool,
+            ThreadPoolExecutor(FILL_THREADS, thread_name_prefix="geoarray-fill") as fill_pool,
+        ):
             # bounded prefetch: keep `readers + 1` block reads in flight
             futures = [pool.submit(self._read, bi) for bi in order[: self.readers + 1]]
             nxt = len(futures)
@@ -283,7 +289,7 @@ class ChipStream:
                 block["bi"] = order[i]
                 buf.extend(self._samples(block, rng))
                 while len(buf) >= self.batch_size + cap:
-                    yield self._emit(buf, rng, ring[k % 2])
+                    yield self._emit(buf, rng, ring[k % 2], pool=fill_pool)
                     k += 1
         if self.shuffle:
             rng.shuffle(buf)
@@ -293,7 +299,12 @@ class ChipStream:
             k += 1
 
     def _emit(
-        self, buf: list[tuple[Any, ...]], rng: np.random.Generator, bufs: _BatchBuffers, n: int | None = None
+        self,
+        buf: list[tuple[Any, ...]],
+        rng: np.random.Generator,
+        bufs: _BatchBuffers,
+        n: int | None = None,
+        pool: ThreadPoolExecutor | None = None,
     ) -> Batch:
         n = min(self.batch_size if n is None else n, len(buf))
         picks = []
@@ -305,7 +316,7 @@ class ChipStream:
                 buf.pop()
             else:
                 buf.pop(0)
-        return bufs.fill(picks, self, rng)
+        return bufs.fill(picks, self, rng, pool)
 
 
 class _BatchBuffers:
@@ -321,7 +332,13 @@ class _BatchBuffers:
             self.arrays[key] = a
         return a
 
-    def fill(self, picks: list[tuple[Any, ...]], stream: ChipStream, rng: np.random.Generator) -> Batch:
+    def fill(
+        self,
+        picks: list[tuple[Any, ...]],
+        stream: ChipStream,
+        rng: np.random.Generator,
+        pool: ThreadPoolExecutor | None = None,
+    ) -> Batch:
         import torch
 
         n = len(picks)
@@ -329,18 +346,31 @@ class _BatchBuffers:
         has_y = picks[0][1] is not None
         y = self._get("y", (n, *np.shape(picks[0][1])), np.int64) if has_y else None
         norm = stream._norm if stream.kind != "pixels" else None  # pixel series come normalised
-        for i, p in enumerate(picks):
-            if norm is None:
-                x[i] = p[0]
-            else:  # the raw chip, normalised straight into its slot; unusable pixels 0 on every band
-                norm.into(x[i], p[0], band_axis=-3)
-                ok = p[4]
-                if ok is not None and not ok.all():
-                    np.moveaxis(x[i], -3, -1)[~ok] = 0
-            if y is not None:
-                y[i] = p[1]
-        if stream.augment and stream.kind in ("image", "sequence"):
-            _augment(x, y, rng)
+        aug = _draw_augment(n, x.shape[-3], rng) if stream.augment and stream.kind in ("image", "sequence") else None
+
+        def put(lo: int, hi: int) -> None:
+            for i in range(lo, hi):
+                p = picks[i]
+                if norm is None:
+                    x[i] = p[0]
+                else:  # the raw chip, normalised straight into its slot; unusable pixels 0 on every band
+                    norm.into(x[i], p[0], band_axis=-3)
+                    ok = p[4]
+                    if ok is not None and not ok.all():
+                        np.moveaxis(x[i], -3, -1)[~ok] = 0
+                if y is not None:
+                    y[i] = p[1]
+                if aug is not None:
+                    _augment_one(x, y, i, *aug[i])
+
+        # Memory-bound numpy work that releases the GIL: the batch is filled in FILL_THREADS parts at once
+        # (zarr decodes the next blocks meanwhile in its own thread).
+        if pool is None or n < 2 * FILL_THREADS:
+            put(0, n)
+        else:
+            cuts = np.linspace(0, n, FILL_THREADS + 1).astype(int)
+            for f in [pool.submit(put, int(a), int(b)) for a, b in itertools.pairwise(cuts)]:
+                f.result()
         xt = torch.from_numpy(x)
         yt = torch.from_numpy(y) if y is not None else None
         dates = valid = None
@@ -371,18 +401,26 @@ class _Norm:
         out *= inv
 
 
-def _augment(x: np.ndarray, y: np.ndarray | None, rng: np.random.Generator) -> None:
-    """In place, per sample: random flips and 90° rotations (image and target alike), radiometric jitter."""
-    for i in range(x.shape[0]):
+def _draw_augment(n: int, bands: int, rng: np.random.Generator) -> list[tuple[Any, ...]]:
+    """Per sample: quarter turns, a flip, and per-band gain and bias (drawn in sample order, then applied)."""
+    out = []
+    for _ in range(n):
         k = int(rng.integers(4))
         flip = bool(rng.integers(2))
-        xi = np.rot90(x[i], k, axes=(-2, -1))
-        if flip:
-            xi = xi[..., ::-1]
-        bands = x.shape[-3]
         gain = rng.normal(1.0, 0.05, size=(bands, 1, 1)).astype(np.float32)
         bias = rng.normal(0.0, 0.05, size=(bands, 1, 1)).astype(np.float32)
-        x[i] = xi * gain + bias
-        if y is not None and y.ndim >= 3:
-            yi = np.rot90(y[i], k, axes=(-2, -1))
-            y[i] = yi[..., ::-1] if flip else yi
+        out.append((k, flip, gain, bias))
+    return out
+
+
+def _augment_one(
+    x: np.ndarray, y: np.ndarray | None, i: int, k: int, flip: bool, gain: np.ndarray, bias: np.ndarray
+) -> None:
+    """In place, sample ``i``: flips and 90° rotations (image and target alike), radiometric jitter."""
+    xi = np.rot90(x[i], k, axes=(-2, -1))
+    if flip:
+        xi = xi[..., ::-1]
+    x[i] = xi * gain + bias
+    if y is not None and y.ndim >= 3:
+        yi = np.rot90(y[i], k, axes=(-2, -1))
+        y[i] = yi[..., ::-1] if flip else yi
