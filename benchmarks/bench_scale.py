@@ -8,6 +8,10 @@
    LocalCluster of worker processes, over cubes of 1k, 10k and 50k small chunks, reduced on the workers
    (``mask.sum()``) so nothing large travels back. The time per chunk should stay flat as the count grows;
    beside it, dask alone summing the same input chunks on the same cluster (the scheduler's own floor).
+3. Host work per real chunk: ``predict(store=)`` of a Zarr cube in 512² x 12-band uint16 chunks (values
+   1000..6000) with the ``linear`` model, one thread: the CPU time, bytes read and bytes written per chunk.
+   This is what a GPU worker's CPU does around the model (read, decode, normalise, softmax, encode, write); the
+   README's costing of a 16-GPU run is built from these figures.
 
     .venv/bin/python benchmarks/bench_scale.py [--side 200000] [--counts 1000,10000,50000] [--chunk 32]
 """
@@ -122,6 +126,44 @@ def overhead(counts: list[int], chunk: int, ckpt: Path, workers: int) -> None:
             )
 
 
+def host_work(wd: Path, side: int = 2048) -> None:
+    import shutil
+
+    import dask
+    import torch
+    from _common import make_store
+
+    from geoarray.models import create_model
+
+    torch.manual_seed(0)
+    ckpt = geoarray.save_checkpoint(  # the statistics of the store's values (uniform 1000..6000)
+        wd / "linear12-u16.safetensors",
+        create_model("linear", in_channels=12, num_classes=4),
+        task="segmentation",
+        bands=[f"B{i + 1}" for i in range(12)],
+        mean=[3500.0] * 12,
+        std=[1443.0] * 12,
+    )
+    store = make_store(wd / f"host{side}.zarr", times=1, size=side, bands=12, dtype="uint16")
+    for n in ("probabilities", "mask"):
+        shutil.rmtree(store / n, ignore_errors=True)
+    chunks = (side // 512) ** 2
+    read = sum(f.stat().st_size for f in (store / "imagery" / "c").rglob("*") if f.is_file())
+    with dask.config.set(scheduler="synchronous"):
+        geoarray.predict(geoarray.open_cube(store).isel(x=slice(0, 512), y=slice(0, 512)), ckpt)["mask"].load()
+        before = rss_mb()
+        c0, t0 = time.process_time(), time.perf_counter()
+        geoarray.predict(geoarray.open_cube(store), ckpt, store=store)
+        cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+    written = sum(f.stat().st_size for n in ("probabilities", "mask") for f in (store / n).rglob("*") if f.is_file())
+    print(
+        f"host work per 512² x 12-band uint16 chunk (linear model, 4 classes, one thread, {chunks} chunks): "
+        f"CPU {cpu / chunks * 1e3:.1f} ms (wall {wall / chunks * 1e3:.1f} ms); read {read / chunks / 1e6:.2f} MB "
+        f"(zstd; {512 * 512 * 12 * 2 / 1e6:.2f} MB raw), written {written / chunks / 1e6:.2f} MB "
+        f"(probabilities float32 + mask uint8); peak RSS grew {rss_mb() - before:.0f} MB"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--side", type=int, default=200_000)
@@ -129,12 +171,15 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=32)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--skip-build", action="store_true")
+    ap.add_argument("--skip-host", action="store_true")
     args = ap.parse_args()
     wd = workdir("scale")
     ckpt = make_ckpt(wd / "linear12.safetensors", "linear", 12, num_classes=4)
     print(load_report())
     if not args.skip_build:
         graph_build(args.side, ckpt)
+    if not args.skip_host:
+        host_work(wd)
     counts = [int(v) for v in args.counts.split(",") if v]
     if counts:
         overhead(counts, args.chunk, ckpt, args.workers)
