@@ -432,3 +432,9 @@ def test_a_window_across_chunk_edges_carries_the_cubes_pixels_there(tmp_path):
                 )
             seen += len(batch.x)
         assert seen == len(plan.train)
+
+
+@pytest.mark.parametrize("n", [0, -3, 2.5, True])
+def test_random_mode_needs_a_positive_window_count(cube, n):
+    with pytest.raises(TrainError, match=r"n_random=.*expected a positive int"):
+        plan_chips(cube, chip_size=32, mode="random", n_random=n)

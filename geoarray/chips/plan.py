@@ -263,6 +263,8 @@ def plan_chips(
 
     if mode not in ("grid", "random"):
         raise TrainError(f"mode={mode!r}; expected 'grid' or 'random'.")
+    if mode == "random" and (not isinstance(n_random, numbers.Integral) or isinstance(n_random, bool) or n_random < 1):
+        raise TrainError(f"n_random={n_random!r}; expected a positive int (random windows per tile, on average).")
     train: list[Window] = []
     val: list[Window] = []
     dropped = {"buffer": 0, "min_valid": 0, "unlabelled": 0, "min_positive": 0}
