@@ -91,7 +91,8 @@ def predict_check(store: Path, ckpt: Path, n_gpus: int) -> None:
     agree = float((m_cpu == m_gpu).mean())
     flips_clear = int(((m_cpu != m_gpu) & clear).sum())
     print(
-        f"predict on LocalCUDACluster ({workers} workers, {n_gpus} GPUs): {px / t_gpu / 1e6:.1f} Mpx/s "
+        f"predict on {'LocalCluster (dry run)' if DRY['on'] else 'LocalCUDACluster'} ({workers} workers, "
+        f"{n_gpus} GPUs): {px / t_gpu / 1e6:.1f} Mpx/s "
         f"(CPU threaded: {px / t_cpu / 1e6:.1f} Mpx/s, x{t_cpu / t_gpu:.1f})"
     )
     print(
