@@ -42,7 +42,12 @@ def gpu_cluster(**kw):  # type: ignore[no-untyped-def]
     if DRY["on"]:
         from distributed import LocalCluster
 
-        return LocalCluster(n_workers=kw.pop("n_workers", 1), threads_per_worker=1, **kw)
+        return LocalCluster(
+            n_workers=kw.pop("n_workers", 1),
+            threads_per_worker=1,
+            dashboard_address=None,
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+        )
     from dask_cuda import LocalCUDACluster
 
     return LocalCUDACluster(**kw)
