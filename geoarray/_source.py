@@ -66,9 +66,20 @@ def read(store: Any, var: str, index: tuple[Any, ...]) -> np.ndarray:
                 z = cache[key] = zarr.open_array(store, path=var, mode="r")
             else:
                 z = cache[key] = store.open_array(var, mode="r")
+    index = tuple(_as_slice(i) for i in index)
     if all(isinstance(i, slice) for i in index):
         return np.asarray(z[index])
     return np.asarray(z.oindex[index])
+
+
+def _as_slice(i: Any) -> Any:
+    """A list of consecutive indices (all bands, a run of dates) as a slice: zarr's basic indexing is ~1.6x
+    faster than its orthogonal (fancy) indexing for the same chunks."""
+    if isinstance(i, (list, tuple)) and i and all(isinstance(v, (int, np.integer)) for v in i):
+        first = int(i[0])
+        if list(i) == list(range(first, first + len(i))) and first >= 0:
+            return slice(first, first + len(i))
+    return i
 
 
 @contextmanager

@@ -241,7 +241,8 @@ def _predict(
         )
     wanted = _outputs(kind, out_spec, outputs)
 
-    img = cube[var].sel(band=needed)
+    # all bands in order: no selection, which would add a getitem task per chunk to the graph
+    img = cube[var] if needed == present else cube[var].sel(band=needed)
     if not isinstance(img.data, dsa.Array):
         whole_series = input_kind in ("sequence", "pixels")
         img = img.chunk(

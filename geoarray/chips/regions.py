@@ -216,7 +216,8 @@ def region_labels(
             by_block[w.block].append((split, i))
     labels: dict[str, dict[int, int | None]] = {"train": {}, "val": {}}
     for bi, items in by_block.items():
-        b = plan.blocks[bi]
+        # random windows reach past their block
+        b = plan.extent(bi, [getattr(plan, split)[i] for split, i in items])
         bt = transform * Affine.translation(b.x0, b.y0)
         (xa, ya), (xb, yb) = bt * (0, 0), bt * (b.x1 - b.x0, b.y1 - b.y0)
         hits = tree.query(shapely.box(min(xa, xb), min(ya, yb), max(xa, xb), max(ya, yb)))
