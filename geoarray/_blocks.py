@@ -115,10 +115,10 @@ def build_graph(
 
     arrays = []
     out_keys: dict[Any, list[Any]] = {key: [] for key in dsk}
-    k = spec.channels
     for j, out in enumerate(spec.outputs):
         dtype = np.dtype(spec.mask_dtype if out == "mask" else spec.float_dtype)
-        has_k = out != "mask" or spec.kind == "multilabel"
+        k = _inference.channels_of(spec, out)
+        has_k = k > 0
         oname = f"{name}-{out}"
         layer: dict[Any, Any] = {}
         for key in dsk:

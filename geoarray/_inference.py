@@ -35,6 +35,16 @@ class RunSpec:
     batch_size: int | None
     norm: tuple[tuple[float, ...], tuple[float, ...], float]  # mean, std, scale
     bands: tuple[str, ...] = ()  # names, in input order (for messages)
+    # models with several outputs (output.parts): (name, first channel, end channel, has a channel dim, activation)
+    parts: tuple[tuple[str, int, int, bool, str | None], ...] = ()
+
+
+def channels_of(spec: RunSpec, name: str) -> int:
+    """Channels of output ``name`` along its class/feature axis; 0 when it has none (a mask, a heatmap)."""
+    for part, a, b, has_dim, _ in spec.parts:
+        if part == name:
+            return b - a if has_dim else 0
+    return spec.channels if name != "mask" or spec.kind == "multilabel" else 0
 
 
 @dataclass(frozen=True)
@@ -211,6 +221,13 @@ def _postprocess(logits: Any, kind: str, spec: RunSpec) -> list[np.ndarray]:
                 outs.append(probs.numpy().astype(spec.float_dtype, copy=False))
             elif name == "mask":
                 outs.append((probs > spec.threshold).numpy().astype(spec.mask_dtype))
+    elif spec.parts:  # slices of the channels, one per output
+        where = {p[0]: p for p in spec.parts}
+        for name in spec.outputs:
+            _, a, b, has_dim, act = where[name]
+            part = logits[:, a:b].float()
+            part = torch.sigmoid(part) if act == "sigmoid" else part
+            outs.append((part if has_dim else part[:, 0]).numpy().astype(spec.float_dtype))
     else:
         outs.append(logits.float().numpy().astype(spec.float_dtype, copy=False))
     return outs
@@ -324,11 +341,12 @@ def _run_window(model: Any, window: np.ndarray, ok: np.ndarray, block: BlockSpec
                 logits = model(x)[..., oy : oy + by, ox : ox + bx].cpu()
                 results.append(_postprocess(logits, kind, spec))
             outs_full = _scatter(results, idx, t, spec, shape_k, by, bx)
-        else:  # sequence: the whole series at once, output per frame
-            x = torch.from_numpy(np.ascontiguousarray(window))[None].to(device)
-            dates = torch.as_tensor(np.asarray(block.dates, dtype=np.float32))[None].to(device)
-            logits = model(x, dates=dates)[0][..., oy : oy + by, ox : ox + bx].cpu()
-            outs_full = _postprocess(logits, kind, spec)
+        else:  # sequence: the whole series of run dates (not another sensor's) at once, output per frame
+            idx = np.flatnonzero(run)
+            x = torch.from_numpy(np.ascontiguousarray(window[idx]))[None].to(device)
+            dates = torch.as_tensor(np.asarray(block.dates, dtype=np.float32)[idx])[None].to(device)
+            res = [model(x, dates=dates)[0][..., oy : oy + by, ox : ox + bx].cpu()] if len(idx) else []
+            outs_full = _scatter([_postprocess(r, kind, spec) for r in res], idx, t, spec, shape_k, by, bx)
     invalid = ~valid | ~run[:, None, None]
     _mark_invalid(outs_full, invalid, spec, class_axis=1)
     return tuple(outs_full)
@@ -341,8 +359,8 @@ def _scatter(
     outs = []
     for j, name in enumerate(spec.outputs):
         dtype = spec.mask_dtype if name == "mask" else spec.float_dtype
-        has_k = name != "mask" or spec.kind == "multilabel"
-        shape = (t, k, by, bx) if has_k else (t, by, bx)
+        k = channels_of(spec, name)
+        shape = (t, k, by, bx) if k else (t, by, bx)
         full = np.zeros(shape, dtype=dtype)
         if results:
             full[idx] = np.concatenate([r[j] for r in results], axis=0)

@@ -25,6 +25,7 @@ import xarray as xr
 from geoarray._blocks import MIN_BLOCK, TINY, aligned, build_graph, direct_sources, grouped
 from geoarray._constants import MASK_NODATA, MASK_NODATA_WIDE
 from geoarray._inference import RunSpec, clear_caches
+from geoarray._outputs import layout, wrap
 from geoarray._preprocess import date_features
 from geoarray._writer import WriteReport, dim_clashes, partial_outputs, write_to_store
 from geoarray.checkpoint import load_checkpoint
@@ -306,9 +307,10 @@ def _predict(
         batch_size=None if batch_size is None else int(batch_size),
         norm=(tuple(in_spec["mean"]), tuple(in_spec["std"]), float(in_spec.get("scale", 1.0))),
         bands=tuple(needed),
+        parts=layout(out_spec),
     )
     arrays, blocks = build_graph(data, valid, (ych, xch), spec, h, run_times, dates, direct=direct)
-    new = _wrap(arrays, cube, wanted, spec, meta, prefix, Path(path).name)
+    new = wrap(arrays, cube, wanted, spec, meta, prefix, Path(path).name)
     if store is None:
         return _assign(cube, new), None
     report = write_to_store(new, arrays, blocks, store, sha, overwrite=overwrite, progress=progress)
@@ -360,53 +362,3 @@ def _outputs(kind: str, out_spec: dict[str, Any], outputs: Sequence[str] | None)
     if bad or not wanted:
         raise PredictError(f"outputs={wanted}; a {kind} checkpoint makes {available}.")
     return [o for o in available if o in wanted]
-
-
-def _wrap(
-    arrays: list[dsa.Array],
-    cube: xr.Dataset,
-    wanted: list[str],
-    spec: RunSpec,
-    meta: dict[str, Any],
-    prefix: str,
-    ckpt_name: str,
-) -> dict[str, xr.DataArray]:
-    from geoarray._version import __version__
-
-    out_spec = meta["output"]
-    has_time = spec.input_kind != "pixels"
-    coords: dict[str, Any] = {"y": cube["y"], "x": cube["x"]}
-    if has_time:
-        coords["time"] = cube["time"]
-    if "spatial_ref" in cube.coords:
-        coords["spatial_ref"] = cube["spatial_ref"]
-    provenance = {
-        "checkpoint": ckpt_name,
-        "checkpoint_sha256": spec.sha256,
-        "model": meta["model"]["name"],
-        "task": meta["task"],
-        "geoarray_version": __version__,
-    }
-    result = {}
-    for arr, out in zip(arrays, wanted, strict=True):
-        has_k = out != "mask" or spec.kind == "multilabel"
-        # prefixed outputs get their own dim: models with other class lists / feature sizes sit side by side
-        kdim = prefix + ("feature" if out == "features" else "class")
-        dims = (("time",) if has_time else ()) + ((kdim,) if has_k else ()) + ("y", "x")
-        c = dict(coords)
-        if has_k:
-            c[kdim] = (
-                np.asarray(out_spec["classes"], dtype=object)
-                if out != "features"
-                else np.arange(spec.channels)
-            )
-        attrs = dict(provenance)
-        if out == "mask":
-            attrs.update(nodata=spec.nodata, classes=list(out_spec["classes"]), long_name="predicted class")
-        elif out == "probabilities":
-            attrs.update(classes=list(out_spec["classes"]), long_name="class probability")
-        else:
-            attrs.update(long_name="learned features")
-        da = xr.DataArray(arr, dims=dims, coords=c, attrs=attrs)
-        result[f"{prefix}{out}"] = da
-    return result

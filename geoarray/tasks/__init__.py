@@ -8,6 +8,7 @@ from geoarray.errors import TrainError
 from geoarray.tasks.barlow_twins import BarlowTwinsTask
 from geoarray.tasks.base import Task
 from geoarray.tasks.classification import ClassificationTask
+from geoarray.tasks.invariants import InvariantsTask
 from geoarray.tasks.pixel_classification import PixelClassificationTask
 from geoarray.tasks.segmentation import SegmentationTask
 
@@ -16,6 +17,7 @@ TASKS: dict[str, type[Task]] = {
     "classification": ClassificationTask,
     "pixel_classification": PixelClassificationTask,
     "barlow_twins": BarlowTwinsTask,
+    "invariants": InvariantsTask,
 }
 
 

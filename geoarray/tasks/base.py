@@ -73,6 +73,11 @@ class Task:
         """The module whose parameters train (and that DDP wraps): the model, or the model plus heads."""
         return model
 
+    def saved_model(self, model: Any, net: Any) -> Any:
+        """The registry model the checkpoint holds: the model (an SSL backbone without its projector), or
+        :meth:`train_module`'s result when that is itself a registry model whose heads predict uses."""
+        return model
+
     def training_loss(self, net: Any, batch: Batch) -> torch.Tensor:
         """The loss of one training batch (``net`` is :meth:`train_module`'s result, maybe DDP-wrapped)."""
         return self.loss(self.forward(net, batch).float(), batch)
