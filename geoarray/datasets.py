@@ -303,9 +303,6 @@ def sample_cube(*, n_times: int = 4, seed: int = 0) -> xr.Dataset:
     return ds.rio.write_crs(real.rio.crs)
 
 
-# ------------------------------------------------------------------------------------------------------
-# Change in one direction (seed 000's arrow of time)
-# ------------------------------------------------------------------------------------------------------
 CHANGE_CLASSES = ("water", "vegetation", "construction", "urban")
 
 
@@ -336,12 +333,9 @@ def change_cube(
 
     Parameters
     ----------
-    size, n_times, bands
-        Height = width in pixels, dates, band names (each class has its own spectrum over them).
-    blob_scale, noise
-        Size of the water and development blobs in pixels; per-pixel Gaussian noise (reflectance units).
-    start, step_days
-        First date and the spacing of dates.
+    size, n_times, bands, blob_scale, noise, start, step_days
+        Height = width in pixels, dates, band names (one spectrum per class), blob size in pixels, per-pixel
+        Gaussian noise (reflectance units), the first date and the spacing of dates.
     sensors
         Optional sensor names given to the dates in turn (a ``sensor`` coordinate along ``time``); each sensor
         after the first has its own small radiometric gain, as two instruments would.
@@ -400,12 +394,7 @@ def change_cube(
             img *= np.float32(gains[names[t % len(names)]])
         imagery[t] = img
     y, x = _grid(ny, nx, resolution, 600_000.0, 4_000_000.0 + ny * resolution)
-    coords: dict[str, object] = {
-        "time": times,
-        "band": np.asarray(list(bands), dtype=object),
-        "y": y,
-        "x": x,
-    }
+    coords: dict[str, object] = {"time": times, "band": np.asarray(list(bands), dtype=object), "y": y, "x": x}
     if names:
         coords["sensor"] = ("time", np.asarray([names[t % len(names)] for t in range(nt)], dtype=object))
     ds = xr.Dataset(
