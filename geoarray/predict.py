@@ -112,7 +112,7 @@ def predict(
         ``"auto"`` (CUDA if available), ``"cpu"`` or ``"cuda"``.
     outputs
         Which outputs to make: for segmentation ``["probabilities", "mask"]`` (default both), for feature
-        models ``["features"]``.
+        models ``["features"]`` (multi-output models: any of their names, e.g. ``["arrow_of_time"]``).
     prefix
         Prefix of the output names and of their class/feature dim, e.g. ``"change_"`` gives
         ``change_probabilities(time, change_class, y, x)``, so models with other classes or feature sizes
@@ -138,7 +138,12 @@ def predict(
         for multi-label models; nodata 255, or 65535 for uint16 masks of 255+ classes). Feature models:
         ``features(time, feature, y, x)``. With ``prefix``, names and the class/feature dim are prefixed.
         Models that consume the whole series drop ``time``. Invalid input pixels give NaN / nodata. Attrs
-        record the checkpoint sha256, model and geoarray version.
+        record the checkpoint sha256, model and geoarray version. A model with several outputs (the
+        checkpoint's ``output.parts``, e.g. ``task="invariants"``) writes each as its own variable with its
+        own dim: ``features(time, feature, y, x)``, ``features_<head>(time, feature_<head>, y, x)``,
+        ``features_pca(time, feature_pca, y, x)`` and the map ``arrow_of_time(time, y, x)`` (the probability
+        that the previous date was taken before this one; NaN on the first date). It reads the whole series
+        (time in one chunk: ``cube.chunk(time=-1)``); with a ``sensor``, only that sensor's dates.
 
     Raises
     ------

@@ -92,6 +92,14 @@ def fit(
         ``collapse_rank`` (1.5), ``collapse_std`` (1e-4) and ``diverge_rms`` (1e3): a run whose end-of-epoch
         embeddings fall below either of the first two (collapse) or above the last (divergence) ends in a
         TrainError, and no checkpoint of it is kept.
+        ``"invariants"`` (seed 000; ``model="unet"``, whose ``model_kwargs`` set the backbone's depth, width
+        and dropout; chips take every date): ``heads`` (any of ``"arrow_of_time"``,
+        ``"temporal_association"``, ``"augmentation_association"``; default all; the first two need >= 2
+        dates), ``feature_dim`` (64), ``head_dim`` (8), ``pca_dim`` (0: no PCA features), ``margin`` (1.0,
+        of the triplet losses), ``jitter`` (0.1) and ``noise`` (0.05) of the photometric view,
+        ``negative_shift`` (0.5 of the chip: how far "another place" is), and the collapse watch's options
+        as above. The checkpoint holds the backbone and its heads (model ``pretext_unet``); see
+        :mod:`geoarray.tasks.invariants`.
 
     model, model_kwargs
         A registry name (``geoarray.models.list_models()``) and its hyper-parameters; ``in_channels`` and
