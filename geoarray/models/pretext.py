@@ -39,7 +39,8 @@ def parse_heads(heads: str) -> list[str]:
 
 
 def _pixel_mlp(cin: int, hidden: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, cout, 1))
+    # GELU, not ReLU: a head whose units all die early (large first steps of the other heads) never recovers
+    return nn.Sequential(nn.Conv2d(cin, hidden, 1), nn.GELU(), nn.Conv2d(hidden, cout, 1))
 
 
 class PretextUNet(GeoModel):
@@ -94,9 +95,13 @@ class PretextUNet(GeoModel):
         return out
 
     def order_logit(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
-        """Per-pixel logit ``(N, 1, H, W)`` that ``first`` was taken before ``second`` (arrow-of-time features)."""
+        """Per-pixel logit ``(N, 1, H, W)`` that ``first`` was taken before ``second`` (arrow-of-time features).
+
+        Antisymmetric by construction, ``g(a, b) - g(b, a)``: swapping the dates flips the probability
+        (``p`` becomes ``1 - p``), and a pixel that looks the same on both dates gets exactly 0.5.
+        """
         assert self.order is not None
-        return self.order(torch.cat([first, second], dim=1))
+        return self.order(torch.cat([first, second], 1)) - self.order(torch.cat([second, first], 1))
 
     def project(self, f: torch.Tensor) -> torch.Tensor:
         """Backbone features ``(N, D, H, W)`` -> their principal components ``(N, pca_dim, H, W)``."""
