@@ -52,3 +52,19 @@ def test_readme_accuracy_claims_at_full_length(tmp_path):
     assert s["mean_iou"] >= 0.78  # README: 0.80 at 40 epochs; 0.790 measured
     ious = _load("seed004_multilabel_unet").main(["--out", str(tmp_path / "s4")])
     assert np.mean(list(ious.values())) >= 0.97  # README: 0.98 at 25 epochs on 256²; 0.979 measured
+
+
+def test_seed000_invariants_quick(tmp_path):
+    import geoarray
+
+    ex = _load("seed000_invariants")
+    s = ex.main(["--out", str(tmp_path), "--quick"])
+    aot = s["arrow_of_time"]
+    assert aot["accuracy"] >= 0.9, aot  # measured: ACC_MEASURED
+    assert s["iou_raw"] > IOU_RAW_MIN and s["iou_features"] > IOU_FEAT_MIN, s  # measured: IOU_MEASURED
+    cube = geoarray.open_cube(tmp_path / "change.zarr")
+    assert cube["features"].dims == ("time", "feature", "y", "x") and cube.sizes["feature"] == 64
+    assert cube.sizes["feature_arrow_of_time"] == 8 and cube.sizes["feature_pca"] == 8
+    assert cube["arrow_of_time"].dims == ("time", "y", "x")
+    for png in ("features.png", "arrow_of_time.png"):
+        assert (tmp_path / png).stat().st_size > 20_000

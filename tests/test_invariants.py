@@ -83,14 +83,8 @@ def _fit(out, heads, epochs, **task_kwargs):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """64-d features, three 8-d heads and 3 PCA components (two epochs: enough to check the outputs)."""
-    return _fit(tmp_path_factory.mktemp("inv") / "inv.safetensors", HEADS, 2, pca_dim=3)
-
-
-@pytest.fixture(scope="module")
-def arrow(tmp_path_factory):
-    """The arrow-of-time head alone, trained to order dates (on cube seed 0)."""
-    return _fit(tmp_path_factory.mktemp("aot") / "aot.safetensors", ["arrow_of_time"], 10, feature_dim=16)
+    """64-d features, three 8-d heads and 3 PCA components, trained on cube seed 0 (10 epochs, 30 steps)."""
+    return _fit(tmp_path_factory.mktemp("inv") / "inv.safetensors", HEADS, 10, pca_dim=3)
 
 
 def _reversed(cube: xr.Dataset) -> xr.Dataset:
@@ -99,8 +93,8 @@ def _reversed(cube: xr.Dataset) -> xr.Dataset:
     return rev
 
 
-def test_arrow_of_time_orders_changed_held_out_pixels(arrow):
-    ck = arrow
+def test_arrow_of_time_orders_changed_held_out_pixels(trained):
+    ck = trained
     test = change_cube(size=64, n_times=4, seed=1)  # another scene: every pixel is held out
     lab = test.labels.values
     changed = lab[1:] != lab[:-1]  # (pair, y, x): built over between dates t-1 and t
@@ -109,7 +103,9 @@ def test_arrow_of_time_orders_changed_held_out_pixels(arrow):
     # the dates in reverse: P(the previous frame is earlier) must now be low where a pixel changed
     back = geoarray.predict(_reversed(test), ck, outputs=["arrow_of_time"]).arrow_of_time.values[1:][::-1]
     right = np.concatenate([fwd[1:][changed] > 0.5, back[changed] < 0.5])
-    assert changed.sum() > 1000 and right.mean() >= 0.9, (changed.sum(), right.mean())
+    assert changed.sum() > 1000 and right.mean() >= 0.9, (changed.sum(), right.mean())  # 0.985 measured
+    # antisymmetric: the same pair of dates in the other order gets 1 - p
+    np.testing.assert_allclose(back, 1 - fwd[1:], atol=1e-5)
 
 
 def test_checkpoint_describes_every_output(trained):
