@@ -110,7 +110,7 @@ def draw(scene: xr.Dataset, path_f: Path, path_a: Path) -> None:
 
     t = scene.sizes["time"] - 1
     names = ["features", *(f"features_{h}" for h in HEADS), "features_pca"]
-    fig, axes = plt.subplots(1, len(names) + 1, figsize=(3.2 * (len(names) + 1), 3.6))
+    fig, axes = plt.subplots(1, len(names) + 1, figsize=(3.2 * (len(names) + 1), 4.0))
     axes[0].imshow(false_color(scene.imagery.isel(time=t), bands=["nir", "red", "green"]))
     axes[0].set_title(f"bands (nir, red, green)\n{str(scene.time.values[t])[:10]}", fontsize=9)
     for ax, name in zip(axes[1:], names, strict=True):
@@ -119,25 +119,33 @@ def draw(scene: xr.Dataset, path_f: Path, path_a: Path) -> None:
     for ax in axes:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path_f, dpi=110)
+    fig.savefig(path_f, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
     lab = scene.labels.values
     changed = (lab[1:] != lab[:-1]).sum((1, 2))
     k = int(np.argmax(changed)) + 1  # the date pair with the most change
-    fig, axes = plt.subplots(1, 4, figsize=(13, 3.6))
+    fig, axes = plt.subplots(1, 4, figsize=(13, 4.2))
     for ax, i in zip(axes[:2], (k - 1, k), strict=True):
         ax.imshow(false_color(scene.imagery.isel(time=i), bands=["nir", "red", "green"]))
         ax.set_title(f"date {i}: {str(scene.time.values[i])[:10]}", fontsize=9)
     im = axes[2].imshow(scene.arrow_of_time.isel(time=k).values, vmin=0, vmax=1, cmap="RdBu_r")
-    axes[2].set_title(f"arrow_of_time at date {k}:\nP(date {k - 1} was taken before date {k})", fontsize=9)
+    axes[2].set_title(
+        f"arrow_of_time at date {k}: P(date {k - 1} was taken\nbefore date {k}); red: yes, blue: no, white: can't tell",
+        fontsize=9,
+    )
     fig.colorbar(im, ax=axes[2], fraction=0.046)
     axes[3].imshow(lab[k] != lab[k - 1], cmap="gray")
-    axes[3].set_title(f"true change, date {k - 1} -> {k}", fontsize=9)
+    axes[3].set_title(f"true change, date {k - 1} -> {k}\n(white: built over)", fontsize=9)
     for ax in axes:
         ax.axis("off")
+    fig.suptitle(
+        "built-over pixels are ordered by their change, vegetation also by its seasonal cycle; water, which never "
+        "changes, gets no consistent answer",
+        fontsize=9,
+    )
     fig.tight_layout()
-    fig.savefig(path_a, dpi=110)
+    fig.savefig(path_a, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 

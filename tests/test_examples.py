@@ -54,14 +54,16 @@ def test_readme_accuracy_claims_at_full_length(tmp_path):
     assert np.mean(list(ious.values())) >= 0.97  # README: 0.98 at 25 epochs on 256²; 0.979 measured
 
 
+@pytest.mark.slow  # about 18 min under the load of this session (8 helpers on 2 cores); re-time when quiet
 def test_seed000_invariants_quick(tmp_path):
     import geoarray
 
     ex = _load("seed000_invariants")
     s = ex.main(["--out", str(tmp_path), "--quick"])
     aot = s["arrow_of_time"]
-    assert aot["accuracy"] >= 0.9, aot  # measured: ACC_MEASURED
-    assert s["iou_raw"] > IOU_RAW_MIN and s["iou_features"] > IOU_FEAT_MIN, s  # measured: IOU_MEASURED
+    assert aot["accuracy"] >= 0.9, aot  # measured: 0.985 (0.985 in order, 0.985 reversed)
+    # measured: 0.875 on the raw bands, 0.571 with the 64 features as extra bands (10 epochs on 64²)
+    assert s["iou_raw"] > 0.75 and s["iou_features"] > 0.45, s
     cube = geoarray.open_cube(tmp_path / "change.zarr")
     assert cube["features"].dims == ("time", "feature", "y", "x") and cube.sizes["feature"] == 64
     assert cube.sizes["feature_arrow_of_time"] == 8 and cube.sizes["feature_pca"] == 8
