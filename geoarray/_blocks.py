@@ -18,6 +18,7 @@ from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
 from geoarray import _inference
 from geoarray._inference import BlockSpec, RunSpec
+from geoarray._output_parts import channels_of
 
 __all__ = ["MIN_BLOCK", "TINY", "aligned", "build_graph", "direct_sources", "grouped"]
 
@@ -117,7 +118,7 @@ def build_graph(
     out_keys: dict[Any, list[Any]] = {key: [] for key in dsk}
     for j, out in enumerate(spec.outputs):
         dtype = np.dtype(spec.mask_dtype if out == "mask" else spec.float_dtype)
-        k = _inference.channels_of(spec, out)
+        k = channels_of(spec, out)
         has_k = k > 0
         oname = f"{name}-{out}"
         layer: dict[Any, Any] = {}

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from geoarray._output_parts import channels_of, split_parts
+
 
 @dataclass(frozen=True)
 class RunSpec:
@@ -37,14 +39,6 @@ class RunSpec:
     bands: tuple[str, ...] = ()  # names, in input order (for messages)
     # models with several outputs (output.parts): (name, first channel, end channel, has a channel dim, activation)
     parts: tuple[tuple[str, int, int, bool, str | None], ...] = ()
-
-
-def channels_of(spec: RunSpec, name: str) -> int:
-    """Channels of output ``name`` along its class/feature axis; 0 when it has none (a mask, a heatmap)."""
-    for part, a, b, has_dim, _ in spec.parts:
-        if part == name:
-            return b - a if has_dim else 0
-    return spec.channels if name != "mask" or spec.kind == "multilabel" else 0
 
 
 @dataclass(frozen=True)
@@ -222,12 +216,7 @@ def _postprocess(logits: Any, kind: str, spec: RunSpec) -> list[np.ndarray]:
             elif name == "mask":
                 outs.append((probs > spec.threshold).numpy().astype(spec.mask_dtype))
     elif spec.parts:  # slices of the channels, one per output
-        where = {p[0]: p for p in spec.parts}
-        for name in spec.outputs:
-            _, a, b, has_dim, act = where[name]
-            part = logits[:, a:b].float()
-            part = torch.sigmoid(part) if act == "sigmoid" else part
-            outs.append((part if has_dim else part[:, 0]).numpy().astype(spec.float_dtype))
+        outs.extend(split_parts(logits, spec))
     else:
         outs.append(logits.float().numpy().astype(spec.float_dtype, copy=False))
     return outs

@@ -68,3 +68,28 @@ def parts_spec(model: Any) -> dict[str, Any]:
         "feature_dim": parts[0]["channels"],
         "parts": parts,
     }
+
+
+# -- in predict's block kernel (``spec`` is its RunSpec; ``spec.parts`` holds (name, start, stop, has a dim,
+# activation) slices of the model's channels) -----------------------------------------------------------------
+def channels_of(spec: Any, name: str) -> int:
+    """Channels of output ``name`` along its class/feature axis; 0 when it has none (a mask, a heatmap)."""
+    for part, a, b, has_dim, _ in spec.parts:
+        if part == name:
+            return int(b - a) if has_dim else 0
+    return int(spec.channels) if name != "mask" or spec.kind == "multilabel" else 0
+
+
+def split_parts(logits: Any, spec: Any) -> list[Any]:
+    """Model outputs ``(N, K, h, w)`` -> one float array per wanted part (activation applied; a part without
+    a dim loses its channel axis), in ``spec.outputs`` order."""
+    import torch
+
+    where = {p[0]: p for p in spec.parts}
+    outs = []
+    for name in spec.outputs:
+        _, a, b, has_dim, act = where[name]
+        part = logits[:, a:b].float()
+        part = torch.sigmoid(part) if act == "sigmoid" else part
+        outs.append((part if has_dim else part[:, 0]).numpy().astype(spec.float_dtype))
+    return outs

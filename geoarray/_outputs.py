@@ -13,7 +13,8 @@ import dask.array as dsa
 import numpy as np
 import xarray as xr
 
-from geoarray._inference import RunSpec, channels_of
+from geoarray._inference import RunSpec
+from geoarray._output_parts import channels_of
 
 __all__ = ["layout", "wrap"]
 
