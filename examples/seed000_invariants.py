@@ -151,7 +151,7 @@ def draw(scene: xr.Dataset, path_f: Path, path_a: Path) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="a small cube and few epochs (under a minute)")
+    ap.add_argument("--quick", action="store_true", help="a 64² cube of 4 dates and 10 epochs per fit (what the tests run)")
     ap.add_argument("--out", type=Path, default=Path("seed000-out"))
     args = ap.parse_args(argv)
     s = _sizes(args.quick)
