@@ -54,7 +54,7 @@ def test_readme_accuracy_claims_at_full_length(tmp_path):
     assert np.mean(list(ious.values())) >= 0.97  # README: 0.98 at 25 epochs on 256²; 0.979 measured
 
 
-@pytest.mark.slow  # about 18 min under the load of this session (8 helpers on 2 cores); re-time when quiet
+@pytest.mark.slow  # 287 s at load ~10 on 2 cores (1074 s at load ~18): re-time when quiet
 def test_seed000_invariants_quick(tmp_path):
     import geoarray
 
