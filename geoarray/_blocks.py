@@ -18,6 +18,7 @@ from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
 from geoarray import _inference
 from geoarray._inference import BlockSpec, RunSpec
+from geoarray._output_parts import channels_of
 
 __all__ = ["MIN_BLOCK", "TINY", "aligned", "build_graph", "direct_sources", "grouped"]
 
@@ -115,10 +116,10 @@ def build_graph(
 
     arrays = []
     out_keys: dict[Any, list[Any]] = {key: [] for key in dsk}
-    k = spec.channels
     for j, out in enumerate(spec.outputs):
         dtype = np.dtype(spec.mask_dtype if out == "mask" else spec.float_dtype)
-        has_k = out != "mask" or spec.kind == "multilabel"
+        k = channels_of(spec, out)
+        has_k = k > 0
         oname = f"{name}-{out}"
         layer: dict[Any, Any] = {}
         for key in dsk:

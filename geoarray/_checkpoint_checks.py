@@ -14,6 +14,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from geoarray._output_parts import check_parts, parts_spec
 from geoarray.errors import CheckpointError, ModelError
 
 FORMAT_VERSION = 1
@@ -44,7 +45,7 @@ _SCHEMA = {
          "geoarray_version", "extra", DIGEST},
     "model.": {"name", "hparams"},
     "input.": {"bands", "mean", "std", "sensor", "dtype", "scale", "kind", "time_series", "date_encoding"},
-    "output.": {"kind", "variables", "classes", "feature_dim"},
+    "output.": {"kind", "variables", "classes", "feature_dim", "parts"},
 }  # fmt: skip
 _DATE_ENCODINGS = (None, "doy", "days")
 _VERSIONS = "1" if FORMAT_VERSION == 1 else f"an integer from 1 to {FORMAT_VERSION}"
@@ -170,6 +171,9 @@ def validate_meta(doc: Any, where: str, fix: str = RESAVE) -> None:
         out, "kind", "output.", lambda v: v in allowed, f"{' or '.join(map(repr, allowed))} for task {task!r}"
     )
     made = _VARIABLES[okind]
+    parts = out.get("parts")
+    if parts is not None:
+        made = check_parts(parts, okind, where, fix)
     need(
         out,
         "variables",
@@ -178,7 +182,9 @@ def validate_meta(doc: Any, where: str, fix: str = RESAVE) -> None:
         f"distinct names among {sorted(made)}" if made else "an empty list",
     )
     if okind == "features":
-        need(out, "feature_dim", "output.", lambda v: is_int(v) and v > 0, "a positive integer")
+        dim = need(out, "feature_dim", "output.", lambda v: is_int(v) and v > 0, "a positive integer")
+        if parts is not None and parts[0]["channels"] != dim:
+            raise _bad(where, "output.feature_dim", dim, f"{parts[0]['channels']} (part 'features')", fix)
     else:
         need(out, "classes", "output.", _names, "a non-empty list of distinct class names (str)")
 
@@ -225,6 +231,8 @@ def output_spec(task: str, model: Any, classes: Sequence[str] | None, multilabel
     if kind is None:
         raise CheckpointError(f"task={task!r} is unknown; expected one of {sorted(OUTPUT_KINDS)}.")
     n = int(getattr(model, "out_channels", 0))
+    if kind == "features" and callable(getattr(model, "parts", None)):  # several outputs (seed 000)
+        return parts_spec(model)
     if kind == "features":
         return {"kind": "features", "variables": ["features"], "feature_dim": n}
     names = [str(c) for c in classes] if classes is not None else [str(i) for i in range(n)]
@@ -349,7 +357,12 @@ def check_model(model: Any, doc: dict[str, Any], index: dict[str, Any], where: s
     if in_ch is not None and in_ch != len(inp["bands"]):
         problems.append(f"{len(inp['bands'])} bands {inp['bands']} for in_channels={in_ch}")
     n_out = int(getattr(model, "out_channels", 0))
-    if out["kind"] == "features":
+    if out.get("parts") is not None:
+        total = sum(p["channels"] for p in out["parts"])
+        own = [(a, c) for a, c, *_ in model.parts()] if callable(getattr(model, "parts", None)) else None
+        if total != n_out or (own is not None and own != [(p["name"], p["channels"]) for p in out["parts"]]):
+            problems.append(f"output.parts {short(out['parts'])} are not the model's ({own or n_out})")
+    elif out["kind"] == "features":
         if out["feature_dim"] != n_out:
             problems.append(
                 f"output.feature_dim is {out['feature_dim']}, the model has {n_out} output channels"

@@ -104,8 +104,9 @@ def run_chips(
     """
     import torch
 
-    from geoarray._inference import get_model, torch_threads
+    from geoarray._inference import get_model
     from geoarray._preprocess import normalize_fill
+    from geoarray._threads import torch_threads
 
     mean, std, scale = spec.norm
     z, ok = normalize_fill(np.asarray(raw), None if valid is None else np.asarray(valid), mean, std, scale)

@@ -6,15 +6,15 @@ value) and the model loads once per process, keyed by the checkpoint's sha256.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from geoarray._output_parts import channels_of, split_parts
+from geoarray._threads import torch_threads
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,8 @@ class RunSpec:
     bands: tuple[str, ...] = ()  # names, in input order (for messages)
     precision: str = "32"  # "32", or autocast to "bf16" / "16" (outputs are cast back to float32)
     ckpt_options: str = "{}"  # fsspec storage_options (JSON) when ``path`` is a URL
+    # models with several outputs (output.parts): (name, first channel, end channel, has a channel dim, activation)
+    parts: tuple[tuple[str, int, int, bool, str | None], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -80,51 +82,6 @@ def _remember(cache: OrderedDict[Any, Any], key: Any, value: Any, limit: int) ->
     cache.move_to_end(key)
     while len(cache) > limit:
         cache.popitem(last=False)
-
-
-def _thread_budget() -> int:
-    """Torch threads per task: dask threads x torch threads <= cores (oversubscription costs ~2.5x)."""
-    cores = os.cpu_count() or 1
-    try:
-        from distributed import get_worker
-
-        worker = get_worker()
-    except (ImportError, ValueError):  # not in a distributed worker: the local threaded scheduler
-        import dask
-
-        return max(1, cores // max(1, int(dask.config.get("num_workers", None) or cores)))
-    if os.environ.get("OMP_NUM_THREADS"):  # the Nanny has already budgeted threads per worker
-        return max(1, int(os.environ["OMP_NUM_THREADS"]))
-    return max(1, cores // max(1, worker.state.nthreads))
-
-
-_ACTIVE = 0
-_SAVED_THREADS: int | None = None
-
-
-@contextmanager
-def torch_threads() -> Iterator[None]:
-    """Set torch's thread count for the tasks running now, and give the process its own back after the last.
-
-    ``torch.set_num_threads`` is process-wide and predict's tasks often run in the caller's process (dask's
-    threaded scheduler): the first task in sets the budget, the last one out restores the caller's value.
-    """
-    global _ACTIVE, _SAVED_THREADS
-    import torch
-
-    with _LOCK:
-        if _ACTIVE == 0:
-            _SAVED_THREADS = torch.get_num_threads()
-            torch.set_num_threads(_thread_budget())
-        _ACTIVE += 1
-    try:
-        yield
-    finally:
-        with _LOCK:
-            _ACTIVE -= 1
-            if _ACTIVE == 0 and _SAVED_THREADS is not None:
-                torch.set_num_threads(_SAVED_THREADS)
-                _SAVED_THREADS = None
 
 
 LOADS = 0  #: checkpoint loads by :func:`get_model` in this process (``client.run`` reads it per worker)
@@ -223,6 +180,8 @@ def _postprocess(logits: Any, kind: str, spec: RunSpec) -> list[np.ndarray]:
                 outs.append(probs.numpy().astype(spec.float_dtype, copy=False))
             elif name == "mask":
                 outs.append((probs > spec.threshold).numpy().astype(spec.mask_dtype))
+    elif spec.parts:  # slices of the channels, one per output
+        outs.extend(split_parts(logits, spec))
     else:
         outs.append(logits.float().numpy().astype(spec.float_dtype, copy=False))
     return outs
@@ -338,11 +297,12 @@ def _run_window(model: Any, window: np.ndarray, ok: np.ndarray, block: BlockSpec
                 logits = model(x)[..., oy : oy + by, ox : ox + bx].cpu()
                 results.append(_postprocess(logits, kind, spec))
             outs_full = _scatter(results, idx, t, spec, shape_k, by, bx)
-        else:  # sequence: the whole series at once, output per frame
-            x = torch.from_numpy(np.ascontiguousarray(window))[None].to(device)
-            dates = torch.as_tensor(np.asarray(block.dates, dtype=np.float32))[None].to(device)
-            logits = model(x, dates=dates)[0][..., oy : oy + by, ox : ox + bx].cpu()
-            outs_full = _postprocess(logits, kind, spec)
+        else:  # sequence: the whole series of run dates (not another sensor's) at once, output per frame
+            idx = np.flatnonzero(run)
+            x = torch.from_numpy(np.ascontiguousarray(window[idx]))[None].to(device)
+            dates = torch.as_tensor(np.asarray(block.dates, dtype=np.float32)[idx])[None].to(device)
+            res = [model(x, dates=dates)[0][..., oy : oy + by, ox : ox + bx].cpu()] if len(idx) else []
+            outs_full = _scatter([_postprocess(r, kind, spec) for r in res], idx, t, spec, shape_k, by, bx)
     invalid = ~valid | ~run[:, None, None]
     _mark_invalid(outs_full, invalid, spec, class_axis=1)
     return tuple(outs_full)
@@ -355,8 +315,8 @@ def _scatter(
     outs = []
     for j, name in enumerate(spec.outputs):
         dtype = spec.mask_dtype if name == "mask" else spec.float_dtype
-        has_k = name != "mask" or spec.kind == "multilabel"
-        shape = (t, k, by, bx) if has_k else (t, by, bx)
+        k = channels_of(spec, name)
+        shape = (t, k, by, bx) if k else (t, by, bx)
         full = np.zeros(shape, dtype=dtype)
         if results:
             full[idx] = np.concatenate([r[j] for r in results], axis=0)
@@ -364,7 +324,9 @@ def _scatter(
     return outs
 
 
-def _run_pixels(model: Any, window: np.ndarray, valid: np.ndarray, block: BlockSpec) -> tuple[np.ndarray, ...]:
+def _run_pixels(
+    model: Any, window: np.ndarray, valid: np.ndarray, block: BlockSpec
+) -> tuple[np.ndarray, ...]:
     """Pixel time-series models: every pixel's ``(T, C)`` series -> one vector; no time dim in the output."""
     import torch
 

@@ -25,6 +25,7 @@ import xarray as xr
 from geoarray._blocks import MIN_BLOCK, TINY, aligned, build_graph, direct_sources, grouped
 from geoarray._constants import MASK_NODATA, MASK_NODATA_WIDE
 from geoarray._inference import RunSpec, clear_caches
+from geoarray._outputs import layout, wrap
 from geoarray._preprocess import date_features
 from geoarray._storage import is_url, location
 from geoarray._writer import WriteReport, dim_clashes, partial_outputs, write_to_store
@@ -105,7 +106,7 @@ def predict(
         ``"auto"`` (CUDA if available), ``"cpu"`` or ``"cuda"``.
     outputs
         Which outputs to make: for segmentation ``["probabilities", "mask"]`` (default both), for feature
-        models ``["features"]``.
+        models ``["features"]`` (multi-output models: any of their names, e.g. ``["arrow_of_time"]``).
     prefix
         Prefix of the output names and of their class/feature dim, e.g. ``"change_"`` gives
         ``change_probabilities(time, change_class, y, x)``, so models with other classes or feature sizes
@@ -136,7 +137,12 @@ def predict(
         for multi-label models; nodata 255, or 65535 for uint16 masks of 255+ classes). Feature models:
         ``features(time, feature, y, x)``. With ``prefix``, names and the class/feature dim are prefixed.
         Models that consume the whole series drop ``time``. Invalid input pixels give NaN / nodata. Attrs
-        record the checkpoint sha256, model and geoarray version.
+        record the checkpoint sha256, model and geoarray version. A model with several outputs (the
+        checkpoint's ``output.parts``, e.g. ``task="invariants"``) writes each as its own variable with its
+        own dim: ``features(time, feature, y, x)``, ``features_<head>(time, feature_<head>, y, x)``,
+        ``features_pca(time, feature_pca, y, x)`` and the map ``arrow_of_time(time, y, x)`` (the probability
+        that the previous date was taken before this one; NaN on the first date). It reads the whole series
+        (time in one chunk: ``cube.chunk(time=-1)``); with a ``sensor``, only that sensor's dates.
 
     Raises
     ------
@@ -312,9 +318,10 @@ def _predict(
         bands=tuple(needed),
         precision=precision,
         ckpt_options=location(path, ck_options).options_json,
+        parts=layout(out_spec),
     )
     arrays, blocks = build_graph(data, valid, (ych, xch), spec, h, run_times, dates, direct=direct)
-    new = _wrap(arrays, cube, wanted, spec, meta, prefix, Path(path).name)
+    new = wrap(arrays, cube, wanted, spec, meta, prefix, Path(path).name)
     if store is None:
         return _assign(cube, new), None
     so = {"storage_options": storage_options} if is_url(store) else {}
@@ -367,54 +374,3 @@ def _outputs(kind: str, out_spec: dict[str, Any], outputs: Sequence[str] | None)
     if bad or not wanted:
         raise PredictError(f"outputs={wanted}; a {kind} checkpoint makes {available}.")
     return [o for o in available if o in wanted]
-
-
-def _wrap(
-    arrays: list[dsa.Array],
-    cube: xr.Dataset,
-    wanted: list[str],
-    spec: RunSpec,
-    meta: dict[str, Any],
-    prefix: str,
-    ckpt_name: str,
-) -> dict[str, xr.DataArray]:
-    from geoarray._version import __version__
-
-    out_spec = meta["output"]
-    has_time = spec.input_kind != "pixels"
-    coords: dict[str, Any] = {"y": cube["y"], "x": cube["x"]}
-    if has_time:
-        coords["time"] = cube["time"]
-    if "spatial_ref" in cube.coords:
-        coords["spatial_ref"] = cube["spatial_ref"]
-    provenance = {
-        "checkpoint": ckpt_name,
-        "checkpoint_sha256": spec.sha256,
-        "model": meta["model"]["name"],
-        "task": meta["task"],
-        "geoarray_version": __version__,
-        "precision": spec.precision,
-    }
-    result = {}
-    for arr, out in zip(arrays, wanted, strict=True):
-        has_k = out != "mask" or spec.kind == "multilabel"
-        # prefixed outputs get their own dim: models with other class lists / feature sizes sit side by side
-        kdim = prefix + ("feature" if out == "features" else "class")
-        dims = (("time",) if has_time else ()) + ((kdim,) if has_k else ()) + ("y", "x")
-        c = dict(coords)
-        if has_k:
-            c[kdim] = (
-                np.asarray(out_spec["classes"], dtype=object)
-                if out != "features"
-                else np.arange(spec.channels)
-            )
-        attrs = dict(provenance)
-        if out == "mask":
-            attrs.update(nodata=spec.nodata, classes=list(out_spec["classes"]), long_name="predicted class")
-        elif out == "probabilities":
-            attrs.update(classes=list(out_spec["classes"]), long_name="class probability")
-        else:
-            attrs.update(long_name="learned features")
-        da = xr.DataArray(arr, dims=dims, coords=c, attrs=attrs)
-        result[f"{prefix}{out}"] = da
-    return result

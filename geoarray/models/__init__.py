@@ -11,5 +11,6 @@ from geoarray.models.base import GeoModel, receptive_field
 
 # Importing the family modules registers their factories.
 from geoarray.models import attention, pixel, resnet, unet  # noqa: F401  isort: skip
+from geoarray.models import pretext  # noqa: F401  isort: skip
 
 __all__ = ["GeoModel", "create_model", "list_models", "model_info", "receptive_field", "register_model"]

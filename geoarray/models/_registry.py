@@ -108,7 +108,7 @@ def check_hparams(name: str, hparams: dict[str, Any]) -> dict[str, Any]:
 # Smallest value of an int hparam (default 1): 0 classes make a feature model (pixel models, resnets; map
 # models refuse it themselves), and 0 attention layers a plain UNet. Each model checks its own depth range
 # (a UNet's is 2..7), so the registry checks only that depth is an integer.
-_MINIMUM: dict[str, int | None] = {"num_classes": 0, "num_attention_layers": 0, "depth": None}
+_MINIMUM: dict[str, int | None] = {"num_classes": 0, "num_attention_layers": 0, "depth": None, "pca_dim": 0}
 _EVEN = ("encoding_dim", "d_model")  # sinusoidal date encodings take sin/cos pairs
 
 

@@ -9,6 +9,7 @@ from geoarray.tasks.barlow_twins import BarlowTwinsTask
 from geoarray.tasks.base import Task
 from geoarray.tasks.classification import ClassificationTask
 from geoarray.tasks.finetune import FinetuneTask, LinearProbeTask
+from geoarray.tasks.invariants import InvariantsTask
 from geoarray.tasks.pixel_classification import PixelClassificationTask
 from geoarray.tasks.segmentation import SegmentationTask
 from geoarray.tasks.vicreg import VICRegTask
@@ -21,6 +22,7 @@ TASKS: dict[str, type[Task]] = {
     "linear_probe": LinearProbeTask,
     "finetune": FinetuneTask,
     "vicreg": VICRegTask,
+    "invariants": InvariantsTask,
 }
 
 

@@ -83,6 +83,10 @@ class Task:
         """The optimizer's parameter groups (``net`` is :meth:`train_module`'s result): every trainable
         parameter at ``lr``. A task may give parts of the model their own learning rates."""
         return [{"params": [p for p in net.parameters() if p.requires_grad], "lr": lr}]
+    def saved_model(self, model: Any, net: Any) -> Any:
+        """The registry model the checkpoint holds: the model (an SSL backbone without its projector), or
+        :meth:`train_module`'s result when that is itself a registry model whose heads predict uses."""
+        return model
 
     def training_loss(self, net: Any, batch: Batch) -> torch.Tensor:
         """The loss of one training batch (``net`` is :meth:`train_module`'s result, maybe DDP-wrapped)."""

@@ -104,6 +104,14 @@ def fit(
         embeddings fall below either of the first two (collapse) or above the last (divergence) ends in a
         TrainError, and no checkpoint of it is kept. ``"finetune"``: ``backbone_lr`` (the encoder's learning
         rate; default ``lr / 10``, the head trains at ``lr``; the schedule scales both).
+        ``"invariants"`` (seed 000; ``model="unet"``, whose ``model_kwargs`` set the backbone's depth, width
+        and dropout; chips take every date): ``heads`` (any of ``"arrow_of_time"``,
+        ``"temporal_association"``, ``"augmentation_association"``; default all; the first two need >= 2
+        dates), ``feature_dim`` (64), ``head_dim`` (8), ``pca_dim`` (0: no PCA features), ``margin`` (1.0,
+        of the triplet losses), ``jitter`` (0.1) and ``noise`` (0.05) of the photometric view,
+        ``negative_shift`` (0.5 of the chip: how far "another place" is), and the collapse watch's options
+        as above. The checkpoint holds the backbone and its heads (model ``pretext_unet``); see
+        :mod:`geoarray.tasks.invariants`.
     init
         For ``"linear_probe"`` / ``"finetune"`` (and only them): a checkpoint of a feature encoder (e.g. from
         ``task="barlow_twins"``). The run builds its model (``model`` and ``model_kwargs`` may be left out;

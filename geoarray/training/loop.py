@@ -52,6 +52,7 @@ class Trainer:
             # what trains: the model, or the model plus the task's heads (an SSL projector); the checkpoint
             # holds the model only
             self.net = setup.task.train_module(self.model).to(self.device)
+            self.model = setup.task.saved_model(self.model, self.net)
         self.start_epoch = 0
         self.best = -math.inf
         resumed = self._resume(cfg.resume) if cfg.resume else None
@@ -315,7 +316,7 @@ class Trainer:
         from geoarray.checkpoint import load_checkpoint, read_metadata
 
         made = read_metadata(path)["model"]
-        if made.get("name") != self.cfg.model:
+        if made.get("name") != self.model.name:
             raise TrainError(
                 f"resume={path!r} holds a {made.get('name')!r} model, but this run builds {self.cfg.model!r}. "
                 f"Resume with model={made.get('name')!r} and the same model_kwargs, or drop resume= to start anew."

@@ -299,3 +299,58 @@ def test_probe_cli_on_a_cube_without_labels_is_a_one_line_error(bt_ckpt, cube, t
     r = CliRunner().invoke(app, ["probe", str(store), "--ckpt", str(bt_ckpt)])
     assert r.exit_code == 2 and "Traceback" not in r.output
     assert "error: probe needs labels, but the cube has no 'labels' variable" in r.output
+# -- task="invariants" (seed 000) ---------------------------------------------------------------------------
+INV = {
+    "task": "invariants",
+    "model": "unet",
+    "model_kwargs": {"depth": 2, "width": 4},
+    "chip_size": 16,
+    "batch_size": 4,
+    "epochs": 1,
+    "progress": False,
+}
+
+
+@pytest.mark.parametrize(
+    "heads, n_times, match",
+    [
+        (["arrow_of_time"], 1, r"heads \['arrow_of_time'\] compare two dates of one place, but the cube has 1 date"),
+        (
+            ["temporal_association", "augmentation_association"],
+            1,
+            r"heads \['temporal_association'\] compare two dates.*heads=\['augmentation_association'\]",
+        ),
+        ([], 3, r"heads=\[\] \(an empty list\); expected one or more distinct heads among"),
+        (["arrow_of_time", "arrow"], 3, r"heads=\['arrow_of_time', 'arrow'\] \(unknown \['arrow'\]\)"),
+        ("arrow_of_time", 3, r"heads='arrow_of_time'; expected a list of head names"),
+        (["arrow_of_time", "arrow_of_time"], 3, r"\(repeated names\)"),
+    ],
+)
+def test_invariants_heads_and_dates_are_checked_before_any_work(tmp_path, heads, n_times, match):
+    from geoarray.datasets import change_cube
+
+    c = change_cube(size=32, n_times=n_times, seed=0).drop_vars("labels")
+    out = tmp_path / "inv.safetensors"
+    with pytest.raises(TrainError, match=match):
+        geoarray.fit(c, **{**INV, "task_kwargs": {"heads": heads}, "out": str(out)})
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"model": "pixel_cnn", "model_kwargs": {"width": 4}}, r"trains a UNet backbone.*got model 'pixel_cnn'"),
+        ({"task_kwargs": {"pca_dim": 80}}, r"pca_dim=80; expected at most feature_dim=64"),
+        ({"task_kwargs": {"head_dim": 0}}, r"head_dim=0; expected an integer >= 1"),
+        ({"task_kwargs": {"margin": -1}}, r"margin=-1; expected a finite number >= 0"),
+        ({"loss": "focal"}, r"has its own losses \(one per head\); expected loss=None"),
+    ],
+)
+def test_invariants_options_are_checked_before_any_work(tmp_path, change, match):
+    from geoarray.datasets import change_cube
+
+    c = change_cube(size=32, n_times=2, seed=0).drop_vars("labels")
+    out = tmp_path / "inv.safetensors"
+    with pytest.raises(TrainError, match=match):
+        geoarray.fit(c, **{**INV, "out": str(out), **change})
+    assert not out.exists()
