@@ -88,6 +88,8 @@ class ChipAugment:
         and contrast, blur, noise (in that order). Returns a new tensor; ``x`` is left alone."""
         if x.ndim != 4:
             raise ValueError(f"expected chips (B, C, H, W), got shape {tuple(x.shape)}")
+        if len(x) == 0:  # every chip of the batch was skipped (temporal positives)
+            return x.clone()
         g = generator
         x = random_resized_crop(x, self.crop_scale, g)
         x = flip_rotate(x, g, flip=self.flip, rotate=self.rotate and x.shape[-1] == x.shape[-2])
