@@ -106,12 +106,14 @@ def _ramp(b=4, c=13, h=16, w=16):
 
 
 def test_augmentations_are_seeded_keep_the_shape_and_take_any_number_of_bands():
-    x = _ramp().float()
+    x = _ramp(b=16).float()
     aug = ChipAugment()
+    torch.manual_seed(0)
     a = aug(x, torch.Generator().manual_seed(3))
+    torch.manual_seed(1)  # torch's global generator plays no part
     b = aug(x, torch.Generator().manual_seed(3))
     c = aug(x, torch.Generator().manual_seed(4))
-    assert a.shape == x.shape == (4, 13, 16, 16)  # 13 bands: nothing assumes RGB
+    assert a.shape == x.shape == (16, 13, 16, 16)  # 13 bands: nothing assumes RGB
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert torch.isfinite(a).all() and not torch.equal(a, x)
 
@@ -163,9 +165,9 @@ def test_brightness_and_contrast_are_per_band_affine_changes():
     xc, oc = x - x.mean((-2, -1), keepdim=True), out - out.mean((-2, -1), keepdim=True)
     f = (xc * oc).sum((-2, -1)) / (xc * xc).sum((-2, -1))  # the contrast factor of each (chip, band)
     assert (oc - f[..., None, None] * xc).abs().max() < 1e-9  # one factor per chip and band explains it all
-    assert ((f >= 0.5 - 1e-9) & (f <= 1.5 + 1e-9)).all() and f.std() > 0.05  # bands differ
-    shift = (out.mean((-2, -1)) - x.mean((-2, -1))).abs()
-    assert (shift <= 0.3 + 1e-9).all() and shift.std() > 0.01
+    assert ((f >= 0.5 - 1e-9) & (f <= 1.5 + 1e-9)).all() and (f.std(1) > 1e-3).all()  # bands of a chip differ
+    shift = out.mean((-2, -1)) - x.mean((-2, -1))
+    assert (shift.abs() <= 0.3 + 1e-9).all() and (shift.std(1) > 1e-3).all()
 
 
 def test_blur_uses_normalised_gaussian_kernels_and_noise_has_its_std():
