@@ -315,3 +315,35 @@ def test_a_tiny_vicreg_fit_learns_without_collapse_and_writes_a_feature_encoder(
     with torch.no_grad():
         e = ck.model(torch.zeros(3, 4, 32, 32))
     assert e.shape == (3, 64)  # one 64-d embedding per chip (resnet18 at width 8: 8 x 8)
+
+
+@pytest.mark.parametrize(
+    "task, task_kwargs, terms",
+    [
+        ("vicreg", {"positives": "temporal", "projector_dim": 32}, ("vic_invariance", "vic_variance")),
+        (
+            "barlow_twins",
+            {"projector_dim": 32},
+            ("bt_on_diag", "bt_off_diag"),
+        ),  # the same chip views, for free
+    ],
+)
+def test_temporal_positives_and_barlow_twins_train_chip_encoders(
+    chip_store, tmp_path, task, task_kwargs, terms
+):
+    out = tmp_path / "m.safetensors"
+    geoarray.fit(
+        geoarray.open_cube(chip_store),
+        task=task,
+        task_kwargs=task_kwargs,
+        epochs=1,
+        steps_per_epoch=2,
+        out=str(out),
+        log_dir=str(tmp_path / "log"),
+        **{**SMALL, "stride": 32, "batch_size": 8},
+    )
+    (row,) = list(csv.DictReader(open(tmp_path / "log" / "metrics.csv")))
+    assert all(math.isfinite(float(row[t])) for t in terms)
+    assert float(row["skipped_chips"]) == 0  # every chip of this cube has valid dates to pair
+    meta = read_metadata(out)
+    assert meta["task"] == task and meta["output"]["feature_dim"] == 64 and meta["input"]["kind"] == "chip"

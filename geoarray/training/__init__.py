@@ -84,7 +84,9 @@ def fit(
     task
         ``"segmentation"``, ``"classification"`` (chip labels from ``regions=`` + ``region_property=``) or
         ``"pixel_classification"`` (pixel time series), or ``"barlow_twins"`` (self-supervised, on pixel
-        time-series backbones; no labels needed; the checkpoint's output is ``features``).
+        time-series backbones or chip encoders; no labels needed; the checkpoint's output is ``features``), or
+        ``"vicreg"`` (self-supervised, on ``resnet18`` / ``resnet50`` chip encoders, which then output their
+        pooled embedding: ``num_classes`` defaults to 0 for both self-supervised tasks).
     task_kwargs
         Options of the task. ``"barlow_twins"``: ``lambd`` (off-diagonal weight, 5e-3), ``view_dates`` (valid
         dates per view; default half the cube's dates; pixels with fewer are skipped and counted),
@@ -92,6 +94,16 @@ def fit(
         ``collapse_rank`` (1.5), ``collapse_std`` (1e-4) and ``diverge_rms`` (1e3): a run whose end-of-epoch
         embeddings fall below either of the first two (collapse) or above the last (divergence) ends in a
         TrainError, and no checkpoint of it is kept.
+        ``"vicreg"``: ``sim_coeff`` / ``std_coeff`` / ``cov_coeff`` (invariance, variance and covariance
+        weights, 25 / 25 / 1; under DDP the variance and covariance terms see every rank's rows),
+        ``projector_dim`` (512) and ``projector_depth`` (3) of the expander, the collapse watch's options
+        as above, and the chip views (also ``"barlow_twins"`` on a chip encoder): ``positives``
+        (``"augment"``: two augmentations of each chip; ``"temporal"``: the same place on two different dates
+        with at least ``min_valid_date`` (0.5) of their pixels valid, each augmented, which needs at least 2
+        dates), and the augmentations, valid for any bands: ``crop_scale`` (area range of the random crop,
+        resized back, (0.35, 1)), flips and 90° rotations, per-band ``brightness`` (0.4) and ``contrast``
+        (0.4) with probability ``jitter_p`` (0.8), Gaussian blur with probability ``blur_p`` (0.5) and
+        ``blur_sigma`` (0.1, 2) px, and ``noise`` (0.05).
 
     model, model_kwargs
         A registry name (``geoarray.models.list_models()``) and its hyper-parameters; ``in_channels`` and
