@@ -163,32 +163,45 @@ def test_vicreg_under_ddp_takes_variance_and_covariance_over_the_gathered_batch(
 
     from geoarray.tasks.vicreg import vicreg_loss
 
-    def rank_fn(rank, world, port, z1, z2):
+    def rank_fn(rank, world, port, z1, z2, rows_even, rows_1_3, rows_0_4):
         import torch.distributed as dist
 
         from geoarray.tasks.vicreg import VICRegTask
 
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+        out = []
         try:
-            a, b = z1.clone().requires_grad_(True), z2.clone().requires_grad_(True)
-            loss, terms = VICRegTask().objective(a, b, gather=True)
-            loss.backward()
-            return {k: float(v) for k, v in terms.items()}, a.grad, b.grad
+            for task, rows in (
+                (VICRegTask(), rows_even),
+                (VICRegTask(sim_coeff=0), rows_1_3),
+                (VICRegTask(sim_coeff=0), rows_0_4),
+            ):
+                a, b = (
+                    z1[rows[rank]].clone().requires_grad_(True),
+                    z2[rows[rank]].clone().requires_grad_(True),
+                )
+                loss, terms = task.objective(a, b, gather=True)
+                loss.backward()
+                out.append(({k: float(v) for k, v in terms.items()}, a.grad, b.grad))
+            return out
         finally:
             dist.destroy_process_group()
 
     z1 = torch.tensor([[0.0, 1.0], [1.0, 0.0], [4.0, 5.0], [5.0, 4.0]], dtype=torch.float64)
     z2 = z1 + torch.tensor([[0.1, -0.2], [0.0, 0.3], [-0.1, 0.0], [0.2, 0.1]], dtype=torch.float64)
+    # each rank's rows: two each; then uneven shares (1 and 3, 0 and 4), which the gather pads and trims
+    splits = ([[0, 1], [2, 3]], [[0], [1, 2, 3]], [[], [0, 1, 2, 3]])
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with cluster(n_workers=2) as client:
         workers = sorted(client.scheduler_info()["workers"])
         futures = [
-            client.submit(rank_fn, r, 2, port, z1[2 * r : 2 * r + 2], z2[2 * r : 2 * r + 2], workers=[w], pure=False)
+            client.submit(rank_fn, r, 2, port, z1, z2, *splits, workers=[w], pure=False)
             for r, w in enumerate(workers)
         ]
-        (t0, ga0, gb0), (t1, ga1, gb1) = client.gather(futures)
+        res0, res1 = client.gather(futures)
+    (t0, ga0, gb0), (t1, ga1, gb1) = res0[0], res1[0]
     _, local = vicreg_loss(z1[:2], z2[:2])
     assert local["vic_variance"].item() > 0.3  # what rank 0 alone would see (its stds are 0.35..0.71)
     # over all four rows every std is >= 2.3, so the hinge is 0; covariance by hand: C(z1) of rows (0,1), (1,0),
@@ -203,6 +216,17 @@ def test_vicreg_under_ddp_takes_variance_and_covariance_over_the_gathered_batch(
     whole.backward()
     torch.testing.assert_close(torch.cat([ga0, ga1]) / 2, a.grad)  # DDP averages the ranks' gradients
     torch.testing.assert_close(torch.cat([gb0, gb1]) / 2, b.grad)
+    # uneven shares: the gathered terms, and their gradients, are still those of the four rows together
+    a, b = z1.clone().requires_grad_(True), z2.clone().requires_grad_(True)
+    whole, want = vicreg_loss(a, b, sim_coeff=0.0)
+    whole.backward()
+    for k in (1, 2):
+        (u0, ua0, ub0), (u1, ua1, ub1) = res0[k], res1[k]
+        for t in (u0, u1):
+            assert t["vic_covariance"] == pytest.approx(want["vic_covariance"].item(), rel=1e-12)
+            assert t["vic_variance"] == 0.0
+        torch.testing.assert_close(torch.cat([ua0, ua1]) / 2, a.grad)
+        torch.testing.assert_close(torch.cat([ub0, ub1]) / 2, b.grad)
 
 
 def test_vicreg_fit_on_two_ddp_ranks_learns_with_identical_weights(store, tmp_path):
