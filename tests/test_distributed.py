@@ -183,6 +183,21 @@ def test_vicreg_under_ddp_takes_variance_and_covariance_over_the_gathered_batch(
                 loss, terms = task.objective(a, b, gather=True)
                 loss.backward()
                 out.append(({k: float(v) for k, v in terms.items()}, a.grad, b.grad))
+            # the training views: both ranks' global generators are seeded alike, yet their views differ
+            from geoarray.chips import Batch
+            from geoarray.models import create_model
+
+            class Recorder(VICRegTask):
+                def views(self, batch, generator=None):
+                    out.append(float(torch.rand(1, generator=generator)))
+                    return super().views(batch, generator)
+
+            task = Recorder(projector_dim=8)
+            torch.manual_seed(0)
+            net = task.train_module(create_model("resnet18", in_channels=2, num_classes=0, width=4))
+            chips = torch.randn(4, 2, 32, 32, generator=torch.Generator().manual_seed(0))
+            task.training_loss(net, Batch(chips, None))
+            out.append(task._sums["vic_covariance"])  # of the gathered views: the same on both ranks
             return out
         finally:
             dist.destroy_process_group()
@@ -216,6 +231,7 @@ def test_vicreg_under_ddp_takes_variance_and_covariance_over_the_gathered_batch(
     whole.backward()
     torch.testing.assert_close(torch.cat([ga0, ga1]) / 2, a.grad)  # DDP averages the ranks' gradients
     torch.testing.assert_close(torch.cat([gb0, gb1]) / 2, b.grad)
+    assert res0[3] != res1[3] and res0[4] == pytest.approx(res1[4], rel=1e-6)  # own views, global terms
     # uneven shares: the gathered terms, and their gradients, are still those of the four rows together
     a, b = z1.clone().requires_grad_(True), z2.clone().requires_grad_(True)
     whole, want = vicreg_loss(a, b, sim_coeff=0.0)

@@ -242,9 +242,17 @@ class SSLTask(Task):
     def _views_loss(
         self, net: Any, batch: Batch, generator: torch.Generator | None = None, *, gather: bool = False
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+        world = world_size() if gather else 1
+        if world > 1 and generator is None:
+            # every rank's global generator is seeded alike (the loop seeds it per epoch): draw this rank's views
+            # from its own stream, still determined by that seed
+            import torch.distributed as dist
+
+            base = int(torch.randint(0, 2**62, (1,)))
+            generator = torch.Generator().manual_seed(base + int(dist.get_rank()))
         inputs, keep = self.views(batch, generator)
         n = int(keep.sum())
-        gathering = gather and self.gathers and world_size() > 1
+        gathering = self.gathers and world > 1
         if n < (1 if gathering else 2):
             # nothing to compare here: a zero loss that still runs the forward pass (DDP expects one) and
             # reaches every parameter; under a gathered objective this rank still joins the collectives
