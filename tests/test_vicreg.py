@@ -347,3 +347,50 @@ def test_temporal_positives_and_barlow_twins_train_chip_encoders(
     assert float(row["skipped_chips"]) == 0  # every chip of this cube has valid dates to pair
     meta = read_metadata(out)
     assert meta["task"] == task and meta["output"]["feature_dim"] == 64 and meta["input"]["kind"] == "chip"
+
+
+class _Interrupted(BaseException):
+    """A kill stand-in that nothing in the library catches."""
+
+
+def test_a_resumed_run_keeps_the_warm_up_and_cosine_of_the_whole_run(tmp_path, monkeypatch):
+    """The schedule scales the configured lr, not the last (already scaled) lr a resumed optimizer brings back:
+    interrupted where the cosine is at 0.93, a resumed run logs the same lr per epoch as the run in one go."""
+    from geoarray.training import state
+
+    cube = synthetic_cube(size=128, n_times=1, seed=0, chunks=64)
+    kw = dict(
+        task="segmentation",
+        model="unet",
+        model_kwargs={"width": 4, "depth": 3},
+        chip_size=32,
+        stride=16,
+        batch_size=8,
+        epochs=4,
+        lr=1e-3,
+        steps_per_epoch=2,
+        warmup_epochs=1,
+        schedule="cosine",
+        progress=False,
+    )
+    geoarray.fit(cube, out=str(tmp_path / "whole.safetensors"), log_dir=str(tmp_path / "l0"), **kw)
+    real_save = state.save_state
+
+    def save_then_interrupt(*args, epoch, **kwargs):
+        path = real_save(*args, epoch=epoch, **kwargs)
+        if epoch == 2:
+            raise _Interrupted
+        return path
+
+    out = tmp_path / "m.safetensors"
+    monkeypatch.setattr(state, "save_state", save_then_interrupt)
+    with pytest.raises(_Interrupted):
+        geoarray.fit(cube, out=str(out), log_dir=str(tmp_path / "l1"), **kw)
+    monkeypatch.undo()
+    geoarray.fit(cube, out=str(out), resume=str(out), log_dir=str(tmp_path / "l2"), **kw)
+    whole = [float(r["lr"]) for r in csv.DictReader(open(tmp_path / "l0" / "metrics.csv"))]
+    resumed = [float(r["lr"]) for r in csv.DictReader(open(tmp_path / "l2" / "metrics.csv"))]
+    # 2 warm-up steps of 8, then the cosine over 6: after steps 1, 3, 5, 7
+    want = [1.0] + [0.5 * (1 + math.cos(math.pi * s / 6)) for s in (1, 3, 5)]
+    assert whole == pytest.approx([1e-3 * f for f in want])
+    assert resumed == pytest.approx(whole[2:])
