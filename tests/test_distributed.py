@@ -255,17 +255,32 @@ def test_vicreg_fit_on_two_ddp_ranks_learns_with_identical_weights(store, tmp_pa
         task_kwargs={"projector_dim": 64},
         stride=16,
         batch_size=16,
-        epochs=3,
+        lr=1e-2,
+        epochs=4,
         steps_per_epoch=3,
     )
     setup = prepare(cube, cfg)
     with cluster(n_workers=2) as client:
         reports = run_ddp(client, cube, cfg, setup, timeout=120)
     d0, d1 = reports[0]["digests"], reports[1]["digests"]
-    assert len(d0) == 9 and d0 == d1  # the gathered terms' gradients keep the ranks in step
+    assert len(d0) == 12 and d0 == d1  # the gathered terms' gradients keep the ranks in step
     hist = reports[0]["history"]
     print([(h["train_loss"], h["vic_variance"], h["effective_rank"]) for h in hist])
-    assert hist[-1]["train_loss"] < hist[0]["train_loss"]
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"] - 1.0  # about 22 at the start
     assert hist[-1]["effective_rank"] > 2
     meta = geoarray.checkpoint.read_metadata(reports[0]["out"])
     assert meta["task"] == "vicreg" and meta["training"]["world_size"] == 2
+
+
+def test_the_ddp_worker_check_never_misses_a_live_worker():
+    """client.scheduler_info() returns the client's cache, which its periodic refresh replaces with an identity
+    without workers: run_ddp then now and then saw every worker "die" in a healthy run (a flaky 'died during
+    DDP training'). The check asks the scheduler; with the refresh every 1 ms it still sees both workers."""
+    import dask
+
+    from geoarray.training.ddp import live_workers
+
+    with dask.config.set({"distributed.client.scheduler-info-interval": "1ms"}):
+        with cluster(n_workers=2) as client:
+            seen = [len(live_workers(client)) for _ in range(300)]
+    assert seen == [2] * 300
