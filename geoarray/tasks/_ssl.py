@@ -126,8 +126,10 @@ class SSLTask(Task):
                 f"task_kwargs positives={positives!r}; expected 'augment' (two augmentations of one chip) or "
                 "'temporal' (the same place on two dates, each augmented)."
             )
-        if isinstance(min_valid_date, bool) or not isinstance(min_valid_date, (int, float)) or not (
-            0 <= min_valid_date <= 1
+        if (
+            isinstance(min_valid_date, bool)
+            or not isinstance(min_valid_date, (int, float))
+            or not (0 <= min_valid_date <= 1)
         ):
             raise TrainError(
                 f"task_kwargs min_valid_date={min_valid_date!r}; expected the fraction (0..1) of a chip's pixels "
@@ -158,7 +160,11 @@ class SSLTask(Task):
             raise TrainError(f"task {self.name!r} trains {trains}; model {model.name!r} takes {kind} input.")
         self.kind, self.n_times = kind, n_times
         if getattr(model, "out_channels", None) != getattr(model, "feature_dim", None):
-            fix = "Drop num_classes from model_kwargs." if kind == "pixels" else "Pass model_kwargs num_classes=0."
+            fix = (
+                "Drop num_classes from model_kwargs."
+                if kind == "pixels"
+                else "Pass model_kwargs num_classes=0."
+            )
             raise TrainError(
                 f"task {self.name!r} trains a feature backbone; the model has a class head of "
                 f"{model.out_channels} outputs. {fix}"
@@ -166,8 +172,15 @@ class SSLTask(Task):
         if kind == "chip":
             self._check_chips(n_times)
             return
-        if self.chip_options or self.positives != "augment":
-            given = sorted(self.chip_options) + (["positives"] if self.positives != "augment" else [])
+        given = sorted(self.chip_options) + [
+            k
+            for k, v, d in (
+                ("positives", self.positives, "augment"),
+                ("min_valid_date", self.min_valid_date, 0.5),
+            )
+            if v != d
+        ]
+        if given:
             raise TrainError(
                 f"task_kwargs {given} are options of chip views, but {model.name!r} takes pixel time series, "
                 "whose views are subsets of their valid dates (view_dates) plus band noise (noise). Drop them, "

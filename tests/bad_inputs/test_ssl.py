@@ -194,6 +194,15 @@ def chips2():
             },
             r"\['crop_scale'\] are options of chip views, but 'pixel_cnn' takes pixel time series",
         ),
+        (
+            {
+                "task": "barlow_twins",
+                "model": "pixel_cnn",
+                "model_kwargs": {"width": 8},
+                "task_kwargs": {"min_valid_date": 0.9},
+            },
+            r"\['min_valid_date'\] are options of chip views",
+        ),
     ],
 )
 def test_bad_vicreg_options_are_refused_before_training(chips2, tmp_path, change, match):
