@@ -28,28 +28,38 @@ def load_report() -> str:
 
 
 def make_store(
-    path: Path, *, times: int, size: int, bands: int = 4, chunk: int = 512, dtype: str = "float32"
+    path: Path,
+    *,
+    times: int,
+    size: int,
+    bands: int = 4,
+    chunk: int = 512,
+    dtype: str = "float32",
+    zeros: bool = False,
 ) -> Path:
-    """A cube of smooth random imagery written to Zarr (built chunk by chunk; never all in memory)."""
+    """A cube of random imagery written to Zarr (built chunk by chunk; never all in memory); ``zeros``: all 0."""
     import geoarray
 
     if path.exists():
         try:
             ds = geoarray.open_cube(path)
-            if ds.imagery.shape == (times, bands, size, size):
+            if ds.imagery.shape == (times, bands, size, size) and ds.attrs.get("bench_zeros", False) == zeros:
                 return path
         except Exception:
             pass
         shutil.rmtree(path)
 
+    # integer cubes hold reflectance-like values 1000..6000 (a cast of 0.1..0.6 would make every pixel 0)
+    gain = 10_000.0 if np.dtype(dtype).kind in "iu" else 1.0
+
     def block(b: np.ndarray, block_info: Any = None) -> np.ndarray:
         loc = block_info[None]["array-location"]
         rng = np.random.default_rng(loc[0][0] * 1000 + loc[2][0] + 7 * loc[3][0])
-        return (rng.random(b.shape, dtype=np.float32) * 0.5 + 0.1).astype(dtype)
+        return ((rng.random(b.shape, dtype=np.float32) * 0.5 + 0.1) * gain).astype(dtype)
 
-    img = dsa.zeros((times, bands, size, size), chunks=(1, bands, chunk, chunk), dtype=dtype).map_blocks(
-        block, dtype=dtype
-    )
+    img = dsa.zeros((times, bands, size, size), chunks=(1, bands, chunk, chunk), dtype=dtype)
+    if not zeros:
+        img = img.map_blocks(block, dtype=dtype)
     ds = xr.Dataset(
         {"imagery": (("time", "band", "y", "x"), img)},
         coords={
@@ -59,6 +69,7 @@ def make_store(
             "x": 500_000.0 + 10.0 * (np.arange(size) + 0.5),
         },
     ).rio.write_crs("EPSG:32633")
+    ds.attrs["bench_zeros"] = zeros
     geoarray.write_cube(ds, path, chunk=chunk)
     return path
 

@@ -4,7 +4,8 @@ Same model, same thread budget (2 cores). Raw candidates: NCHW and channels_last
 the best one is the reference. predict reads a Zarr cube (4 x 2048², 512² chunks), normalises, runs the model
 with the halo, and applies softmax; so does the raw loop (minus the read). predict folds BatchNorm into the convolutions,
 so a raw loop with the same folding is also timed: the ratio to it is predict's own overhead. Also a naive
-``dask.array.map_overlap`` wrapper of the same model.
+``dask.array.map_overlap`` wrapper of the same model, and B1c: ``predict(precision="bf16")`` (and a raw folded
+loop under bf16 autocast) against the f32 raw loop.
 
     .venv/bin/python benchmarks/bench_predict.py [--size 2048] [--times 4]
 """
@@ -12,6 +13,7 @@ so a raw loop with the same folding is also timed: the ratio to it is predict's 
 from __future__ import annotations
 
 import argparse
+import warnings
 
 import dask
 import dask.array as dsa
@@ -73,9 +75,17 @@ def main() -> None:
     fuse_batchnorm(fused)
     fused = fused.to(memory_format=torch.channels_last)
 
-    def run_predict(h: int | str) -> None:
-        out = geoarray.predict(geoarray.open_cube(store), ckpt, halo=h, outputs=["probabilities"])
+    def run_predict(h: int | str, precision: str = "32") -> None:
+        with warnings.catch_warnings():  # bf16 on a CPU without AVX512-BF16/AMX warns (it is emulated)
+            warnings.simplefilter("ignore", geoarray.errors.GeoArrayWarning)
+            out = geoarray.predict(
+                geoarray.open_cube(store), ckpt, halo=h, outputs=["probabilities"], precision=precision
+            )
         out.probabilities.data.sum(axis=(1, 2, 3)).compute()
+
+    def raw_bf16() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            raw_loop(x, fused, 512, batch_best, cl_best)
 
     def run_map_overlap() -> None:
         cube = geoarray.open_cube(store)
@@ -96,6 +106,8 @@ def main() -> None:
         "predict halo 0": (1, lambda: run_predict(0)),
         f"predict halo {halo} (auto)": (1, lambda: run_predict("auto")),
         "naive map_overlap": (1, run_map_overlap),
+        "raw bf16 BatchNorm folded": (2, raw_bf16),
+        f"predict bf16 halo {halo} (auto)": (1, lambda: run_predict("auto", "bf16")),
     }
     results = {name: float("inf") for name in cases}
     with dask.config.set(scheduler="threads", num_workers=2):
@@ -105,6 +117,7 @@ def main() -> None:
                 torch.set_num_threads(threads)  # raw: 2 torch threads; dask: 2 threads x 1 torch thread
                 results[name] = min(results[name], best_of(fn, repeat=1))
     best, raw_fused = results.pop("raw"), results.pop("raw BatchNorm folded")
+    raw_b = results.pop("raw bf16 BatchNorm folded")
     print(f"best raw (channels_last={cl_best}, batch={batch_best}): {px / best / 1e6:.2f} Mpx/s")
     print(f"  raw torch with BatchNorm folded: {px / raw_fused / 1e6:6.2f} Mpx/s")
     t, h = 512, halo
@@ -116,6 +129,13 @@ def main() -> None:
     print(
         f"B1 overhead only (vs raw loop with BatchNorm folded too): halo 0 {raw_fused / results['predict halo 0']:.2f}, "
         f"halo {h} {raw_fused / results[f'predict halo {halo} (auto)']:.2f}"
+    )
+    from geoarray._devices import native_bf16
+
+    print(
+        f"B1c bf16 (CPU {'with' if native_bf16() else 'WITHOUT'} AVX512-BF16/AMX): predict bf16 vs f32 raw loop "
+        f"{best / results[f'predict bf16 halo {halo} (auto)']:.2f} (goal >= 1.8); raw bf16 vs raw f32 (both folded) "
+        f"{raw_fused / raw_b:.2f}"
     )
     print(
         f"B1 vs map_overlap: {results['naive map_overlap'] / results[f'predict halo {halo} (auto)']:.2f}x faster (target > 1)"

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from geoarray import errors
+from geoarray._chip_predict import predict_chips
 from geoarray._version import __version__
 from geoarray.checkpoint import load_checkpoint, save_checkpoint
 from geoarray.chips import plan_chips
@@ -17,6 +18,7 @@ from geoarray.io.geotiff import export_geotiff, from_geotiff, read_labels
 from geoarray.io.stac import from_stac
 from geoarray.predict import clear_caches, predict
 from geoarray.probe import probe
+from geoarray.stac_features import stac_features
 from geoarray.training import fit
 
 __all__ = [  # noqa: RUF022  (grouped by stage, like xarray)
@@ -43,6 +45,10 @@ __all__ = [  # noqa: RUF022  (grouped by stage, like xarray)
     "save_checkpoint",
     # evaluation
     "probe",
+    # chip-level inference
+    "predict_chips",
+    # STAC to features
+    "stac_features",
     # submodules (loaded on first use)
     "datasets",
     "demo",

@@ -35,6 +35,8 @@ class RunSpec:
     batch_size: int | None
     norm: tuple[tuple[float, ...], tuple[float, ...], float]  # mean, std, scale
     bands: tuple[str, ...] = ()  # names, in input order (for messages)
+    precision: str = "32"  # "32", or autocast to "bf16" / "16" (outputs are cast back to float32)
+    ckpt_options: str = "{}"  # fsspec storage_options (JSON) when ``path`` is a URL
 
 
 @dataclass(frozen=True)
@@ -125,8 +127,15 @@ def torch_threads() -> Iterator[None]:
                 _SAVED_THREADS = None
 
 
-def get_model(path: str, sha256: str, device: str) -> Any:
-    """The checkpoint's model, loaded once per process (and per device); the last few stay cached."""
+LOADS = 0  #: checkpoint loads by :func:`get_model` in this process (``client.run`` reads it per worker)
+
+
+def get_model(path: str, sha256: str, device: str, options: str = "{}") -> Any:
+    """The checkpoint's model, loaded once per process (and per device); the last few stay cached.
+
+    ``options`` are the fsspec storage_options (JSON) of a checkpoint URL.
+    """
+    global LOADS
     key = (sha256, device)
     with _LOCK:
         model = _MODELS.get(key)
@@ -144,7 +153,10 @@ def get_model(path: str, sha256: str, device: str) -> Any:
             model = _MODELS.get(key)
         if model is not None:
             return model
-        ck = load_checkpoint(path, device=device)
+        import json
+
+        ck = load_checkpoint(path, device=device, storage_options=json.loads(options) or None)
+        LOADS += 1
         if ck.sha256 != sha256:
             raise CheckpointError(
                 f"the checkpoint {path!r} changed while predicting (its sha256 differs from the one predict "
@@ -203,7 +215,7 @@ def _postprocess(logits: Any, kind: str, spec: RunSpec) -> list[np.ndarray]:
             if name == "probabilities":
                 outs.append(probs.numpy().astype(spec.float_dtype, copy=False))
             elif name == "mask":
-                outs.append(probs.argmax(1).numpy().astype(spec.mask_dtype))
+                outs.append(probs.numpy().argmax(1).astype(spec.mask_dtype))  # numpy's: 5x torch's here
     elif kind == "multilabel":
         probs = torch.sigmoid(logits.float())
         for name in spec.outputs:
@@ -260,7 +272,7 @@ def run_block(
         vwin = assemble(valid_nb, block.crop) if valid_nb is not None else None
     window, ok = normalize_fill(raw, vwin, mean, std, scale)
     _check_scale(window, ok, spec)
-    model = get_model(spec.path, spec.sha256, spec.device)
+    model = get_model(spec.path, spec.sha256, spec.device, spec.ckpt_options)
     with torch_threads():
         return _run_window(model, window, ok, block)
 
@@ -309,7 +321,9 @@ def _run_window(model: Any, window: np.ndarray, ok: np.ndarray, block: BlockSpec
     run = np.asarray(block.run_times, dtype=bool)
     t = window.shape[0]
     device = spec.device
-    with torch.inference_mode():
+    from geoarray._devices import autocast
+
+    with torch.inference_mode(), autocast(device, spec.precision):
         if input_kind == "pixels":
             return _run_pixels(model, window[..., oy : oy + by, ox : ox + bx], valid, block)
         shape_k = spec.channels
@@ -376,21 +390,27 @@ def _run_pixels(model: Any, window: np.ndarray, valid: np.ndarray, block: BlockS
     return tuple(outs)
 
 
-def write_block(results: tuple[np.ndarray, ...], targets: list[tuple[str, str, tuple[slice, ...]]]) -> int:
+def write_block(results: tuple[np.ndarray, ...], targets: list[tuple[Any, str, tuple[slice, ...]]]) -> int:
     """Write one block's outputs into their Zarr arrays (one chunk each: dask chunks == zarr chunks).
 
-    ``targets`` holds ``(array path, run token, region)`` per output; the token keys the cache of open arrays
-    so a variable recreated by a later run is never written through stale metadata.
+    ``targets`` holds ``(array, run token, region)`` per output (the array's local path, or a
+    :class:`~geoarray._storage.Location` in object storage); the token keys the cache of open arrays so a
+    variable recreated by a later run is never written through stale metadata.
     """
     import zarr
 
     for arr, (path, token, region) in zip(results, targets, strict=True):
+        key = str(path) + token
         with _LOCK:
-            z = _ZARR.get(path + token)
+            z = _ZARR.get(key)
         if z is None:
-            z = zarr.open_array(path, mode="r+", config={"write_empty_chunks": True})
+            config = {"write_empty_chunks": True}
+            if isinstance(path, str):
+                z = zarr.open_array(path, mode="r+", config=config)
+            else:
+                z = path.open_array(mode="r+", config=config)
             with _LOCK:
-                _remember(_ZARR, path + token, z, _MAX_ARRAYS)
+                _remember(_ZARR, key, z, _MAX_ARRAYS)
         z[region] = arr
     return 1
 

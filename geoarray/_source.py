@@ -30,14 +30,17 @@ _CONFIG_LOCK = threading.Lock()
 BATCH = 32
 
 
-def tag(ds: Any, store: str) -> None:
-    """Record, on each dask-backed variable of a freshly opened store, where its values live."""
+def tag(ds: Any, store: Any) -> None:
+    """Record, on each dask-backed variable of a freshly opened store, where its values live.
+
+    ``store`` is a local path (str) or a :class:`~geoarray._storage.Location` (a URL with its options).
+    """
     for name, da in ds.data_vars.items():
         if hasattr(da.data, "dask"):
-            da.encoding[KEY] = (str(store), str(name), da.data.name)
+            da.encoding[KEY] = (store if not isinstance(store, str) else str(store), str(name), da.data.name)
 
 
-def source_of(da: Any) -> tuple[str, str] | None:
+def source_of(da: Any) -> tuple[Any, str] | None:
     """``(store, variable)`` when ``da`` is still exactly what was read from the store, else None."""
     enc = getattr(da, "encoding", {}).get(KEY)
     if not enc or not hasattr(da.data, "dask") or da.data.name != enc[2]:
@@ -45,8 +48,11 @@ def source_of(da: Any) -> tuple[str, str] | None:
     return enc[0], enc[1]
 
 
-def read(store: str, var: str, index: tuple[Any, ...]) -> np.ndarray:
-    """``array[index]`` read with zarr (orthogonal indexing), with the open array cached per thread."""
+def read(store: Any, var: str, index: tuple[Any, ...]) -> np.ndarray:
+    """``array[index]`` read with zarr (orthogonal indexing), with the open array cached per thread.
+
+    ``store`` is a local path or a :class:`~geoarray._storage.Location` (read through zarr's FsspecStore).
+    """
     import zarr
 
     cache = getattr(_LOCAL, "arrays", None)
@@ -56,10 +62,24 @@ def read(store: str, var: str, index: tuple[Any, ...]) -> np.ndarray:
     z = cache.get(key)
     if z is None:
         with naming_chunks({"codec_pipeline.batch_size": BATCH}):
-            z = cache[key] = zarr.open_array(store, path=var, mode="r")
+            if isinstance(store, str):
+                z = cache[key] = zarr.open_array(store, path=var, mode="r")
+            else:
+                z = cache[key] = store.open_array(var, mode="r")
+    index = tuple(_as_slice(i) for i in index)
     if all(isinstance(i, slice) for i in index):
         return np.asarray(z[index])
     return np.asarray(z.oindex[index])
+
+
+def _as_slice(i: Any) -> Any:
+    """A list of consecutive indices (all bands, a run of dates) as a slice: zarr's basic indexing is ~1.6x
+    faster than its orthogonal (fancy) indexing for the same chunks."""
+    if isinstance(i, (list, tuple)) and i and all(isinstance(v, (int, np.integer)) for v in i):
+        first = int(i[0])
+        if list(i) == list(range(first, first + len(i))) and first >= 0:
+            return slice(first, first + len(i))
+    return i
 
 
 @contextmanager
@@ -99,7 +119,7 @@ def chunk_of(key: str) -> tuple[str, tuple[int, ...] | None]:
 
 def _chunk_error(byte_getter: Any, err: BaseException) -> StoreError:
     store = byte_getter.store
-    root = str(getattr(store, "root", "") or store).rstrip("/")
+    root = str(getattr(store, "root", "") or getattr(store, "path", "") or store).rstrip("/")
     path = str(byte_getter.path)
     var, index = chunk_of(path)
     where = f"chunk {index}" if index is not None else f"chunk {path!r}"

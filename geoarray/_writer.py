@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import uuid
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -25,8 +24,9 @@ from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 from geoarray import _inference
 from geoarray._constants import COMPLETE
 from geoarray._progress import compute_with_progress
+from geoarray._storage import Location, location
 from geoarray.cube import _grid_mismatch, _open_zarr
-from geoarray.errors import StoreError, StoreExistsError, StoreNotFoundError
+from geoarray.errors import PredictError, StoreError, StoreExistsError, StoreNotFoundError
 
 __all__ = ["COMPLETE", "WriteReport", "dim_clashes", "partial_outputs", "write_to_store"]
 
@@ -136,33 +136,32 @@ def write_to_store(
     *,
     overwrite: bool,
     progress: bool,
+    storage_options: dict[str, Any] | None = None,
 ) -> WriteReport:
-    import zarr
-
-    root = Path(store)
+    root = location(store, storage_options)  # a local folder or a prefix in object storage
+    where = root.url if root.remote else str(Path(store))
     if not root.exists():
         raise StoreNotFoundError(
-            f"no Zarr store at {str(root)!r}; predict(store=...) adds outputs to an existing cube."
+            f"no Zarr store at {where!r}; predict(store=...) adds outputs to an existing cube."
         )
-    existing = _open_zarr(root)
+    existing = _open_zarr(root if root.remote else Path(store))
     problem = _grid_mismatch(existing, xr.Dataset(new))
     if problem:
         raise StoreError(
-            f"cannot write outputs into {str(root)!r}: {problem}. Predict on the cube opened from it."
+            f"cannot write outputs into {where!r}: {problem}. Predict on the cube opened from it."
         )
-    create, replace, resume = _plan(existing, new, root, sha, overwrite=overwrite)
+    create, replace, resume = _plan(existing, new, where, sha, overwrite=overwrite)
     problems, rewrite = dim_clashes(existing, new, replace)
     if problems:
         raise StoreError(
-            f"cannot write {sorted(new)} into {str(root)!r}: {'; '.join(problems)}. A store holds one size per "
+            f"cannot write {sorted(new)} into {where!r}: {'; '.join(problems)}. A store holds one size per "
             "dim name, and this write would leave it unreadable. Pass prefix= (e.g. prefix='change_'): the "
             "outputs then get their own dims ('change_class', 'change_feature') beside the others."
         )
-    _check_writable(root)
+    _check_writable(root, where)
 
     for name in (*replace, *rewrite):  # every check passed: now the store changes
-        if (root / name).exists():
-            shutil.rmtree(root / name)
+        root.child(name).remove()
     to_create = [*create, *replace]
     if to_create:
         ds = xr.Dataset({n: new[n] for n in to_create})
@@ -178,28 +177,28 @@ def write_to_store(
         ds = ds.drop_vars([c for c in ds.coords if c in kept])
         ds.attrs = dict(existing.attrs)  # xarray rewrites the group attrs: keep them byte-identical
         # compute=False writes only the metadata now; the chunks are written by our own tasks below
-        ds.to_zarr(root, mode="a", zarr_format=3, consolidated=False, compute=False)
+        target = root.url if root.remote else Path(store)
+        ds.to_zarr(target, mode="a", zarr_format=3, consolidated=False, compute=False, **root.zarr_kwargs())
     if resume:
-        log.info("resuming %s in %s", resume, root)
+        log.info("resuming %s in %s", resume, where)
 
     names = list(new)
     written, present = _write_blocks(names, arrays, blocks, root, progress=progress)
-    missing = [n for n in names if not _all_chunks(zarr.open_array(str(root / n), mode="r"), root / n)]
+    missing = [n for n in names if not _all_chunks(root.child(n).open_array(mode="r"), root.child(n))]
     if missing:  # e.g. another process replaced the variable meanwhile: never mark holes complete
         raise StoreError(
-            f"{missing} in {str(root)!r} still lack chunks after this run; run the same predict again to finish them."
+            f"{missing} in {where!r} still lack chunks after this run; run the same predict again to finish them."
         )
     for n in names:
-        zarr.open_array(str(root / n), mode="r+").attrs.update({COMPLETE: True})
-    return WriteReport(str(root), tuple(create), tuple(replace), tuple(resume), written, present)
+        root.child(n).open_array(mode="r+").attrs.update({COMPLETE: True})
+    return WriteReport(where, tuple(create), tuple(replace), tuple(resume), written, present)
 
 
 def _plan(
-    existing: xr.Dataset, new: Mapping[str, xr.DataArray], root: Path, sha: str, *, overwrite: bool
+    existing: xr.Dataset, new: Mapping[str, xr.DataArray], where: str, sha: str, *, overwrite: bool
 ) -> tuple[list[str], list[str], list[str]]:
     """Which outputs to create, replace and resume; refuses the rest (nothing is changed here)."""
     create, replace, resume = [], [], []
-    where = str(root)
     for name, da in new.items():
         if name not in existing.variables:
             create.append(name)
@@ -229,6 +228,12 @@ def _plan(
                 f"{name!r} in {where!r} is a partial output of another checkpoint ({attrs.get('checkpoint')}); "
                 "pass overwrite=True to replace it, or prefix= to write beside it."
             )
+        elif attrs.get("precision", "32") != da.attrs.get("precision", "32"):
+            raise StoreExistsError(
+                f"{name!r} in {where!r} is a partial output made with precision={attrs.get('precision', '32')!r}; "
+                f"this run asks for {da.attrs.get('precision', '32')!r}. Resume with the first run's precision, "
+                "or pass overwrite=True to start again."
+            )
         else:
             _check_resumable(existing[name], da, name, where)
             resume.append(name)
@@ -253,15 +258,14 @@ def _write_blocks(
     names: list[str],
     arrays: list[dsa.Array],
     blocks: list[tuple[Any, list[Any]]],
-    root: Path,
+    root: Location,
     *,
     progress: bool,
 ) -> tuple[int, int]:
     """Run the blocks whose chunks are missing and write them; returns (blocks written, blocks already there)."""
-    import zarr
-
     token = uuid.uuid4().hex
-    zarrays = {n: zarr.open_array(str(root / n), mode="r") for n in names}
+    zarrays = {n: root.child(n).open_array(mode="r") for n in names}
+    present = {n: root.child(n).keys() for n in names}  # one listing per variable, not one request per chunk
     write_name = "geoarray-write-" + token
     dsk: dict[Any, Any] = {}
     skipped = 0
@@ -272,8 +276,8 @@ def _write_blocks(
                 slice(int(sum(c[:i])), int(sum(c[: i + 1])))
                 for i, c in zip(okey[1:], arr.chunks, strict=True)
             )
-            done = done and _chunk_exists(zarrays[n], root / n, tuple(okey[1:]))
-            targets.append((str(root / n), token, region))
+            done = done and _chunk_key(zarrays[n], tuple(okey[1:])) in present[n]
+            targets.append((_target(root.child(n)), token, region))
         if done:
             skipped += 1
             continue
@@ -288,30 +292,52 @@ def _write_blocks(
             {**run_layer.layers, write_name: MaterializedLayer(dsk)},
             {**run_layer.dependencies, write_name: {run_key[0] for run_key, _ in blocks[:1]}},
         )
-        compute_with_progress(Delayed(write_name, g), enabled=progress, desc="predict")
+        try:
+            compute_with_progress(Delayed(write_name, g), enabled=progress, desc="predict")
+        except Exception as e:
+            if type(e).__name__ != "KilledWorker":  # distributed's; not imported, it is optional here
+                raise
+            raise PredictError(
+                f"dask workers died running a predict block, more often than distributed.scheduler.allowed-failures "
+                f"allows ({e}). Usually a worker ran out of memory (its Nanny terminates it at 95 % of memory_limit) "
+                "or the system killed it. The chunks written so far are kept; after a fix, the same predict resumes. "
+                "Fix: smaller blocks (the cube's chunks), more memory per worker (memory_limit) or fewer threads per "
+                "worker."
+            ) from e
     return written, skipped
 
 
-def _check_writable(root: Path) -> None:
-    """Probe with a real file: permission bits alone miss read-only mounts, immutable dirs and root's bypass."""
-    probe = root / f".geoarray-write-probe-{uuid.uuid4().hex}"
+def _target(loc: Location) -> Any:
+    """What a write task opens: the local path as before, or the Location (URL + options) it rebuilds there."""
+    return loc if loc.remote else loc.url
+
+
+def _check_writable(root: Location, where: str) -> None:
+    """Probe with a real file (or object): permission bits alone miss read-only mounts, immutable dirs, root's
+    bypass, and a bucket policy or credentials that allow reads only."""
+    probe = root.child(f".geoarray-write-probe-{uuid.uuid4().hex}")
     try:
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
+        if root.remote:
+            probe.write_bytes(b"")
+            probe.fs.rm(probe.path)
+        else:
+            Path(probe.url).write_bytes(b"")
+            Path(probe.url).unlink()
+    except OSError as e:  # s3fs maps AccessDenied to PermissionError
         raise StoreError(
-            f"the store {str(root)!r} is not writable ({e.strerror or e}); predict(store=...) writes its outputs "
-            "there. Fix the permissions, or write into a copy (CLI: geoarray predict STORE --output NEW.zarr)."
+            f"the store {where!r} is not writable ({e.strerror or e}); predict(store=...) writes its outputs "
+            "there. Fix the permissions (or the credentials in storage_options), or write into a copy "
+            "(CLI: geoarray predict STORE --output NEW.zarr)."
         ) from None
 
 
-def _chunk_exists(z: Any, folder: Path, coords: tuple[int, ...]) -> bool:
-    key = z.metadata.encode_chunk_key(coords)
-    return (folder / key).exists()
+def _chunk_key(z: Any, coords: tuple[int, ...]) -> str:
+    return str(z.metadata.encode_chunk_key(coords))
 
 
-def _all_chunks(z: Any, folder: Path) -> bool:
+def _all_chunks(z: Any, folder: Location) -> bool:
     import itertools
 
+    keys = folder.keys()
     grid = [range(-(-s // c)) for s, c in zip(z.shape, z.chunks, strict=True)]
-    return all(_chunk_exists(z, folder, tuple(idx)) for idx in itertools.product(*grid))
+    return all(_chunk_key(z, tuple(idx)) in keys for idx in itertools.product(*grid))

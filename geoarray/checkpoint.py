@@ -25,7 +25,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from geoarray._atomic import atomic_write
 from geoarray._checkpoint_checks import (
@@ -36,12 +36,20 @@ from geoarray._checkpoint_checks import (
     build_model,
     check_model,
     digest,
-    entry_ok,
     fill,
     output_spec,
     restorable,
     validate_meta,
 )
+from geoarray._checkpoint_read import (
+    KEY,
+    _checked_path,
+    _checked_remote,
+    _open,
+    _read_header,
+    _read_remote,
+)
+from geoarray._storage import is_url
 from geoarray.errors import CheckpointError
 
 __all__ = [
@@ -54,16 +62,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-_KEY = "geoarray"
-_HEADER_MAX = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
-#: what a file that is not safetensors often is, by its first bytes
-_MAGIC = (
-    (b"PK\x03\x04", "it is a zip archive, as torch.save writes"),
-    (b"II*\x00", "it is a TIFF image"),
-    (b"MM\x00*", "it is a TIFF image"),
-    (b"\x89HDF", "it is an HDF5 file (Keras .h5?)"),
-)
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -80,122 +78,40 @@ class Checkpoint:
 
     model: Any
     meta: dict[str, Any]
-    path: Path
+    path: Path | str  # a local Path, or the URL (str) of a checkpoint in object storage
     sha256: str
 
 
-@dataclass(frozen=True)
-class _Header:
-    doc: dict[str, Any]  # the geoarray document, validated
-    index: dict[str, Any]  # safetensors' tensor entries: name -> dtype, shape, data_offsets
-    data_start: int
-
-
-# -- reading ----------------------------------------------------------------------------------------------
-def _not_safetensors(where: str, why: str) -> CheckpointError:
-    return CheckpointError(
-        f"{where} is not a readable .safetensors file ({why}). geoarray checkpoints are written by "
-        "geoarray.save_checkpoint / geoarray fit; it never loads pickles (.pt/.pth/.ckpt): load trusted ones "
-        "yourself (torch.load(f, weights_only=True)) into create_model(...) and save_checkpoint(...) them."
-    )
-
-
-def _read_header(f: IO[bytes], size: int, where: str) -> _Header:
-    """Parse and check the safetensors header and the geoarray document, reading only the header."""
-    head = f.read(8)
-    if len(head) < 8:
-        raise _not_safetensors(
-            where, "the file is empty" if size == 0 else f"{size} bytes, less than the 8-byte header length"
-        )
-    n = int.from_bytes(head, "little")
-    if n > _HEADER_MAX or 8 + n > size:
-        why = next((w for magic, w in _MAGIC if head.startswith(magic)), None)
-        if head[:1] == b"\x80" and 2 <= head[1] <= 5:
-            why = "it is a Python pickle"
-        raise _not_safetensors(
-            where,
-            why
-            or f"its first 8 bytes announce a {n}-byte header, the file has {size} bytes; truncated, or not safetensors",
-        )
-    try:
-        header = json.loads(f.read(n))
-    except (ValueError, RecursionError) as e:
-        raise _not_safetensors(where, f"its header is not JSON: {e}") from None
-    if not isinstance(header, dict):
-        raise _not_safetensors(where, "its header is not a JSON object")
-    metadata = header.pop("__metadata__", None) or {}
-    bad = next((k for k, e in header.items() if not entry_ok(e)), None)
-    if not isinstance(metadata, dict) or bad is not None:
-        raise _not_safetensors(where, f"malformed header entry {bad or '__metadata__'!r}")
-    expected = 8 + n + max((e["data_offsets"][1] for e in header.values()), default=0)
-    if size != expected:
-        raise CheckpointError(
-            f"{where} has {size} bytes where its header describes {expected}: the file is "
-            + (
-                "truncated (an interrupted copy or download?)"
-                if size < expected
-                else "longer than its contents (bytes appended?)"
-            )
-            + ". Copy it again from an intact source."
-        )
-    if _KEY not in metadata:
-        raise CheckpointError(
-            f"{where} is a safetensors file without geoarray metadata (metadata keys: {sorted(metadata)}). "
-            "Expected a checkpoint written by geoarray.save_checkpoint; wrap plain weights with "
-            "create_model(...).load_state_dict(...) and save_checkpoint(...)."
-        )
-    try:
-        doc = json.loads(metadata[_KEY])
-    except (ValueError, TypeError, RecursionError) as e:
-        raise CheckpointError(f"{where} has corrupt geoarray metadata: not JSON ({e}). {RESAVE}") from None
-    validate_meta(doc, where)
-    return _Header(doc=doc, index=header, data_start=8 + n)
-
-
-def _checked_path(path: str | os.PathLike[str]) -> Path:
-    p = Path(path)
-    if p.is_dir():
-        inside = sorted(q.name for q in p.glob("*.safetensors"))[:3]
-        raise CheckpointError(
-            f"{str(p)!r} is a directory; expected a .safetensors checkpoint file"
-            + (f", such as one of {inside} inside it." if inside else ".")
-        )
-    if not p.is_file():
-        raise CheckpointError(
-            f"no checkpoint file at {str(p)!r} ({'not a regular file' if p.exists() else 'it does not exist'}). "
-            "Check the path: geoarray fit writes the file given as `out=`."
-        )
-    return p
-
-
-def _open(p: Path) -> IO[bytes]:
-    try:
-        return open(p, "rb")
-    except OSError as e:
-        raise CheckpointError(
-            f"cannot open the checkpoint {str(p)!r}: {e.strerror}; check its permissions."
-        ) from None
-
-
-def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+def read_metadata(
+    path: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The validated geoarray JSON document of a checkpoint, reading only the file's header (no torch).
 
-    The weights and the checksum are not checked here; :func:`load_checkpoint` checks them.
+    The weights and the checksum are not checked here; :func:`load_checkpoint` checks them. ``path`` may be an
+    fsspec URL (``s3://…``) with ``storage_options``.
     """
+    if is_url(path):
+        loc = _checked_remote(str(path), storage_options)
+        with loc.fs.open(loc.path, "rb") as f:
+            return _read_header(f, int(f.size), repr(loc.url)).doc
     p = _checked_path(path)
     with _open(p) as f:
         return _read_header(f, os.fstat(f.fileno()).st_size, repr(str(p))).doc
 
 
-def load_checkpoint(path: str | os.PathLike[str], *, device: str = "cpu") -> Checkpoint:
+def load_checkpoint(
+    path: str | os.PathLike[str], *, device: str = "cpu", storage_options: dict[str, Any] | None = None
+) -> Checkpoint:
     """Load a checkpoint: rebuild the model from the registry and load its weights. Never unpickles.
 
     Parameters
     ----------
     path
-        A file written by :func:`save_checkpoint`.
+        A file written by :func:`save_checkpoint`, or its fsspec URL (``"s3://bucket/model.safetensors"``).
     device
         Where to put the weights: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` or ``"auto"``.
+    storage_options
+        fsspec options for a URL (credentials, ``client_kwargs={"endpoint_url": ...}``).
 
     Returns
     -------
@@ -214,13 +130,24 @@ def load_checkpoint(path: str | os.PathLike[str], *, device: str = "cpu") -> Che
     from geoarray._devices import resolve_device
 
     device = resolve_device(device, CheckpointError)
-    p = _checked_path(path)
-    where = repr(str(p))
-    with _open(p) as f:
-        # Refuse a file that is not a checkpoint before reading it whole (it may be a large raster).
-        _read_header(f, os.fstat(f.fileno()).st_size, where)
-        f.seek(0)
-        raw = f.read()
+    p: Path | str
+    if is_url(path):
+        loc = _checked_remote(str(path), storage_options)
+        p, where = loc.url, repr(loc.url)
+        raw = _read_remote(loc, where)
+    else:
+        if storage_options:
+            raise CheckpointError(
+                f"storage_options were given for the local path {str(path)!r}; they apply to URLs only "
+                "(s3://bucket/model.safetensors). Drop them, or pass the checkpoint's URL."
+            )
+        p = _checked_path(path)
+        where = repr(str(p))
+        with _open(p) as f:
+            # Refuse a file that is not a checkpoint before reading it whole (it may be a large raster).
+            _read_header(f, os.fstat(f.fileno()).st_size, where)
+            f.seek(0)
+            raw = f.read()
     hdr = _read_header(io.BytesIO(raw), len(raw), where)  # the bytes that are verified and loaded
     doc = hdr.doc
     sha = hashlib.sha256(raw).hexdigest()
@@ -408,4 +335,4 @@ def save_checkpoint(
     doc[DIGEST] = digest(doc, index, memoryview(raw)[8 + n :])
     del raw
     text = json.dumps(doc)
-    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={_KEY: text}))
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={KEY: text}))

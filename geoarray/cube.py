@@ -20,9 +20,10 @@ from zarr.codecs import ZstdCodec
 
 from geoarray._constants import DEFAULT_CHUNK
 from geoarray._progress import compute_with_progress
-from geoarray._source import naming_chunks
+from geoarray._storage import Location, location
 from geoarray._validate import CUBE_DIMS, check_chunk, check_regular, conform_cube, transposed, validate_cube
-from geoarray.errors import CubeError, StoreError, StoreExistsError, StoreNotFoundError
+from geoarray._zarr_open import _is_zarr, _not_a_directory, _open_zarr
+from geoarray.errors import CubeError, StoreError, StoreExistsError
 
 __all__ = [
     "CUBE_DIMS",
@@ -42,88 +43,26 @@ log = logging.getLogger(__name__)
 _WHOLE_DIMS = ("band", "class", "feature")
 
 
-def _check_store_exists(store: str | os.PathLike[str]) -> Path:
-    path = Path(store)
-    if not path.exists():
-        parent = path.parent if str(path.parent) else Path(".")
-        near = sorted(p.name for p in parent.glob("*.zarr"))[:5] if parent.is_dir() else []
-        raise StoreNotFoundError(
-            f"no Zarr store at {str(path)!r}."
-            + (f" Stores next to it: {near}." if near else "")
-            + " Create one with `geoarray.write_cube(ds, path)` or `geoarray ingest`."
-        )
-    return path
-
-
-def _is_zarr(path: Path) -> bool:
-    """Whether a directory is a Zarr store (v3 or v2 metadata at its root)."""
-    return any((path / f).is_file() for f in ("zarr.json", ".zgroup", ".zarray", ".zattrs", ".zmetadata"))
-
-
-def _not_a_directory(path: Path) -> str:
-    hint = ""
-    if path.suffix.lower() in (".tif", ".tiff", ".vrt", ".jp2", ".nc"):
-        hint = (
-            " It looks like a raster: build a cube from it with `geoarray.from_geotiff(path, times=[...])` "
-            "(or `geoarray ingest geotiff`), then `geoarray.write_cube(cube, 'name.zarr')`."
-        )
-    return f"{str(path)!r} is a file, not a Zarr store (a Zarr store is a directory).{hint}"
-
-
-def _open_zarr(store: str | os.PathLike[str], *, chunks: Any = None) -> xr.Dataset:
-    path = _check_store_exists(store)
-    if not path.is_dir():
-        raise StoreError(_not_a_directory(path))
-    if not _is_zarr(path):
-        held = sorted(p.name for p in path.iterdir())
-        raise StoreError(
-            f"{str(path)!r} is a directory but not a Zarr store (no zarr.json or .zgroup in it; "
-            + (f"it holds {held[:5]}{' ...' if len(held) > 5 else ''}" if held else "it is empty")
-            + "). Expected a store written by `geoarray.write_cube` or `xarray.Dataset.to_zarr`; "
-            "check the path (a store's own folder, not its parent or one of its variables)."
-        )
-    if (path / ".zarray").is_file() or _zarr_node_type(path) == "array":
-        raise StoreError(
-            f"{str(path)!r} is a single Zarr array, not a group of variables; expected a cube store written "
-            "by `geoarray.write_cube` (check the path: a variable's folder inside a store is an array)."
-        )
-    kw: dict[str, Any] = {"decode_coords": "all", "chunks": {} if chunks is None else chunks}
-    # arrays opened here name the chunk they cannot decode (store, variable, chunk), also on dask workers
-    with naming_chunks():
-        try:  # v3 stores are not consolidated: the fast path first
-            return xr.open_zarr(path, consolidated=False, **kw)
-        except Exception as e:  # zarr raises several unrelated types for "not a store"
-            first = e
-        try:  # v2 stores may be consolidated
-            return xr.open_zarr(path, consolidated=True, **kw)
-        except Exception as e:  # report the first failure, the one about the v3 layout
-            log.debug("opening %s as a consolidated v2 store failed too: %s", path, e)
-    raise StoreError(
-        f"{str(path)!r} is not a readable Zarr store ({type(first).__name__}: {first}). "
-        "Expected a directory written by `geoarray.write_cube` or `xarray.Dataset.to_zarr`."
-    )
-
-
-def _zarr_node_type(path: Path) -> str | None:
-    import json
-
-    try:
-        return str(json.loads((path / "zarr.json").read_text()).get("node_type"))
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def open_cube(store: str | os.PathLike[str], *, var: str = "imagery", chunks: Any = None) -> xr.Dataset:
+def open_cube(
+    store: str | os.PathLike[str],
+    *,
+    var: str = "imagery",
+    chunks: Any = None,
+    storage_options: dict[str, Any] | None = None,
+) -> xr.Dataset:
     """Open a Zarr cube lazily (dask-backed) and validate it.
 
     Parameters
     ----------
     store
-        Path of a Zarr store (v3 or v2).
+        Path of a Zarr store (v3 or v2), or an fsspec URL such as ``"s3://bucket/cube.zarr"``.
     var
         Name of the imagery variable.
     chunks
         Dask chunks; the default (None) uses the store's own chunks, so one task reads one Zarr chunk.
+    storage_options
+        fsspec options for a URL (credentials, ``client_kwargs={"endpoint_url": ...}``); they travel with the
+        cube's tasks to dask workers. Refused for a local path.
 
     Returns
     -------
@@ -147,7 +86,8 @@ def open_cube(store: str | os.PathLike[str], *, var: str = "imagery", chunks: An
     >>> geoarray.open_cube(path).imagery.dims
     ('time', 'band', 'y', 'x')
     """
-    ds = _open_zarr(store, chunks=chunks)
+    loc = location(store, storage_options)
+    ds = _open_zarr(loc if loc.remote else store, chunks=chunks)
     # Small labelling coords (band names, per-date sensor) come back as lazy StringDType arrays; make them
     # plain in-memory object arrays so comparisons and `.sel` behave as on the cube that was written.
     small = {
@@ -163,7 +103,7 @@ def open_cube(store: str | os.PathLike[str], *, var: str = "imagery", chunks: An
     from geoarray._source import tag
 
     # tag before transposing: a transposed variable gets a new dask name, so it is (rightly) not read directly
-    tag(ds, str(Path(store).resolve()))
+    tag(ds, loc if loc.remote else loc.url)
     return transposed(ds, var=var)
 
 
@@ -247,6 +187,7 @@ def write_cube(
     var: str = "imagery",
     chunk: int = DEFAULT_CHUNK,
     progress: bool = False,
+    storage_options: dict[str, Any] | None = None,
 ) -> list[str]:
     """Write a cube to a Zarr (v3) store.
 
@@ -256,7 +197,7 @@ def write_cube(
         The cube, with its dims in any order (it is stored in canonical order, see :func:`conform_cube`).
         With ``mode="a"`` it may also be a Dataset holding only new variables on the store's grid.
     store
-        Path of the Zarr store.
+        Path of the Zarr store, or an fsspec URL such as ``"s3://bucket/cube.zarr"``.
     mode
         ``"w-"`` (default) creates the store and fails if it exists; ``"w"`` replaces it; ``"a"`` adds to an
         existing cube only the variables it lacks, and never rewrites the ones it has.
@@ -266,6 +207,8 @@ def write_cube(
         Chunk size in ``y`` and ``x``; ``time`` is chunked by 1 and ``band`` is kept whole.
     progress
         Show a progress bar while writing.
+    storage_options
+        fsspec options for a URL ``store`` (credentials, ``client_kwargs={"endpoint_url": ...}``).
 
     Returns
     -------
@@ -301,6 +244,9 @@ def write_cube(
     chunk = check_chunk(chunk)
     if not isinstance(ds, xr.Dataset):
         validate_cube(ds, var=var)  # raises, with the to_dataset hint
+    loc = location(store, storage_options)
+    if loc.remote:
+        return _write_remote(ds, loc, mode=mode, var=var, chunk=chunk, progress=progress)
     path = Path(store)
     if path.exists() and not path.is_dir():
         other = (
@@ -338,7 +284,45 @@ def write_cube(
     return sorted(map(str, prepared.data_vars))
 
 
-def _append(ds: xr.Dataset, path: Path, *, var: str, chunk: int, progress: bool) -> list[str]:
+def _write_remote(
+    ds: xr.Dataset, loc: Location, *, mode: Literal["w-", "w", "a"], var: str, chunk: int, progress: bool
+) -> list[str]:
+    """write_cube into an object store: the local checks, asked of the prefix (there are no directories)."""
+    loc.check_bucket()
+    if loc.isfile():
+        raise (StoreError if mode == "a" else StoreExistsError)(
+            f"{loc.url!r} is an object (a file), not a Zarr store; write_cube writes a prefix of objects. "
+            f"Choose another URL, e.g. {loc.url + '.zarr'!r}."
+        )
+    if mode == "a":
+        return _append(ds, loc, var=var, chunk=chunk, progress=progress)
+    ds = conform_cube(ds, var=var)
+    held = loc.listdir()
+    if mode == "w-" and held:
+        raise StoreExistsError(
+            f"{loc.url!r} already exists (it holds {held[:5]}) and mode='w-' never overwrites. "
+            "Pass mode='w' to replace it, or mode='a' to add new variables to it."
+        )
+    if mode == "w" and held and "zarr.json" not in held and ".zgroup" not in held:
+        raise StoreExistsError(
+            f"{loc.url!r} holds objects but is not a Zarr store (it holds {held[:5]}); mode='w' replaces only "
+            f"Zarr stores, so nothing was deleted. Write to a new prefix, e.g. {loc.url + '/cube.zarr'!r}."
+        )
+    prepared = _prepare_for_zarr(ds, chunk)
+    job = prepared.to_zarr(
+        loc.url,
+        mode=mode,
+        zarr_format=3,
+        consolidated=False,
+        encoding=_encoding_for(prepared, chunk),
+        compute=False,
+        **loc.zarr_kwargs(),
+    )
+    compute_with_progress(job, enabled=progress, desc=f"writing {loc.name}")
+    return sorted(map(str, prepared.data_vars))
+
+
+def _append(ds: xr.Dataset, path: Path | Location, *, var: str, chunk: int, progress: bool) -> list[str]:
     existing = _open_zarr(path)
     if var not in existing.data_vars:
         raise StoreError(
@@ -373,13 +357,15 @@ def _append(ds: xr.Dataset, path: Path, *, var: str, chunk: int, progress: bool)
     for name in new_vars:
         if "spatial_ref" in drop and {"y", "x"} <= set(map(str, prepared[name].dims)):
             prepared[name].encoding["grid_mapping"] = "spatial_ref"
+    extra = path.zarr_kwargs() if isinstance(path, Location) else {}
     job = prepared.to_zarr(
-        path,
+        path.url if isinstance(path, Location) else path,
         mode="a",
         zarr_format=3,
         consolidated=False,
         encoding=_encoding_for(prepared, chunk),
         compute=False,
+        **extra,
     )
     compute_with_progress(job, enabled=progress, desc=f"adding {', '.join(new_vars)}")
     return sorted(new_vars)

@@ -16,8 +16,7 @@ import xarray as xr
 
 from geoarray._constants import LABEL_NODATA  # the nodata of the labels these cubes carry
 
-__all__ = ["LABEL_NODATA", "sample_cube", "sample_path", "synthetic_cube"]
-
+__all__ = ["LABEL_NODATA", "phenology_cube", "sample_cube", "sample_path", "synthetic_cube"]
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], scale: float) -> np.ndarray:
@@ -181,6 +180,111 @@ def synthetic_cube(
         },
         coords={"time": times, "band": np.asarray(list(bands), dtype=object), "y": y, "x": x},
         attrs={"title": "geoarray synthetic cube", "seed": seed},
+    )
+    ds = ds.rio.write_crs(crs)
+    if chunks:
+        ds = ds.chunk({"time": 1, "band": -1, "y": chunks, "x": chunks})
+    return ds
+
+
+def phenology_cube(
+    *,
+    size: int | tuple[int, int] = 128,
+    n_times: int = 24,
+    classes: Sequence[str] | None = None,
+    parcel_size: float = 12.0,
+    cloud_cover: float = 0.3,
+    noise: float = 0.01,
+    start: str = "2021-01-01",
+    crs: str = "EPSG:32631",
+    resolution: float = 10.0,
+    seed: int = 0,
+    chunks: int | None = None,
+) -> xr.Dataset:
+    """A year of Sentinel-2-like pixel time series whose land-cover classes differ by phenology (seed 001).
+
+    Synthetic, with known truth. The scene is a patchwork of parcels (jittered Voronoi cells), one class each:
+    ``water``, ``urban``, ``evergreen_forest``, ``deciduous_forest``, ``grassland``, ``summer_crop``,
+    ``winter_crop`` and ``double_crop``. A class is a vegetation-fraction curve over the year (green-up,
+    senescence, one or two seasons) mixed linearly with a soil, built or water spectrum over six bands
+    (``blue, green, red, nir, swir1, swir2``). Within a class every parcel, and smoothly every pixel, draws
+    its own green-up date (sd ~13 days), season length, amplitude, soil brightness and moisture, so a pixel's
+    series carries more than its class. Dates are irregular (about every 365 / ``n_times`` days, jittered).
+    Clouds cover a different fraction of the scene on each date (some clear, some mostly cloudy, mean about
+    ``cloud_cover``): bright, and ``valid == False``.
+
+    Parameters
+    ----------
+    size
+        Height and width in pixels (an int for a square).
+    n_times
+        Dates in the year.
+    classes
+        A subset of the class names above, in label order (default: all eight).
+    parcel_size
+        Typical parcel width in pixels.
+    cloud_cover
+        Mean fraction of a date's pixels under cloud (0 for none).
+    noise
+        Per-observation Gaussian noise (reflectance units).
+    start, crs, resolution, seed
+        First day of the year covered, grid CRS, pixel size (metres) and the random seed.
+    chunks
+        If given, the cube is dask-chunked ``(time=1, band=all, y=chunks, x=chunks)``.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``imagery(time, band, y, x)`` float32 reflectance, ``valid(time, y, x)`` bool, ``labels(y, x)`` uint8
+        with attrs ``classes`` and ``nodata``.
+
+    Examples
+    --------
+    >>> ds = phenology_cube(size=32, n_times=12, seed=1)
+    >>> ds.imagery.shape
+    (12, 6, 32, 32)
+    >>> ds.labels.attrs["classes"][:3]
+    ['water', 'urban', 'evergreen_forest']
+    """
+    import rioxarray  # noqa: F401  (registers .rio)
+
+    from geoarray import _phenology as ph
+    from geoarray.errors import CubeError
+
+    names = list(ph.CLASSES) if classes is None else list(classes)
+    unknown = [c for c in names if c not in ph.CLASSES]
+    if unknown or len(names) < 2:
+        raise CubeError(
+            f"classes={names}; expected at least 2 of {list(ph.CLASSES)} (unknown: {unknown})."
+        )
+    if not 0 <= cloud_cover < 1:
+        raise CubeError(f"cloud_cover={cloud_cover!r}; expected a fraction in [0, 1), e.g. 0.3.")
+    if not 1 <= n_times <= 365:
+        raise CubeError(f"n_times={n_times}; expected 1 to 365 dates in the year (distinct days).")
+    ny, nx = (size, size) if isinstance(size, int) else size
+    rng = np.random.default_rng(seed)
+    step = 365.0 / n_times
+    offsets = np.clip(np.round(step * (np.arange(n_times) + 0.5) + rng.uniform(-0.3, 0.3, n_times) * step), 0, 364)
+    times = (pd.Timestamp(start) + pd.to_timedelta(np.unique(offsets), unit="D")).values
+    if len(times) != n_times:
+        raise CubeError(f"n_times={n_times}; expected 1 to 365 dates in the year (distinct days).")
+    doy = pd.DatetimeIndex(times).dayofyear.values.astype(np.float32)
+    img, valid, labels = ph.generate(
+        ny, nx, doy, names, parcel_size=parcel_size, cloud_cover=cloud_cover, noise=noise, rng=rng
+    )
+    y, x = _grid(ny, nx, resolution, 600_000.0, 5_400_000.0 + ny * resolution)
+    ds = xr.Dataset(
+        {
+            "imagery": (("time", "band", "y", "x"), img, {"long_name": "surface reflectance"}),
+            "valid": (("time", "y", "x"), valid),
+            "labels": (
+                ("y", "x"),
+                labels,
+                {"classes": names, "nodata": LABEL_NODATA, "long_name": "land cover (truth)"},
+            ),
+        },
+        coords={"time": times, "band": np.asarray(ph.BANDS, dtype=object), "y": y, "x": x},
+        attrs={"title": "geoarray synthetic phenology cube (seed 001)", "seed": seed},
     )
     ds = ds.rio.write_crs(crs)
     if chunks:

@@ -18,6 +18,7 @@ __all__ = [
     "ModelError",
     "NoOverlapError",
     "OutputPathError",
+    "PlotError",
     "PredictError",
     "ProbeError",
     "RasterError",
@@ -108,3 +109,7 @@ class TrainError(GeoArrayError, ValueError):
 
 class ProbeError(GeoArrayError, ValueError):
     """An evaluation (probe) that cannot run on these inputs."""
+
+
+class PlotError(GeoArrayError, ValueError):
+    """A plot's input is not what it draws (e.g. a folder without the arrays a fit writes)."""

@@ -10,7 +10,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["class_masks", "cross_correlation", "curves", "false_color", "overlay", "pca_rgb"]
+__all__ = [
+    "class_masks",
+    "cross_correlation",
+    "curves",
+    "effective_rank",
+    "false_color",
+    "overlay",
+    "pca_rgb",
+]
 
 
 def _plt() -> Any:
@@ -84,19 +92,23 @@ def overlay(
     *,
     nodata: int = 255,
     title: str = "",
+    image_title: str = "image",
+    alpha: float = 0.6,
 ) -> Path:
-    """Side-by-side panels: the image, then each class map (truth, prediction, ...) blended over it."""
+    """Side-by-side panels: the image, then each class map (truth, prediction, ...) blended over it with
+    ``alpha`` (1.0: the class maps alone, for an image whose colours would mix with the classes')."""
     plt = _plt()
     n = 1 + len(masks)
     fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4.6), constrained_layout=True)
     axes = np.atleast_1d(axes)
     axes[0].imshow(rgb)
-    axes[0].set_title("image")
+    axes[0].set_title(image_title)
     cmap = _class_cmap(len(classes))
     for ax, (name, m) in zip(axes[1:], masks.items(), strict=True):
-        ax.imshow(rgb)
+        if alpha < 1:
+            ax.imshow(rgb)
         shown = np.ma.masked_where(np.asarray(m) == nodata, np.asarray(m))
-        ax.imshow(shown, cmap=cmap, vmin=-0.5, vmax=len(classes) - 0.5, alpha=0.6, interpolation="nearest")
+        ax.imshow(shown, cmap=cmap, vmin=-0.5, vmax=len(classes) - 0.5, alpha=alpha, interpolation="nearest")
         ax.set_title(name)
     for ax in axes:
         ax.set_axis_off()
@@ -104,10 +116,10 @@ def overlay(
     fig.legend(
         handles,
         list(classes),
-        loc="lower center",
+        loc="upper center",  # hangs below the panels: more rows grow downwards, never over them
         ncol=min(len(classes), 6),
         frameon=False,
-        bbox_to_anchor=(0.5, -0.06),
+        bbox_to_anchor=(0.5, 0.0),
     )
     if title:
         fig.suptitle(title)
@@ -165,17 +177,119 @@ def curves(
     return out
 
 
-def cross_correlation(z1: np.ndarray, z2: np.ndarray, path: str | Path) -> Path:
-    """The normalised cross-correlation matrix of two embedding batches (Barlow Twins' diagnostic)."""
+def _cc_matrix(c: Any, epoch: int | None) -> tuple[np.ndarray, int | None]:
+    """The matrix ``c`` names: an array, a pair of embeddings, a ``.npy`` file, or a fit log folder."""
+    from geoarray.errors import PlotError
+
+    if isinstance(c, tuple) and len(c) == 2:  # two views' embeddings (n, D): standardise, then z1ᵀ z2 / n
+        z1, z2 = (np.asarray(z, dtype=np.float64) for z in c)
+        a = (z1 - z1.mean(0)) / (z1.std(0) + 1e-8)
+        b = (z2 - z2.mean(0)) / (z2.std(0) + 1e-8)
+        return a.T @ b / len(a), epoch
+    if isinstance(c, (str, Path)):
+        p = Path(c)
+        if p.is_dir():
+            found = {int(f.stem.rsplit("epoch", 1)[1]): f for f in p.glob("cross_correlation_epoch*.npy")}
+            if not found:
+                raise PlotError(
+                    f"{str(p)!r} holds no cross_correlation_epochNNN.npy; expected the log_dir of a "
+                    "task='barlow_twins' fit (it writes one per epoch), a .npy file or a (D, D) array."
+                )
+            if epoch is not None and epoch not in found:
+                raise PlotError(f"epoch={epoch}; {str(p)!r} holds epochs {sorted(found)}.")
+            epoch = max(found) if epoch is None else epoch
+            p = found[epoch]
+        if p.suffix != ".npy" or not p.is_file():
+            raise PlotError(
+                f"{str(p)!r} is not a .npy file or a fit log folder; expected a (D, D) cross-correlation matrix."
+            )
+        c = np.load(p, allow_pickle=False)
+    m = np.asarray(c, dtype=np.float64)
+    if m.ndim != 2 or m.shape[0] != m.shape[1] or m.shape[0] < 1:
+        raise PlotError(f"a cross-correlation matrix of shape {m.shape}; expected a square (D, D) matrix.")
+    return m, epoch
+
+
+def cross_correlation(
+    c: Any, path: str | Path, *, epoch: int | None = None, title: str | None = None
+) -> Path:
+    """Draw Barlow Twins' cross-correlation matrix ``C`` of the two views' projections (the identity is the goal).
+
+    Parameters
+    ----------
+    c
+        The ``(D, D)`` matrix; a pair ``(z1, z2)`` of ``(n, D)`` embeddings (``C`` is computed, each dimension
+        standardised over the batch); a ``.npy`` file; or the ``log_dir`` of a ``task="barlow_twins"`` fit,
+        which holds ``cross_correlation_epochNNN.npy`` per epoch (the last one, or ``epoch``).
+    path
+        The PNG to write.
+    epoch, title
+        Which epoch of a log folder, and the figure's title (default: the diagonal mean and off-diagonal rms).
+
+    Examples
+    --------
+    >>> plot.cross_correlation("log", "cc.png")  # doctest: +SKIP
+    """
     plt = _plt()
-    a = (z1 - z1.mean(0)) / (z1.std(0) + 1e-8)
-    b = (z2 - z2.mean(0)) / (z2.std(0) + 1e-8)
-    c = a.T @ b / len(a)
-    fig, ax = plt.subplots(figsize=(4.5, 4))
-    im = ax.imshow(c, cmap="RdBu_r", vmin=-1, vmax=1)
-    fig.colorbar(im, ax=ax)
-    ax.set_title("cross-correlation")
+    m, epoch = _cc_matrix(c, epoch)
+    d = len(m)
+    off = m[~np.eye(d, dtype=bool)]
+    head = f"epoch {epoch}: " if epoch is not None else ""
+    fig, ax = plt.subplots(figsize=(5.2, 4.4), constrained_layout=True)
+    im = ax.imshow(m, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
+    fig.colorbar(im, ax=ax, shrink=0.85, label="correlation")
+    ax.set_xlabel("view 2 projection dim")
+    ax.set_ylabel("view 1 projection dim")
+    ax.set_title(
+        title
+        or f"Barlow Twins C, {head}diag mean {np.diag(m).mean():.2f}, "
+        f"off-diag rms {np.sqrt((off**2).mean()) if off.size else 0.0:.3f}",
+        fontsize=9,
+    )
     out = Path(path)
-    fig.savefig(out, dpi=100, bbox_inches="tight")
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def effective_rank(
+    metrics: str | Path | list[dict[str, Any]], path: str | Path, *, dim: int | None = None
+) -> Path:
+    """The embeddings' effective rank (RankMe) per epoch from a self-supervised fit's ``metrics.csv`` (a file,
+    its folder, or rows): training pixels (``effective_rank``) and held-out ones (``val_effective_rank``),
+    with the feature dimension ``dim`` and ``dim / 2`` drawn when given. Collapse shows as a fall towards 1."""
+    from geoarray.errors import PlotError
+
+    plt = _plt()
+    if isinstance(metrics, (str, Path)):
+        p = Path(metrics)
+        p = p / "metrics.csv" if p.is_dir() else p
+        rows = list(csv.DictReader(open(p)))
+    else:
+        rows = list(metrics)
+    keys = [k for k in ("effective_rank", "val_effective_rank") if rows and k in rows[0]]
+    if not keys:
+        raise PlotError(
+            "the metrics have no effective_rank column; expected the metrics.csv of a self-supervised fit "
+            "(task='barlow_twins' with log_dir=...)."
+        )
+    epochs = [int(r["epoch"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), constrained_layout=True)
+    for k, label in zip(keys, ("training pixels", "held-out pixels"), strict=False):
+        vals = [float(r[k]) if r.get(k) not in (None, "") else np.nan for r in rows]
+        ax.plot(epochs, vals, marker="o", label=label)
+    if dim:
+        ax.axhline(dim, color="0.3", lw=1, ls="-", label=f"feature dim {dim}")
+        ax.axhline(dim / 2, color="0.5", lw=1, ls="--", label=f"dim / 2 = {dim / 2:g}")
+        ax.set_ylim(0, dim * 1.05)
+    else:
+        ax.set_ylim(bottom=0)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("effective rank (RankMe)")
+    ax.set_title("embedding effective rank per epoch")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    out = Path(path)
+    fig.savefig(out, dpi=100)
     plt.close(fig)
     return out

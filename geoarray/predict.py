@@ -26,6 +26,7 @@ from geoarray._blocks import MIN_BLOCK, TINY, aligned, build_graph, direct_sourc
 from geoarray._constants import MASK_NODATA, MASK_NODATA_WIDE
 from geoarray._inference import RunSpec, clear_caches
 from geoarray._preprocess import date_features
+from geoarray._storage import is_url, location
 from geoarray._writer import WriteReport, dim_clashes, partial_outputs, write_to_store
 from geoarray.checkpoint import load_checkpoint
 from geoarray.cube import DEFAULT_CHUNK, conform_cube
@@ -36,21 +37,12 @@ __all__ = ["clear_caches", "partial_outputs", "predict"]
 log = logging.getLogger(__name__)
 
 
-def _device(device: str) -> str:
-    from geoarray._devices import resolve_device
+def _device(device: str, precision: str) -> tuple[str, str]:
+    from geoarray._devices import check_precision, remote_client, resolve_device
 
-    return resolve_device(device, PredictError, check_cuda=not _remote_client())
-
-
-def _remote_client() -> bool:
-    """A distributed client is active: its workers, not this process, decide which devices exist."""
-    try:
-        from distributed import get_client
-
-        get_client()
-        return True
-    except (ImportError, ValueError):
-        return False
+    local = not remote_client()  # with a distributed client, its workers decide which devices exist
+    device = resolve_device(device, PredictError, check_cuda=local)
+    return device, check_precision(precision, device, PredictError, check_cuda=local)
 
 
 def _check_options(batch_size: Any, dtype: Any, threshold: Any, prefix: Any) -> None:
@@ -88,6 +80,8 @@ def predict(
     dtype: Literal["float32", "float16"] = "float32",
     threshold: float = 0.5,
     progress: bool = False,
+    precision: Literal["32", "bf16", "16"] = "32",
+    storage_options: dict[str, Any] | None = None,
 ) -> xr.Dataset:
     """Apply a checkpoint to a cube blockwise, with a halo; return the cube plus new output variables.
 
@@ -128,6 +122,11 @@ def predict(
         Sigmoid threshold of multi-label masks.
     progress
         Show a progress bar while writing to ``store``.
+    precision
+        ``"32"``, or the model under autocast: ``"bf16"`` (GPU; CPUs with AVX512-BF16/AMX, elsewhere emulated
+        and slower, with a warning) or ``"16"`` (GPU only). Recorded in the outputs' ``precision`` attr.
+    storage_options
+        fsspec options (credentials, ``client_kwargs``) for ``store`` and ``ckpt`` given as URLs (``s3://…``).
 
     Returns
     -------
@@ -145,8 +144,8 @@ def predict(
         The cube lacks a band the checkpoint needs.
     PredictError
         Chunks that don't fit the model (time chunked for a time-series model, chunks smaller than the halo),
-        a chip classifier, a model built for another number of dates (``num_timesteps``), or outputs whose
-        class/feature dim clashes with the cube's (pass ``prefix``).
+        a chip model (run it with :func:`predict_chips`), a model built for another number of dates
+        (``num_timesteps``), or outputs whose class/feature dim clashes with the cube's (pass ``prefix``).
     StoreError
         ``store`` is missing, not writable, on another grid, holds the outputs already (without
         ``overwrite=True``), or a dim of the same name with another size (pass ``prefix``). Checked before
@@ -179,6 +178,8 @@ def predict(
         dtype=dtype,
         threshold=threshold,
         progress=progress,
+        precision=precision,
+        storage_options=storage_options,
     )[0]
 
 
@@ -198,6 +199,9 @@ def _predict(
     threshold: float,
     progress: bool,
     rechunk_time: bool = False,
+    precision: str = "32",
+    reopen: bool = True,
+    storage_options: dict[str, Any] | None = None,
 ) -> tuple[xr.Dataset, WriteReport | None]:
     """:func:`predict`, plus what it wrote into ``store``. ``rechunk_time`` (the CLI's; its user cannot rechunk)
     makes time one chunk for whole-series models, lazily: a task then holds dates x bands x (block + halo)² x 4 B.
@@ -206,22 +210,21 @@ def _predict(
     _check_options(batch_size, dtype, threshold, prefix)
     dtype = np.dtype(dtype).name  # type: ignore[assignment]  # np.float16, "f2", ... -> "float16"
     threshold = float(threshold)
-    device = _device(device)
-    path = str(Path(ckpt).resolve())
-    ck = load_checkpoint(path)  # validates metadata, weights and checksum now, not inside the tasks
+    device, precision = _device(device, precision)
+    path, ck_options = (str(ckpt), storage_options) if is_url(ckpt) else (str(Path(ckpt).resolve()), None)
+    ck = load_checkpoint(path, storage_options=ck_options)  # checks meta, weights, checksum now, not in tasks
     meta, sha = ck.meta, ck.sha256
     out_spec, in_spec = meta["output"], meta["input"]
     kind = out_spec["kind"]
-    if kind == "classification":
+    if in_spec.get("kind") == "chip":  # one value per chip: another grid than the cube's, so its own function
         chip = meta.get("training", {}).get("chip_size") or "N"
+        what = "chip classifier" if kind == "classification" else "chip encoder"
         raise PredictError(
-            f"{Path(path).name} is a chip classifier (task {meta['task']!r}): it gives one label per chip of {chip} "
-            "px, and predict writes per-pixel maps. Classify chips with the model itself: `ck = "
-            f"geoarray.load_checkpoint(ckpt)`; windows `w` of `geoarray.plan_chips(cube, chip_size={chip}, "
-            "val_fraction=0, labels=None).train`; for each, the bands ck.meta['input']['bands'] at times w.t, "
-            "rows w.y:w.y+w.size, cols w.x:w.x+w.size, normalised (x * scale - mean) / std with "
-            "ck.meta['input'] (NaN set to 0); `ck.model(x).argmax(1)` indexes ck.meta['output']['classes']. For "
-            "per-pixel maps, train task='segmentation' instead."
+            f"{Path(path).name} is a {what} (task {meta['task']!r}): it gives one "
+            f"{'label' if kind == 'classification' else 'embedding'} per chip of {chip} px, and predict writes "
+            "per-pixel maps on the cube's grid. Run it on a grid of chips with `geoarray.predict_chips(cube, "
+            "ckpt)` (store='site.zarr' writes it into the group 'chips'). For per-pixel maps, train "
+            "task='segmentation' instead."
         )
     input_kind = in_spec.get("kind", "image")
     _check_dates(meta, input_kind, cube, Path(path).name)
@@ -238,7 +241,8 @@ def _predict(
         )
     wanted = _outputs(kind, out_spec, outputs)
 
-    img = cube[var].sel(band=needed)
+    # all bands in order: no selection, which would add a getitem task per chunk to the graph
+    img = cube[var] if needed == present else cube[var].sel(band=needed)
     if not isinstance(img.data, dsa.Array):
         whole_series = input_kind in ("sequence", "pixels")
         img = img.chunk(
@@ -306,15 +310,18 @@ def _predict(
         batch_size=None if batch_size is None else int(batch_size),
         norm=(tuple(in_spec["mean"]), tuple(in_spec["std"]), float(in_spec.get("scale", 1.0))),
         bands=tuple(needed),
+        precision=precision,
+        ckpt_options=location(path, ck_options).options_json,
     )
     arrays, blocks = build_graph(data, valid, (ych, xch), spec, h, run_times, dates, direct=direct)
     new = _wrap(arrays, cube, wanted, spec, meta, prefix, Path(path).name)
     if store is None:
         return _assign(cube, new), None
-    report = write_to_store(new, arrays, blocks, store, sha, overwrite=overwrite, progress=progress)
+    so = {"storage_options": storage_options} if is_url(store) else {}
+    report = write_to_store(new, arrays, blocks, store, sha, overwrite=overwrite, progress=progress, **so)
     from geoarray.cube import open_cube
 
-    return open_cube(store, var=var), report
+    return (open_cube(store, var=var, **so) if reopen else cube), report  # reopen=False: no `var` in store
 
 
 def _assign(cube: xr.Dataset, new: dict[str, xr.DataArray]) -> xr.Dataset:
@@ -386,6 +393,7 @@ def _wrap(
         "model": meta["model"]["name"],
         "task": meta["task"],
         "geoarray_version": __version__,
+        "precision": spec.precision,
     }
     result = {}
     for arr, out in zip(arrays, wanted, strict=True):

@@ -1,5 +1,10 @@
 """Evaluation protocols for learned features: :func:`probe` (linear and kNN, on a spatial split), always with the
-baselines an SSL encoder must beat (a random-init encoder of the same architecture, and the raw inputs)."""
+baselines an SSL encoder must beat (a random-init encoder of the same architecture, and the raw inputs).
+
+The data flow: the labels (a label raster, or vector regions burnt onto the grid) -> the samples of the encoder's
+kind (pixels: :mod:`._probe_pixels`; chips: :mod:`._probe_chips`) and their features per encoder -> the protocols
+(:mod:`._probe_fit`) -> one row per encoder, protocol and label fraction.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from geoarray.errors import BandError, ProbeError
+from geoarray.errors import BandError, ProbeError, TrainError
 
 __all__ = ["probe"]
 
@@ -22,21 +27,54 @@ def probe(
     ckpt: str | os.PathLike[str],
     *,
     labels: str = "labels",
+    regions: str | os.PathLike[str] | Any = None,
+    region_property: str | None = None,
+    region_layer: str | None = None,
     protocols: Sequence[str] = PROTOCOLS,
     label_fractions: Sequence[float] = (0.01, 0.1, 1.0),
     var: str = "imagery",
+    chip_size: int | None = None,
     max_pixels: int = 20000,
-    tile_size: int = 32,
+    max_chips: int = 5000,
+    tile_size: int | None = None,
     test_fraction: float = 0.3,
     seed: int = 0,
 ) -> Any:
-    """Score a pixel time-series encoder's features with linear and kNN probes, beside its baselines.
+    """Score an encoder's features with linear and kNN probes, beside its baselines.
 
-    Labelled pixels (at most ``max_pixels``, sampled) are split by spatial tile of ``tile_size`` px: a
-    ``test_fraction`` of the tiles is held out. Each protocol is trained on a ``label_fraction`` of the training
-    pixels and scored on the held-out ones, for three encoders: the checkpoint's (``encoder="ssl"``), the same
-    architecture at random init (``"random_init"``, seeded) and the normalised raw series with their validity
-    flags (``"raw"``). Labels ``(time, y, x)`` take the last date's class, as training does.
+    Pixel time-series encoders (``pixel_*`` models, e.g. ``task="barlow_twins"``) are scored per labelled pixel;
+    chip encoders (``resnet18``/``resnet50``: a VICReg encoder, or a chip classifier's pooled embedding) per
+    labelled chip of ``chip_size`` px, on the grid :func:`geoarray.predict_chips` uses, one sample per chip and
+    date. Samples (at most ``max_pixels`` pixels or ``max_chips`` chips) are split by spatial tile of
+    ``tile_size`` px: a ``test_fraction`` of the tiles is held out. Each protocol is trained on a
+    ``label_fraction`` of the training samples and scored on the held-out ones, for three encoders: the
+    checkpoint's (``encoder="ssl"``), the same architecture at random init (``"random_init"``, seeded) and the
+    raw inputs (``"raw"``: for pixels the normalised series with their validity flags, for chips each band's mean
+    and standard deviation over the normalised chip).
+
+    Parameters
+    ----------
+    cube
+        The cube; it needs ``labels`` or ``regions``.
+    ckpt
+        A feature encoder (pixel or chip), or a chip classifier (its pooled embedding is scored).
+    labels
+        The label variable: ``labels(y, x)`` or ``labels(time, y, x)``. Pixels take the last date's class, as
+        training does; a chip takes the majority class of its labelled pixels (``nodata`` ignored), on its own
+        date for ``labels(time, y, x)``.
+    regions, region_property, region_layer
+        Vector regions instead of ``labels`` (any format GDAL reads, or a GeoDataFrame), burnt onto the grid by
+        the value of ``region_property``: a chip's label is its majority region, a pixel's the region it is in.
+    protocols, label_fractions
+        Some of ``("linear", "knn")``; fractions in (0, 1] of the training samples.
+    chip_size
+        Chip encoders: chip size in pixels (default: the checkpoint's training chip size).
+    max_pixels, max_chips
+        Samples drawn (seeded) when there are more.
+    tile_size
+        Split tile size in pixels; default 32 for pixels, twice the chip size for chips.
+    test_fraction, seed
+        Held-out fraction of tiles; the seed of sampling, the split and the random-init encoder.
 
     Returns
     -------
@@ -46,15 +84,21 @@ def probe(
     Raises
     ------
     ProbeError
-        A cube without ``labels``, a checkpoint that is not a pixel time-series feature encoder, options out of
-        range, or a split that leaves no labelled pixel on one side.
+        A cube without ``labels`` and no ``regions``, unreadable regions or regions without ``region_property``,
+        a checkpoint that is not an encoder probe can score, options out of range, or a split that leaves no
+        labelled sample on one side.
     BandError
         The cube lacks a band the checkpoint needs.
+
+    Examples
+    --------
+    >>> df = geoarray.probe(cube, "vicreg.safetensors", regions="countries.gpkg",
+    ...                     region_property="country")  # doctest: +SKIP
+    >>> df.pivot_table(index="encoder", columns="protocol", values="top1")  # doctest: +SKIP
     """
     import pandas as pd
     import torch
 
-    from geoarray._preprocess import date_features
     from geoarray._probe_fit import knn_scores, linear_scores, standardize
     from geoarray.checkpoint import load_checkpoint
     from geoarray.metrics import topk_accuracy
@@ -70,29 +114,47 @@ def probe(
         )
     if not 0 < test_fraction < 1:
         raise ProbeError(f"test_fraction={test_fraction!r}; expected a fraction between 0 and 1 (e.g. 0.3).")
-    if labels not in cube.data_vars:
+    if regions is None and labels not in cube.data_vars:
         raise ProbeError(
-            f"probe needs labels, but the cube has no {labels!r} variable (it has {sorted(map(str, cube.data_vars))}). "
-            "Add them with `cube['labels'] = geoarray.read_labels(path, like=cube)`, or pass labels=NAME."
+            f"probe needs labels, but the cube has no {labels!r} variable (it has {sorted(map(str, cube.data_vars))}) "
+            "and no regions= were given. Add them with `cube['labels'] = geoarray.read_labels(path, like=cube)`, "
+            "pass labels=NAME, or pass regions=PATH with region_property=NAME."
+        )
+    if regions is not None and not region_property:
+        raise ProbeError(
+            "regions= needs region_property=, the property that holds each region's class (e.g. 'country')."
         )
     ck = load_checkpoint(ckpt, device="cpu")
     meta = ck.meta
-    if meta["input"].get("kind") != "pixels" or meta["output"].get("kind") != "features":
-        raise ProbeError(
-            f"{str(ckpt)!r} is a {meta['task']!r} checkpoint of {meta['input'].get('kind')!r} inputs; probe scores "
-            "pixel time-series feature encoders (e.g. task='barlow_twins' on a pixel_* model)."
-        )
-    series, valid, y, test = _sample(cube, meta, labels, var, max_pixels, tile_size, test_fraction, seed)
-    k = int(y.max()) + 1
+    kind = _encoder_kind(meta, str(ckpt))
+    present = [str(b) for b in cube["band"].values]
+    missing = [b for b in meta["input"]["bands"] if b not in present]
+    if missing:
+        raise BandError(f"the cube lacks bands {missing} the checkpoint needs; it has {present}.")
+    lv, nodata = _label_array(cube, labels, regions, region_property, region_layer, per_date=kind == "chip")
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         rand = create_model(meta["model"]["name"], **meta["model"]["hparams"]).eval()
-    dates = date_features(cube["time"].values, meta["input"].get("date_encoding"))
-    feats = {
-        "ssl": _embed(ck.model, series, valid, dates),
-        "random_init": _embed(rand, series, valid, dates),
-        "raw": np.concatenate([series.reshape(len(series), -1), valid.astype(np.float32)], 1),
-    }
+    if kind == "chip":
+        from geoarray._probe_chips import chip_features
+
+        size = chip_size or meta.get("training", {}).get("chip_size")
+        if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
+            raise ProbeError(
+                f"chip_size={size!r}; pass chip_size= (pixels): the checkpoint does not record its chip size."
+            )
+        feats, y, test = chip_features(
+            cube, ck, rand, lv, nodata, var=var, chip_size=int(size), max_chips=max_chips,
+            tile_size=int(tile_size or 2 * size), test_fraction=test_fraction, seed=seed,
+        )  # fmt: skip
+    else:
+        from geoarray._probe_pixels import pixel_features
+
+        feats, y, test = pixel_features(
+            cube, ck, rand, lv[-1], nodata, var=var, max_pixels=max_pixels, tile_size=int(tile_size or 32),
+            test_fraction=test_fraction, seed=seed,
+        )  # fmt: skip
+    k = int(y.max()) + 1
     rng = np.random.default_rng(seed)
     train_idx = np.flatnonzero(~test)
     rows = []
@@ -118,70 +180,49 @@ def probe(
     return pd.DataFrame(rows, columns=["encoder", "protocol", "label_fraction", "top1", "top5"])
 
 
-def _sample(
+def _encoder_kind(meta: dict[str, Any], ckpt: str) -> str:
+    """``"pixels"`` or ``"chip"``: the encoders probe scores (pixel feature encoders; chip encoders and
+    classifiers, whose pooled embedding is the feature)."""
+    inp, out = meta["input"].get("kind"), meta["output"].get("kind")
+    if inp == "pixels" and out == "features":
+        return "pixels"
+    if inp == "chip" and out in ("features", "classification"):
+        return "chip"
+    raise ProbeError(
+        f"{ckpt!r} is a {meta['task']!r} checkpoint of {inp!r} inputs; probe scores pixel time-series feature "
+        "encoders (e.g. task='barlow_twins' on a pixel_* model) and chip encoders (resnet18/resnet50, e.g. "
+        "task='vicreg', or a chip classifier)."
+    )
+
+
+def _label_array(
     cube: xr.Dataset,
-    meta: dict[str, Any],
     labels: str,
-    var: str,
-    max_pixels: int,
-    tile_size: int,
-    test_fraction: float,
-    seed: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Normalised series ``(P, T, C)``, validity ``(P, T)``, class ids ``(P,)`` and the held-out mask ``(P,)``."""
-    from geoarray._preprocess import normalize_fill
+    regions: Any,
+    region_property: str | None,
+    region_layer: str | None,
+    *,
+    per_date: bool,
+) -> tuple[np.ndarray, int]:
+    """Class ids ``(L, y, x)`` (L = 1, or one per date for ``labels(time, y, x)`` when ``per_date``) and nodata."""
     from geoarray.chips.filters import label_nodata
 
-    inp = meta["input"]
-    present = [str(b) for b in cube["band"].values]
-    missing = [b for b in inp["bands"] if b not in present]
-    if missing:
-        raise BandError(f"the cube lacks bands {missing} the checkpoint needs; it has {present}.")
+    if regions is not None:
+        from geoarray.chips.regions import rasterize_regions
+
+        try:
+            ids, _ = rasterize_regions(cube, regions, property=str(region_property), layer=region_layer)
+        except TrainError as e:  # the same message; probe's own error type
+            raise ProbeError(str(e)) from None
+        return ids[None], -1
     lab = cube[labels]
-    if "time" in lab.dims:
-        lab = lab.isel(time=-1)
-    lv = np.asarray(lab.transpose("y", "x").values)
-    nodata = label_nodata(lab)
-    iy, ix = np.nonzero(lv != nodata)
-    rng = np.random.default_rng(seed)
-    if iy.size > max_pixels:
-        keep = np.sort(rng.choice(iy.size, max_pixels, replace=False))
-        iy, ix = iy[keep], ix[keep]
-    tiles = (iy // tile_size) * (lv.shape[1] // tile_size + 1) + ix // tile_size
-    uniq = np.unique(tiles)
-    held = rng.random(uniq.size) < test_fraction
-    test = np.isin(tiles, uniq[held])
-    if test.all() or not test.any():
+    if "class" in lab.dims:
         raise ProbeError(
-            f"the spatial split of {uniq.size} labelled tiles of {tile_size} px leaves "
-            f"{'no training' if test.all() else 'no test'} pixel; pass a smaller tile_size or label more of the cube."
+            f"{labels!r} has dims {tuple(map(str, lab.dims))}: multi-label masks; probe scores single-label "
+            "classes (labels(y, x) or labels(time, y, x))."
         )
-    py, px = xr.DataArray(iy, dims="p"), xr.DataArray(ix, dims="p")
-    img = cube[var].sel(band=list(inp["bands"])).transpose("time", "band", "y", "x").isel(y=py, x=px)
-    vals = np.asarray(img.values)
-    v = (
-        cube["valid"].transpose("time", "y", "x").isel(y=py, x=px).values
-        if "valid" in cube.data_vars
-        else None
-    )
-    z, ok = normalize_fill(vals, v, inp["mean"], inp["std"], float(inp.get("scale", 1.0)))
-    return (
-        np.ascontiguousarray(z.transpose(2, 0, 1)),
-        np.ascontiguousarray(ok.T),
-        lv[iy, ix].astype(np.int64),
-        test,
-    )
-
-
-def _embed(model: Any, series: np.ndarray, valid: np.ndarray, dates: np.ndarray) -> np.ndarray:
-    """The model's features of every series, 8192 at a time (eval mode, no gradients)."""
-    import torch
-
-    out = []
-    with torch.no_grad():
-        for s in range(0, len(series), 8192):
-            x = torch.from_numpy(series[s : s + 8192])
-            v = torch.from_numpy(valid[s : s + 8192])
-            d = torch.from_numpy(np.ascontiguousarray(np.broadcast_to(dates, v.shape)))
-            out.append(model(x, d, v).float().numpy())
-    return np.concatenate(out)
+    if "time" in lab.dims and not per_date:
+        lab = lab.isel(time=-1)  # pixels: the last date's class, as training does
+    dims = ("time", "y", "x") if "time" in lab.dims else ("y", "x")
+    lv = np.asarray(lab.transpose(*dims).values)
+    return (lv if lv.ndim == 3 else lv[None]), label_nodata(lab)

@@ -186,3 +186,6 @@ def make_checkpoint(
         classes=classes,
         **meta,
     )
+
+
+from s3_server import s3  # noqa: E402, F401  (the local S3 API fixture, for tests/test_object_storage.py)

@@ -364,3 +364,96 @@ def test_region_labels_from_a_geodataframe_like_object(cube):
     frame = Frame([*_halves(cube, "EPSG:3857"), None, _halves(cube, "EPSG:3857")[0]], ["w", "e", "x", None])
     assert region_labels(plan, cube, frame, property="k") == ["e", "w"]
     assert {w.label for w in plan.train if w.x + 32 <= 90} == {1}
+
+
+def test_chip_classification_batches_are_augmented(cube):
+    """Chip batches (one label per chip) get the flips, rotations and jitter of augment=True, labels untouched."""
+    import torch
+
+    plan = plan_chips(cube, chip_size=32, val_fraction=0.0, labels=None)
+    plain = next(iter(_stream(cube, plan, batch_size=8, shuffle=False, kind="chip")))
+    aug = next(iter(_stream(cube, plan, batch_size=8, shuffle=False, kind="chip", augment=True)))
+    assert plain.x.shape == aug.x.shape == (8, 4, 32, 32)
+    assert not torch.equal(plain.x, aug.x)
+    assert torch.equal(plain.y, aug.y)
+    # each chip is a flip/rotation of its plain self, times a per-band gain plus a bias: same sorted values up to
+    # that affine map, so per band the correlation of sorted values is ~1
+    a = np.sort(plain.x[0, 0].numpy().ravel())
+    b = np.sort(aug.x[0, 0].numpy().ravel())
+    if np.corrcoef(a, b)[0, 1] < 0:  # a negative gain is possible only in principle (gain ~ N(1, 0.05))
+        b = b[::-1]
+    assert np.corrcoef(a, b)[0, 1] > 0.999
+
+
+# -- random windows across chunk edges -----------------------------------------------------------------------
+def _straddles(start: int, size: int, chunk: int) -> bool:
+    return start // chunk != (start + size - 1) // chunk
+
+
+def test_random_windows_are_uniform_over_the_scene_and_cross_chunk_edges():
+    """Origins uniform over [0, 512 - 32]² with 64-px chunks: a window crosses a y chunk edge when y % 64 > 32,
+    217 of the 481 possible origins (7 periods x 31), and likewise in x. Windows kept inside their chunk (the
+    old planner) never cross, which under-samples everything near a chunk edge."""
+    c = synthetic_cube(size=(512, 512), n_times=1, seed=0, chunks=64)
+    plan = plan_chips(c, chip_size=32, mode="random", n_random=64, val_fraction=0.0, labels=None, seed=4)
+    ys = np.array([w.y for w in plan.train])
+    xs = np.array([w.x for w in plan.train])
+    n = len(ys)
+    assert n == 64 * 64  # n_random per tile on average: 64 tiles (the 64 read blocks)
+    p = 217 / 481
+    for axis in (ys, xs):
+        frac = np.mean([_straddles(int(v), 32, 64) for v in axis])
+        assert abs(frac - p) < 4 * np.sqrt(p * (1 - p) / n), (frac, p)
+    both = np.mean([_straddles(int(y), 32, 64) or _straddles(int(x), 32, 64) for y, x in zip(ys, xs, strict=True)])
+    assert abs(both - (1 - (1 - p) ** 2)) < 0.03
+    # chi-square of the origins over an 8 x 8 grid of the origin range: df = 63, p = 0.001 at 103.4
+    counts, _, _ = np.histogram2d(ys, xs, bins=8, range=[[0, 481], [0, 481]])
+    chi2 = float(((counts - n / 64) ** 2 / (n / 64)).sum())
+    assert chi2 < 103.4, chi2
+    # every window is assigned to the read block holding its origin
+    for w in plan.train:
+        b = plan.blocks[w.block]
+        assert b.y0 <= w.y < b.y1 and b.x0 <= w.x < b.x1
+
+
+def test_a_window_across_chunk_edges_carries_the_cubes_pixels_there(tmp_path):
+    """On the direct store path and through dask: chips that straddle chunk edges hold exactly the cube's
+    normalised pixels and labels there (invalid pixels 0 / ignored), every one of them."""
+    c = synthetic_cube(size=(128, 128), n_times=2, seed=3)
+    geoarray.write_cube(c, tmp_path / "c.zarr", chunk=64)
+    fast = geoarray.open_cube(tmp_path / "c.zarr")
+    slow = fast.copy()
+    slow["imagery"] = slow.imagery + 0  # the dask path
+    plan = plan_chips(fast, chip_size=32, mode="random", n_random=6, val_fraction=0.0, seed=1)
+    crossing = [w for w in plan.train if _straddles(w.y, 32, 64) or _straddles(w.x, 32, 64)]
+    assert len(crossing) > 10
+    img, lab, valid = (np.asarray(fast[v].values) for v in ("imagery", "labels", "valid"))
+    mean, std = [0.1, 0.2, 0.3, 0.4], [0.5, 0.25, 2.0, 1.0]
+    for cube in (fast, slow):
+        s = ChipStream(
+            cube, plan.train, plan, bands=list(cube.band.values), mean=mean, std=std, batch_size=16, shuffle=False
+        )
+        order = [w for bi in s._by_block for w in s._by_block[bi]]
+        seen = 0
+        for batch in s:
+            for i in range(len(batch.x)):
+                w = order[seen + i]
+                t, ys, xs = w.t[0], slice(w.y, w.y + 32), slice(w.x, w.x + 32)
+                raw = img[t, :, ys, xs]
+                ok = valid[t, ys, xs] & np.isfinite(raw).all(0)
+                want = (raw.astype(np.float32) - np.float32(mean)[:, None, None]) * (
+                    np.float32(1) / np.float32(std)[:, None, None]
+                )
+                want[:, ~ok] = 0
+                np.testing.assert_array_equal(batch.x[i].numpy(), want)
+                np.testing.assert_array_equal(
+                    batch.y[i].numpy(), np.where(ok, lab[t, ys, xs].astype(np.int64), IGNORE)
+                )
+            seen += len(batch.x)
+        assert seen == len(plan.train)
+
+
+@pytest.mark.parametrize("n", [0, -3, 2.5, True])
+def test_random_mode_needs_a_positive_window_count(cube, n):
+    with pytest.raises(TrainError, match=r"n_random=.*expected a positive int"):
+        plan_chips(cube, chip_size=32, mode="random", n_random=n)

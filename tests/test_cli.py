@@ -19,6 +19,7 @@ def test_help_on_every_command():
         ["ingest", "geotiff", "--help"],
         ["ingest", "stac", "--help"],
         ["demo", "--help"],
+        ["probe", "--help"],
     ):
         r = runner.invoke(app, args)
         assert r.exit_code == 0, r.output
@@ -160,6 +161,54 @@ def test_fit_and_evaluate(tmp_path):
         assert s["iou"][name] == (pytest.approx(want, abs=1e-6) if want is not None else None), name
     r = runner.invoke(app, ["fit", str(store), "-o", str(ckpt), "--model-kw", "width"])
     assert r.exit_code == 2 and "name=value" in r.output
+
+
+def test_fit_barlow_twins_then_finetune_from_it_and_probe_it(tmp_path):
+    from geoarray.checkpoint import read_metadata
+    from geoarray.datasets import synthetic_cube
+
+    store, bt, ft = tmp_path / "c.zarr", tmp_path / "bt.safetensors", tmp_path / "ft.safetensors"
+    cube = synthetic_cube(size=96, n_times=4, seed=0, chunks=48)
+    geoarray.write_cube(cube, store, chunk=48)
+    small = ["--chip-size", "24", "--epochs", "1", "--batch-size", "256"]
+    kws = ["--model-kw", "width=8", "--model-kw", "out_channels=8", "--task-kw", "view_dates=2"]
+    r = runner.invoke(
+        app,
+        ["fit", str(store), "-o", str(bt), "--task", "barlow_twins", "--model", "pixel_cnn", *small, *kws],
+    )
+    assert r.exit_code == 0, r.output
+    args = ["fit", str(store), "-o", str(ft), "--task", "finetune", "--init", str(bt), *small]
+    r = runner.invoke(
+        app, [*args, "--label-fraction", "0.5", "--loss", "focal", "--task-kw", "backbone_lr=1e-4"]
+    )
+    assert r.exit_code == 0, r.output
+    meta = read_metadata(ft)
+    tr = meta["training"]
+    assert meta["task"] == "pixel_classification" and meta["model"]["hparams"]["width"] == 8
+    assert tr["protocol"] == "finetune" and tr["label_tiles"] == max(
+        1, round(0.5 * tr["labelled_train_tiles"])
+    )
+    # --task-kw values reach the task, parsed as JSON (a number) or kept as text
+    r = runner.invoke(app, [*args, "--task-kw", "backbone_lr=-1"])
+    assert r.exit_code == 2 and "backbone_lr=-1; expected a finite learning rate" in r.output
+    r = runner.invoke(app, [*args, "--task-kw", "backbone_lr=fast"])
+    assert r.exit_code == 2 and "backbone_lr='fast'" in r.output
+    r = runner.invoke(app, [*args, "--task-kw", "backbone_lr"])
+    assert r.exit_code == 2 and "--task-kw 'backbone_lr'; expected name=value" in r.output
+
+    r = runner.invoke(
+        app, ["probe", str(store), "--ckpt", str(bt), "--protocols", "knn", "--label-fractions", "0.5,1"]
+    )
+    assert r.exit_code == 0, r.output
+    lines = r.output.strip().splitlines()
+    assert lines[0].split() == ["encoder", "protocol", "label_fraction", "top1", "top5"]
+    rows = [ln.split() for ln in lines[1:]]
+    want = geoarray.probe(geoarray.open_cube(store), bt, protocols=["knn"], label_fractions=[0.5, 1.0])
+    assert [(e, p) for e, p, *_ in rows] == list(zip(want.encoder, want.protocol, strict=True))
+    assert {e for e, *_ in rows} == {"ssl", "random_init", "raw"}
+    np.testing.assert_allclose([float(row[3]) for row in rows], want.top1, atol=5e-5)
+    r = runner.invoke(app, ["probe", str(store), "--ckpt", str(bt), "--label-fractions", "0.5,x"])
+    assert r.exit_code == 2 and "--label-fractions: 'x' is not a number" in r.output
 
 
 def test_predict_and_export(tmp_path):

@@ -12,7 +12,7 @@ import xarray as xr
 
 import geoarray
 from geoarray.checkpoint import read_metadata
-from geoarray.datasets import synthetic_cube
+from geoarray.datasets import phenology_cube, synthetic_cube
 from geoarray.errors import TrainError
 
 SMALL = {
@@ -62,11 +62,24 @@ def _metrics(log_dir):
     return list(csv.DictReader(open(log_dir / "metrics.csv")))
 
 
+#: the phenology cube's backbone: an MLP over the 24 dates in order (it knows when a date is; pixel_cnn's pooled
+#: convolutions do not, and summer and winter crops differ mostly by when they green up)
+PHENO = {
+    "model": "pixel_mlp",
+    "model_kwargs": {"num_timesteps": 24, "hidden": 128, "out_channels": 32},
+    "chip_size": 24,
+    "batch_size": 256,
+    "lr": 3e-3,
+    "progress": False,
+}
+
+
 @pytest.fixture(scope="module")
 def bt_run(tmp_path_factory):
-    """Barlow Twins trained on an unlabelled Zarr cube, and its features predicted into the store."""
+    """Barlow Twins trained on an unlabelled Zarr cube of phenology classes (8 classes, 24 dates, ~37 %
+    clouds), and its features predicted into the store."""
     d = tmp_path_factory.mktemp("bt")
-    full = synthetic_cube(size=96, n_times=8, seed=2, chunks=48)
+    full = phenology_cube(size=96, n_times=24, seed=0)
     store = d / "c.zarr"
     geoarray.write_cube(full.drop_vars("labels"), store, chunk=48)
     cube = geoarray.open_cube(store)
@@ -74,31 +87,33 @@ def bt_run(tmp_path_factory):
     ckpt = geoarray.fit(
         cube,
         task="barlow_twins",
-        task_kwargs={"view_dates": 4, "lambd": 5e-3},
-        epochs=5,
+        task_kwargs={"view_dates": 8},  # lambd: the default, 10 / projector_dim
+        epochs=6,
         pixels_per_chip=256,
         out=str(d / "bt.safetensors"),
         log_dir=str(d / "log"),
-        **SMALL,
+        **PHENO,
     )
     out = geoarray.predict(geoarray.open_cube(store).chunk(time=-1), ckpt, store=store, progress=False)
-    return full, ckpt, out, _metrics(d / "log")
+    return full, ckpt, out, _metrics(d / "log"), d / "log"
 
 
 def test_barlow_twins_trains_without_labels_and_logs_the_collapse_watch(bt_run):
-    _, ckpt, _, rows = bt_run
+    _, ckpt, _, rows, _ = bt_run
     first, last = rows[0], rows[-1]
     for key in (
         "bt_on_diag",
         "bt_off_diag",
+        "bt_c_diag_mean",
+        "bt_c_off_rms",
         "emb_std_mean",
         "emb_std_min",
         "effective_rank",
+        "val_effective_rank",
         "skipped_pixels",
     ):
         assert key in last
     assert float(last["train_loss"]) < float(first["train_loss"])
-    assert float(last["effective_rank"]) > 32 / 4  # of 32 dims, far from collapse
     assert float(last["emb_std_min"]) > 0
     meta = read_metadata(ckpt)
     assert meta["task"] == "barlow_twins" and meta["output"]["kind"] == "features"
@@ -106,11 +121,24 @@ def test_barlow_twins_trains_without_labels_and_logs_the_collapse_watch(bt_run):
     assert not any(k.startswith("projector") for k in meta["model"].get("hparams", {}))
 
 
+def test_effective_rank_of_held_out_features_is_over_half_the_feature_dim(bt_run):
+    from geoarray.metrics import effective_rank
+
+    _, _, out, rows, _ = bt_run
+    # the validation tiles, never trained on, every epoch (measured: 20.7 ... 18.2 of 32 over 6 epochs)
+    assert all(float(r["val_effective_rank"]) > 16 for r in rows), [r["val_effective_rank"] for r in rows]
+    # predict's features of every pixel of the cube (measured ~20 of 32; 12 with lambd=5e-3, or with pixel_cnn)
+    f = out["features"].values.reshape(32, -1).T
+    rank = effective_rank(f)
+    print("effective rank of predicted features", rank)
+    assert rank > 32 / 2
+
+
 def test_features_from_predict_separate_the_classes_better_than_raw_pixels(bt_run):
     from geoarray._probe_fit import knn_scores, standardize
     from geoarray.metrics import topk_accuracy
 
-    full, _, out, _ = bt_run
+    full, _, out, _, _ = bt_run
     f = out["features"]
     assert f.dims == ("feature", "y", "x") and f.shape == (32, 96, 96)
     np.testing.assert_array_equal(f.x.values, full.x.values)
@@ -118,9 +146,7 @@ def test_features_from_predict_separate_the_classes_better_than_raw_pixels(bt_ru
     feats = f.values.transpose(1, 2, 0)
     assert np.isfinite(feats).all()
 
-    lab = full.labels.values
-    y = lab[-1]
-    stable = (lab == lab[0]).all(0)  # pixels whose class never changes
+    y = full.labels.values
     img = full.imagery.values
     ok = full.valid.values & np.isfinite(img).all(1)
     raw = (
@@ -129,14 +155,64 @@ def test_features_from_predict_separate_the_classes_better_than_raw_pixels(bt_ru
         .reshape(96, 96, -1)
     )
     west = np.arange(96)[None, :].repeat(96, 0) < 48  # spatial split: train west, test east
-    tr, te = stable & west, stable & ~west
     acc = {}
     for name, x in (("features", feats), ("raw", raw)):
-        a, b = standardize(x[tr].astype(np.float64), x[te].astype(np.float64))
-        acc[name] = topk_accuracy(knn_scores(a, y[tr], b, int(y.max()) + 1), y[te])
+        a, b = standardize(x[west].astype(np.float64), x[~west].astype(np.float64))
+        acc[name] = topk_accuracy(knn_scores(a, y[west], b, int(y.max()) + 1), y[~west])
     print("kNN top-1", acc)
     assert acc["features"] > acc["raw"]
-    assert acc["features"] > 0.9
+    assert acc["features"] > 0.65  # measured 0.74 (raw 0.6x): kNN on all west pixels, east held out
+
+
+def test_cross_correlation_is_logged_per_epoch_and_its_diagonal_grows_with_training(bt_run, tmp_path):
+    full, _, _, rows, log = bt_run
+    assert (log / "cross_correlation.png").stat().st_size > 10_000
+    mats = sorted(log.glob("cross_correlation_epoch*.npy"))
+    assert [m.name for m in mats] == [f"cross_correlation_epoch{e:03d}.npy" for e in range(1, 7)]
+    last = np.load(mats[-1])
+    assert last.shape == (128, 128)
+    assert float(rows[-1]["bt_c_diag_mean"]) == pytest.approx(float(np.diag(last).mean()), abs=1e-6)
+    # C at init: one epoch at lr=0 (only BatchNorm statistics move), the same views of the same pixels
+    geoarray.fit(
+        full.drop_vars("labels"),
+        task="barlow_twins",
+        task_kwargs={"view_dates": 8},
+        epochs=1,
+        pixels_per_chip=256,
+        out=str(tmp_path / "init.safetensors"),
+        log_dir=str(tmp_path / "log"),
+        **{**PHENO, "lr": 0.0},
+    )
+    init = np.load(tmp_path / "log" / "cross_correlation_epoch001.npy")
+    d0, d1 = float(np.diag(init).mean()), float(np.diag(last).mean())
+    off0, off1 = (float(np.abs(m[~np.eye(128, dtype=bool)]).mean()) for m in (init, last))
+    print(f"C diagonal mean {d0:.3f} at init -> {d1:.3f} trained; |off-diagonal| {off0:.3f} -> {off1:.3f}")
+    assert d1 > d0 + 0.15 and d1 > 0.5  # measured 0.36 -> 0.65 (6 epochs); off-diagonal 0.120 -> 0.111
+    png = geoarray.plot.cross_correlation(log, tmp_path / "cc2.png", epoch=2)
+    assert png.stat().st_size > 10_000
+    curve = geoarray.plot.effective_rank(log, tmp_path / "rank.png", dim=32)
+    assert curve.stat().st_size > 10_000
+
+
+def test_plots_refuse_what_they_cannot_draw(tmp_path):
+    from geoarray.errors import PlotError
+
+    with pytest.raises(PlotError, match=r"holds no cross_correlation_epochNNN\.npy"):
+        geoarray.plot.cross_correlation(tmp_path, tmp_path / "a.png")
+    with pytest.raises(PlotError, match=r"shape \(3, 4\); expected a square"):
+        geoarray.plot.cross_correlation(np.zeros((3, 4)), tmp_path / "a.png")
+    np.save(tmp_path / "cross_correlation_epoch001.npy", np.eye(4))
+    with pytest.raises(PlotError, match=r"epoch=5; .* holds epochs \[1\]"):
+        geoarray.plot.cross_correlation(tmp_path, tmp_path / "a.png", epoch=5)
+    (tmp_path / "metrics.csv").write_text("epoch,train_loss\n1,0.5\n")
+    with pytest.raises(PlotError, match="no effective_rank column"):
+        geoarray.plot.effective_rank(tmp_path, tmp_path / "r.png")
+    # a pair of embeddings: C computed by hand (z2 = -z1 gives C = -I on standardised, uncorrelated dims)
+    z = np.array([[1.0, 1.0], [-1.0, 1.0], [1.0, -1.0], [-1.0, -1.0]])
+    assert geoarray.plot.cross_correlation((z, -z), tmp_path / "p.png").exists()
+    from geoarray.plot import _cc_matrix
+
+    np.testing.assert_allclose(_cc_matrix((z, -z), None)[0], -np.eye(2), atol=1e-7)
 
 
 def test_a_constant_cube_collapses_with_a_train_error_and_no_checkpoint(tmp_path):
@@ -150,7 +226,7 @@ def test_a_constant_cube_collapses_with_a_train_error_and_no_checkpoint(tmp_path
 
 
 def test_probe_scores_the_encoder_beside_random_init_and_raw_inputs(bt_run):
-    full, ckpt, _, _ = bt_run
+    full, ckpt, _, _, _ = bt_run
     df = geoarray.probe(full, ckpt, label_fractions=(0.1, 1.0), tile_size=24, seed=0)
     print(df.to_string())
     assert list(df.columns) == ["encoder", "protocol", "label_fraction", "top1", "top5"]
@@ -158,12 +234,16 @@ def test_probe_scores_the_encoder_beside_random_init_and_raw_inputs(bt_run):
     assert len(df) == 3 * 2 * 2
     top1 = df.set_index(["encoder", "protocol", "label_fraction"])["top1"]
     assert (df.top5 >= df.top1).all()
-    assert top1["ssl", "knn", 1.0] > 0.9
-    assert top1["ssl", "knn", 1.0] > top1["raw", "knn", 1.0]
+    # the proof of issue 10, in one call: the SSL features beat both baselines with the linear probe
+    # (measured at 1.0: ssl 0.87, random_init 0.73, raw 0.83; kNN 0.86 / 0.73 / 0.78)
+    for proto in ("linear", "knn"):
+        assert top1["ssl", proto, 1.0] > top1["random_init", proto, 1.0]
+        assert top1["ssl", proto, 1.0] > top1["raw", proto, 1.0]
+    assert top1["ssl", "linear", 1.0] > 0.8
 
 
 def test_probe_refuses_a_cube_without_labels(bt_run):
-    full, ckpt, _, _ = bt_run
+    full, ckpt, _, _, _ = bt_run
     with pytest.raises(geoarray.errors.ProbeError, match=r"probe needs labels, but the cube has no 'labels'"):
         geoarray.probe(full.drop_vars("labels"), ckpt)
 
@@ -229,3 +309,33 @@ def test_labels_in_the_cube_pick_the_best_epoch_by_knn_but_do_not_filter_trainin
     assert a is not None and b is not None
     for k, w in a.weights.items():
         np.testing.assert_array_equal(b.weights[k].numpy(), w.numpy(), err_msg=k)
+
+
+def test_the_phenology_cube_has_the_structure_seed001_needs():
+    from geoarray.errors import CubeError
+
+    c = phenology_cube(size=64, n_times=24, seed=3)
+    assert c.imagery.dims == ("time", "band", "y", "x") and c.imagery.shape == (24, 6, 64, 64)
+    assert c.labels.dims == ("y", "x") and len(c.labels.attrs["classes"]) == 8
+    assert np.unique(c.labels.values).size == 8  # every class present
+    cloudy = 1 - c.valid.values.mean((1, 2))
+    assert 0.2 < cloudy.mean() < 0.5 and cloudy.min() < 0.05 and cloudy.max() > 0.6  # clear and cloudy dates
+    img, lab = c.imagery.values, c.labels.values
+    ndvi = (img[:, 3] - img[:, 2]) / (img[:, 3] + img[:, 2])
+    doy = c.time.dt.dayofyear.values
+
+    def peak(k):  # day of year of the class's greenest clear date
+        m = (lab == k)[None] & c.valid.values
+        return doy[np.nanargmax([ndvi[t][m[t]].mean() if m[t].any() else np.nan for t in range(24)])]
+
+    names = list(c.labels.attrs["classes"])
+    # the crops differ by when they green up: winter crops peak in spring, summer crops in summer
+    assert peak(names.index("winter_crop")) < 160 < peak(names.index("summer_crop"))
+    # within a class, pixels differ (per-parcel and per-pixel green-up, vigour, soil): not one curve per class
+    m = (lab == names.index("summer_crop"))[None] & c.valid.values
+    spread = [ndvi[t][m[t]].std() for t in range(24) if m[t].sum() > 20]
+    assert max(spread) > 0.1, spread
+    with pytest.raises(CubeError, match=r"classes=\['water', 'rice'\]; expected at least 2 of"):
+        phenology_cube(size=16, classes=["water", "rice"])
+    with pytest.raises(CubeError, match=r"n_times=0; expected 1 to 365"):
+        phenology_cube(size=16, n_times=0)

@@ -82,7 +82,7 @@ def apply_filters(
     keep: dict[str, set[int]] = {"train": set(), "val": set()}
     total = 0
     for bi, items in by_block.items():
-        b = plan.blocks[bi]
+        b = plan.extent(bi, [w for _, _, w in items])  # random windows reach past their block
         sl: dict[str, Any] = {"y": slice(b.y0, b.y1), "x": slice(b.x0, b.x1)}
         if has_valid:
             ok = np.asarray(cube["valid"].transpose("time", "y", "x").isel(sl).values, dtype=bool)

@@ -22,7 +22,7 @@ from geoarray._preprocess import date_hits
 from geoarray.chips.filters import apply_filters
 from geoarray.errors import TrainError
 
-__all__ = ["ChipPlan", "Rect", "TimeSelection", "Window", "plan_chips"]
+__all__ = ["ChipPlan", "Rect", "TimeSelection", "Window", "plan_chips", "read_extent"]
 
 TimeSelection = Literal["each", "all"] | Sequence[int | str | dt.date | np.datetime64]
 
@@ -82,6 +82,10 @@ class ChipPlan:
             t = self.tiles[i]
             held[t.y0 : t.y1, t.x0 : t.x1] = True
         return held
+
+    def extent(self, bi: int, windows: Iterable[Window]) -> Rect:
+        """The pixels to read for ``windows`` of block ``bi``: see :func:`read_extent`."""
+        return read_extent(self.blocks[bi], windows)
 
     def summary(self) -> str:
         return (
@@ -179,7 +183,10 @@ def plan_chips(
     chip_size
         Chip height and width in pixels.
     mode
-        ``"grid"``: windows every ``stride`` pixels; ``"random"``: ``n_random`` seeded windows per tile.
+        ``"grid"``: windows every ``stride`` pixels, each inside one read block (whole chunks). ``"random"``:
+        seeded windows whose origins are uniform over the scene (``n_random`` per training tile on average;
+        they cross chunk edges like any other position, and those touching a validation tile plus ``buffer``
+        are dropped), and ``n_random`` per validation tile inside it.
     times
         ``"each"`` (one chip per date), ``"all"`` (the whole series per chip) or explicit time indices or
         dates of the cube (e.g. ``[0, 3]`` or ``["2021-05-01", "2021-08-01"]`` for a pair; a day matches any
@@ -254,19 +261,41 @@ def plan_chips(
     tsets = _time_sets(cube["time"].values, times)
     step = stride or chip_size
 
+    if mode not in ("grid", "random"):
+        raise TrainError(f"mode={mode!r}; expected 'grid' or 'random'.")
+    if mode == "random" and (not isinstance(n_random, numbers.Integral) or isinstance(n_random, bool) or n_random < 1):
+        raise TrainError(f"n_random={n_random!r}; expected a positive int (random windows per tile, on average).")
     train: list[Window] = []
     val: list[Window] = []
     dropped = {"buffer": 0, "min_valid": 0, "unlabelled": 0, "min_positive": 0}
+    val_rects = [tiles[v][0] for v in val_tiles]
     for ti, (tile, bi) in enumerate(tiles):
+        is_val = ti in val_set
+        if mode == "random" and not is_val:
+            continue  # training windows are drawn over the whole scene below
         rects = _windows_in(tile, chip_size, mode, step, n_random, rng)
         for y, x in rects:
             r = Rect(y, y + chip_size, x, x + chip_size)
-            is_val = ti in val_set
-            if not is_val and any(r.intersects(tiles[v][0], margin=buffer) for v in val_tiles):
+            if not is_val and any(r.intersects(v, margin=buffer) for v in val_rects):
                 dropped["buffer"] += len(tsets)
                 continue
             for t in tsets:
                 (val if is_val else train).append(Window(t, y, x, chip_size, bi))
+    if mode == "random":
+        # Uniform over the scene, across chunk edges: windows confined to their chunk would under-sample
+        # everything near a chunk edge. The stream reads a window's block plus the neighbour strip it reaches.
+        n = n_random * (ntiles - nval)
+        yy = rng.integers(0, ny - chip_size + 1, size=n).tolist()
+        xx = rng.integers(0, nx - chip_size + 1, size=n).tolist()
+        home = _block_index(blocks)
+        for y, x in zip(yy, xx, strict=True):
+            r = Rect(y, y + chip_size, x, x + chip_size)
+            if any(r.intersects(v, margin=buffer) for v in val_rects):
+                dropped["buffer"] += len(tsets)
+                continue
+            bi = home(y, x)
+            for t in tsets:
+                train.append(Window(t, y, x, chip_size, bi))
     plan = ChipPlan(
         blocks=blocks,
         tiles=[t for t, _ in tiles],
@@ -301,6 +330,31 @@ def plan_chips(
             "smaller chip_size."
         )
     return plan
+
+
+def read_extent(block: Rect, windows: Iterable[Window]) -> Rect:
+    """What to read for a block's windows: the block, grown to cover windows that reach past its edges.
+
+    Grid windows lie inside their block; random windows start in it and may reach into the neighbours.
+    """
+    y0, y1, x0, x1 = block.y0, block.y1, block.x0, block.x1
+    for w in windows:
+        y0, y1 = min(y0, w.y), max(y1, w.y + w.size)
+        x0, x1 = min(x0, w.x), max(x1, w.x + w.size)
+    return Rect(y0, y1, x0, x1)
+
+
+def _block_index(blocks: list[Rect]) -> Any:
+    """``(y, x) -> index`` of the read block holding that pixel (blocks tile the scene row by row)."""
+    ys = np.array(sorted({b.y0 for b in blocks}))
+    xs = np.array(sorted({b.x0 for b in blocks}))
+
+    def home(y: int, x: int) -> int:
+        iy = int(np.searchsorted(ys, y, side="right")) - 1
+        ix = int(np.searchsorted(xs, x, side="right")) - 1
+        return iy * len(xs) + ix
+
+    return home
 
 
 def _read_blocks(ye: np.ndarray, xe: np.ndarray, chip: int) -> list[Rect]:

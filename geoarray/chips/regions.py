@@ -21,7 +21,7 @@ import xarray as xr
 from geoarray.chips.plan import ChipPlan, Window
 from geoarray.errors import GeoArrayWarning, TrainError
 
-__all__ = ["read_regions", "region_labels"]
+__all__ = ["rasterize_regions", "read_regions", "region_labels"]
 
 _PARQUET = (".parquet", ".geoparquet")
 
@@ -216,7 +216,8 @@ def region_labels(
             by_block[w.block].append((split, i))
     labels: dict[str, dict[int, int | None]] = {"train": {}, "val": {}}
     for bi, items in by_block.items():
-        b = plan.blocks[bi]
+        # random windows reach past their block
+        b = plan.extent(bi, [getattr(plan, split)[i] for split, i in items])
         bt = transform * Affine.translation(b.x0, b.y0)
         (xa, ya), (xb, yb) = bt * (0, 0), bt * (b.x1 - b.x0, b.y1 - b.y0)
         hits = tree.query(shapely.box(min(xa, xb), min(ya, yb), max(xa, xb), max(ya, yb)))
@@ -247,3 +248,45 @@ def region_labels(
             "lower val_fraction, or regions over more of the cube."
         )
     return names
+
+
+def rasterize_regions(
+    cube: xr.Dataset,
+    regions: str | os.PathLike[str] | Any,
+    *,
+    property: str,
+    classes: Sequence[str] | None = None,
+    layer: str | None = None,
+) -> tuple[np.ndarray, list[str]]:
+    """Regions burnt onto the cube's whole ``(y, x)`` grid: class ids (int32, -1 outside every region) and the
+    class names (as :func:`region_labels` orders them). Holds one int32 per pixel: for probes, not scenes.
+
+    Raises
+    ------
+    TrainError
+        As :func:`region_labels`: unreadable regions, values missing from ``classes``, no overlap.
+    """
+    from rasterio.features import rasterize
+
+    geoms, values, src_crs = read_regions(regions, property=property, layer=layer)
+    values_named, found = _class_names(values)
+    names = list(classes) if classes is not None else found
+    missing = [v for v in found if v not in names]
+    if missing:
+        raise TrainError(f"region values {missing} are not in classes={names}.")
+    geoms = _to_cube_crs(geoms, src_crs, cube)
+    codes = [names.index(v) for v in values_named]
+    out = rasterize(
+        list(zip(geoms, codes, strict=True)),
+        out_shape=(cube.sizes["y"], cube.sizes["x"]),
+        transform=cube.rio.transform(recalc=True),
+        fill=-1,
+        dtype="int32",
+    )
+    if (out < 0).all():
+        left, bottom, right, top = cube.rio.bounds(recalc=True)
+        raise TrainError(
+            f"the regions do not overlap the cube (x {left:.6g}..{right:.6g}, y {bottom:.6g}..{top:.6g} in "
+            f"{cube.rio.crs}; the regions' CRS: {src_crs}). Check the regions' CRS and extent."
+        )
+    return out, names

@@ -9,35 +9,18 @@ import threading
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import xarray as xr
 
 from geoarray._constants import IGNORE
-from geoarray._preprocess import date_features, normalize_fill
+from geoarray._preprocess import date_features
+from geoarray.chips._batch import FILL_THREADS, Batch, _BatchBuffers, _Norm
 from geoarray.chips.filters import label_nodata
 from geoarray.chips.plan import ChipPlan, Rect, Window, _take_times
 
 __all__ = ["Batch", "ChipStream"]
-
-
-@dataclass
-class Batch:
-    """A training batch as torch tensors.
-
-    ``x``: ``(B, C, H, W)`` image chips, ``(B, T, C, H, W)`` sequences or ``(B, T, C)`` pixel series;
-    ``y``: ``(B, H, W)`` class ids (``-100`` = ignore), ``(B, K, H, W)`` multi-label targets (``-100`` =
-    ignore), ``(B, T, H, W)`` per-frame ids, or ``(B,)`` chip / pixel labels; ``dates``: ``(B, T)`` days
-    of year (sequences and pixels); ``valid``: ``(B, T)`` bool for pixel series, or the float fraction of valid
-    pixels on each date of multi-date chips ``(B, T, C, H, W)``.
-    """
-
-    x: Any
-    y: Any
-    dates: Any = None
-    valid: Any = None
 
 
 class ChipStream:
@@ -118,6 +101,9 @@ class ChipStream:
         for w in self.windows:
             by_block[w.block].append(w)
         self._by_block = dict(by_block)
+        # what each block's read covers: the block, plus the neighbour strips its random windows reach into
+        self._extent = {bi: plan.extent(bi, ws) for bi, ws in self._by_block.items()}
+        self._norm = _Norm(self.mean, self.std, self.scale)
 
     def __len__(self) -> int:
         full, rest = divmod(self.num_samples, self.batch_size)
@@ -139,7 +125,7 @@ class ChipStream:
 
         from geoarray._source import read, source_of
 
-        b = self.plan.blocks[bi]
+        b = self._extent[bi]
         sl: dict[str, Any] = {"y": slice(b.y0, b.y1), "x": slice(b.x0, b.x1)}
         times = sorted({t for w in self._by_block[bi] for t in w.t})
         vals: dict[str, Any] = {}
@@ -172,22 +158,29 @@ class ChipStream:
             vals.update(computed)
         with self._lock:
             self.reads += 1
-        x, ok = normalize_fill(np.asarray(vals["img"]), vals.get("valid"), self.mean, self.std, self.scale)
-        return {"x": x, "ok": ok, "labels": vals.get("labels"), "times": times, "rect": b}
+        raw = np.asarray(vals["img"])
+        # Chips are normalised straight into the batch (one pass per chip, in _BatchBuffers.fill); here only
+        # which pixels are usable: finite (floats) and valid. None: all of them (integer imagery, no `valid`).
+        ok: np.ndarray | None = None
+        if raw.dtype.kind not in "iub":
+            ok = np.isfinite(raw).all(axis=1)
+        if vals.get("valid") is not None:
+            vb = np.asarray(vals["valid"]).astype(bool, copy=False)
+            ok = vb if ok is None else ok & vb
+        return {"x": raw, "ok": ok, "labels": vals.get("labels"), "times": times, "rect": b}
 
     def _target(self, block: dict[str, Any], w: Window, ys: slice, xs: slice) -> np.ndarray:
         tpos = [block["times"].index(t) for t in w.t]
         lab = block["labels"]
-        ok = _take_times(block["ok"][:, ys, xs], tpos)
         if "time" in self._lab_dims:
             lt = _take_times(lab[..., ys, xs], tpos)
         else:
             lt = np.broadcast_to(lab[..., ys, xs], (len(tpos), *lab[..., ys, xs].shape))
         lt = lt.astype(np.int64)
-        if self.multilabel:  # (T, K, h, w)
-            bad = (lt == self._nodata) | ~ok[:, None]
-        else:
-            bad = (lt == self._nodata) | ~ok
+        bad = lt == self._nodata
+        if block["ok"] is not None:
+            ok = _take_times(block["ok"][:, ys, xs], tpos)
+            bad |= ~ok[:, None] if self.multilabel else ~ok  # (T, K, h, w) for multi-label targets
         return np.where(bad, IGNORE, lt)
 
     def _samples(self, block: dict[str, Any], rng: np.random.Generator) -> list[tuple[Any, ...]]:
@@ -196,24 +189,31 @@ class ChipStream:
         for w in self._by_block[block["bi"]]:
             ys, xs = slice(w.y - b.y0, w.y - b.y0 + w.size), slice(w.x - b.x0, w.x - b.x0 + w.size)
             tpos = [block["times"].index(t) for t in w.t]
-            x = _take_times(block["x"][:, :, ys, xs], tpos)  # (T, C, h, w): a view into the block
+            x = _take_times(block["x"][:, :, ys, xs], tpos)  # (T, C, h, w): a raw view into the block
+            ok = None if block["ok"] is None else _take_times(block["ok"][:, ys, xs], tpos)  # (T, h, w)
             doy = self._doy[list(w.t)]
             if self.kind == "pixels":
                 out.extend(self._pixel_samples(block, w, x, ys, xs, doy, rng))
                 continue
+            one = self.kind == "image" or (self.kind == "chip" and len(tpos) == 1)
+            xi, oki = (x[0], None if ok is None else ok[0]) if one else (x, ok)
             if self.kind == "chip":
                 label = np.int64(w.label if w.label is not None else IGNORE)
-                if len(tpos) == 1:
-                    out.append((x[0], label, doy))
-                else:  # a multi-date chip, with the valid fraction of each date (temporal positives pick by it)
-                    ok = _take_times(block["ok"][:, ys, xs], tpos)
-                    out.append((x, label, doy, ok.mean(axis=(1, 2), dtype=np.float32)))
+                # a multi-date chip carries the valid fraction of each date (temporal positives pick by it)
+                frac = None
+                if not one:
+                    frac = (
+                        np.ones(len(tpos), np.float32)
+                        if ok is None
+                        else ok.mean(axis=(1, 2), dtype=np.float32)
+                    )
+                out.append((xi, label, doy, frac, oki))
                 continue
             y = self._target(block, w, ys, xs) if self._lab_dims else None
             if self.kind == "image":
-                out.append((x[0], None if y is None else y[0], doy))
+                out.append((xi, None if y is None else y[0], doy, None, oki))
             else:
-                out.append((x, y, doy))
+                out.append((xi, y, doy, None, oki))
         return out
 
     def _pixel_samples(
@@ -227,7 +227,10 @@ class ChipStream:
         rng: np.random.Generator,
     ) -> list[tuple[Any, ...]]:
         tpos = [block["times"].index(t) for t in w.t]
-        ok = _take_times(block["ok"][:, ys, xs], tpos)  # (T, h, w)
+        if block["ok"] is None:
+            ok = np.ones((len(tpos), ys.stop - ys.start, xs.stop - xs.start), dtype=bool)
+        else:
+            ok = _take_times(block["ok"][:, ys, xs], tpos)  # (T, h, w)
         lab = block["labels"]
         lt = lab[..., ys, xs] if lab is not None else None
         if lt is not None and lt.ndim == 3:  # labels(time, y, x): a pixel series takes the last date's label
@@ -239,10 +242,13 @@ class ChipStream:
         if idx.size > self.pixels_per_window:
             idx = rng.choice(idx, self.pixels_per_window, replace=False)
         t, c = x.shape[:2]
-        series = x.reshape(t, c, -1)[:, :, idx].transpose(2, 0, 1)  # (n, T, C)
+        raw = x.reshape(t, c, -1)[:, :, idx].transpose(2, 0, 1)  # (n, T, C)
         valid = ok.reshape(t, -1)[:, idx].T
+        series = np.empty(raw.shape, dtype=np.float32)  # normalised here, all at once (not per pixel)
+        self._norm.into(series, raw, band_axis=-1)
+        series[~valid] = 0
         labels = lt.ravel()[idx].astype(np.int64) if lt is not None else np.full(idx.size, IGNORE)
-        return [(series[i], labels[i], doy, valid[i]) for i in range(idx.size)]
+        return [(series[i], labels[i], doy, valid[i], None) for i in range(idx.size)]
 
     # -- iteration -----------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Batch]:
@@ -257,7 +263,10 @@ class ChipStream:
             cap = max(cap, self.min_batch)
         ring = [_BatchBuffers(), _BatchBuffers()]
         k = 0
-        with ThreadPoolExecutor(self.readers, thread_name_prefix="geoarray-chips") as pool:
+        with (
+            ThreadPoolExecutor(self.readers, thread_name_prefix="geoarray-chips") as pool,
+            ThreadPoolExecutor(FILL_THREADS, thread_name_prefix="geoarray-fill") as fill_pool,
+        ):
             # bounded prefetch: keep `readers + 1` block reads in flight
             futures = [pool.submit(self._read, bi) for bi in order[: self.readers + 1]]
             nxt = len(futures)
@@ -270,7 +279,7 @@ class ChipStream:
                 block["bi"] = order[i]
                 buf.extend(self._samples(block, rng))
                 while len(buf) >= self.batch_size + cap:
-                    yield self._emit(buf, rng, ring[k % 2])
+                    yield self._emit(buf, rng, ring[k % 2], pool=fill_pool)
                     k += 1
         if self.shuffle:
             rng.shuffle(buf)
@@ -280,7 +289,12 @@ class ChipStream:
             k += 1
 
     def _emit(
-        self, buf: list[tuple[Any, ...]], rng: np.random.Generator, bufs: _BatchBuffers, n: int | None = None
+        self,
+        buf: list[tuple[Any, ...]],
+        rng: np.random.Generator,
+        bufs: _BatchBuffers,
+        n: int | None = None,
+        pool: ThreadPoolExecutor | None = None,
     ) -> Batch:
         n = min(self.batch_size if n is None else n, len(buf))
         picks = []
@@ -292,57 +306,4 @@ class ChipStream:
                 buf.pop()
             else:
                 buf.pop(0)
-        return bufs.fill(picks, self, rng)
-
-
-class _BatchBuffers:
-    """Preallocated numpy arrays for one batch, reused across batches of the same shape."""
-
-    def __init__(self) -> None:
-        self.arrays: dict[str, np.ndarray] = {}
-
-    def _get(self, key: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-        a = self.arrays.get(key)
-        if a is None or a.shape != shape or a.dtype != np.dtype(dtype):
-            a = np.empty(shape, dtype=dtype)
-            self.arrays[key] = a
-        return a
-
-    def fill(self, picks: list[tuple[Any, ...]], stream: ChipStream, rng: np.random.Generator) -> Batch:
-        import torch
-
-        n = len(picks)
-        x = self._get("x", (n, *picks[0][0].shape), np.float32)
-        has_y = picks[0][1] is not None
-        y = self._get("y", (n, *np.shape(picks[0][1])), np.int64) if has_y else None
-        for i, p in enumerate(picks):
-            x[i] = p[0]
-            if y is not None:
-                y[i] = p[1]
-        if stream.augment and stream.kind in ("image", "sequence"):
-            _augment(x, y, rng)
-        xt = torch.from_numpy(x)
-        yt = torch.from_numpy(y) if y is not None else None
-        dates = valid = None
-        if stream.kind in ("sequence", "pixels"):
-            dates = torch.from_numpy(np.stack([p[2] for p in picks]).astype(np.float32))
-        if stream.kind == "pixels" or len(picks[0]) > 3:  # pixel validity, or multi-date chips' valid fractions
-            valid = torch.from_numpy(np.stack([p[3] for p in picks]))
-        return Batch(xt, yt, dates, valid)
-
-
-def _augment(x: np.ndarray, y: np.ndarray | None, rng: np.random.Generator) -> None:
-    """In place, per sample: random flips and 90° rotations (image and target alike), radiometric jitter."""
-    for i in range(x.shape[0]):
-        k = int(rng.integers(4))
-        flip = bool(rng.integers(2))
-        xi = np.rot90(x[i], k, axes=(-2, -1))
-        if flip:
-            xi = xi[..., ::-1]
-        bands = x.shape[-3]
-        gain = rng.normal(1.0, 0.05, size=(bands, 1, 1)).astype(np.float32)
-        bias = rng.normal(0.0, 0.05, size=(bands, 1, 1)).astype(np.float32)
-        x[i] = xi * gain + bias
-        if y is not None and y.ndim >= 3:
-            yi = np.rot90(y[i], k, axes=(-2, -1))
-            y[i] = yi[..., ::-1] if flip else yi
+        return bufs.fill(picks, self, rng, pool)

@@ -5,7 +5,7 @@ The app lives in :mod:`._app`; importing the command modules registers their com
 
 from __future__ import annotations
 
-from geoarray.cli import _ingest, _model, _outputs  # noqa: F401  (register the commands)
+from geoarray.cli import _ingest, _model, _outputs, _stac  # noqa: F401  (register the commands)
 from geoarray.cli._app import app
 
 __all__ = ["app"]

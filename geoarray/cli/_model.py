@@ -15,8 +15,9 @@ from geoarray.cli._app import Store, _friendly, app
 from geoarray.cli._outputs import _not_a_file
 
 
-def _parse_kv(items: list[str] | None) -> dict[str, Any]:
-    """``["width=16", "encoder=resnet18"]`` -> ``{"width": 16, "encoder": "resnet18"}`` (JSON values)."""
+def _parse_kv(items: list[str] | None, flag: str = "--model-kw") -> dict[str, Any]:
+    """``["width=16", "encoder=resnet18"]`` -> ``{"width": 16, "encoder": "resnet18"}``: values parsed as JSON
+    when they parse, else kept as strings."""
     import json
 
     from geoarray.errors import TrainError
@@ -24,7 +25,8 @@ def _parse_kv(items: list[str] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
-            raise TrainError(f"--model-kw {item!r}; expected name=value, e.g. --model-kw width=16.")
+            example = "width=16" if flag == "--model-kw" else "backbone_lr=1e-4"
+            raise TrainError(f"{flag} {item!r}; expected name=value, e.g. {flag} {example}.")
         k, v = item.split("=", 1)
         try:
             out[k] = json.loads(v)
@@ -72,12 +74,31 @@ def fit(
     store: Store,
     output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint to write (.safetensors).")],
     task: Annotated[
-        str, typer.Option(help="segmentation, classification or pixel_classification.")
+        str,
+        typer.Option(
+            help="segmentation, classification, pixel_classification, barlow_twins, or linear_probe / finetune "
+            "(with --init)."
+        ),
     ] = "segmentation",
     model: Annotated[str, typer.Option(help="Registry model name (geoarray models).")] = "unet",
     model_kw: Annotated[
         list[str] | None, typer.Option("--model-kw", help="Model hparam name=value (repeat).")
     ] = None,
+    task_kw: Annotated[
+        list[str] | None,
+        typer.Option("--task-kw", help="Task option name=value (repeat), e.g. --task-kw backbone_lr=1e-4."),
+    ] = None,
+    init: Annotated[
+        Path | None,
+        typer.Option(
+            help="Pretrained encoder checkpoint for --task linear_probe or finetune (its model, bands and "
+            "normalisation are used)."
+        ),
+    ] = None,
+    label_fraction: Annotated[
+        float,
+        typer.Option(help="Train on this fraction (0-1] of the labelled training tiles (at least one tile)."),
+    ] = 1.0,
     labels: Annotated[str, typer.Option(help="Label variable in the cube.")] = "labels",
     bands: Annotated[str | None, typer.Option(help="Comma-separated bands (default: all).")] = None,
     chip_size: Annotated[int, typer.Option(help="Chip size in pixels.")] = 64,
@@ -140,6 +161,9 @@ def fit(
         keep_state=keep_state,
         model=model,
         model_kwargs=_parse_kv(model_kw),
+        task_kwargs=_parse_kv(task_kw, "--task-kw"),
+        init=str(init) if init else None,
+        label_fraction=label_fraction,
         labels=labels,
         bands=bands.split(",") if bands else None,
         chip_size=chip_size,
@@ -205,12 +229,25 @@ def predict(
     ] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     var: Annotated[str, typer.Option(help="Imagery variable.")] = "imagery",
+    group: Annotated[
+        str, typer.Option(help="Chip models: the Zarr group of the store that receives the chip grid.")
+    ] = "chips",
+    chip_size: Annotated[
+        int | None, typer.Option(help="Chip models: chip size in pixels (default: the training chip size).")
+    ] = None,
+    precision: Annotated[
+        str, typer.Option(help="32, bf16 or 16: the model under autocast (16 needs a GPU; bf16 pays off on GPUs "
+        "and CPUs with AVX512-BF16/AMX).")
+    ] = "32",
 ) -> None:
     """Apply a checkpoint blockwise (with a halo) and write its outputs into the cube's Zarr store.
 
     A run that is interrupted resumes where it stopped when the same command runs again. Whole-series models
     (pixel_*, attention_unet) read every date of a block in one task: memory grows with the number of dates.
+    Chip models (resnet18/50 classifiers and encoders) give one class or embedding per chip: their chip grid is
+    written into the group --group of the store (see geoarray.predict_chips).
     """
+    from geoarray.checkpoint import read_metadata
     from geoarray.cube import open_cube
     from geoarray.errors import PredictError
     from geoarray.predict import _predict
@@ -218,6 +255,29 @@ def predict(
     if halo != "auto" and not halo.isdigit():
         raise PredictError(f"--halo {halo!r}; expected 'auto' or a number of pixels.")
     _not_a_file(store)
+    if read_metadata(ckpt)["input"].get("kind") == "chip":
+        from geoarray._chip_predict import predict_chips
+
+        t0 = time.perf_counter()
+        out = predict_chips(
+            open_cube(store, var=var),
+            ckpt,
+            chip_size=chip_size,
+            var=var,
+            device=device,
+            store=output if output is not None else store,
+            group=group,
+            overwrite=overwrite,
+            dtype="float16" if float16 else "float32",
+            progress=True,
+            batch_size=batch_size or 64,
+        )
+        dims = ", ".join(f"{d}={n}" for d, n in out.sizes.items())
+        typer.echo(
+            f"wrote {sorted(map(str, out.data_vars))} ({dims}; chips of {out.attrs.get('chip_size', chip_size)} px) "
+            f"to group {group!r} of {output or store} in {time.perf_counter() - t0:.1f} s"
+        )
+        return
     opts: dict[str, Any] = dict(
         var=var,
         halo="auto" if halo == "auto" else int(halo),
@@ -228,6 +288,7 @@ def predict(
         overwrite=overwrite,
         dtype="float16" if float16 else "float32",
         threshold=0.5,
+        precision=precision,
         rechunk_time=True,  # whole-series models get each block's dates in one task (the CLI cannot rechunk)
     )
     cube = open_cube(store, var=var)

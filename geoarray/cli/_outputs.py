@@ -1,4 +1,5 @@
-"""``geoarray info``, ``evaluate``, ``export`` and ``demo``: look at a cube, score it, export it, the demo."""
+"""``geoarray info``, ``evaluate``, ``export``, ``probe`` and ``demo``: look at a cube, score it (or an encoder's
+features), export it, the demo."""
 
 from __future__ import annotations
 
@@ -143,6 +144,56 @@ def evaluate(
     if json_out:
         atomic_write(json_out, lambda tmp: tmp.write_text(json.dumps(s, indent=2)))  # makes missing folders
         typer.echo(f"wrote {json_out}")
+
+
+@app.command()
+@_friendly
+def probe(
+    store: Store,
+    ckpt: Annotated[
+        Path,
+        typer.Option("--ckpt", "-c", help="Encoder checkpoint, e.g. from geoarray fit --task barlow_twins."),
+    ],
+    labels: Annotated[str, typer.Option(help="Label variable in the cube.")] = "labels",
+    protocols: Annotated[str, typer.Option(help="Comma-separated protocols: linear, knn.")] = "linear,knn",
+    label_fractions: Annotated[
+        str, typer.Option(help="Comma-separated fractions of the training pixels each protocol learns from.")
+    ] = "0.01,0.1,1",
+    seed: Annotated[int, typer.Option(help="Seed of the sample, the split and the random-init encoder.")] = 0,
+    regions: Annotated[
+        Path | None, typer.Option(help="Vector regions (GeoPackage, GeoJSON, ...) instead of --labels.")
+    ] = None,
+    region_property: Annotated[
+        str | None, typer.Option(help="The regions' property that holds the class (with --regions).")
+    ] = None,
+) -> None:
+    """Score an encoder's features with linear and kNN probes on a spatial split, beside the same protocols on a
+    random-init encoder (random_init) and on the raw inputs (raw): top-1 and top-5 accuracy on held-out tiles."""
+    from geoarray.cli._app import split_list
+    from geoarray.cube import open_cube
+    from geoarray.errors import ProbeError
+    from geoarray.probe import probe as run_probe
+
+    _not_a_file(store)
+    fractions = []
+    for f in split_list(label_fractions, "--label-fractions") or []:
+        try:
+            fractions.append(float(f))
+        except ValueError:
+            raise ProbeError(
+                f"--label-fractions: {f!r} is not a number; expected fractions in (0, 1] such as 0.01,0.1,1."
+            ) from None
+    df = run_probe(
+        open_cube(store),
+        ckpt,
+        labels=labels,
+        protocols=split_list(protocols, "--protocols") or [],
+        label_fractions=fractions,
+        seed=seed,
+        regions=None if regions is None else str(regions),
+        region_property=region_property,
+    )
+    typer.echo(df.to_string(index=False, float_format="{:.4f}".format))
 
 
 @app.command()

@@ -29,9 +29,21 @@ class NamingRioReader(RioReader):
 
 
 class NamingRioDriver(RioDriver):
+    def __init__(self, *args: Any, aws: dict[str, Any] | None = None, gdal: dict[str, str] | None = None, **kw: Any):
+        super().__init__(*args, **kw)
+        self._aws, self._gdal = aws, dict(gdal or {})
+
     def open(self, src: Any, ctx: Any) -> NamingRioReader:
         return NamingRioReader(src, ctx)
 
+    def capture_env(self) -> dict[str, Any]:
+        # The env is captured once, into the read tasks (also on dask workers): the credentials and endpoint
+        # of storage_options travel with them as an AWSSession, without configuring any process globally.
+        env = super().capture_env()
+        if self._aws is not None:
+            env = {**env, **self._gdal, "_aws": self._aws}
+        return env
 
-def naming_driver() -> NamingRioDriver:
-    return NamingRioDriver(md_parser=StacMDParser({}), aux_reader=StacAuxReader())
+
+def naming_driver(aws: dict[str, Any] | None = None, gdal: dict[str, str] | None = None) -> NamingRioDriver:
+    return NamingRioDriver(md_parser=StacMDParser({}), aux_reader=StacAuxReader(), aws=aws, gdal=gdal)

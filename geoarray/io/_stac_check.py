@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +78,10 @@ class Header:
     shape: tuple[int, int]
 
 
+#: (AWSSession kwargs, GDAL options) from from_stac's storage_options, for the header probe of this call
+S3_ENV: ContextVar[tuple[dict[str, Any] | None, dict[str, str]]] = ContextVar("geoarray_s3_env", default=(None, {}))
+
+
 def _remote_env() -> Any:
     """The GDAL options odc-stac will read remote files with (its ``configure_rio`` settings, if any), plus
     short timeouts so an unreachable host fails in seconds. A plain ``rasterio.Env``: no state left behind."""
@@ -90,6 +95,9 @@ def _remote_env() -> Any:
     except ImportError:  # another odc-stac layout: rasterio's defaults
         pass
     aws = opts.pop("_aws", None)
+    s3_aws, s3_opts = S3_ENV.get()
+    if s3_aws is not None:
+        aws, opts = s3_aws, {**opts, **s3_opts}
     session = None
     if aws:
         from rasterio.session import AWSSession

@@ -13,7 +13,7 @@ from urllib.parse import unquote, urljoin, urlparse
 
 from geoarray.errors import STACError
 
-__all__ = ["ItemsLike", "absolute_href", "is_remote", "local_path", "read_items"]
+__all__ = ["ItemsLike", "absolute_href", "gdal_s3", "is_remote", "local_path", "read_items"]
 
 ItemsLike = Any  # pystac.Item | Iterable[pystac.Item] | pystac.ItemCollection | dict | str | os.PathLike
 
@@ -207,3 +207,37 @@ def absolute_href(href: str, self_href: str | None) -> str:
     if is_remote(self_href):
         return urljoin(self_href, href)
     return os.path.normpath(os.path.join(os.path.dirname(local_path(self_href)), href))
+
+
+def gdal_s3(storage_options: dict[str, Any] | None) -> tuple[dict[str, Any] | None, dict[str, str]]:
+    """fsspec/s3fs ``storage_options`` as what GDAL's /vsis3/ needs: rasterio ``AWSSession`` arguments (the
+    credentials, region and endpoint) and GDAL config options (``AWS_HTTPS``, ``AWS_VIRTUAL_HOSTING``).
+
+    ``None`` gives ``(None, {})``: GDAL then finds credentials as usual (AWS_* environment variables, profile).
+    An ``endpoint_url`` (MinIO, Ceph, a local test server) turns virtual hosting off, and ``http://`` turns
+    HTTPS off, as s3fs does.
+    """
+    if not storage_options:
+        return None, {}
+    if not isinstance(storage_options, dict):
+        raise STACError(f"storage_options={storage_options!r}; expected a dict of s3fs options (key, secret, ...).")
+    so = dict(storage_options)
+    client = dict(so.get("client_kwargs") or {})
+    aws: dict[str, Any] = {}
+    for ours, theirs in (("key", "aws_access_key_id"), ("secret", "aws_secret_access_key"), ("token", "aws_session_token")):
+        if so.get(ours):
+            aws[theirs] = so[ours]
+    region = client.get("region_name") or so.get("region_name")
+    if region:
+        aws["region_name"] = region
+    if so.get("anon"):
+        aws = {"aws_unsigned": True, **({"region_name": region} if region else {})}
+    opts: dict[str, str] = {}
+    endpoint = client.get("endpoint_url") or so.get("endpoint_url")
+    if endpoint:
+        u = urlparse(str(endpoint))
+        aws["endpoint_url"] = u.netloc or u.path  # GDAL's AWS_S3_ENDPOINT is host[:port], no scheme
+        opts["AWS_VIRTUAL_HOSTING"] = "FALSE"
+        opts["AWS_HTTPS"] = "NO" if u.scheme == "http" else "YES"
+    return aws, opts
+

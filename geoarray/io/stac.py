@@ -18,8 +18,9 @@ import xarray as xr
 
 from geoarray.cube import DEFAULT_CHUNK
 from geoarray.errors import STACError
+from geoarray.io._stac_check import S3_ENV
 from geoarray.io._stac_plan import Plan, asset_key, check_bbox, item_crs, plan_load
-from geoarray.io._stac_read import ItemsLike, read_items
+from geoarray.io._stac_read import ItemsLike, gdal_s3, read_items
 
 __all__ = ["from_stac", "read_items"]
 
@@ -37,6 +38,7 @@ def from_stac(
     chunk: int = DEFAULT_CHUNK,
     dtype: str | None = None,
     check: Literal["first", "all", "none"] = "first",
+    storage_options: dict[str, Any] | None = None,
 ) -> xr.Dataset:
     """Load STAC items as a lazy cube.
 
@@ -69,6 +71,10 @@ def from_stac(
         (header only, with short network timeouts) and compared with the item's ``proj:*`` and band
         metadata: in the first item that has the band (``"first"``, the default), in every item (``"all"``),
         or not at all (``"none"``).
+    storage_options
+        s3fs-style options for ``s3://`` asset hrefs, read through GDAL's /vsis3/: ``key``, ``secret``,
+        ``token``, ``anon`` and ``client_kwargs`` (``endpoint_url``, ``region_name``). Without them GDAL finds
+        credentials as usual (AWS_* environment variables). engine="odc" only.
 
     Returns
     -------
@@ -119,7 +125,14 @@ def from_stac(
     its = read_items(items)
     if not its:
         raise STACError("no STAC items to load (the list is empty); expected at least one pystac.Item.")
-    plan = plan_load(its, bands, check=check, dtype=dtype)
+    if storage_options and engine != "odc":
+        raise STACError("storage_options apply to engine='odc' only; use engine='odc' for assets in object storage.")
+    aws, gdal = gdal_s3(storage_options)
+    token = S3_ENV.set((aws, gdal))  # the header probe opens remote files with them
+    try:
+        plan = plan_load(its, bands, check=check, dtype=dtype)
+    finally:
+        S3_ENV.reset(token)
     if engine == "stackstac" and plan.multiband:
         raise STACError(
             f"engine='stackstac' cannot read bands of multi-band assets ({plan.multiband}); use engine='odc'."
@@ -137,7 +150,7 @@ def from_stac(
     if box is not None:
         _drop_outside(plan, gbox, box)
     if engine == "odc":
-        da = _load_odc(plan, gbox, chunk=chunk)
+        da = _load_odc(plan, gbox, chunk=chunk, s3=(aws, gdal))
     else:
         da = _load_stackstac(plan, gbox, chunk=chunk)
     # one set of coordinates, from the grid both engines were given
@@ -251,7 +264,7 @@ def _drop_outside(plan: Plan, gbox: Any, bbox: tuple[float, float, float, float]
     plan.items = [plan.items[i] for i in keep]
 
 
-def _load_odc(plan: Plan, gbox: Any, *, chunk: int) -> xr.DataArray:
+def _load_odc(plan: Plan, gbox: Any, *, chunk: int, s3: tuple[Any, dict[str, str]] = (None, {})) -> xr.DataArray:
     import odc.stac
 
     try:
@@ -264,7 +277,7 @@ def _load_odc(plan: Plan, gbox: Any, *, chunk: int) -> xr.DataArray:
             nodata=plan.fill,
             groupby="time",
             resampling="nearest",
-            driver=_naming_driver(),
+            driver=_naming_driver(*s3),
         )
     except ValueError as e:
         raise STACError(f"odc-stac could not load the items: {e}") from None
@@ -272,12 +285,12 @@ def _load_odc(plan: Plan, gbox: Any, *, chunk: int) -> xr.DataArray:
     return da.chunk({"band": -1})
 
 
-def _naming_driver() -> Any:
+def _naming_driver(aws: dict[str, Any] | None = None, gdal: dict[str, str] | None = None) -> Any:
     try:  # odc-stac's private metadata parser: another odc-stac layout keeps its own driver
         from geoarray.io._odc_driver import naming_driver
     except ImportError:  # pragma: no cover
         return None
-    return naming_driver()
+    return naming_driver(aws, gdal)
 
 
 def _load_stackstac(plan: Plan, gbox: Any, *, chunk: int) -> xr.DataArray:

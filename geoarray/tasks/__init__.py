@@ -8,6 +8,7 @@ from geoarray.errors import TrainError
 from geoarray.tasks.barlow_twins import BarlowTwinsTask
 from geoarray.tasks.base import Task
 from geoarray.tasks.classification import ClassificationTask
+from geoarray.tasks.finetune import FinetuneTask, LinearProbeTask
 from geoarray.tasks.pixel_classification import PixelClassificationTask
 from geoarray.tasks.segmentation import SegmentationTask
 from geoarray.tasks.vicreg import VICRegTask
@@ -17,6 +18,8 @@ TASKS: dict[str, type[Task]] = {
     "classification": ClassificationTask,
     "pixel_classification": PixelClassificationTask,
     "barlow_twins": BarlowTwinsTask,
+    "linear_probe": LinearProbeTask,
+    "finetune": FinetuneTask,
     "vicreg": VICRegTask,
 }
 

@@ -21,6 +21,7 @@ from geoarray.errors import TrainError
 from geoarray.metrics import effective_rank
 from geoarray.tasks._augment import ChipAugment
 from geoarray.tasks._gather import world_size
+from geoarray.tasks._ssl_parts import TwinNet, knn_probe, projector
 from geoarray.tasks._views import chip_views, clean_inputs, pixel_views
 from geoarray.tasks.base import Task
 
@@ -40,30 +41,6 @@ _KIND_WORDS = {
 #: task_kwargs of chip views (ChipAugment's fields)
 _CHIP_OPTIONS = ("crop_scale", "brightness", "contrast", "jitter_p", "blur_p", "blur_sigma")
 POSITIVES = ("augment", "temporal")
-
-
-class TwinNet(nn.Module):
-    """The backbone and the projector, as one module (what trains, and what DDP wraps)."""
-
-    def __init__(self, backbone: nn.Module, projector: nn.Module) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.projector = projector
-
-    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """``inputs`` as the backbone takes them: ``(x, dates, valid)`` for pixel series, ``(x,)`` for chips."""
-        e = self.backbone(*inputs)
-        return e, self.projector(e)
-
-
-def projector(dim_in: int, dim: int, depth: int = 2) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    c = dim_in
-    for _ in range(depth - 1):
-        layers += [nn.Linear(c, dim), nn.BatchNorm1d(dim), nn.ReLU(inplace=True)]
-        c = dim
-    layers.append(nn.Linear(c, dim))
-    return nn.Sequential(*layers)
 
 
 class SSLTask(Task):
@@ -308,6 +285,35 @@ class SSLTask(Task):
         backbone.train(was)
         return e
 
+    def _watch_projections(self, net: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Projections of two views of the kept clean series (eval mode, views drawn from a fixed seed, so
+        epochs compare), or None when fewer than two series have enough valid dates."""
+        if not self._watch:
+            return None
+        parts = [torch.cat(p) for p in zip(*self._watch, strict=True)]
+        # the watch holds clean inputs: (x, dates, valid) of pixel series, or (x,) single-date chips, whose
+        # views are then two augmentations (also under positives="temporal", which needs the dates)
+        batch = Batch(parts[0], None, *parts[1:]) if len(parts) == 3 else Batch(parts[0], None)
+        g = torch.Generator().manual_seed(0)
+        if self._kind(batch) == "pixels":
+            inputs, keep = self.views(batch, g)
+        else:
+            inputs, keep = chip_views(batch, self.augment, temporal=False, generator=g)
+        n = int(keep.sum())
+        if n < 2:
+            return None
+        module = getattr(net, "module", net)
+        was = module.training
+        module.eval()
+        with torch.no_grad():
+            _, proj = module(*inputs)
+        module.train(was)
+        return proj[:n].float().cpu(), proj[n:].float().cpu()
+
+    def diagnostics(self, net: Any) -> dict[str, float]:
+        """Extra per-epoch numbers of a subclass, from the watch rows (called before they are dropped)."""
+        return {}
+
     def _skip_message(self, seen: int) -> str:
         if self.kind == "chip":
             return (
@@ -324,6 +330,7 @@ class SSLTask(Task):
     def end_epoch(self, net: Any) -> dict[str, float]:
         seen, skipped, steps = self._seen, self._skipped, max(1, self._steps)
         sums, emb = dict(self._sums), self._watch_embeddings(net)
+        extra = self.diagnostics(net) if emb is not None else {}
         self._reset()
         if seen and skipped == seen:
             raise TrainError(self._skip_message(seen))
@@ -336,6 +343,7 @@ class SSLTask(Task):
         rms = float(z.pow(2).mean().sqrt())
         out["emb_std_mean"], out["emb_std_min"] = float(std.mean()), float(std.min())
         out["effective_rank"] = effective_rank(z.numpy())
+        out.update(extra)
         flat = float(std.max()) <= self.collapse_std * max(1.0, rms)
         what_rows = f"the last {len(z)} {_KIND_WORDS.get(self.kind or 'pixels', ('pixel',))[0]}s"
         if flat or out["effective_rank"] < self.collapse_rank:
@@ -385,23 +393,3 @@ class SSLTask(Task):
             if not math.isnan(knn):
                 out["val_knn_top1"] = out["score"] = knn  # the labels pick the best epoch
         return out
-
-
-def knn_probe(emb: Any, y: Any, n_classes: int) -> float:
-    """kNN top-1 between the two halves of the validation pixels (they come chip by chip, so the halves are
-    different chips of the held-out tiles), averaged over both directions; NaN when a half has no label."""
-    import numpy as np
-
-    from geoarray._probe_fit import knn_scores, standardize
-    from geoarray.metrics import topk_accuracy
-
-    ok = (y >= 0) & (y < n_classes)
-    emb, y = emb[ok], y[ok]
-    h = len(y) // 2
-    if h < 1:
-        return math.nan
-    accs = []
-    for a, b in ((slice(0, h), slice(h, None)), (slice(h, None), slice(0, h))):
-        tr, te = standardize(emb[a], emb[b])
-        accs.append(topk_accuracy(knn_scores(tr, y[a], te, n_classes), y[b]))
-    return float(np.mean(accs))

@@ -16,10 +16,10 @@ from geoarray.tasks import _losses
 class Task:
     """How a model consumes a batch, the loss, and the validation score (higher is better).
 
-    The training loop talks to a task through :meth:`train_module`, :meth:`training_loss`,
-    :meth:`validation_step`, :meth:`summarize` and :meth:`end_epoch` only. Supervised tasks take a labelled
-    batch; self-supervised tasks (:mod:`geoarray.tasks._ssl`) override them to make their own views from an
-    unlabelled batch, train heads (a projector) beside the model, and watch for collapse.
+    The training loop talks to a task through :meth:`train_module`, :meth:`param_groups`,
+    :meth:`training_loss`, :meth:`validation_step`, :meth:`summarize` and :meth:`end_epoch` only. Supervised
+    tasks take a labelled batch; self-supervised tasks (:mod:`geoarray.tasks._ssl`) override them to make their
+    own views from an unlabelled batch, train heads (a projector) beside the model, and watch for collapse.
     """
 
     name = ""
@@ -45,7 +45,8 @@ class Task:
         return str(getattr(model, "input_kind", "image"))
 
     def forward(self, model: Any, batch: Batch) -> torch.Tensor:
-        kind = getattr(model, "input_kind", "image")
+        # DDP does not pass attribute lookups on to the module it wraps: ask the module
+        kind = getattr(getattr(model, "module", model), "input_kind", "image")
         if kind == "sequence":
             return model(batch.x, dates=batch.dates)
         if kind == "pixels":
@@ -78,6 +79,11 @@ class Task:
         """The module whose parameters train (and that DDP wraps): the model, or the model plus heads."""
         return model
 
+    def param_groups(self, net: Any, lr: float) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups (``net`` is :meth:`train_module`'s result): every trainable
+        parameter at ``lr``. A task may give parts of the model their own learning rates."""
+        return [{"params": [p for p in net.parameters() if p.requires_grad], "lr": lr}]
+
     def training_loss(self, net: Any, batch: Batch) -> torch.Tensor:
         """The loss of one training batch (``net`` is :meth:`train_module`'s result, maybe DDP-wrapped)."""
         return self.loss(self.forward(net, batch).float(), batch)
@@ -91,6 +97,10 @@ class Task:
         """Training statistics of the epoch just run (``net`` as trained), logged with it; may raise
         TrainError to end the run."""
         return {}
+
+    def log_epoch(self, log_dir: Any, epoch: int) -> None:
+        """Write the epoch's own artefacts into fit's ``log_dir`` (a ``Path``; rank 0 only, after
+        ``metrics.csv``), e.g. Barlow Twins' cross-correlation matrix. Nothing by default."""
 
     # -- validation ------------------------------------------------------------------------------------
     def new_state(self) -> dict[str, Any]:

@@ -3,6 +3,8 @@
 The package reads top-down, and imports only go down:
 
 - :mod:`.config`: :class:`FitConfig`, every option, checked before any work;
+- :mod:`.protocols`: ``init=`` (a pretrained encoder checked against the run and made its model) and
+  ``label_fraction`` (training chips of a fraction of the labelled tiles);
 - :mod:`.prepare`: bands, classes, chip plan and normalisation statistics (:class:`Setup`);
 - :mod:`.loop`: the epoch loop (plain PyTorch), shared by one process and each DDP rank;
 - :mod:`.state`: the resume side file (safetensors + JSON);
@@ -31,6 +33,7 @@ def fit(
     model: str = "unet",
     model_kwargs: dict[str, Any] | None = None,
     task_kwargs: dict[str, Any] | None = None,
+    init: str | os.PathLike[str] | None = None,
     # data
     labels: str = "labels",
     bands: Sequence[str] | None = None,
@@ -40,6 +43,7 @@ def fit(
     mode: Literal["grid", "random"] = "grid",
     times: Literal["each", "all"] | Sequence[int | str] = "each",
     val_fraction: float = 0.2,
+    label_fraction: float = 1.0,
     min_valid: float = 0.5,
     min_positive: int = 0,
     positive_classes: Sequence[int] | None = None,
@@ -86,14 +90,22 @@ def fit(
         ``"pixel_classification"`` (pixel time series), or ``"barlow_twins"`` (self-supervised, on pixel
         time-series backbones or chip encoders; no labels needed; the checkpoint's output is ``features``), or
         ``"vicreg"`` (self-supervised, on ``resnet18`` / ``resnet50`` chip encoders, which then output their
-        pooled embedding: ``num_classes`` defaults to 0 for both self-supervised tasks).
+        pooled embedding: ``num_classes`` defaults to 0 for both self-supervised tasks). The evaluation
+        protocols on a pretrained encoder (``init=``): ``"linear_probe"`` (the encoder frozen, BatchNorm
+        statistics included; only a linear head trains) and ``"finetune"`` (the whole model trains). On a
+        ``pixel_*`` encoder they train like ``"pixel_classification"`` on ``labels``, on a ``resnet18/50``
+        encoder like ``"classification"`` on ``regions=``; the checkpoint is that task's ordinary classifier
+        (``predict`` writes ``mask`` and ``probabilities``), and its ``training`` provenance records
+        ``protocol``, ``init`` and ``init_sha256``.
     task_kwargs
-        Options of the task. ``"barlow_twins"``: ``lambd`` (off-diagonal weight, 5e-3), ``view_dates`` (valid
-        dates per view; default half the cube's dates; pixels with fewer are skipped and counted),
-        ``noise`` (band noise std in normalised units, 0.05), ``projector_dim`` (128); the collapse watch's
+        Options of the task. ``"barlow_twins"``: ``lambd`` (off-diagonal weight, default 10 / projector_dim),
+        ``view_dates`` (valid dates per view; default half the cube's dates; pixels with fewer are skipped and
+        counted), ``noise`` (band noise std in normalised units, 0.05), ``projector_dim`` (128); with
+        ``log_dir``, ``cross_correlation_epochNNN.npy`` per epoch and ``cross_correlation.png``; the collapse watch's
         ``collapse_rank`` (1.5), ``collapse_std`` (1e-4) and ``diverge_rms`` (1e3): a run whose end-of-epoch
         embeddings fall below either of the first two (collapse) or above the last (divergence) ends in a
-        TrainError, and no checkpoint of it is kept.
+        TrainError, and no checkpoint of it is kept. ``"finetune"``: ``backbone_lr`` (the encoder's learning
+        rate; default ``lr / 10``, the head trains at ``lr``; the schedule scales both).
         ``"vicreg"``: ``sim_coeff`` / ``std_coeff`` / ``cov_coeff`` (invariance, variance and covariance
         weights, 25 / 25 / 1; under DDP the variance and covariance terms see every rank's rows),
         ``projector_dim`` (512) and ``projector_depth`` (3) of the expander, the collapse watch's options
@@ -104,6 +116,12 @@ def fit(
         resized back, (0.35, 1)), flips and 90° rotations, per-band ``brightness`` (0.4) and ``contrast``
         (0.4) with probability ``jitter_p`` (0.8), Gaussian blur with probability ``blur_p`` (0.5) and
         ``blur_sigma`` (0.1, 2) px, and ``noise`` (0.05).
+    init
+        For ``"linear_probe"`` / ``"finetune"`` (and only them): a checkpoint of a feature encoder (e.g. from
+        ``task="barlow_twins"``). The run builds its model (``model`` and ``model_kwargs`` may be left out;
+        given, they must match it), loads every weight but the head's, and normalises with the checkpoint's
+        band statistics, not new ones. Its bands, by name and in order, are the run's (``bands=`` may be left
+        out; given, it must equal them), and the cube must have them.
 
     model, model_kwargs
         A registry name (``geoarray.models.list_models()``) and its hyper-parameters; ``in_channels`` and
@@ -117,6 +135,11 @@ def fit(
         indices or dates such as ``["2021-05-01"]``).
     val_fraction
         Fraction of spatial tiles held out for validation (the best epoch is chosen on them).
+    label_fraction
+        Supervised tasks: train on the chips of ``max(1, round(label_fraction * n))`` of the ``n`` training
+        tiles that hold labelled chips (seeded by ``seed``); a fraction that rounds to no tile still keeps one.
+        The checkpoint records ``label_tiles`` and ``labelled_train_tiles`` under ``training``. Validation
+        tiles are not thinned.
     min_valid, min_positive, positive_classes
         Chip filters. ``min_valid``: the fraction of valid pixels (``valid`` and finite imagery) a chip needs.
         ``min_positive``: how many *labelled* pixels a chip needs: pixels whose label is not the labels'
@@ -185,7 +208,10 @@ def fit(
         class, negative ids, ids beyond ``attrs["classes"]``), chips that don't fit, a model that does not fit
         the task (e.g. ``unet`` for ``"classification"``) or the cube's number of dates, class counts that
         don't match the model, unreadable or non-overlapping regions, every chip filtered out, no training
-        tiles. During training: a NaN loss (named by epoch and step; nothing is saved from a NaN model).
+        tiles, an ``init`` that is not a pixel or chip feature encoder or whose model, hparams or bands differ
+        from the run's. During training: a NaN loss (named by epoch and step; nothing is saved from a NaN model).
+    CheckpointError
+        ``init`` is not a readable geoarray checkpoint.
 
     Warns
     -----
@@ -209,7 +235,7 @@ def fit(
         opts["positive_classes"] = list(positive_classes)
     if class_weights is not None and not isinstance(class_weights, str):
         opts["class_weights"] = [float(w) for w in class_weights]
-    for key in ("out", "resume", "log_dir"):
+    for key in ("out", "resume", "log_dir", "init"):
         if opts[key] is not None:
             opts[key] = str(opts[key])
     cfg = FitConfig(**opts)
@@ -220,8 +246,10 @@ def run(cube: xr.Dataset, cfg: FitConfig, *, client: Any = None) -> Path:
     """Train with a ready :class:`FitConfig` (what :func:`fit` does after checking its options)."""
     from geoarray.cube import conform_cube
     from geoarray.training.prepare import _device, _labels_of, prepare
+    from geoarray.training.protocols import resolve_init
 
     _check_paths(cfg)
+    cfg = resolve_init(cube, cfg)  # the encoder's model and bands, checked against the run
     if client is None:
         _device(cfg.device)  # a wrong device fails now, not after the statistics pass
     _labels_of(cube, cfg)  # first: its message says how to align labels, which is the usual fix
@@ -238,8 +266,19 @@ def run(cube: xr.Dataset, cfg: FitConfig, *, client: Any = None) -> Path:
 
 def _check_paths(cfg: FitConfig) -> None:
     """Paths that would fail only after training: refuse them before the first step."""
+    from geoarray._storage import is_url
     from geoarray.errors import TrainError
 
+    for key in ("out", "resume", "log_dir"):
+        value = getattr(cfg, key)
+        if value is not None and is_url(str(value)):
+            # Path("s3://b/m") would silently become a local folder "s3:"; the checkpoint, its resume file
+            # and metrics are written with atomic renames, which object stores do not have.
+            raise TrainError(
+                f"{key}={value!r} is a URL; fit writes {key} to a local path (with an atomic rename). Train "
+                "into a local file, then upload it (`fsspec.filesystem('s3', **opts).put(local, url)`): "
+                "predict and load_checkpoint read checkpoints from URLs with storage_options."
+            )
     out = Path(cfg.out)
     if out.is_dir():
         raise TrainError(

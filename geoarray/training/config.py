@@ -22,7 +22,10 @@ class FitConfig:
     Grouped as in ``fit``'s signature: the task and model, the data (chips), optimisation, and runtime. The
     chip filters: ``min_valid`` is the fraction of valid pixels a chip needs; ``min_positive`` the number of
     labelled pixels it needs (label not nodata, on a valid date; class 0 counts), of ``positive_classes`` only
-    when given. Chips without any labelled pixel are always skipped. See :func:`geoarray.fit`.
+    when given. Chips without any labelled pixel are always skipped. ``init`` (the pretrained encoder of
+    ``task="linear_probe"`` / ``"finetune"``, and only of them) and ``label_fraction`` (in (0, 1]) are checked
+    here; the init checkpoint itself is checked against the cube by :func:`~.protocols.resolve_init`. See
+    :func:`geoarray.fit`.
     """
 
     # task and model
@@ -30,6 +33,7 @@ class FitConfig:
     model: str = "unet"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     task_kwargs: dict[str, Any] = field(default_factory=dict)
+    init: str | None = None
     # data
     labels: str = "labels"
     bands: list[str] | None = None
@@ -39,6 +43,7 @@ class FitConfig:
     mode: Literal["grid", "random"] = "grid"
     times: Any = "each"
     val_fraction: float = 0.2
+    label_fraction: float = 1.0
     min_valid: float = 0.5
     min_positive: int = 0
     positive_classes: list[int] | None = None
@@ -120,6 +125,12 @@ class FitConfig:
             raise TrainError(
                 f"val_fraction={self.val_fraction!r}; expected 0 <= val_fraction < 1 (e.g. 0.2)."
             )
+        if not _real(self.label_fraction) or not 0 < self.label_fraction <= 1:
+            raise TrainError(
+                f"label_fraction={self.label_fraction!r}; expected a fraction in (0, 1] of the labelled training "
+                "tiles (e.g. 0.01 for 1 %, 1.0 for all)."
+            )
+        _check_init(self.task, self.init)
         if not _real(self.min_valid) or not 0 <= self.min_valid <= 1:
             raise TrainError(f"min_valid={self.min_valid!r}; expected a fraction between 0 and 1.")
         _choice("mode", self.mode, ("grid", "random"))
@@ -135,13 +146,34 @@ class FitConfig:
         from geoarray.models import create_model
 
         # a bad name, type or size fails now, not after a pass over the data; on the meta device building
-        # allocates nothing and draws no random numbers (about 10 ms)
-        with torch.device("meta"):
-            create_model(self.model, **self.model_kwargs)
+        # allocates nothing and draws no random numbers (about 10 ms). A protocol left at the default model
+        # takes its model from init, which fit checks next.
+        if not (self.task in PROTOCOLS and self.model == "unet"):
+            with torch.device("meta"):
+                create_model(self.model, **self.model_kwargs)
         if not str(self.out):
             raise TrainError(
                 "out=''; expected the path of the checkpoint to write, e.g. 'model.safetensors'."
             )
+
+
+#: tasks that evaluate a pretrained encoder: they need init=, and only they take it
+PROTOCOLS = ("linear_probe", "finetune")
+
+
+def _check_init(task: str, init: Any) -> None:
+    if task in PROTOCOLS and init is None:
+        raise TrainError(
+            f"task {task!r} evaluates a pretrained encoder, but init=None; expected init= the checkpoint of a "
+            "feature encoder (e.g. from task='barlow_twins'), such as init='bt.safetensors'."
+        )
+    if init is not None and task not in PROTOCOLS:
+        raise TrainError(
+            f"init={init!r} starts from a pretrained encoder, which task {task!r} does not take; expected "
+            f"task='linear_probe' or 'finetune' with init=, or no init= (resume= continues a run of {task!r})."
+        )
+    if init is not None and (not isinstance(init, str) or not init):
+        raise TrainError(f"init={init!r}; expected the path of a checkpoint file (.safetensors).")
 
 
 def _real(v: Any) -> bool:

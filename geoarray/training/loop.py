@@ -17,6 +17,7 @@ from geoarray.errors import TrainError
 from geoarray.training import state
 from geoarray.training.config import FitConfig
 from geoarray.training.prepare import Setup, _device, seeded_torch
+from geoarray.training.protocols import load_encoder
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ class Trainer:
         self.device = _device(cfg.device)
         with seeded_torch(cfg.seed, self.device):
             self.model = create_model(cfg.model, **setup.model_kwargs).to(self.device)
+            if cfg.init is not None:  # a protocol: the pretrained encoder's weights, every one but the head's
+                load_encoder(self.model, cfg.init, setup.provenance.get("init_sha256"))
             # what trains: the model, or the model plus the task's heads (an SSL projector); the checkpoint
             # holds the model only
             self.net = setup.task.train_module(self.model).to(self.device)
@@ -102,7 +105,7 @@ class Trainer:
                 f"rank {rank} has no full training batch ({self.train_stream.num_samples} chips, "
                 f"batch_size={cfg.batch_size}, at least 2 per batch); lower batch_size or use more data."
             )
-        params = [p for p in self.net.parameters() if p.requires_grad]
+        params = setup.task.param_groups(self.net, cfg.lr)  # e.g. finetune's backbone at its own lr
         if cfg.optimizer == "adamw":
             self.opt: Any = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         elif cfg.optimizer == "sgd":
@@ -191,6 +194,8 @@ class Trainer:
                 extra = {"plateau": self.plateau.state_dict()} if self.plateau is not None else {}
                 state.save_state(out, self.net, self.opt, epoch=epoch + 1, best=self.best, extra=extra)
                 self.log.write(row)
+                if self.log.dir is not None:
+                    self.setup.task.log_epoch(self.log.dir, epoch + 1)
                 self.history.append(row)
                 log.info("epoch %d/%d %s", epoch + 1, self.cfg.epochs, _fmt(row))
                 if self.plateau is not None and not math.isnan(score):
@@ -281,7 +286,7 @@ class Trainer:
     def _save(self, out: Path, epoch: int, metrics: dict[str, Any]) -> None:
         from geoarray.checkpoint import save_checkpoint
 
-        task = self.cfg.task
+        task = self.setup.saved_task or self.cfg.task
         save_checkpoint(
             out,
             self.model,
@@ -303,6 +308,7 @@ class Trainer:
                 "data_identity": self.setup.identity,
                 "chip_size": self.cfg.chip_size,
                 "world_size": self.world,
+                **self.setup.provenance,  # init, its sha256 and the label tiles of a protocol run
             },
         )
 

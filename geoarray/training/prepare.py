@@ -13,7 +13,7 @@ import math
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import dask
@@ -23,6 +23,7 @@ import xarray as xr
 from geoarray.cube import validate_cube
 from geoarray.errors import GeoArrayWarning, TrainError
 from geoarray.training.config import FitConfig
+from geoarray.training.protocols import as_task, protocol_setup
 
 __all__ = ["Setup", "prepare"]
 
@@ -42,11 +43,12 @@ def _device(name: str) -> str:
 
 
 def _labels_of(cube: xr.Dataset, cfg: FitConfig) -> xr.DataArray | None:
-    if cfg.task in _LABELS_OPTIONAL:  # single-label class ids only; others train without them
+    task = as_task(cfg)
+    if task in _LABELS_OPTIONAL:  # single-label class ids only; others train without them
         present = cube.data_vars.get(cfg.labels)
         if present is None or "class" in present.dims:
             return None
-    elif cfg.task not in _LABELLED:
+    elif task not in _LABELLED:
         return None
     if cfg.labels not in cube.data_vars:
         raise TrainError(
@@ -197,6 +199,8 @@ _TASK_KINDS = {
     "classification": ("chip",),
     "pixel_classification": ("pixels",),
     "barlow_twins": ("pixels", "chip"),
+    "linear_probe": ("pixels", "chip"),
+    "finetune": ("pixels", "chip"),
     "vicreg": ("chip",),
 }
 _KIND_WORDS = {
@@ -233,6 +237,9 @@ class Setup:
     stream_kind: str
     identity: str
     date_encoding: str | None = None
+    #: the task the checkpoint records (a protocol's supervised task) and what it records of the run's origin
+    saved_task: str = ""
+    provenance: dict[str, Any] = field(default_factory=dict)
 
 
 def prepare(cube: xr.Dataset, cfg: FitConfig) -> Setup:
@@ -243,6 +250,7 @@ def prepare(cube: xr.Dataset, cfg: FitConfig) -> Setup:
 
     lab = _labels_of(cube, cfg)  # its message says how to align labels, which is the usual fix
     validate_cube(cube, var=cfg.var)
+    kind_task = as_task(cfg)  # a protocol (linear_probe, finetune) runs as its encoder's supervised task
     present = [str(b) for b in cube["band"].values]
     bands = list(cfg.bands) if cfg.bands else present
     missing = [b for b in bands if b not in present]
@@ -251,7 +259,7 @@ def prepare(cube: xr.Dataset, cfg: FitConfig) -> Setup:
     twice = sorted({b for b in bands if bands.count(b) > 1})
     if twice:
         raise TrainError(f"bands={bands} lists {twice} more than once; expected each band once.")
-    if cfg.task != "classification" and (cfg.regions is not None or cfg.region_property is not None):
+    if kind_task != "classification" and (cfg.regions is not None or cfg.region_property is not None):
         raise TrainError(
             f"regions= / region_property= label whole chips for task='classification'; task {cfg.task!r} reads "
             f"its labels from the cube's {cfg.labels!r} variable. Drop regions=, or rasterise the regions into "
@@ -262,7 +270,7 @@ def prepare(cube: xr.Dataset, cfg: FitConfig) -> Setup:
 
     classes = _classes_of(lab, cfg.labels, multilabel) if lab is not None else []
     mk = dict(cfg.model_kwargs)
-    if cfg.task in _LABELLED:
+    if kind_task in _LABELLED:
         if classes:
             want = mk.get("num_classes")
             if want is not None and int(want) != len(classes):
@@ -288,7 +296,7 @@ def prepare(cube: xr.Dataset, cfg: FitConfig) -> Setup:
             probe = create_model(cfg.model, **mk)
     task.check(probe, cube.sizes["time"])
     stream_kind = task.kind_for(probe)
-    if cfg.task == "classification" and (cfg.min_positive or cfg.positive_classes is not None):
+    if kind_task == "classification" and (cfg.min_positive or cfg.positive_classes is not None):
         raise TrainError(
             f"min_positive={cfg.min_positive} / positive_classes={cfg.positive_classes} count labelled pixels of "
             "a label raster; task 'classification' labels whole chips from regions=, so expected min_positive=0 "
@@ -319,7 +327,7 @@ def prepare(cube: xr.Dataset, cfg: FitConfig) -> Setup:
         var=cfg.var,
         seed=cfg.seed,
     )
-    if cfg.task == "classification":
+    if kind_task == "classification":
         if not cfg.regions or not cfg.region_property:
             raise TrainError(
                 "task 'classification' needs regions= (a GeoJSON) and region_property= (its label field)."
@@ -337,6 +345,7 @@ def prepare(cube: xr.Dataset, cfg: FitConfig) -> Setup:
                 f"{classes}); expected chips of at least two classes. Check that the regions of the other "
                 "classes overlap the cube, or lower val_fraction."
             )
+    provenance = protocol_setup(cfg, plan, supervised=kind_task in (*_LABELLED, "classification"))
     task.classes = classes
     if cfg.class_weights is not None:
         task.class_weights = _class_weights(cfg.class_weights, lab, classes)
@@ -353,7 +362,10 @@ def prepare(cube: xr.Dataset, cfg: FitConfig) -> Setup:
 
     from geoarray._preprocess import band_stats
 
-    mean, std = band_stats(cube, bands, var=cfg.var)
+    if cfg.init is not None:  # the encoder was trained on its own statistics: normalise with them
+        mean, std = provenance.pop("mean"), provenance.pop("std")
+    else:
+        mean, std = band_stats(cube, bands, var=cfg.var)
     ident = hashlib.sha256(
         json.dumps(
             [dict(cube.sizes), bands, [str(t) for t in cube["time"].values], str(cube.rio.crs)], default=str
@@ -361,7 +373,11 @@ def prepare(cube: xr.Dataset, cfg: FitConfig) -> Setup:
     ).hexdigest()[:16]
     # the checkpoint records hparams["date_encoding"] (see save_checkpoint): train with the same value
     date_encoding = probe.hparams.get("date_encoding", getattr(probe, "date_encoding", None))
-    return Setup(bands, classes, mean, std, plan, task, mk, stream_kind, ident, date_encoding)
+    if cfg.init is not None:
+        date_encoding = provenance.pop("date_encoding") or date_encoding
+    return Setup(
+        bands, classes, mean, std, plan, task, mk, stream_kind, ident, date_encoding, kind_task, provenance
+    )
 
 
 def _class_weights(spec: Any, lab: xr.DataArray | None, classes: list[str]) -> list[float]:

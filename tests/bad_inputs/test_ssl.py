@@ -122,6 +122,185 @@ def test_probe_refuses_a_cube_of_another_band_set_and_a_classifier(bt_ckpt, tmp_
         geoarray.probe(c, clf)
 
 
+# -- the evaluation protocols: fit(task="linear_probe" | "finetune", init=CKPT, label_fraction=) ---------------
+PROTO = {"chip_size": 24, "batch_size": 64, "epochs": 1, "pixels_per_chip": 32, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def labelled():
+    return synthetic_cube(size=96, n_times=4, seed=0, chunks=48)
+
+
+@pytest.fixture(scope="module")
+def encoders(tmp_path_factory):
+    """Checkpoints written by save_checkpoint (no training needed to be refused): a pixel encoder of the cube's
+    bands, one of another band set, and a segmentation UNet."""
+    from geoarray.checkpoint import save_checkpoint
+    from geoarray.models import create_model
+
+    d = tmp_path_factory.mktemp("enc")
+    bands = ["blue", "green", "red", "nir"]
+    enc = create_model("pixel_cnn", in_channels=4, width=8, out_channels=8)
+    unet = create_model("unet", in_channels=4, num_classes=2, width=4, depth=2)
+    chip = create_model("resnet18", in_channels=4, num_classes=2, width=4)
+    mlp = create_model("pixel_mlp", in_channels=4, num_timesteps=6, hidden=8, out_channels=8)
+    (d / "notes.safetensors").write_text("not a checkpoint")
+    return {
+        "pixel": str(save_checkpoint(d / "enc.safetensors", enc, task="barlow_twins", bands=bands)),
+        "other_bands": str(
+            save_checkpoint(d / "b.safetensors", enc, task="barlow_twins", bands=["b1", "b2", "b3", "b4"])
+        ),
+        "unet": str(
+            save_checkpoint(d / "u.safetensors", unet, task="segmentation", bands=bands, classes=["a", "b"])
+        ),
+        "chip": str(
+            save_checkpoint(d / "c.safetensors", chip, task="classification", bands=bands, classes=["a", "b"])
+        ),
+        "mlp6": str(save_checkpoint(d / "m.safetensors", mlp, task="barlow_twins", bands=bands)),
+        "text": str(d / "notes.safetensors"),
+        "missing": str(d / "missing.safetensors"),
+    }
+
+
+@pytest.mark.parametrize(
+    "change, error, match",
+    [
+        (
+            {"task": "linear_probe"},
+            TrainError,
+            r"task 'linear_probe' evaluates a pretrained encoder, but init=None",
+        ),
+        ({"task": "finetune"}, TrainError, r"task 'finetune' evaluates a pretrained encoder, but init=None"),
+        (
+            {"task": "pixel_classification", "init": "pixel"},
+            TrainError,
+            r"init='.*enc.safetensors' starts from a pretrained encoder, which task 'pixel_classification' does not",
+        ),
+        (
+            {"init": "other_bands"},
+            TrainError,
+            r"trained on bands \['b1', 'b2', 'b3', 'b4'\], but the cube has bands \['blue', 'green', 'red', 'nir'\] "
+            r"\(it lacks \['b1', 'b2', 'b3', 'b4'\]\). Use a cube with the encoder's bands, or init= an encoder",
+        ),
+        (
+            {"init": "pixel", "bands": ["nir", "red", "green", "blue"]},
+            TrainError,
+            r"bands=\['nir', 'red', 'green', 'blue'\], but the encoder in init=.* was trained on bands "
+            r"\['blue', 'green', 'red', 'nir'\], in that order.*Drop bands=",
+        ),
+        (
+            {"init": "unet"},
+            TrainError,
+            r"is a 'segmentation' checkpoint of 'unet', a model of 'image' inputs; task 'finetune' needs a feature "
+            r"encoder of pixel time series",
+        ),
+        ({"init": "text"}, geoarray.errors.CheckpointError, r"is not a readable .safetensors file"),
+        ({"init": "missing"}, geoarray.errors.CheckpointError, r"no checkpoint file at .*it does not exist"),
+        (
+            {"init": "pixel", "model": "pixel_mlp"},
+            TrainError,
+            r"model='pixel_mlp', but init=.* holds a 'pixel_cnn' encoder. Drop model=",
+        ),
+        (
+            {"init": "pixel", "model_kwargs": {"width": 16}},
+            TrainError,
+            r"model_kwargs \{'width': 16\} differ from the hparams \{'width': 8\} of the 'pixel_cnn' encoder",
+        ),
+        (
+            {"init": "pixel", "label_fraction": 0},
+            TrainError,
+            r"label_fraction=0; expected a fraction in \(0, 1\]",
+        ),
+        (
+            {"init": "pixel", "label_fraction": 1.5},
+            TrainError,
+            r"label_fraction=1.5; expected a fraction in \(0, 1\]",
+        ),
+        (
+            {"init": "pixel", "label_fraction": float("nan")},
+            TrainError,
+            r"label_fraction=nan; expected a fraction in \(0, 1\]",
+        ),
+        (
+            {"init": "pixel", "task_kwargs": {"backbone_lr": -1}},
+            TrainError,
+            r"backbone_lr=-1; expected a finite learning rate >= 0",
+        ),
+        (
+            {"init": "pixel", "task": "linear_probe", "task_kwargs": {"backbone_lr": 1e-4}},
+            TrainError,
+            r"task 'linear_probe' does not take these options.*backbone_lr",
+        ),
+        (
+            {"init": "chip"},
+            TrainError,
+            r"holds a chip encoder \('resnet18'\), whose labels are one class per chip: task 'finetune' needs "
+            r"regions= \(a vector file\) and region_property=",
+        ),
+        (
+            {"init": "pixel", "regions": "r.geojson", "region_property": "k"},
+            TrainError,
+            r"holds a pixel time-series encoder \('pixel_cnn'\), trained on the cube's 'labels' raster; regions= "
+            r"label whole chips \(for chip encoders\). Drop regions=",
+        ),
+        (
+            {"init": "mlp6"},
+            TrainError,
+            r"the 'pixel_mlp' encoder in init=.* takes exactly 6 dates, and the cube has 4. Select 6 dates",
+        ),
+        (
+            {"init": "pixel", "labels": "truth"},
+            TrainError,
+            r"task 'finetune' needs labels, but the cube has no 'truth' variable",
+        ),
+    ],
+)
+def test_protocols_refuse_bad_inits_and_options_before_any_work(
+    labelled, encoders, tmp_path, change, error, match
+):
+    opts = {"task": "finetune", **PROTO, **change, "out": str(tmp_path / "p.safetensors")}
+    if "init" in opts:
+        opts["init"] = encoders[opts["init"]]
+    with pytest.raises(error, match=match):
+        geoarray.fit(labelled, **opts)
+    assert not (tmp_path / "p.safetensors").exists()
+
+
+def test_label_fraction_on_a_task_without_labels_is_refused(cube, tmp_path):
+    with pytest.raises(
+        TrainError, match=r"label_fraction=0.5 keeps .* task 'barlow_twins' trains without labels"
+    ):
+        geoarray.fit(cube, **{**BT, "label_fraction": 0.5, "out": str(tmp_path / "bt.safetensors")})
+    assert not (tmp_path / "bt.safetensors").exists()
+
+
+def test_a_label_fraction_that_rounds_to_no_tile_keeps_one(labelled, encoders, tmp_path):
+    from geoarray.checkpoint import read_metadata
+
+    out = geoarray.fit(
+        labelled,
+        task="finetune",
+        init=encoders["pixel"],
+        label_fraction=1e-9,
+        **PROTO,
+        out=str(tmp_path / "f.st"),
+    )
+    tr = read_metadata(out)["training"]
+    assert round(1e-9 * tr["labelled_train_tiles"]) == 0 and tr["label_tiles"] == 1
+
+
+def test_probe_cli_on_a_cube_without_labels_is_a_one_line_error(bt_ckpt, cube, tmp_path):
+    from typer.testing import CliRunner
+
+    from geoarray.cli import app
+
+    store = tmp_path / "c.zarr"
+    geoarray.write_cube(cube, store, chunk=48)
+    r = CliRunner().invoke(app, ["probe", str(store), "--ckpt", str(bt_ckpt)])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert "error: probe needs labels, but the cube has no 'labels' variable" in r.output
+
+
 VIC = {
     "task": "vicreg",
     "model": "resnet18",

@@ -1,0 +1,133 @@
+"""End to end: ``stac_features`` over a local catalog of COGs -> Zarr, vs the model's forward pass alone.
+
+The catalog: ``--times`` dates x 4 single-band uint16 COGs (512² tiles, deflate, like Sentinel-2 L2A on AWS) of
+``--size``² px, in one UTM zone (the grid is the files' own, so this measures reading, not resampling).
+stac_features reads them through odc-stac, normalises, runs the UNet with its halo (seamless) and writes
+probabilities + mask (and, as a second case, the mask alone) into a new Zarr store. The reference is the best raw torch loop (BatchNorm folded,
+channels_last, 2 threads) over the same pixels already normalised in memory, in 512² tiles without a halo.
+Goal: end to end >= 0.8x the forward pass. A halo of h px around b px blocks costs (b / (b + 2h))² of the
+forward throughput by itself, so the chunk size decides much of the ratio: both 512 and 1024 are timed.
+
+    .venv/bin/python benchmarks/bench_stac_features.py [--size 2048] [--times 2] [--chunks 512,1024]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import shutil
+from pathlib import Path
+
+import dask
+import numpy as np
+import torch
+from _common import best_of, load_report, workdir
+from bench_predict import raw_loop
+
+import geoarray
+from geoarray.models.base import fuse_batchnorm
+
+BANDS = ["blue", "green", "red", "nir"]
+
+
+def make_catalog(root: Path, *, size: int, times: int) -> Path:
+    """Smooth random uint16 reflectance, one COG per band and date, and an ItemCollection JSON."""
+    import pystac
+    import rasterio
+    from rasterio.transform import from_origin
+    from rasterio.warp import transform_bounds
+
+    path = root / f"search_{size}_{times}.json"
+    if path.exists():
+        return path
+    root.mkdir(parents=True, exist_ok=True)
+    tr, crs = from_origin(600_000.0, 5_000_000.0, 10.0, 10.0), "EPSG:32633"
+    b = transform_bounds(crs, "EPSG:4326", tr.c, tr.f - size * 10.0, tr.c + size * 10.0, tr.f)
+    items = []
+    rng = np.random.default_rng(0)
+    for t in range(times):
+        item = pystac.Item(
+            id=f"s-{t}",
+            geometry={"type": "Polygon", "coordinates": [[[b[0], b[1]], [b[2], b[1]], [b[2], b[3]], [b[0], b[3]], [b[0], b[1]]]]},
+            bbox=list(b),
+            datetime=dt.datetime(2022, 5, 1 + 5 * t, 10, tzinfo=dt.UTC),
+            properties={"proj:code": crs, "proj:shape": [size, size], "proj:transform": list(tr)[:6]},
+            stac_extensions=["https://stac-extensions.github.io/projection/v2.0.0/schema.json"],
+        )  # fmt: skip
+        for band in BANDS:
+            coarse = rng.random((size // 16 + 1, size // 16 + 1)) * 3000 + 500
+            data = np.kron(coarse, np.ones((16, 16)))[:size, :size]
+            data = (data + rng.normal(0, 200, (size, size))).clip(1, 10_000).astype(np.uint16)
+            f = root / f"s-{t}_{band}_{size}.tif"
+            profile = dict(driver="COG", height=size, width=size, count=1, dtype="uint16", crs=crs, transform=tr,
+                           nodata=0, compress="DEFLATE", blocksize=512)  # fmt: skip
+            with rasterio.open(f, "w", **profile) as dst:
+                dst.write(data[None])
+            item.add_asset(band, pystac.Asset(href=str(f), media_type=pystac.MediaType.COG, roles=["data"]))
+        items.append(item)
+    pystac.ItemCollection(items).save_object(str(path))
+    return path
+
+
+def make_ckpt(path: Path) -> Path:
+    from geoarray.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("unet", in_channels=4, num_classes=4, depth=3, width=8)
+    return geoarray.save_checkpoint(
+        path, model, task="segmentation", bands=BANDS, mean=[2000.0] * 4, std=[900.0] * 4,
+        classes=["a", "b", "c", "d"],
+    )  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=2048)
+    ap.add_argument("--times", type=int, default=2)
+    ap.add_argument("--chunks", default="512,1024")
+    ap.add_argument("--rounds", type=int, default=2)
+    args = ap.parse_args()
+    wd = workdir("stacfeat")
+    items = make_catalog(wd / "cat", size=args.size, times=args.times)
+    ckpt = make_ckpt(wd / "unet.safetensors")
+    halo = geoarray.checkpoint.read_metadata(ckpt)["halo"]
+    print(load_report())
+    print(f"catalog: {args.times} dates x {len(BANDS)} COGs of {args.size}² uint16; unet depth 3 width 8, halo {halo}")
+
+    cube = geoarray.from_stac(items, bands=BANDS)
+    x = ((cube.imagery.values.astype(np.float32) - 2000.0) / 900.0).astype(np.float32)  # in memory, normalised
+    px = x.shape[0] * x.shape[2] * x.shape[3]
+    model = geoarray.load_checkpoint(ckpt).model
+    fuse_batchnorm(model)
+    model = model.to(memory_format=torch.channels_last)
+
+    def e2e(chunk: int, outputs: list[str] | None = None) -> None:
+        store = wd / f"out{chunk}.zarr"
+        if store.exists():
+            shutil.rmtree(store)
+        geoarray.stac_features(items, ckpt, store, chunk=chunk, outputs=outputs, progress=False)
+
+    chunks = [int(c) for c in args.chunks.split(",")]
+    cases = {"forward pass": (2, lambda: raw_loop(x, model, 512, 2, True))}
+    cases.update({f"stac_features chunk {c}": (1, lambda c=c: e2e(c)) for c in chunks})
+    cases[f"  mask only, chunk {chunks[-1]}"] = (1, lambda: e2e(chunks[-1], ["mask"]))
+    results = {name: float("inf") for name in cases}
+    with dask.config.set(scheduler="threads", num_workers=2):
+        e2e(chunks[0])  # warm-up: page cache, model load
+        for _ in range(args.rounds):
+            for name, (threads, fn) in cases.items():
+                torch.set_num_threads(threads)
+                results[name] = min(results[name], best_of(fn, repeat=1))
+    fwd = results.pop("forward pass")
+    print(f"  forward pass alone (in memory, folded, channels_last): {px / fwd / 1e6:6.2f} Mpx/s")
+    for name, secs in results.items():
+        c = int(name.rsplit(" ", 1)[1])  # the chunk
+        halo_cost = (c / (c + 2 * halo)) ** 2
+        print(
+            f"  {name:24s}: {px / secs / 1e6:6.2f} Mpx/s   ratio {fwd / secs:4.2f} (goal >= 0.80; "
+            f"halo alone allows {halo_cost:.2f})"
+        )
+
+
+if __name__ == "__main__":
+    main()
