@@ -5,6 +5,7 @@ import signal
 import threading
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -151,3 +152,135 @@ def test_cluster_uses_cuda_workers_when_available():
     with cluster(gpus=True) as client:
         on_workers = client.run(lambda: __import__("torch").cuda.is_available())
     assert on_workers and all(on_workers.values()), on_workers
+
+
+def test_vicreg_under_ddp_takes_variance_and_covariance_over_the_gathered_batch():
+    """Two gloo ranks on LocalCluster worker processes each hold two rows whose local stds are below 1 (so a
+    local variance term would be about 0.4) but whose global stds over all four rows are above 2: the variance term is 0
+    on both ranks, the covariance term is the global batch's, and the gradients are those of the loss on the
+    concatenated batch (DDP's mean over ranks of each rank's gradient), so the ranks train one global batch."""
+    import socket
+
+    from geoarray.tasks.vicreg import vicreg_loss
+
+    def rank_fn(rank, world, port, z1, z2, rows_even, rows_1_3, rows_0_4):
+        import torch.distributed as dist
+
+        from geoarray.tasks.vicreg import VICRegTask
+
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+        out = []
+        try:
+            for task, rows in (
+                (VICRegTask(), rows_even),
+                (VICRegTask(sim_coeff=0), rows_1_3),
+                (VICRegTask(sim_coeff=0), rows_0_4),
+            ):
+                a, b = (
+                    z1[rows[rank]].clone().requires_grad_(True),
+                    z2[rows[rank]].clone().requires_grad_(True),
+                )
+                loss, terms = task.objective(a, b, gather=True)
+                loss.backward()
+                out.append(({k: float(v) for k, v in terms.items()}, a.grad, b.grad))
+            # the training views: both ranks' global generators are seeded alike, yet their views differ
+            from geoarray.chips import Batch
+            from geoarray.models import create_model
+
+            class Recorder(VICRegTask):
+                def views(self, batch, generator=None):
+                    out.append(float(torch.rand(1, generator=generator)))
+                    return super().views(batch, generator)
+
+            task = Recorder(projector_dim=8)
+            torch.manual_seed(0)
+            net = task.train_module(create_model("resnet18", in_channels=2, num_classes=0, width=4))
+            chips = torch.randn(4, 2, 32, 32, generator=torch.Generator().manual_seed(0))
+            task.training_loss(net, Batch(chips, None))
+            out.append(task._sums["vic_covariance"])  # of the gathered views: the same on both ranks
+            return out
+        finally:
+            dist.destroy_process_group()
+
+    z1 = torch.tensor([[0.0, 1.0], [1.0, 0.0], [4.0, 5.0], [5.0, 4.0]], dtype=torch.float64)
+    z2 = z1 + torch.tensor([[0.1, -0.2], [0.0, 0.3], [-0.1, 0.0], [0.2, 0.1]], dtype=torch.float64)
+    # each rank's rows: two each; then uneven shares (1 and 3, 0 and 4), which the gather pads and trims
+    splits = ([[0, 1], [2, 3]], [[0], [1, 2, 3]], [[], [0, 1, 2, 3]])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with cluster(n_workers=2) as client:
+        workers = sorted(client.scheduler_info()["workers"])
+        futures = [
+            client.submit(rank_fn, r, 2, port, z1, z2, *splits, workers=[w], pure=False)
+            for r, w in enumerate(workers)
+        ]
+        res0, res1 = client.gather(futures)
+    (t0, ga0, gb0), (t1, ga1, gb1) = res0[0], res1[0]
+    _, local = vicreg_loss(z1[:2], z2[:2])
+    assert local["vic_variance"].item() > 0.3  # what rank 0 alone would see (its stds are 0.35..0.71)
+    # over all four rows every std is >= 2.3, so the hinge is 0; covariance by hand: C(z1) of rows (0,1), (1,0),
+    # (4,5), (5,4): deviations (-2.5,-1.5), (-1.5,-2.5), (1.5,2.5), (2.5,1.5) -> C01 = (3.75 x 2 + 3.75 x 2) / 3 = 5
+    assert t0["vic_variance"] == t1["vic_variance"] == 0.0
+    cz2 = np.cov(z2.numpy(), rowvar=False)[0, 1]
+    assert t0["vic_covariance"] == pytest.approx((2 * 5.0**2 + 2 * cz2**2) / 2, rel=1e-9)
+    assert t1["vic_covariance"] == pytest.approx(t0["vic_covariance"], rel=1e-12)
+    # gradients: the loss on the concatenation, in one process
+    a, b = z1.clone().requires_grad_(True), z2.clone().requires_grad_(True)
+    whole, _ = vicreg_loss(a, b)
+    whole.backward()
+    torch.testing.assert_close(torch.cat([ga0, ga1]) / 2, a.grad)  # DDP averages the ranks' gradients
+    torch.testing.assert_close(torch.cat([gb0, gb1]) / 2, b.grad)
+    assert res0[3] != res1[3] and res0[4] == pytest.approx(res1[4], rel=1e-6)  # own views, global terms
+    # uneven shares: the gathered terms, and their gradients, are still those of the four rows together
+    a, b = z1.clone().requires_grad_(True), z2.clone().requires_grad_(True)
+    whole, want = vicreg_loss(a, b, sim_coeff=0.0)
+    whole.backward()
+    for k in (1, 2):
+        (u0, ua0, ub0), (u1, ua1, ub1) = res0[k], res1[k]
+        for t in (u0, u1):
+            assert t["vic_covariance"] == pytest.approx(want["vic_covariance"].item(), rel=1e-12)
+            assert t["vic_variance"] == 0.0
+        torch.testing.assert_close(torch.cat([ua0, ua1]) / 2, a.grad)
+        torch.testing.assert_close(torch.cat([ub0, ub1]) / 2, b.grad)
+
+
+def test_vicreg_fit_on_two_ddp_ranks_learns_with_identical_weights(store, tmp_path):
+    cube = geoarray.open_cube(store)
+    cfg = _cfg(
+        tmp_path / "vic.safetensors",
+        task="vicreg",
+        model="resnet18",
+        model_kwargs={"width": 8},
+        task_kwargs={"projector_dim": 64},
+        stride=16,
+        batch_size=16,
+        lr=1e-2,
+        epochs=4,
+        steps_per_epoch=3,
+    )
+    setup = prepare(cube, cfg)
+    with cluster(n_workers=2) as client:
+        reports = run_ddp(client, cube, cfg, setup, timeout=120)
+    d0, d1 = reports[0]["digests"], reports[1]["digests"]
+    assert len(d0) == 12 and d0 == d1  # the gathered terms' gradients keep the ranks in step
+    hist = reports[0]["history"]
+    print([(h["train_loss"], h["vic_variance"], h["effective_rank"]) for h in hist])
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"] - 1.0  # about 22 at the start
+    assert hist[-1]["effective_rank"] > 2
+    meta = geoarray.checkpoint.read_metadata(reports[0]["out"])
+    assert meta["task"] == "vicreg" and meta["training"]["world_size"] == 2
+
+
+def test_the_ddp_worker_check_never_misses_a_live_worker():
+    """client.scheduler_info() returns the client's cache, which its periodic refresh replaces with an identity
+    without workers: run_ddp then now and then saw every worker "die" in a healthy run (a flaky 'died during
+    DDP training'). The check asks the scheduler; with the refresh every 1 ms it still sees both workers."""
+    import dask
+
+    from geoarray.training.ddp import live_workers
+
+    with dask.config.set({"distributed.client.scheduler-info-interval": "1ms"}):
+        with cluster(n_workers=2) as client:
+            seen = [len(live_workers(client)) for _ in range(300)]
+    assert seen == [2] * 300

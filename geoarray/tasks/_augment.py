@@ -20,7 +20,9 @@ from geoarray.errors import TrainError
 __all__ = ["ChipAugment"]
 
 
-def _rand(shape: tuple[int, ...], gen: torch.Generator | None, lo: float = 0.0, hi: float = 1.0) -> torch.Tensor:
+def _rand(
+    shape: tuple[int, ...], gen: torch.Generator | None, lo: float = 0.0, hi: float = 1.0
+) -> torch.Tensor:
     return lo + (hi - lo) * torch.rand(shape, generator=gen)
 
 
@@ -88,6 +90,8 @@ class ChipAugment:
         and contrast, blur, noise (in that order). Returns a new tensor; ``x`` is left alone."""
         if x.ndim != 4:
             raise ValueError(f"expected chips (B, C, H, W), got shape {tuple(x.shape)}")
+        if len(x) == 0:  # every chip of the batch was skipped (temporal positives)
+            return x.clone()
         g = generator
         x = random_resized_crop(x, self.crop_scale, g)
         x = flip_rotate(x, g, flip=self.flip, rotate=self.rotate and x.shape[-1] == x.shape[-2])
@@ -138,7 +142,10 @@ def flip_rotate(x: torch.Tensor, gen: torch.Generator | None, *, flip: bool, rot
     b = x.shape[0]
     out = x.clone()
     if flip:
-        for dim, mask in ((-1, torch.rand((b,), generator=gen) < 0.5), (-2, torch.rand((b,), generator=gen) < 0.5)):
+        for dim, mask in (
+            (-1, torch.rand((b,), generator=gen) < 0.5),
+            (-2, torch.rand((b,), generator=gen) < 0.5),
+        ):
             idx = mask.nonzero().flatten().to(x.device)
             if len(idx):
                 out[idx] = out[idx].flip(dim)

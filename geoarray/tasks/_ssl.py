@@ -21,6 +21,7 @@ from geoarray.errors import TrainError
 from geoarray.metrics import effective_rank
 from geoarray.tasks._augment import ChipAugment
 from geoarray.tasks._gather import world_size
+from geoarray.tasks._ssl_parts import TwinNet, knn_probe, projector
 from geoarray.tasks._views import chip_views, clean_inputs, pixel_views
 from geoarray.tasks.base import Task
 
@@ -40,30 +41,6 @@ _KIND_WORDS = {
 #: task_kwargs of chip views (ChipAugment's fields)
 _CHIP_OPTIONS = ("crop_scale", "brightness", "contrast", "jitter_p", "blur_p", "blur_sigma")
 POSITIVES = ("augment", "temporal")
-
-
-class TwinNet(nn.Module):
-    """The backbone and the projector, as one module (what trains, and what DDP wraps)."""
-
-    def __init__(self, backbone: nn.Module, projector: nn.Module) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.projector = projector
-
-    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """``inputs`` as the backbone takes them: ``(x, dates, valid)`` for pixel series, ``(x,)`` for chips."""
-        e = self.backbone(*inputs)
-        return e, self.projector(e)
-
-
-def projector(dim_in: int, dim: int, depth: int = 2) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    c = dim_in
-    for _ in range(depth - 1):
-        layers += [nn.Linear(c, dim), nn.BatchNorm1d(dim), nn.ReLU(inplace=True)]
-        c = dim
-    layers.append(nn.Linear(c, dim))
-    return nn.Sequential(*layers)
 
 
 class SSLTask(Task):
@@ -126,8 +103,10 @@ class SSLTask(Task):
                 f"task_kwargs positives={positives!r}; expected 'augment' (two augmentations of one chip) or "
                 "'temporal' (the same place on two dates, each augmented)."
             )
-        if isinstance(min_valid_date, bool) or not isinstance(min_valid_date, (int, float)) or not (
-            0 <= min_valid_date <= 1
+        if (
+            isinstance(min_valid_date, bool)
+            or not isinstance(min_valid_date, (int, float))
+            or not (0 <= min_valid_date <= 1)
         ):
             raise TrainError(
                 f"task_kwargs min_valid_date={min_valid_date!r}; expected the fraction (0..1) of a chip's pixels "
@@ -158,7 +137,11 @@ class SSLTask(Task):
             raise TrainError(f"task {self.name!r} trains {trains}; model {model.name!r} takes {kind} input.")
         self.kind, self.n_times = kind, n_times
         if getattr(model, "out_channels", None) != getattr(model, "feature_dim", None):
-            fix = "Drop num_classes from model_kwargs." if kind == "pixels" else "Pass model_kwargs num_classes=0."
+            fix = (
+                "Drop num_classes from model_kwargs."
+                if kind == "pixels"
+                else "Pass model_kwargs num_classes=0."
+            )
             raise TrainError(
                 f"task {self.name!r} trains a feature backbone; the model has a class head of "
                 f"{model.out_channels} outputs. {fix}"
@@ -166,8 +149,15 @@ class SSLTask(Task):
         if kind == "chip":
             self._check_chips(n_times)
             return
-        if self.chip_options or self.positives != "augment":
-            given = sorted(self.chip_options) + (["positives"] if self.positives != "augment" else [])
+        given = sorted(self.chip_options) + [
+            k
+            for k, v, d in (
+                ("positives", self.positives, "augment"),
+                ("min_valid_date", self.min_valid_date, 0.5),
+            )
+            if v != d
+        ]
+        if given:
             raise TrainError(
                 f"task_kwargs {given} are options of chip views, but {model.name!r} takes pixel time series, "
                 "whose views are subsets of their valid dates (view_dates) plus band noise (noise). Drop them, "
@@ -242,9 +232,17 @@ class SSLTask(Task):
     def _views_loss(
         self, net: Any, batch: Batch, generator: torch.Generator | None = None, *, gather: bool = False
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+        world = world_size() if gather else 1
+        if world > 1 and generator is None:
+            # every rank's global generator is seeded alike (the loop seeds it per epoch): draw this rank's views
+            # from its own stream, still determined by that seed
+            import torch.distributed as dist
+
+            base = int(torch.randint(0, 2**62, (1,)))
+            generator = torch.Generator().manual_seed(base + int(dist.get_rank()))
         inputs, keep = self.views(batch, generator)
         n = int(keep.sum())
-        gathering = gather and self.gathers and world_size() > 1
+        gathering = self.gathers and world > 1
         if n < (1 if gathering else 2):
             # nothing to compare here: a zero loss that still runs the forward pass (DDP expects one) and
             # reaches every parameter; under a gathered objective this rank still joins the collectives
@@ -395,23 +393,3 @@ class SSLTask(Task):
             if not math.isnan(knn):
                 out["val_knn_top1"] = out["score"] = knn  # the labels pick the best epoch
         return out
-
-
-def knn_probe(emb: Any, y: Any, n_classes: int) -> float:
-    """kNN top-1 between the two halves of the validation pixels (they come chip by chip, so the halves are
-    different chips of the held-out tiles), averaged over both directions; NaN when a half has no label."""
-    import numpy as np
-
-    from geoarray._probe_fit import knn_scores, standardize
-    from geoarray.metrics import topk_accuracy
-
-    ok = (y >= 0) & (y < n_classes)
-    emb, y = emb[ok], y[ok]
-    h = len(y) // 2
-    if h < 1:
-        return math.nan
-    accs = []
-    for a, b in ((slice(0, h), slice(h, None)), (slice(h, None), slice(0, h))):
-        tr, te = standardize(emb[a], emb[b])
-        accs.append(topk_accuracy(knn_scores(tr, y[a], te, n_classes), y[b]))
-    return float(np.mean(accs))

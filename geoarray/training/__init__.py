@@ -88,7 +88,9 @@ def fit(
     task
         ``"segmentation"``, ``"classification"`` (chip labels from ``regions=`` + ``region_property=``) or
         ``"pixel_classification"`` (pixel time series), or ``"barlow_twins"`` (self-supervised, on pixel
-        time-series backbones; no labels needed; the checkpoint's output is ``features``). The evaluation
+        time-series backbones or chip encoders; no labels needed; the checkpoint's output is ``features``), or
+        ``"vicreg"`` (self-supervised, on ``resnet18`` / ``resnet50`` chip encoders, which then output their
+        pooled embedding: ``num_classes`` defaults to 0 for both self-supervised tasks). The evaluation
         protocols on a pretrained encoder (``init=``): ``"linear_probe"`` (the encoder frozen, BatchNorm
         statistics included; only a linear head trains) and ``"finetune"`` (the whole model trains). On a
         ``pixel_*`` encoder they train like ``"pixel_classification"`` on ``labels``, on a ``resnet18/50``
@@ -112,6 +114,16 @@ def fit(
         ``negative_shift`` (0.5 of the chip: how far "another place" is), and the collapse watch's options
         as above. The checkpoint holds the backbone and its heads (model ``pretext_unet``); see
         :mod:`geoarray.tasks.invariants`.
+        ``"vicreg"``: ``sim_coeff`` / ``std_coeff`` / ``cov_coeff`` (invariance, variance and covariance
+        weights, 25 / 25 / 1; under DDP the variance and covariance terms see every rank's rows),
+        ``projector_dim`` (512) and ``projector_depth`` (3) of the expander, the collapse watch's options
+        as above, and the chip views (also ``"barlow_twins"`` on a chip encoder): ``positives``
+        (``"augment"``: two augmentations of each chip; ``"temporal"``: the same place on two different dates
+        with at least ``min_valid_date`` (0.5) of their pixels valid, each augmented, which needs at least 2
+        dates), and the augmentations, valid for any bands: ``crop_scale`` (area range of the random crop,
+        resized back, (0.35, 1)), flips and 90° rotations, per-band ``brightness`` (0.4) and ``contrast``
+        (0.4) with probability ``jitter_p`` (0.8), Gaussian blur with probability ``blur_p`` (0.5) and
+        ``blur_sigma`` (0.1, 2) px, and ``noise`` (0.05).
     init
         For ``"linear_probe"`` / ``"finetune"`` (and only them): a checkpoint of a feature encoder (e.g. from
         ``task="barlow_twins"``). The run builds its model (``model`` and ``model_kwargs`` may be left out;

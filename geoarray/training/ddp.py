@@ -130,6 +130,16 @@ def _check_shards(cfg: FitConfig, setup: Setup, world: int) -> None:
         )
 
 
+def live_workers(client: Any) -> list[str]:
+    """The addresses of the cluster's workers, asked of the scheduler.
+
+    Not ``client.scheduler_info()["workers"]``: that returns the client's cached identity, which the client's
+    periodic refresh (every ``distributed.client.scheduler-info-interval``) replaces with one *without* workers,
+    so now and then it lists none, and a healthy DDP run was stopped as if every worker had died.
+    """
+    return sorted(client.sync(client.scheduler.identity, n_workers=-1)["workers"])
+
+
 def _task_states(dask_scheduler: Any, keys: list[str]) -> list[str]:
     return [dask_scheduler.tasks[k].state if k in dask_scheduler.tasks else "forgotten" for k in keys]
 
@@ -142,7 +152,7 @@ def run_ddp(
     A worker that dies, or a rank that fails, stops the run with a :class:`TrainError` naming it, instead of
     leaving the other ranks waiting.
     """
-    workers = sorted(client.scheduler_info()["workers"])
+    workers = live_workers(client)
     if not workers:
         raise TrainError("the Dask cluster has no workers; start some (e.g. geoarray.distributed.cluster()).")
     world = len(workers)
@@ -210,7 +220,7 @@ def run_ddp(
                         "other ranks would wait forever. Check that every worker is free, or restart the cluster."
                     )
                 started = True
-            alive = set(client.scheduler_info()["workers"])
+            alive = set(live_workers(client))
             lost = [w for w in workers if w not in alive]
             if lost:
                 raise TrainError(
@@ -234,7 +244,7 @@ def run_ddp(
             elif f.status == "error" and not isinstance(f.exception(), TrainError):
                 dirty.append(w)
         try:
-            alive = set(client.scheduler_info()["workers"])
+            alive = set(live_workers(client))
         except (OSError, RuntimeError, TimeoutError) as e:  # a broken client: keep the original error
             log.warning("could not list the cluster's workers after the DDP failure (%s)", e)
             alive = set()

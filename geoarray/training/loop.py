@@ -118,6 +118,8 @@ class Trainer:
             if cfg.schedule == "plateau"
             else None
         )
+        # the schedule scales these: read before a resumed optimizer state brings back its last (scaled) lr
+        self.base_lrs = [g["lr"] for g in self.opt.param_groups]
         if resumed is not None:
             self.opt.load_state_dict(resumed.optimizer)
             if self.plateau is not None and "plateau" in resumed.extra:
@@ -159,7 +161,7 @@ class Trainer:
         patience = 0
         total = self.cfg.epochs * self.steps_per_epoch
         warmup = int(self.cfg.warmup_epochs * self.steps_per_epoch)
-        base_lrs = [g["lr"] for g in self.opt.param_groups]
+        base_lrs = self.base_lrs
         saved = self.start_epoch > 0 and out.exists()  # a resumed run keeps its best unless it improves
         for epoch in range(self.start_epoch, self.cfg.epochs):
             t0 = time.perf_counter()

@@ -299,6 +299,8 @@ def test_probe_cli_on_a_cube_without_labels_is_a_one_line_error(bt_ckpt, cube, t
     r = CliRunner().invoke(app, ["probe", str(store), "--ckpt", str(bt_ckpt)])
     assert r.exit_code == 2 and "Traceback" not in r.output
     assert "error: probe needs labels, but the cube has no 'labels' variable" in r.output
+
+
 # -- task="invariants" (seed 000) ---------------------------------------------------------------------------
 INV = {
     "task": "invariants",
@@ -314,7 +316,11 @@ INV = {
 @pytest.mark.parametrize(
     "heads, n_times, match",
     [
-        (["arrow_of_time"], 1, r"heads \['arrow_of_time'\] compare two dates of one place, but the cube has 1 date"),
+        (
+            ["arrow_of_time"],
+            1,
+            r"heads \['arrow_of_time'\] compare two dates of one place, but the cube has 1 date",
+        ),
         (
             ["temporal_association", "augmentation_association"],
             1,
@@ -339,7 +345,10 @@ def test_invariants_heads_and_dates_are_checked_before_any_work(tmp_path, heads,
 @pytest.mark.parametrize(
     "change, match",
     [
-        ({"model": "pixel_cnn", "model_kwargs": {"width": 4}}, r"trains a UNet backbone.*got model 'pixel_cnn'"),
+        (
+            {"model": "pixel_cnn", "model_kwargs": {"width": 4}},
+            r"trains a UNet backbone.*got model 'pixel_cnn'",
+        ),
         ({"task_kwargs": {"pca_dim": 80}}, r"pca_dim=80; expected at most feature_dim=64"),
         ({"task_kwargs": {"head_dim": 0}}, r"head_dim=0; expected an integer >= 1"),
         ({"task_kwargs": {"margin": -1}}, r"margin=-1; expected a finite number >= 0"),
@@ -353,4 +362,120 @@ def test_invariants_options_are_checked_before_any_work(tmp_path, change, match)
     out = tmp_path / "inv.safetensors"
     with pytest.raises(TrainError, match=match):
         geoarray.fit(c, **{**INV, "out": str(out), **change})
+    assert not out.exists()
+
+
+VIC = {
+    "task": "vicreg",
+    "model": "resnet18",
+    "model_kwargs": {"width": 4},
+    "chip_size": 32,
+    "batch_size": 8,
+    "epochs": 1,
+    "progress": False,
+}
+
+
+@pytest.fixture(scope="module")
+def chips2():
+    return synthetic_cube(size=96, n_times=2, seed=0, chunks=48).drop_vars("labels")
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (
+            {"task_kwargs": {"sim_coeff": -1}},
+            r"sim_coeff=-1; expected a finite weight >= 0 \(VICReg's defaults",
+        ),
+        ({"task_kwargs": {"std_coeff": float("nan")}}, r"std_coeff=nan; expected a finite weight >= 0"),
+        ({"task_kwargs": {"cov_coeff": True}}, r"cov_coeff=True; expected a finite weight >= 0"),
+        ({"task_kwargs": {"sim_coeff": "25"}}, r"sim_coeff='25'; expected a finite weight >= 0"),
+        (
+            {"task_kwargs": {"std_coeff": 0, "cov_coeff": 0}},
+            r"std_coeff=0 and cov_coeff=0 leave only the invariance term.*collapse",
+        ),
+        (
+            {"task_kwargs": {"positives": "spatial"}},
+            r"positives='spatial'; expected 'augment' .* or 'temporal'",
+        ),
+        (
+            {"task_kwargs": {"view_dates": 2}},
+            r"view_dates=2 is an option of pixel time-series views.*Drop view_dates",
+        ),
+        (
+            {"task_kwargs": {"crop_scale": (0.5, 2)}},
+            r"crop_scale=\(0.5, 2\); expected \(low, high\) area fractions",
+        ),
+        ({"task_kwargs": {"crop_scale": 0.5}}, r"crop_scale=0.5; expected a pair of numbers"),
+        ({"task_kwargs": {"contrast": 1.5}}, r"contrast=1.5; expected a number in \[0, 1\)"),
+        ({"task_kwargs": {"blur_p": 2}}, r"blur_p=2; expected a probability between 0 and 1"),
+        ({"task_kwargs": {"min_valid_date": 2}}, r"min_valid_date=2; expected the fraction \(0..1\)"),
+        ({"task_kwargs": {"sim_coef": 25}}, r"task 'vicreg' does not take these options.*sim_coef"),
+        (
+            {"task_kwargs": {"positives": "temporal"}, "times": [1]},
+            r"positives='temporal' pairs two dates .* selects 1",
+        ),
+        (
+            {"model_kwargs": {"width": 4, "num_classes": 5}},
+            r"class head of 5 outputs. Pass model_kwargs num_classes=0",
+        ),
+        (
+            {"model": "unet", "model_kwargs": {"width": 4, "depth": 3}},
+            r"task 'vicreg' cannot train; expected one of \['resnet18', 'resnet50'\]",
+        ),
+        (
+            {"model": "pixel_cnn", "model_kwargs": {"width": 8}},
+            r"task 'vicreg' cannot train; expected one of \['resnet18', 'resnet50'\]",
+        ),
+        (
+            {
+                "task": "barlow_twins",
+                "model": "pixel_cnn",
+                "model_kwargs": {"width": 8},
+                "task_kwargs": {"crop_scale": (0.5, 1.0)},
+            },
+            r"\['crop_scale'\] are options of chip views, but 'pixel_cnn' takes pixel time series",
+        ),
+        (
+            {
+                "task": "barlow_twins",
+                "model": "pixel_cnn",
+                "model_kwargs": {"width": 8},
+                "task_kwargs": {"min_valid_date": 0.9},
+            },
+            r"\['min_valid_date'\] are options of chip views",
+        ),
+    ],
+)
+def test_bad_vicreg_options_are_refused_before_training(chips2, tmp_path, change, match):
+    out = tmp_path / "v.safetensors"
+    with pytest.raises(TrainError, match=match):
+        geoarray.fit(chips2, **{**VIC, "out": str(out), **change})
+    assert not out.exists()
+
+
+def test_temporal_positives_on_a_one_date_cube_are_refused(chips2, tmp_path):
+    one = chips2.isel(time=[0])
+    with pytest.raises(
+        TrainError,
+        match=r"positives='temporal' pairs the same place on two different dates, but the cube has 1 date\. "
+        r"Use positives='augment'",
+    ):
+        geoarray.fit(
+            one, **{**VIC, "task_kwargs": {"positives": "temporal"}, "out": str(tmp_path / "v.safetensors")}
+        )
+    assert not (tmp_path / "v.safetensors").exists()
+
+
+def test_temporal_positives_without_two_valid_dates_anywhere_end_in_a_train_error(chips2, tmp_path):
+    c = chips2.copy()
+    c["valid"] = xr.zeros_like(chips2.valid) | (chips2.time == chips2.time[0])  # date 1 is all clouds
+    out = tmp_path / "v.safetensors"
+    with pytest.raises(
+        TrainError, match=r"skipped every chip \(\d+\): none has two dates with at least min_valid_date=0.5"
+    ):
+        geoarray.fit(
+            c, **{**VIC, "task_kwargs": {"positives": "temporal"}, "min_valid": 0.2, "out": str(out)}
+        )
     assert not out.exists()
