@@ -20,6 +20,9 @@ def test_help_on_every_command():
         ["ingest", "stac", "--help"],
         ["demo", "--help"],
         ["probe", "--help"],
+        ["stac-features", "--help"],
+        ["fit", "--help"],
+        ["predict", "--help"],
     ):
         r = runner.invoke(app, args)
         assert r.exit_code == 0, r.output
