@@ -87,7 +87,11 @@ class _BatchBuffers:
 
         # Memory-bound numpy work that releases the GIL: the batch is filled in FILL_THREADS parts at once
         # (zarr decodes the next blocks meanwhile in its own thread).
-        if pool is None or n < 2 * FILL_THREADS:
+        if stream.kind == "pixels":  # rows of T x C values: one C-level copy, no thread handoff per row
+            np.stack([p[0] for p in picks], out=x)
+            if y is not None:
+                y[:] = [p[1] for p in picks]
+        elif pool is None or n < 2 * FILL_THREADS:
             put(0, n)
         else:
             cuts = np.linspace(0, n, FILL_THREADS + 1).astype(int)
@@ -98,9 +102,7 @@ class _BatchBuffers:
         dates = valid = None
         if stream.kind in ("sequence", "pixels"):
             dates = torch.from_numpy(np.stack([p[2] for p in picks]).astype(np.float32))
-        if (
-            stream.kind == "pixels" or picks[0][3] is not None
-        ):  # pixel validity, multi-date chips' valid fractions
+        if stream.kind == "pixels" or picks[0][3] is not None:  # pixel validity, multi-date chip fractions
             valid = torch.from_numpy(np.stack([p[3] for p in picks]))
         return Batch(xt, yt, dates, valid)
 

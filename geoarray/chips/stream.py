@@ -297,13 +297,14 @@ class ChipStream:
         pool: ThreadPoolExecutor | None = None,
     ) -> Batch:
         n = min(self.batch_size if n is None else n, len(buf))
+        if not self.shuffle:
+            picks = buf[:n]
+            del buf[:n]
+            return bufs.fill(picks, self, rng, pool)
         picks = []
         for _ in range(n):
-            j = int(rng.integers(len(buf))) if self.shuffle else 0
+            j = int(rng.integers(len(buf)))
             picks.append(buf[j])
-            if self.shuffle:
-                buf[j] = buf[-1]
-                buf.pop()
-            else:
-                buf.pop(0)
+            buf[j] = buf[-1]
+            buf.pop()
         return bufs.fill(picks, self, rng, pool)
