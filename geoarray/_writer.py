@@ -181,6 +181,11 @@ def write_to_store(
         ds.to_zarr(target, mode="a", zarr_format=3, consolidated=False, compute=False, **root.zarr_kwargs())
     if resume:
         log.info("resuming %s in %s", resume, where)
+        for n in resume:  # a killed run can leave zarr's half-written `<chunk>.<token>.partial` files behind
+            var = root.child(n)
+            for key in var.keys() if not var.remote else ():
+                if key.endswith(".partial"):
+                    var.fs.rm_file(var.path.rstrip("/") + "/" + key)
 
     names = list(new)
     written, present = _write_blocks(names, arrays, blocks, root, progress=progress)

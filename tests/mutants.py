@@ -90,8 +90,8 @@ MUTATIONS = [
         "chunk-exists-always-false",
         "resume after kill does only the missing work",
         "geoarray/_writer.py",
-        "    return (folder / key).exists()\n",
-        "    return False\n",
+        "            done = done and _chunk_key(zarrays[n], tuple(okey[1:])) in present[n]\n",
+        "            done = False\n",
         (
             "tests/test_predict.py::test_resume_writes_only_the_missing_chunks",
             "tests/test_predict.py::test_killed_run_resumes_byte_identical",

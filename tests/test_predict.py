@@ -370,6 +370,24 @@ def test_resume_writes_only_the_missing_chunks(tmp_path):
     assert geoarray.open_cube(store)["mask"].attrs["geoarray_complete"] is True
 
 
+def test_resume_removes_half_written_chunk_files_of_a_killed_run(tmp_path):
+    """SIGKILL during a chunk write leaves zarr's ``<chunk>.<token>.partial`` file; the resumed run removes it."""
+    c = synthetic_cube(size=(64, 64), n_times=1, seed=4)
+    ckpt = make_checkpoint(tmp_path / "m.safetensors", num_classes=5, classes=CLASSES, width=4, depth=3)
+    store = tmp_path / "c.zarr"
+    geoarray.write_cube(c, store, chunk=32)
+    geoarray.predict(geoarray.open_cube(store), ckpt, store=store)
+    whole = tree_digest(store)
+    files = _chunk_files(store)
+    lost = files[("probabilities", (0, 1, 1))]
+    _simulate_kill(store, [lost])
+    stale = lost.with_name(lost.name + ".3f2a9c0e1b7d4e6f8a9b0c1d2e3f4a5b.partial")
+    stale.write_bytes(b"")  # what the killed write left behind
+    geoarray.predict(geoarray.open_cube(store), ckpt, store=store)
+    assert not list(store.rglob("*.partial"))
+    assert tree_digest(store) == whole
+
+
 def test_partial_output_of_another_checkpoint_is_refused(tmp_path):
     c = synthetic_cube(size=(128, 128), n_times=1, seed=4)
     ckpt = make_checkpoint(tmp_path / "a.safetensors", num_classes=5, classes=CLASSES, width=4, depth=3)
