@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 
@@ -7,7 +8,11 @@ import numpy as np
 import pystac
 import pytest
 from affine import Affine
-from conftest import write_tif
+from conftest import CRS, write_tif
+from pystac.extensions.projection import ProjectionExtension
+from pystac.extensions.raster import RasterBand, RasterExtension
+from rasterio.transform import from_origin
+from rasterio.warp import transform_bounds
 from stac_items import LANDSAT, LIDAR, S2, USGS, localize
 
 import geoarray
@@ -277,3 +282,38 @@ def test_a_datetime_with_a_utc_offset_is_the_same_instant_in_both_engines(tmp_pa
     d, _ = localize(LANDSAT, tmp_path, ["red"], raster_bands=True, datetime="2020-01-14T18:05:46.5+01:00")
     ds = _both([pystac.Item.from_dict(d)], bands=["red"])
     assert ds.time.values[0] == np.datetime64("2020-01-14T17:05:46.5", "ns")
+
+
+@pytest.mark.parametrize("engine", ["odc", "stackstac"])
+def test_an_integer_cube_marks_pixels_that_are_nodata_in_every_band_invalid(tmp_path, engine):
+    """uint16 assets with nodata 0: a pixel is invalid where every band is 0, and predict leaves it NaN."""
+    from stac_items import make_ckpt
+
+    rng = np.random.default_rng(3)
+    data = rng.integers(1, 10_000, size=(3, 24, 24), dtype=np.uint16)
+    data[:, 0, :5] = 0  # nodata in every band: invalid
+    data[0, 5, :4] = 0  # nodata in one band only: still valid (the other bands hold data)
+    tr = from_origin(600_000.0, 4_000_000.0, 10.0, 10.0)
+    b = transform_bounds(CRS, "EPSG:4326", 600_000.0, 4_000_000.0 - 240.0, 600_240.0, 4_000_000.0)
+    item = pystac.Item(
+        id="i0", bbox=list(b), datetime=dt.datetime(2021, 6, 1, tzinfo=dt.UTC), properties={},
+        geometry={"type": "Polygon", "coordinates": [[[b[0], b[1]], [b[2], b[1]], [b[2], b[3]], [b[0], b[3]], [b[0], b[1]]]]},
+    )  # fmt: skip
+    ProjectionExtension.ext(item, add_if_missing=True).apply(code=CRS, shape=[24, 24], transform=list(tr)[:6])
+    for k, band in enumerate(["red", "green", "nir"]):
+        path = write_tif(tmp_path / f"{band}.tif", data[k : k + 1], transform=tr, nodata=0, cog=True)
+        asset = pystac.Asset(href=str(path), media_type=pystac.MediaType.COG, roles=["data"])
+        item.add_asset(band, asset)
+        RasterExtension.ext(asset, add_if_missing=True).bands = [RasterBand.create(data_type="uint16", nodata=0)]
+    ds = geoarray.from_stac([item], bands=["red", "green", "nir"], engine=engine)
+    assert ds.imagery.dtype == np.uint16
+    expected = np.ones((24, 24), dtype=bool)
+    expected[0, :5] = False
+    np.testing.assert_array_equal(ds["valid"].values[0], expected)
+    np.testing.assert_array_equal(ds.imagery.values[0], data)
+    out = geoarray.predict(ds, make_ckpt(tmp_path / "m.safetensors")).compute()
+    np.testing.assert_array_equal(np.isfinite(out["probabilities"].values[0]).all(0), expected)
+    assert (out["mask"].values[0][~expected] == out["mask"].attrs["nodata"]).all()
+    # a float cube has NaN where the pixel is missing instead, and no valid variable
+    f = geoarray.from_stac([item], bands=["red", "green", "nir"], engine=engine, dtype="float32")
+    assert "valid" not in f.data_vars and np.isnan(f.imagery.values[0, :, 0, :5]).all()
