@@ -1,7 +1,8 @@
 """End to end: ``stac_features`` over a local catalog of COGs -> Zarr, vs the model's forward pass alone.
 
 The catalog: ``--times`` dates x 4 single-band uint16 COGs (512² tiles, deflate, like Sentinel-2 L2A on AWS) of
-``--size``² px, in one UTM zone (the grid is the files' own, so this measures reading, not resampling).
+``--size``² px, in one UTM zone (the grid is the files' own, so this measures reading, not resampling). Its
+assets carry ``raster:bands`` (uint16, nodata 0) as Earth Search's items do, so the cube is uint16 + ``valid``.
 stac_features reads them through odc-stac, normalises, runs the UNet with its halo (seamless) and writes
 probabilities + mask (and, as a second case, the mask alone) into a new Zarr store. The reference is the best raw torch loop (BatchNorm folded,
 channels_last, 2 threads) over the same pixels already normalised in memory, in 512² tiles without a halo.
@@ -37,7 +38,7 @@ def make_catalog(root: Path, *, size: int, times: int) -> Path:
     from rasterio.transform import from_origin
     from rasterio.warp import transform_bounds
 
-    path = root / f"search_{size}_{times}.json"
+    path = root / f"search_{size}_{times}_rb.json"
     if path.exists():
         return path
     root.mkdir(parents=True, exist_ok=True)
@@ -52,7 +53,10 @@ def make_catalog(root: Path, *, size: int, times: int) -> Path:
             bbox=list(b),
             datetime=dt.datetime(2022, 5, 1 + 5 * t, 10, tzinfo=dt.UTC),
             properties={"proj:code": crs, "proj:shape": [size, size], "proj:transform": list(tr)[:6]},
-            stac_extensions=["https://stac-extensions.github.io/projection/v2.0.0/schema.json"],
+            stac_extensions=[
+                "https://stac-extensions.github.io/projection/v2.0.0/schema.json",
+                "https://stac-extensions.github.io/raster/v1.1.0/schema.json",
+            ],
         )  # fmt: skip
         for band in BANDS:
             coarse = rng.random((size // 16 + 1, size // 16 + 1)) * 3000 + 500
@@ -63,7 +67,9 @@ def make_catalog(root: Path, *, size: int, times: int) -> Path:
                            nodata=0, compress="DEFLATE", blocksize=512)  # fmt: skip
             with rasterio.open(f, "w", **profile) as dst:
                 dst.write(data[None])
-            item.add_asset(band, pystac.Asset(href=str(f), media_type=pystac.MediaType.COG, roles=["data"]))
+            asset = pystac.Asset(href=str(f), media_type=pystac.MediaType.COG, roles=["data"])
+            asset.extra_fields["raster:bands"] = [{"data_type": "uint16", "nodata": 0}]
+            item.add_asset(band, asset)
         items.append(item)
     pystac.ItemCollection(items).save_object(str(path))
     return path

@@ -167,12 +167,15 @@ def _postprocess(logits: Any, kind: str, spec: RunSpec) -> list[np.ndarray]:
 
     outs: list[np.ndarray] = []
     if kind == "segmentation":
-        probs = torch.softmax(logits.float(), dim=1)
+        logits = logits.float()
+        probs = torch.softmax(logits, dim=1) if "probabilities" in spec.outputs else None
         for name in spec.outputs:
-            if name == "probabilities":
-                outs.append(probs.numpy().astype(spec.float_dtype, copy=False))
+            if probs is not None and name == "probabilities":
+                outs.append(np.ascontiguousarray(probs.numpy(), dtype=spec.float_dtype))
             elif name == "mask":
-                outs.append(probs.numpy().argmax(1).astype(spec.mask_dtype))  # numpy's: 5x torch's here
+                # softmax keeps the order of the logits, so this is the probabilities' argmax without them;
+                # over the channel dim, innermost in the model's channels_last output (2x numpy's on probs)
+                outs.append(logits.argmax(1).numpy().astype(spec.mask_dtype))
     elif kind == "multilabel":
         probs = torch.sigmoid(logits.float())
         for name in spec.outputs:
@@ -312,6 +315,8 @@ def _scatter(
     results: list[list[np.ndarray]], idx: np.ndarray, t: int, spec: RunSpec, k: int, by: int, bx: int
 ) -> list[np.ndarray]:
     """Put per-batch results for the run dates into full ``(T, ...)`` arrays (skipped dates stay invalid)."""
+    if len(results) == 1 and len(idx) == t:  # one batch of every date (the usual case): no copy
+        return [np.ascontiguousarray(r) for r in results[0]]
     outs = []
     for j, name in enumerate(spec.outputs):
         dtype = spec.mask_dtype if name == "mask" else spec.float_dtype

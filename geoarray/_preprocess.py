@@ -32,7 +32,10 @@ def normalize_fill(
             z *= np.float32(scale)
         z -= m
         z *= np.float32(1.0) / s
-        ok = np.isfinite(z).all(axis=band_axis)
+        if _stays_finite(x.dtype, m, s, scale):  # e.g. uint16 reflectance: no NaN to look for
+            ok = np.ones(tuple(n for i, n in enumerate(z.shape) if i != band_axis % z.ndim), dtype=bool)
+        else:
+            ok = np.isfinite(z).all(axis=band_axis)
         if valid is not None:
             ok &= valid.astype(bool)
         if not ok.all():
@@ -43,6 +46,15 @@ def normalize_fill(
     if valid is not None:
         ok = ok & valid.astype(bool)
     return np.where(np.expand_dims(ok, band_axis), z, np.float32(0)), ok
+
+
+def _stays_finite(dtype: np.dtype, m: np.ndarray, s: np.ndarray, scale: float) -> bool:
+    """Whether ``(x * scale - m) / s`` is finite for every value of an integer ``dtype`` (no NaN check needed)."""
+    if dtype.kind not in "ui" or not (np.isfinite(m).all() and np.isfinite(s).all() and (s != 0).all()):
+        return False
+    info = np.iinfo(dtype)
+    top = (max(abs(int(info.min)), int(info.max)) * abs(float(scale)) + np.abs(m).max()) / np.abs(s).min()
+    return bool(top < 1e37)
 
 
 def band_stats(

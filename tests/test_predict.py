@@ -721,3 +721,20 @@ def test_bf16_mask_agrees_with_f32_on_a_trained_model(tmp_path):
     ok = c.labels.values != 255
     assert (f32 == c.labels.values)[ok].mean() > 0.85  # it is trained
     assert (f32 == bf16).mean() >= 0.999
+
+
+def test_normalising_integers_skips_the_nan_scan_only_where_the_result_stays_finite():
+    """uint16 input gives the float path's values and validity; a std that would overflow float32 still gets
+    its non-finite values marked invalid."""
+    from geoarray._preprocess import normalize_fill
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 65535, size=(2, 3, 8, 8), dtype=np.uint16)
+    valid = rng.random((2, 8, 8)) > 0.2
+    z, ok = normalize_fill(x, valid, [100.0, 200.0, 300.0], [50.0, 60.0, 70.0])
+    zf, okf = normalize_fill(x.astype(np.float64), valid, [100.0, 200.0, 300.0], [50.0, 60.0, 70.0])
+    np.testing.assert_array_equal(ok, okf)
+    np.testing.assert_allclose(z, zf, rtol=1e-6)
+    assert z.dtype == np.float32 and ok.shape == (2, 8, 8) and (z[:, :, ~valid[0]] == 0).sum() > 0
+    z, ok = normalize_fill(x, None, [0.0] * 3, [1e-36] * 3)  # 65535 / 1e-36 overflows float32
+    assert not ok.all() and np.isfinite(z).all()
