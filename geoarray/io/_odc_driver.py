@@ -6,6 +6,7 @@ Imported only when odc-stac loads (it imports odc.loader). Module-level classes 
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import rasterio.errors
@@ -15,6 +16,11 @@ from odc.stac._mdtools import StacAuxReader, StacMDParser
 from geoarray.errors import STACError
 
 __all__ = ["naming_driver"]
+
+# odc-stac reprojects a window it has read with rasterio.warp.reproject on in-memory arrays whose transforms it
+# passes itself; GDAL's in-memory source then reports "Dataset has no geotransform", which is not true of the
+# user's data and alarms users of every reprojected load (e.g. items in two UTM zones). Silenced only there.
+warnings.filterwarnings("ignore", category=rasterio.errors.NotGeoreferencedWarning, module=r"rasterio\.warp")
 
 
 class NamingRioReader(RioReader):
