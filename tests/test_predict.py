@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 import torch
+import zarr
 from conftest import make_checkpoint, tree_digest
 
 import geoarray
@@ -297,6 +298,10 @@ def test_store_write_adds_only_outputs(tmp_path, cube):
     assert out["mask"].attrs["geoarray_complete"] is True
     reopened = geoarray.open_cube(store)
     assert reopened.probabilities.rio.crs == cube.rio.crs
+    # float outputs: blosc lz4 + byte shuffle (fast, and smaller on probabilities); masks: zstd
+    probs, mask = (zarr.open_array(str(store / n)) for n in ("probabilities", "mask"))
+    (bc,), (zc,) = probs.compressors, mask.compressors
+    assert (bc.cname.value, bc.shuffle.value, bc.typesize) == ("lz4", "shuffle", 4) and type(zc).__name__ == "ZstdCodec"
     with pytest.raises(StoreExistsError, match="overwrite=True"):
         geoarray.predict(reopened, ckpt, store=store)
     geoarray.predict(reopened, ckpt, store=store, overwrite=True)
