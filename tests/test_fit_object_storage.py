@@ -181,3 +181,21 @@ def test_cli_fit_writes_to_s3_with_the_environment_credentials(s3, cube, tmp_pat
     assert sorted(s3.digest(f"s3://{bucket}")) == ["log/metrics.csv", "m.safetensors"]
     r = CliRunner().invoke(app, [*args[:3], "s3://no-such-bucket/m.safetensors", *args[4:]])
     assert r.exit_code == 2 and "the bucket 'no-such-bucket'" in r.output
+
+
+@pytest.mark.slow  # a 2-worker LocalCluster: ~15 s on a quiet machine, ~40 s on a busy one
+def test_ddp_fit_into_s3_uploads_from_rank_0(s3, tmp_path):
+    """fit(client=): every rank works in its own folder, rank 0 uploads; the result is the URL."""
+    from geoarray.distributed import cluster
+
+    so = s3.storage_options
+    bucket = s3.bucket()
+    store = tmp_path / "c.zarr"
+    geoarray.write_cube(synthetic_cube(size=128, n_times=1, seed=0), store, chunk=64)
+    url = f"s3://{bucket}/m.safetensors"
+    with cluster(n_workers=2) as client:
+        got = geoarray.fit(geoarray.open_cube(store), client=client, out=url, log_dir=f"s3://{bucket}/log",
+                           storage_options=so, epochs=1, **{**KW, "batch_size": 2})
+    assert got == url
+    assert sorted(s3.digest(f"s3://{bucket}")) == ["log/metrics.csv", "m.safetensors"]
+    assert geoarray.load_checkpoint(url, storage_options=so).meta["training"]["world_size"] == 2
