@@ -8,6 +8,7 @@ The package reads top-down, and imports only go down:
 - :mod:`.prepare`: bands, classes, chip plan and normalisation statistics (:class:`Setup`);
 - :mod:`.loop`: the epoch loop (plain PyTorch), shared by one process and each DDP rank;
 - :mod:`.state`: the resume side file (safetensors + JSON);
+- :mod:`.files`: where the checkpoint, side file and log_dir go (a local path, or uploaded to object storage);
 - :mod:`.ddp`: one DDP rank per Dask worker.
 """
 
