@@ -199,3 +199,18 @@ def test_ddp_fit_into_s3_uploads_from_rank_0(s3, tmp_path):
     assert got == url
     assert sorted(s3.digest(f"s3://{bucket}")) == ["log/metrics.csv", "m.safetensors"]
     assert geoarray.load_checkpoint(url, storage_options=so).meta["training"]["world_size"] == 2
+
+
+def test_a_tasks_own_log_files_reach_the_bucket(s3):
+    """barlow_twins writes a cross-correlation matrix per epoch and a picture into log_dir: each is uploaded."""
+    c = synthetic_cube(size=48, n_times=4, seed=0, chunks=48).drop_vars("labels")
+    bucket = s3.bucket()
+    geoarray.fit(c, task="barlow_twins", model="pixel_cnn", model_kwargs={"width": 8, "out_channels": 8},
+                 task_kwargs={"view_dates": 2, "projector_dim": 16}, chip_size=16, pixels_per_chip=32,
+                 batch_size=64, epochs=2, val_fraction=0.0, seed=0, progress=False,
+                 out=f"s3://{bucket}/bt.safetensors", log_dir=f"s3://{bucket}/log", storage_options=s3.storage_options)
+    names = ["cross_correlation.png", "cross_correlation_epoch001.npy", "cross_correlation_epoch002.npy", "metrics.csv"]
+    assert sorted(s3.digest(f"s3://{bucket}/log")) == names
+    assert s3.fs.cat_file(f"{bucket}/log/cross_correlation.png")[:8] == b"\x89PNG\r\n\x1a\n"
+    mats = [np.load(io.BytesIO(s3.fs.cat_file(f"{bucket}/log/{n}")), allow_pickle=False) for n in names[1:3]]
+    assert all(m.shape == (16, 16) for m in mats) and not np.array_equal(*mats)  # one per epoch, as trained
