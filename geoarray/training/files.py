@@ -140,8 +140,9 @@ class RunFiles:
             else:
                 if res_loc is not None:
                     local["resume"] = str(self._tmp / "resume" / res_loc.name)
+                    res_side = Location(res_loc.url + SIDE, res_loc.options_json)
                     self._get(res_loc, Path(local["resume"]), record=False)
-                    self._get(Location(res_loc.url + SIDE, res_loc.options_json), Path(local["resume"] + SIDE), record=False)
+                    self._get(res_side, Path(local["resume"] + SIDE), record=False)
                 if out_loc is not None and rank == 0:  # as locally: a resumed run keeps an existing out's best
                     self._get(out_loc, Path(local["out"]))
         self.cfg = dataclasses.replace(cfg, **local)
