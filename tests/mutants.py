@@ -146,6 +146,14 @@ MUTATIONS = [
         "            return nullcontext()\n",
         ("tests/test_train.py::test_bf16_autocast_runs_the_model_in_bfloat16",),
     ),
+    Mutation(
+        "s3-fit-uploads-only-at-the-end",
+        "fit into object storage resumes after a kill",
+        "geoarray/training/loop.py",
+        "                self.files.publish()  # object storage: this epoch's finished files, one put each\n",
+        "",
+        ("tests/test_fit_object_storage.py::test_a_run_killed_mid_epoch_resumes_from_s3_to_the_uninterrupted_weights",),
+    ),
 ]
 
 

@@ -72,7 +72,15 @@ def _quiet_dask() -> Iterator[None]:
 @_friendly
 def fit(
     store: Store,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint to write (.safetensors).")],
+    output: Annotated[
+        str,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Checkpoint to write (.safetensors): a path, or an s3:// (fsspec) URL, with credentials from the "
+            "environment (AWS_* variables or profile).",
+        ),
+    ],
     task: Annotated[
         str,
         typer.Option(
@@ -111,8 +119,12 @@ def fit(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     precision: Annotated[str, typer.Option(help="32, bf16 or 16 (16 needs a GPU).")] = "32",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    log_dir: Annotated[Path | None, typer.Option(help="Folder for metrics.csv (and TensorBoard).")] = None,
-    resume: Annotated[Path | None, typer.Option(help="Continue from this checkpoint's last epoch.")] = None,
+    log_dir: Annotated[
+        str | None, typer.Option(help="Folder (or s3:// URL prefix) for metrics.csv (and TensorBoard).")
+    ] = None,
+    resume: Annotated[
+        str | None, typer.Option(help="Continue from this checkpoint's last epoch (a path or an s3:// URL).")
+    ] = None,
     workers: Annotated[int, typer.Option(help="DDP ranks on a local Dask cluster (0: one process).")] = 0,
     scheduler: Annotated[str | None, typer.Option(help="Address of a Dask scheduler for DDP.")] = None,
     regions: Annotated[
@@ -176,9 +188,9 @@ def fit(
         seed=seed,
         precision=precision,
         device=device,
-        out=str(output),
-        log_dir=str(log_dir) if log_dir else None,
-        resume=str(resume) if resume else None,
+        out=output,
+        log_dir=log_dir or None,
+        resume=resume or None,
         regions=str(regions) if regions else None,
         region_property=region_property,
     )
@@ -195,10 +207,8 @@ def fit(
     tr = read_metadata(path)["training"]
     score = "n/a" if tr.get("best_metric") is None else f"{tr['best_metric']:.4f}"
     typer.echo(f"wrote {path} (best epoch {tr['epoch']}, score {score}) in {time.perf_counter() - t0:.1f} s")
-    if keep_state:
-        from geoarray.training.state import state_path
-
-        typer.echo(f"kept the resume state {state_path(path)} (delete it when you no longer need --resume)")
+    if keep_state:  # the side file's name is the checkpoint's plus a suffix (training.state.state_path)
+        typer.echo(f"kept the resume state {path}.train-state.safetensors (delete it when you no longer need --resume)")
 
 
 @app.command()

@@ -76,17 +76,10 @@ class SSLTask(Task):
         diverge_rms: float = 1e3,
         **chip_options: Any,
     ) -> None:
-        if loss is not None or multilabel:
-            raise TrainError(
-                f"task {self.name!r} has its own loss; expected loss=None and multilabel=False, got "
-                f"loss={loss!r}, multilabel={multilabel}."
-            )
+        self._own_loss(loss, multilabel)
         unknown = sorted(set(chip_options) - set(_CHIP_OPTIONS))
         if unknown:
             raise TypeError(f"unexpected options {unknown}; chip views take {list(_CHIP_OPTIONS)}")
-        self.loss_name, self.multilabel = self.name, False
-        self.classes: list[str] = []
-        self.class_weights: list[float] | None = None
         projector_dim = self.default_projector[0] if projector_dim is None else projector_dim
         projector_depth = self.default_projector[1] if projector_depth is None else projector_depth
         for key, v in (

@@ -41,6 +41,18 @@ class Task:
         self.classes: list[str] = []
         self.class_weights: list[float] | None = None
 
+    def _own_loss(self, loss: str | None, multilabel: bool, *, losses: str = "its own loss") -> None:
+        """Set up a task whose objective is its own (self-supervised): refuse ``loss=`` and ``multilabel=``,
+        which choose the loss of supervised tasks; ``losses`` says what the task computes instead."""
+        if loss is not None or multilabel:
+            raise TrainError(
+                f"task {self.name!r} has {losses}; expected loss=None and multilabel=False, got loss={loss!r}, "
+                f"multilabel={multilabel}. Drop loss= and multilabel= (they choose a supervised task's loss)."
+            )
+        self.loss_name, self.multilabel = self.name, False
+        self.classes = []
+        self.class_weights = None
+
     def kind_for(self, model: Any) -> str:
         return str(getattr(model, "input_kind", "image"))
 

@@ -77,14 +77,7 @@ class InvariantsTask(Task):
         collapse_std: float = 1e-4,
         diverge_rms: float = 1e3,
     ) -> None:
-        if loss is not None or multilabel:
-            raise TrainError(
-                f"task 'invariants' has its own losses (one per head); expected loss=None and multilabel=False, "
-                f"got loss={loss!r}, multilabel={multilabel}."
-            )
-        self.loss_name, self.multilabel = self.name, False
-        self.classes: list[str] = []
-        self.class_weights: list[float] | None = None
+        self._own_loss(loss, multilabel, losses="its own losses (one per head)")
         if isinstance(heads, str) or not hasattr(heads, "__iter__"):
             raise TrainError(f"task_kwargs heads={heads!r}; expected a list of head names among {list(HEADS)}.")
         heads = list(heads)

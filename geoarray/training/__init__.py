@@ -8,6 +8,7 @@ The package reads top-down, and imports only go down:
 - :mod:`.prepare`: bands, classes, chip plan and normalisation statistics (:class:`Setup`);
 - :mod:`.loop`: the epoch loop (plain PyTorch), shared by one process and each DDP rank;
 - :mod:`.state`: the resume side file (safetensors + JSON);
+- :mod:`.files`: where the checkpoint, side file and log_dir go (a local path, or uploaded to object storage);
 - :mod:`.ddp`: one DDP rank per Dask worker.
 """
 
@@ -77,8 +78,9 @@ def fit(
     progress: bool = True,
     readers: int = 2,
     steps_per_epoch: int | None = None,
-) -> Path:
-    """Train a model on a cube; save the best epoch as a self-describing checkpoint and return its path.
+    storage_options: dict[str, Any] | None = None,
+) -> Path | str:
+    """Train a model on a cube; save the best epoch as a self-describing checkpoint and return its path (or URL).
 
     Parameters
     ----------
@@ -187,31 +189,44 @@ def fit(
         caller's torch generator is left as it was.
 
     out
-        The checkpoint to write (atomically); the best epoch is kept.
+        The checkpoint to write (atomically); the best epoch is kept. A local path, or an fsspec URL
+        (``"s3://bucket/run/model.safetensors"``) with ``storage_options``: the run then writes into a local
+        temporary folder and, after each epoch's saves, uploads every finished file (checkpoint, side file,
+        ``log_dir``'s files) with one ``put`` each. An object store shows an object whole or not at all, so a
+        reader never sees half a checkpoint; a killed run leaves the last uploaded epoch's files there.
     resume, keep_state
         Continue from checkpoint ``resume``: its side file ``<resume>.train-state.safetensors`` restores the
         last epoch's weights, optimizer and schedule, so a run of 4 epochs equals a run of 2 resumed to 4. The
         side file is written after every epoch; a finished run deletes it unless ``keep_state=True``.
+        ``resume`` may be a URL (the checkpoint and its side file are downloaded first): ``out=URL,
+        resume=URL`` continues a killed run in object storage.
     device, precision
         ``"auto"``, ``"cpu"``, ``"cuda"``; ``"32"``, ``"bf16"`` (autocast) or ``"16"`` (GPU only).
     client
         A ``distributed.Client``: train with one DDP rank per worker (gloo on CPU, nccl on GPU).
     log_dir
-        Folder for ``metrics.csv`` (and TensorBoard when it is installed).
+        Folder for ``metrics.csv`` (and TensorBoard when it is installed), or a URL prefix (uploaded after each
+        epoch, as ``out``).
     progress
         A progress bar per epoch. Epoch summaries go to the ``geoarray.training`` logger at INFO level.
     readers, steps_per_epoch
         Background reader threads; an optional cap on steps per epoch.
+    storage_options
+        fsspec options of the ``out`` / ``resume`` / ``log_dir`` URLs (s3fs: ``{"key": ..., "secret": ...,
+        "client_kwargs": {"endpoint_url": ...}}``; without them the AWS environment variables or profile). Under
+        DDP each rank downloads ``resume`` itself and only rank 0 uploads. A cube in object storage is opened
+        with its own options (``open_cube(url, storage_options=...)``).
 
     Returns
     -------
-    pathlib.Path
-        The best checkpoint (written atomically).
+    pathlib.Path or str
+        The best checkpoint (written atomically): its path, or its URL (a str) when ``out`` is a URL.
 
     Raises
     ------
     TrainError
-        Before any work: bad options (named, with the expected range), paths that cannot be written, missing
+        Before any work: bad options (named, with the expected range), paths that cannot be written (URLs
+        included: a missing or read-only bucket; ``storage_options`` without a URL), missing
         labels, labels on another grid, labels that cannot train (float or bool, nodata everywhere, a single
         class, negative ids, ids beyond ``attrs["classes"]``), chips that don't fit, a model that does not fit
         the task (e.g. ``unet`` for ``"classification"``) or the cube's number of dates, class counts that
@@ -246,11 +261,13 @@ def fit(
     for key in ("out", "resume", "log_dir", "init"):
         if opts[key] is not None:
             opts[key] = str(opts[key])
+    if isinstance(storage_options, dict):
+        opts["storage_options"] = dict(storage_options)
     cfg = FitConfig(**opts)
     return run(cube, cfg, client=client)
 
 
-def run(cube: xr.Dataset, cfg: FitConfig, *, client: Any = None) -> Path:
+def run(cube: xr.Dataset, cfg: FitConfig, *, client: Any = None) -> Path | str:
     """Train with a ready :class:`FitConfig` (what :func:`fit` does after checking its options)."""
     from geoarray.cube import conform_cube
     from geoarray.training.prepare import _device, _labels_of, prepare
@@ -274,31 +291,24 @@ def run(cube: xr.Dataset, cfg: FitConfig, *, client: Any = None) -> Path:
 
 def _check_paths(cfg: FitConfig) -> None:
     """Paths that would fail only after training: refuse them before the first step."""
-    from geoarray._storage import is_url
     from geoarray.errors import TrainError
+    from geoarray.training.files import check_remote_paths
 
-    for key in ("out", "resume", "log_dir"):
-        value = getattr(cfg, key)
-        if value is not None and is_url(str(value)):
-            # Path("s3://b/m") would silently become a local folder "s3:"; the checkpoint, its resume file
-            # and metrics are written with atomic renames, which object stores do not have.
-            raise TrainError(
-                f"{key}={value!r} is a URL; fit writes {key} to a local path (with an atomic rename). Train "
-                "into a local file, then upload it (`fsspec.filesystem('s3', **opts).put(local, url)`): "
-                "predict and load_checkpoint read checkpoints from URLs with storage_options."
-            )
+    urls = check_remote_paths(cfg)  # URLs: the bucket is there and takes a write, resume= exists
     out = Path(cfg.out)
-    if out.is_dir():
-        raise TrainError(
-            f"out={cfg.out!r} is a directory; expected the path of a checkpoint file to write, e.g. "
-            f"{str(out / 'model.safetensors')!r}."
-        )
-    blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
-    if blocking is not None:
-        raise TrainError(f"out={cfg.out!r}: {str(blocking)!r} is a file, not a folder. Choose another path.")
-    if cfg.log_dir is not None and Path(cfg.log_dir).exists() and not Path(cfg.log_dir).is_dir():
+    if "out" not in urls:
+        if out.is_dir():
+            raise TrainError(
+                f"out={cfg.out!r} is a directory; expected the path of a checkpoint file to write, e.g. "
+                f"{str(out / 'model.safetensors')!r}."
+            )
+        blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+        if blocking is not None:
+            raise TrainError(f"out={cfg.out!r}: {str(blocking)!r} is a file, not a folder. Choose another path.")
+    log_dir = cfg.log_dir
+    if log_dir is not None and "log_dir" not in urls and Path(log_dir).exists() and not Path(log_dir).is_dir():
         raise TrainError(f"log_dir={cfg.log_dir!r} is a file; expected a folder for metrics.csv.")
-    if cfg.resume is not None and not Path(cfg.resume).is_file():
+    if cfg.resume is not None and "resume" not in urls and not Path(cfg.resume).is_file():
         raise TrainError(
             f"resume={cfg.resume!r} does not exist; expected the checkpoint of an earlier run (its side file "
             "<checkpoint>.train-state.safetensors, if there, restores the optimizer too)."

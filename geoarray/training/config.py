@@ -77,6 +77,7 @@ class FitConfig:
     readers: int = 2
     steps_per_epoch: int | None = None
     debug_ddp: bool = False
+    storage_options: dict[str, Any] | None = None  # fsspec options of out / resume / log_dir URLs
 
     def __post_init__(self) -> None:
         self.check()

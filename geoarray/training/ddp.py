@@ -271,7 +271,10 @@ def _free_workers(client: Any, workers: list[str]) -> None:
         log.warning("could not restart %s (%s); they are busy until the DDP timeout", workers, e)
 
 
-def fit_ddp(client: Any, cube: xr.Dataset, cfg: FitConfig, setup: Setup) -> Path:
-    """``fit(..., client=client)``: DDP training; returns rank 0's best checkpoint."""
+def fit_ddp(client: Any, cube: xr.Dataset, cfg: FitConfig, setup: Setup) -> Path | str:
+    """``fit(..., client=client)``: DDP training; returns rank 0's best checkpoint (a path, or its URL)."""
+    from geoarray._storage import is_url
+
     reports = run_ddp(client, cube, cfg, setup)
-    return Path(reports[0]["out"])
+    out = reports[0]["out"]
+    return out if is_url(out) else Path(out)

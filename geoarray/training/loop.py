@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import time
@@ -16,6 +15,7 @@ import xarray as xr
 from geoarray.errors import TrainError
 from geoarray.training import state
 from geoarray.training.config import FitConfig
+from geoarray.training.files import MetricsLog, RunFiles
 from geoarray.training.prepare import Setup, _device, seeded_torch
 from geoarray.training.protocols import load_encoder
 
@@ -43,6 +43,9 @@ class Trainer:
         from geoarray.chips import ChipStream
         from geoarray.models import create_model
 
+        self.files = RunFiles(cfg, rank=rank)  # URLs: a local working folder, uploaded after each save
+        self.shown = cfg.resume  # resume= as the caller gave it, for messages
+        cfg = self.files.cfg
         self.cube, self.cfg, self.setup, self.rank, self.world = cube, cfg, setup, rank, world
         self.device = _device(cfg.device)
         with seeded_torch(cfg.seed, self.device):
@@ -155,7 +158,15 @@ class Trainer:
         return batch
 
     # -- the loop --------------------------------------------------------------------------------------
-    def run(self) -> Path:
+    def run(self) -> Path | str:
+        """Train; returns the best checkpoint: its path, or the URL it was uploaded to."""
+        try:
+            self._run()
+        finally:
+            self.files.close()
+        return self.files.result
+
+    def _run(self) -> None:
         out = Path(self.cfg.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         patience = 0
@@ -178,6 +189,7 @@ class Trainer:
                 if saved and self.start_epoch == 0 and self.rank == 0:
                     out.unlink(missing_ok=True)  # an earlier epoch of a run that then failed: not a result
                     state.state_path(out).unlink(missing_ok=True)
+                    self.files.publish()
                 raise
             if self.rank == 0:
                 metrics = self.validate() if self.setup.plan.val else {"score": -train_loss}
@@ -197,6 +209,7 @@ class Trainer:
                 self.log.write(row)
                 if self.log.dir is not None:
                     self.setup.task.log_epoch(self.log.dir, epoch + 1)
+                self.files.publish()  # object storage: this epoch's finished files, one put each
                 self.history.append(row)
                 log.info("epoch %d/%d %s", epoch + 1, self.cfg.epochs, _fmt(row))
                 if self.plateau is not None and not math.isnan(score):
@@ -206,7 +219,7 @@ class Trainer:
                 break
         if self.rank == 0 and not self.cfg.keep_state:
             state.state_path(out).unlink(missing_ok=True)
-        return out
+            self.files.publish()
 
     def _broadcast_stop(self, stop: bool) -> bool:
         if self.world == 1:
@@ -320,10 +333,15 @@ class Trainer:
         made = read_metadata(path)["model"]
         if made.get("name") != self.model.name:
             raise TrainError(
-                f"resume={path!r} holds a {made.get('name')!r} model, but this run builds {self.cfg.model!r}. "
+                f"resume={self.shown!r} holds a {made.get('name')!r} model, but this run builds {self.cfg.model!r}. "
                 f"Resume with model={made.get('name')!r} and the same model_kwargs, or drop resume= to start anew."
             )
-        st = state.load_state(path)
+        try:
+            st = state.load_state(path)
+        except TrainError as e:  # a URL's side file was downloaded: name the object, not the working copy
+            if path == self.shown:
+                raise
+            raise TrainError(str(e).replace(path, str(self.shown))) from None
         try:
             if st is not None:
                 self.net.load_state_dict(st.weights)  # with the task's heads (an SSL projector)
@@ -333,20 +351,20 @@ class Trainer:
                 self.model.load_state_dict(ck.model.state_dict())
                 self.start_epoch = int(ck.meta.get("training", {}).get("epoch", 0))
                 self.best = float(ck.meta.get("training", {}).get("best_metric") or -math.inf)
-                log.info("no resume file beside %s: continuing from its best epoch, with a fresh optimizer", path)
+                log.info("no resume file beside %s: continuing from its best epoch, with a fresh optimizer", self.shown)
         except RuntimeError as e:  # shapes differ: other bands, classes or hparams
             first = str(e).strip().splitlines()[-1].strip()
             raise TrainError(
-                f"resume={path!r} was trained with {made.get('name')!r} {made.get('hparams')}, which does not fit "
+                f"resume={self.shown!r} was trained with {made.get('name')!r} {made.get('hparams')}, which does not fit "
                 f"this run's {self.cfg.model!r} {self.setup.model_kwargs} ({first}). Resume with the same bands, "
                 "classes and model_kwargs, or drop resume= to start anew."
             ) from None
         if self.start_epoch >= self.cfg.epochs:
             raise TrainError(
-                f"resume={path!r} reached epoch {self.start_epoch}, and epochs={self.cfg.epochs}: nothing is left "
+                f"resume={self.shown!r} reached epoch {self.start_epoch}, and epochs={self.cfg.epochs}: nothing is left "
                 f"to train. Pass epochs greater than {self.start_epoch} to train further."
             )
-        log.info("resuming from %s at epoch %d", path, self.start_epoch + 1)
+        log.info("resuming from %s at epoch %d", self.shown, self.start_epoch + 1)
         return st
 
 
@@ -363,39 +381,6 @@ def _fmt(row: dict[str, Any]) -> str:
     return " ".join(
         f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items() if k != "epoch"
     )
-
-
-class MetricsLog:
-    """Per-epoch metrics to CSV (and TensorBoard when it is installed)."""
-
-    def __init__(self, log_dir: str | None) -> None:
-        self.dir = Path(log_dir) if log_dir else None
-        self.rows: list[dict[str, Any]] = []
-        self.tb: Any = None
-        if self.dir:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # the tensorboard package is optional; metrics.csv is always written
-                log.debug("tensorboard is not installed: metrics go to metrics.csv only")
-            else:
-                self.tb = SummaryWriter(str(self.dir))
-
-    def write(self, row: dict[str, Any]) -> None:
-        self.rows.append(row)
-        if not self.dir:
-            return
-        path = self.dir / "metrics.csv"
-        keys = list(dict.fromkeys(k for r in self.rows for k in r))
-        with open(path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=keys)
-            w.writeheader()
-            w.writerows(self.rows)
-        if self.tb is not None:
-            for k, v in row.items():
-                if isinstance(v, (int, float)) and k != "epoch" and math.isfinite(float(v)):
-                    self.tb.add_scalar(k, v, row["epoch"])
-            self.tb.flush()
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
