@@ -35,7 +35,7 @@ def normalize_fill(
         if _stays_finite(x.dtype, m, s, scale):  # e.g. uint16 reflectance: no NaN to look for
             ok = np.ones(tuple(n for i, n in enumerate(z.shape) if i != band_axis % z.ndim), dtype=bool)
         else:
-            ok = np.isfinite(z).all(axis=band_axis)
+            ok = np.asarray(np.isfinite(z).all(axis=band_axis))
         if valid is not None:
             ok &= valid.astype(bool)
         if not ok.all():
