@@ -170,14 +170,19 @@ class _PixelPool:
             for a in self.cols.values():
                 a[: self.hi - self.lo] = a[self.lo : self.hi]
             self.lo, self.hi = 0, self.hi - self.lo
-        row = {"x": ((t, c), np.float32), "valid": ((t,), np.bool_), "dates": ((t,), np.float32), "y": ((), np.int64)}
+        row = {
+            "x": ((t, c), np.float32),
+            "valid": ((t,), np.bool_),
+            "dates": ((t,), np.float32),
+            "y": ((), np.int64),
+        }
         need = self.hi + k
         for key, (shape, dtype) in row.items():
             a = self.cols.get(key, np.empty((0, *shape), dtype))
             if a.shape[1:] != shape:  # windows of another date count: only a stream of mixed windows
                 raise ValueError(f"pixel series of {t} dates after series of {a.shape[1]} in one stream")
             if len(a) < need:
-                grown = np.empty((max(need, 2 * len(a)), *shape), dtype)
+                grown: np.ndarray = np.empty((max(need, 2 * len(a)), *shape), dtype)
                 grown[: self.hi] = a[: self.hi]
                 a = grown
             self.cols[key] = a

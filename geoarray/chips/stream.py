@@ -229,12 +229,11 @@ class ChipStream:
             ys, xs = slice(w.y - b.y0, w.y - b.y0 + w.size), slice(w.x - b.x0, w.x - b.x0 + w.size)
             tpos = [block["times"].index(t) for t in w.t]
             lt = lab[..., ys, xs] if lab is not None else None
-            if lt is not None and lt.ndim == 3:  # labels(time, y, x): a pixel series takes the last date's label
+            if lt is not None and lt.ndim == 3:  # labels(time, y, x): a series takes the last date's label
                 lt = lt[tpos[-1]]
-            if block["ok"] is None:
-                usable = np.ones((ys.stop - ys.start, xs.stop - xs.start), dtype=bool)
-            else:
-                usable = _take_times(block["ok"][:, ys, xs], tpos).any(0)
+            usable = np.ones((ys.stop - ys.start, xs.stop - xs.start), dtype=bool)
+            if block["ok"] is not None:  # valid (and finite) on some date
+                usable &= _take_times(block["ok"][:, ys, xs], tpos).any(0)
             if lt is not None:
                 usable &= lt != self._nodata
             idx = np.flatnonzero(usable.ravel())
