@@ -164,31 +164,25 @@ class _PixelPool:
     def __len__(self) -> int:
         return self.hi - self.lo
 
-    def reserve(self, k: int, t: int, c: int) -> dict[str, np.ndarray]:
-        """Room for ``k`` more rows of series of ``t`` dates and ``c`` bands; returns the ``k`` new rows."""
+    def add(self, rows: dict[str, np.ndarray]) -> None:
+        """Append rows (each column's rows, as :meth:`ChipStream._pixel_rows` makes them)."""
         if self.lo:  # unshuffled: drop the rows already taken
             for a in self.cols.values():
                 a[: self.hi - self.lo] = a[self.lo : self.hi]
             self.lo, self.hi = 0, self.hi - self.lo
-        row = {
-            "x": ((t, c), np.float32),
-            "valid": ((t,), np.bool_),
-            "dates": ((t,), np.float32),
-            "y": ((), np.int64),
-        }
+        k = len(rows["y"])
         need = self.hi + k
-        for key, (shape, dtype) in row.items():
-            a = self.cols.get(key, np.empty((0, *shape), dtype))
-            if a.shape[1:] != shape:  # windows of another date count: only a stream of mixed windows
-                raise ValueError(f"pixel series of {t} dates after series of {a.shape[1]} in one stream")
+        for key, new in rows.items():
+            a = self.cols.get(key, new[:0])
+            if a.shape[1:] != new.shape[1:]:  # windows of another date count: only a stream of mixed windows
+                raise ValueError(f"pixel rows {new.shape[1:]} after rows {a.shape[1:]} in one stream")
             if len(a) < need:
-                grown: np.ndarray = np.empty((max(need, 2 * len(a)), *shape), dtype)
+                grown: np.ndarray = np.empty((max(need, 2 * len(a)), *new.shape[1:]), new.dtype)
                 grown[: self.hi] = a[: self.hi]
                 a = grown
+            a[self.hi : need] = new
             self.cols[key] = a
-        new = {key: a[self.hi : need] for key, a in self.cols.items()}
         self.hi = need
-        return new
 
     def draw(self, n: int, shuffle: bool, rng: np.random.Generator, bufs: _BatchBuffers) -> Batch:
         """The next batch of ``n`` rows, copied into ``bufs`` (then removed from the pool)."""

@@ -213,18 +213,29 @@ class ChipStream:
                 out.append((xi, y, doy, None, oki))
         return out
 
-    def _pixel_samples(self, block: dict[str, Any], pool: _PixelPool, rng: np.random.Generator) -> None:
-        """Every window of the block: up to ``pixels_per_window`` of its usable pixels (valid on some date, and
-        labelled when the stream has labels), uniform without replacement, appended to ``pool`` as whole arrays.
+    def _read_pixels(self, bi: int, epoch: int) -> dict[str, np.ndarray]:
+        """Read block ``bi`` and sample its windows' pixels, in the reader thread (the block is still in cache,
+        and the step's thread only appends and draws). The draw within the windows is seeded by
+        ``(seed, epoch, bi)``: the same under a seed whatever order the reader threads finish in."""
+        block = self._read(bi)
+        block["bi"] = bi
+        return self._pixel_rows(block, np.random.default_rng((self.seed, epoch, bi)))
 
-        A window's pixels are gathered in block order (cache friendly; the pool draws its batches at random)
-        and normalised with the band on the outer axis, so every numpy loop runs along the pixels."""
+    def _pixel_rows(self, block: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Every window of the block: up to ``pixels_per_window`` of its usable pixels (valid on some date, and
+        labelled when the stream has labels), uniform without replacement, as rows of whole arrays: ``x``
+        ``(N, T, C)`` normalised series (0 on unusable dates), ``valid`` ``(N, T)``, ``dates`` ``(N, T)``
+        and ``y`` ``(N,)`` (``IGNORE`` without labels).
+
+        A window's pixels are gathered in block order (cache friendly; the pool draws batches at random) and
+        normalised with the band on the outer axis, so every numpy loop runs along the pixels."""
         b: Rect = block["rect"]
         lab = block["labels"]
         raw = np.ascontiguousarray(block["x"])  # (Tb, C, H, W)
         tb, c, _, width = raw.shape
         rows = raw.reshape(tb, c, -1)  # one row of pixels per date and band
         ok_rows = None if block["ok"] is None else block["ok"].reshape(tb, -1)
+        picks = []
         for w in self._by_block[block["bi"]]:
             ys, xs = slice(w.y - b.y0, w.y - b.y0 + w.size), slice(w.x - b.x0, w.x - b.x0 + w.size)
             tpos = [block["times"].index(t) for t in w.t]
@@ -239,27 +250,38 @@ class ChipStream:
             idx = np.flatnonzero(usable.ravel())
             if idx.size > self.pixels_per_window:
                 idx = np.sort(rng.choice(idx, self.pixels_per_window, replace=False))
-            n = idx.size
-            if n == 0:
-                continue
             iy, ix = np.divmod(idx, usable.shape[1])
-            flat = (iy + ys.start) * width + (ix + xs.start)  # the pixels' places in the block's rows
-            series = np.empty((len(tpos), c, n), dtype=np.float32)
+            picks.append((w, tpos, iy, ix, lt, (iy + ys.start) * width + (ix + xs.start)))
+        t = len(picks[0][1]) if picks else 0
+        if any(len(p[1]) != t for p in picks):
+            raise ValueError(f"pixel windows of {sorted({len(p[1]) for p in picks})} dates in one read block")
+        total = sum(len(p[2]) for p in picks)
+        out = {
+            "x": np.empty((total, t, c), np.float32),
+            "valid": np.ones((total, t), bool),
+            "dates": np.empty((total, t), np.float32),
+            "y": np.empty(total, np.int64),
+        }
+        at = 0
+        for w, tpos, iy, ix, lt, flat in picks:
+            n = len(flat)
+            sl = slice(at, at + n)
+            at += n
+            series = np.empty((t, c, n), dtype=np.float32)
             self._norm.into(series, _take_times(np.take(rows, flat, axis=2), tpos), band_axis=-2)
-            new = pool.reserve(n, len(tpos), c)
-            if ok_rows is None:
-                new["valid"][:] = True
-            else:
+            if ok_rows is not None:
                 valid = _take_times(np.take(ok_rows, flat, axis=1), tpos)  # (T, n)
                 np.copyto(series, 0, where=~valid[:, None, :])  # unusable dates are 0 on every band
-                new["valid"][:] = valid.T
-            new["x"][:] = series.transpose(2, 0, 1)
-            new["dates"][:] = self._doy[list(w.t)]
-            new["y"][:] = IGNORE if lt is None else lt[iy, ix]
+                out["valid"][sl] = valid.T
+            out["x"][sl] = series.transpose(2, 0, 1)
+            out["dates"][sl] = self._doy[list(w.t)]
+            out["y"][sl] = IGNORE if lt is None else lt[iy, ix]
+        return out
 
     # -- iteration -----------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Batch]:
-        rng = np.random.default_rng((self.seed, self.epoch))
+        epoch = self.epoch
+        rng = np.random.default_rng((self.seed, epoch))
         self.epoch += 1
         order = list(self._by_block)
         if self.shuffle:
@@ -277,18 +299,21 @@ class ChipStream:
             ThreadPoolExecutor(FILL_THREADS, thread_name_prefix="geoarray-fill") as fill_pool,
         ):
             # bounded prefetch: keep `readers + 1` block reads in flight
-            futures = [pool.submit(self._read, bi) for bi in order[: self.readers + 1]]
+            def read(bi: int) -> Any:  # pixel streams sample their rows in the reader thread too
+                return pool.submit(self._read_pixels, bi, epoch) if pixels else pool.submit(self._read, bi)
+
+            futures = [read(bi) for bi in order[: self.readers + 1]]
             nxt = len(futures)
             for i in range(len(order)):
-                block = futures[i].result()
-                futures[i] = None  # type: ignore[call-overload]
+                block: dict[str, Any] = futures[i].result()
+                futures[i] = None
                 if nxt < len(order):
-                    futures.append(pool.submit(self._read, order[nxt]))
+                    futures.append(read(order[nxt]))
                     nxt += 1
-                block["bi"] = order[i]
                 if isinstance(buf, _PixelPool):
-                    self._pixel_samples(block, buf, rng)
+                    buf.add(block)  # the block's pixel rows, sampled in the reader thread
                 else:
+                    block["bi"] = order[i]
                     buf.extend(self._samples(block, rng))
                 while len(buf) >= self.batch_size + cap:
                     yield self._emit(buf, rng, ring[k % 2], pool=fill_pool)
