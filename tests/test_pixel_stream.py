@@ -168,3 +168,18 @@ def test_pixel_rows_without_labels_are_ignored_targets(cube):
     ids, _, valid, _, y, _ = _rows(s)
     _, ok, _, _ = _truth(cube)
     assert len(ids) == ok.any(0).sum() and (y == IGNORE).all() and valid.any(1).all()
+
+
+def test_pixel_windows_of_different_date_counts_are_refused_before_any_read(cube):
+    from dataclasses import replace
+
+    from geoarray.errors import TrainError
+
+    plan = plan_chips(cube, chip_size=CHIP, times="all", val_fraction=0.0)
+    windows = [replace(w, t=w.t[:2]) if i % 2 else w for i, w in enumerate(plan.train)]
+    with pytest.raises(TrainError, match=r"pixel windows with \[2, 3\] dates in one stream.*times='all'"):
+        ChipStream(
+            cube, windows, plan, bands=list(cube.band.values), mean=[0.0] * 4, std=[1.0] * 4, kind="pixels"
+        )
+    # chips of different date counts stay allowed (each is its own sample)
+    ChipStream(cube, windows, plan, bands=list(cube.band.values), mean=[0.0] * 4, std=[1.0] * 4, kind="chip")

@@ -173,9 +173,7 @@ class _PixelPool:
         k = len(rows["y"])
         need = self.hi + k
         for key, new in rows.items():
-            a = self.cols.get(key, new[:0])
-            if a.shape[1:] != new.shape[1:]:  # windows of another date count: only a stream of mixed windows
-                raise ValueError(f"pixel rows {new.shape[1:]} after rows {a.shape[1:]} in one stream")
+            a = self.cols.get(key, new[:0])  # rows of one shape: ChipStream refuses mixed date counts
             if len(a) < need:
                 grown: np.ndarray = np.empty((max(need, 2 * len(a)), *new.shape[1:]), new.dtype)
                 grown[: self.hi] = a[: self.hi]

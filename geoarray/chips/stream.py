@@ -19,6 +19,7 @@ from geoarray._preprocess import date_features
 from geoarray.chips._batch import FILL_THREADS, Batch, _BatchBuffers, _Norm, _PixelPool
 from geoarray.chips.filters import label_nodata
 from geoarray.chips.plan import ChipPlan, Rect, Window, _take_times
+from geoarray.errors import TrainError
 
 __all__ = ["Batch", "ChipStream"]
 
@@ -104,6 +105,12 @@ class ChipStream:
         # what each block's read covers: the block, plus the neighbour strips its random windows reach into
         self._extent = {bi: plan.extent(bi, ws) for bi, ws in self._by_block.items()}
         self._norm = _Norm(self.mean, self.std, self.scale)
+        lengths = sorted({len(w.t) for w in self.windows})
+        if kind == "pixels" and len(lengths) > 1:
+            raise TrainError(
+                f"pixel windows with {lengths} dates in one stream; a pixel batch stacks series of one "
+                "length. Plan the windows with one set of dates (times='all', as fit does)."
+            )
 
     def __len__(self) -> int:
         full, rest = divmod(self.num_samples, self.batch_size)
@@ -252,9 +259,7 @@ class ChipStream:
                 idx = np.sort(rng.choice(idx, self.pixels_per_window, replace=False))
             iy, ix = np.divmod(idx, usable.shape[1])
             picks.append((w, tpos, iy, ix, lt, (iy + ys.start) * width + (ix + xs.start)))
-        t = len(picks[0][1]) if picks else 0
-        if any(len(p[1]) != t for p in picks):
-            raise ValueError(f"pixel windows of {sorted({len(p[1]) for p in picks})} dates in one read block")
+        t = len(picks[0][1]) if picks else 0  # one date count in a pixel stream (checked in __init__)
         total = sum(len(p[2]) for p in picks)
         out = {
             "x": np.empty((total, t, c), np.float32),
