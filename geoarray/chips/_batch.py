@@ -152,10 +152,8 @@ class _PixelPool:
     Columns: ``x`` ``(N, T, C)`` normalised series, ``valid`` ``(N, T)``, ``dates`` ``(N, T)`` and ``y`` ``(N,)``.
     Live rows are ``[lo, hi)``. A shuffled stream draws each batch uniformly without replacement from all live
     rows (one vectorised draw, in random order) and moves the last rows into the holes; an unshuffled stream
-    takes the first rows in order. The columns grow by doubling and are reused across blocks and epochs.
+    takes the first rows in order. The columns grow by doubling; one pool serves one epoch.
     """
-
-    KEYS = ("x", "valid", "dates", "y")
 
     def __init__(self) -> None:
         self.cols: dict[str, np.ndarray] = {}
