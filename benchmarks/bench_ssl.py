@@ -13,6 +13,10 @@ pixels, two views of 8 valid dates each) and the same number of optimizer steps:
 Pixels/s = steps x batch / seconds. Goal: geoarray / plain >= 0.9. Then the peak RSS of geoarray's fit on a
 cube 1x and 4x the area (separate processes, the same number of steps): goal ratio <= 1.2.
 
+Where geoarray's extra time goes, the stream alone (no model): CPU per batch of its main thread (sampling,
+normalising, batch assembly: what adds onto each step) and of the whole process (the block reads, zarr decoding
+in the reader threads, included), the best of a few epochs.
+
     .venv/bin/python benchmarks/bench_ssl.py [--size 256] [--steps 60]
 """
 
@@ -112,6 +116,36 @@ def plain_run(store, steps: int, epochs: int, threads: int) -> list[float]:
     return times
 
 
+def stream_cost(store, epochs: int = 4) -> tuple[float, float]:
+    """The pixel stream as fit builds it, without a model: (main-thread, whole-process) CPU ms per batch."""
+    import geoarray
+    from geoarray.chips import ChipStream, plan_chips
+
+    cube = geoarray.open_cube(store)
+    plan = plan_chips(cube, chip_size=32, times="all", val_fraction=0.0)
+    n = cube.sizes["band"]
+    s = ChipStream(
+        cube,
+        plan.train,
+        plan,
+        bands=list(cube.band.values),
+        mean=[0.0] * n,
+        std=[1.0] * n,
+        kind="pixels",
+        labels=None,
+        batch_size=BATCH,
+        pixels_per_window=256,
+        min_batch=2,
+    )
+    main_ms, all_ms = [], []
+    for _ in range(epochs):
+        t, p = time.thread_time(), time.process_time()
+        k = sum(1 for _ in s)
+        main_ms.append((time.thread_time() - t) * 1e3 / k)
+        all_ms.append((time.process_time() - p) * 1e3 / k)
+    return min(main_ms), min(all_ms)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=256, help="base cube side (the 4x cube is twice as wide)")
@@ -134,6 +168,11 @@ def main() -> None:
     print(f"  geoarray fit (Zarr stream) : {g:9.0f} pixels/s")
     print(f"  plain loop (numpy in RAM)  : {p:9.0f} pixels/s")
     print(f"B6 throughput ratio geoarray/plain: {g / p:.2f} (target >= 0.9)")
+    main_ms, all_ms = stream_cost(small)
+    print(
+        f"  stream alone, CPU per batch of {BATCH}: main thread {main_ms:.2f} ms, "
+        f"all threads (block reads included) {all_ms:.2f} ms"
+    )
     gb = geoarray_run(big, args.steps, args.epochs, args.threads)
     print(f"  peak RSS {args.size}²: {ga['peak_mb']:.0f} MB   {2 * args.size}² (4x): {gb['peak_mb']:.0f} MB")
     print(f"B6 peak RSS ratio 4x/base: {gb['peak_mb'] / ga['peak_mb']:.2f} (target <= 1.2)")

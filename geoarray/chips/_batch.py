@@ -63,7 +63,7 @@ class _BatchBuffers:
         x = self._get("x", (n, *picks[0][0].shape), np.float32)
         has_y = picks[0][1] is not None
         y = self._get("y", (n, *np.shape(picks[0][1])), np.int64) if has_y else None
-        norm = stream._norm if stream.kind != "pixels" else None  # pixel series come normalised
+        norm = stream._norm
         aug = (
             _draw_augment(n, x.shape[-3], rng)
             if stream.augment and stream.kind in ("image", "sequence", "chip")
@@ -73,13 +73,11 @@ class _BatchBuffers:
         def put(lo: int, hi: int) -> None:
             for i in range(lo, hi):
                 p = picks[i]
-                if norm is None:
-                    x[i] = p[0]
-                else:  # the raw chip, normalised straight into its slot; unusable pixels 0 on every band
-                    norm.into(x[i], p[0], band_axis=-3)
-                    ok = p[4]
-                    if ok is not None and not ok.all():
-                        np.moveaxis(x[i], -3, -1)[~ok] = 0
+                # the raw chip, normalised straight into its slot; unusable pixels 0 on every band
+                norm.into(x[i], p[0], band_axis=-3)
+                ok = p[4]
+                if ok is not None and not ok.all():
+                    np.moveaxis(x[i], -3, -1)[~ok] = 0
                 if y is not None:
                     y[i] = p[1]
                 if aug is not None:
@@ -87,11 +85,7 @@ class _BatchBuffers:
 
         # Memory-bound numpy work that releases the GIL: the batch is filled in FILL_THREADS parts at once
         # (zarr decodes the next blocks meanwhile in its own thread).
-        if stream.kind == "pixels":  # rows of T x C values: one C-level copy, no thread handoff per row
-            np.stack([p[0] for p in picks], out=x)
-            if y is not None:
-                y[:] = [p[1] for p in picks]
-        elif pool is None or n < 2 * FILL_THREADS:
+        if pool is None or n < 2 * FILL_THREADS:
             put(0, n)
         else:
             cuts = np.linspace(0, n, FILL_THREADS + 1).astype(int)
@@ -100,9 +94,9 @@ class _BatchBuffers:
         xt = torch.from_numpy(x)
         yt = torch.from_numpy(y) if y is not None else None
         dates = valid = None
-        if stream.kind in ("sequence", "pixels"):
+        if stream.kind == "sequence":
             dates = torch.from_numpy(np.stack([p[2] for p in picks]).astype(np.float32))
-        if stream.kind == "pixels" or picks[0][3] is not None:  # pixel validity, multi-date chip fractions
+        if picks[0][3] is not None:  # multi-date chip fractions (pixel batches come from _PixelPool.draw)
             valid = torch.from_numpy(np.stack([p[3] for p in picks]))
         return Batch(xt, yt, dates, valid)
 
@@ -150,3 +144,63 @@ def _augment_one(
     if y is not None and y.ndim >= 3:
         yi = np.rot90(y[i], k, axes=(-2, -1))
         y[i] = yi[..., ::-1] if flip else yi
+
+
+class _PixelPool:
+    """The pixel stream's shuffle buffer: one row per pixel sample in a few column arrays, drawn a batch at a time.
+
+    Columns: ``x`` ``(N, T, C)`` normalised series, ``valid`` ``(N, T)``, ``dates`` ``(N, T)`` and ``y`` ``(N,)``.
+    Live rows are ``[lo, hi)``. A shuffled stream draws each batch uniformly without replacement from all live
+    rows (one vectorised draw, in random order) and moves the last rows into the holes; an unshuffled stream
+    takes the first rows in order. The columns grow by doubling; one pool serves one epoch.
+    """
+
+    def __init__(self) -> None:
+        self.cols: dict[str, np.ndarray] = {}
+        self.lo = self.hi = 0
+
+    def __len__(self) -> int:
+        return self.hi - self.lo
+
+    def add(self, rows: dict[str, np.ndarray]) -> None:
+        """Append rows (each column's rows, as :meth:`ChipStream._pixel_rows` makes them)."""
+        if self.lo:  # unshuffled: drop the rows already taken
+            for a in self.cols.values():
+                a[: self.hi - self.lo] = a[self.lo : self.hi]
+            self.lo, self.hi = 0, self.hi - self.lo
+        k = len(rows["y"])
+        need = self.hi + k
+        for key, new in rows.items():
+            a = self.cols.get(key, new[:0])  # rows of one shape: ChipStream refuses mixed date counts
+            if len(a) < need:
+                grown: np.ndarray = np.empty((max(need, 2 * len(a)), *new.shape[1:]), new.dtype)
+                grown[: self.hi] = a[: self.hi]
+                a = grown
+            a[self.hi : need] = new
+            self.cols[key] = a
+        self.hi = need
+
+    def draw(self, n: int, shuffle: bool, rng: np.random.Generator, bufs: _BatchBuffers) -> Batch:
+        """The next batch of ``n`` rows, copied into ``bufs`` (then removed from the pool)."""
+        import torch
+
+        n = min(n, len(self))
+        out = {k: bufs._get(k, (n, *a.shape[1:]), a.dtype) for k, a in self.cols.items()}
+        if not shuffle:
+            for k, a in self.cols.items():
+                out[k][:] = a[self.lo : self.lo + n]
+            self.lo += n
+        else:
+            idx = rng.choice(self.hi, n, replace=False)  # uniform, no replacement, in random order
+            for k, a in self.cols.items():
+                np.take(a, idx, axis=0, out=out[k])
+            # the rows past the new end that were not drawn fill the drawn rows' places before it
+            end = self.hi - n
+            holes = idx[idx < end]
+            keep = np.ones(n, dtype=bool)
+            keep[idx[idx >= end] - end] = False
+            fill = end + np.flatnonzero(keep)
+            for a in self.cols.values():
+                a[holes] = a[fill]
+            self.hi = end
+        return Batch(*(torch.from_numpy(out[k]) for k in ("x", "y", "dates", "valid")))

@@ -16,9 +16,10 @@ import xarray as xr
 
 from geoarray._constants import IGNORE
 from geoarray._preprocess import date_features
-from geoarray.chips._batch import FILL_THREADS, Batch, _BatchBuffers, _Norm
+from geoarray.chips._batch import FILL_THREADS, Batch, _BatchBuffers, _Norm, _PixelPool
 from geoarray.chips.filters import label_nodata
 from geoarray.chips.plan import ChipPlan, Rect, Window, _take_times
+from geoarray.errors import TrainError
 
 __all__ = ["Batch", "ChipStream"]
 
@@ -104,6 +105,12 @@ class ChipStream:
         # what each block's read covers: the block, plus the neighbour strips its random windows reach into
         self._extent = {bi: plan.extent(bi, ws) for bi, ws in self._by_block.items()}
         self._norm = _Norm(self.mean, self.std, self.scale)
+        lengths = sorted({len(w.t) for w in self.windows})
+        if kind == "pixels" and len(lengths) > 1:
+            raise TrainError(
+                f"pixel windows with {lengths} dates in one stream; a pixel batch stacks series of one "
+                "length. Plan the windows with one set of dates (times='all', as fit does)."
+            )
 
     def __len__(self) -> int:
         full, rest = divmod(self.num_samples, self.batch_size)
@@ -192,9 +199,6 @@ class ChipStream:
             x = _take_times(block["x"][:, :, ys, xs], tpos)  # (T, C, h, w): a raw view into the block
             ok = None if block["ok"] is None else _take_times(block["ok"][:, ys, xs], tpos)  # (T, h, w)
             doy = self._doy[list(w.t)]
-            if self.kind == "pixels":
-                out.extend(self._pixel_samples(block, w, x, ys, xs, doy, rng))
-                continue
             one = self.kind == "image" or (self.kind == "chip" and len(tpos) == 1)
             xi, oki = (x[0], None if ok is None else ok[0]) if one else (x, ok)
             if self.kind == "chip":
@@ -216,48 +220,80 @@ class ChipStream:
                 out.append((xi, y, doy, None, oki))
         return out
 
-    def _pixel_samples(
-        self,
-        block: dict[str, Any],
-        w: Window,
-        x: np.ndarray,
-        ys: slice,
-        xs: slice,
-        doy: np.ndarray,
-        rng: np.random.Generator,
-    ) -> list[tuple[Any, ...]]:
-        tpos = [block["times"].index(t) for t in w.t]
-        if block["ok"] is None:
-            ok = np.ones((len(tpos), ys.stop - ys.start, xs.stop - xs.start), dtype=bool)
-        else:
-            ok = _take_times(block["ok"][:, ys, xs], tpos)  # (T, h, w)
+    def _read_pixels(self, bi: int, epoch: int) -> dict[str, np.ndarray]:
+        """Read block ``bi`` and sample its windows' pixels, in the reader thread (the block is still in cache,
+        and the step's thread only appends and draws). The draw within the windows is seeded by
+        ``(seed, epoch, bi)``: the same under a seed whatever order the reader threads finish in."""
+        block = self._read(bi)
+        block["bi"] = bi
+        return self._pixel_rows(block, np.random.default_rng((self.seed, epoch, bi)))
+
+    def _pixel_rows(self, block: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Every window of the block: up to ``pixels_per_window`` of its usable pixels (valid on some date, and
+        labelled when the stream has labels), uniform without replacement, as rows of whole arrays: ``x``
+        ``(N, T, C)`` normalised series (0 on unusable dates), ``valid`` ``(N, T)``, ``dates`` ``(N, T)``
+        and ``y`` ``(N,)`` (``IGNORE`` without labels).
+
+        A window's pixels are gathered in block order (cache friendly; the pool draws batches at random) and
+        normalised with the band on the outer axis, so every numpy loop runs along the pixels."""
+        b: Rect = block["rect"]
         lab = block["labels"]
-        lt = lab[..., ys, xs] if lab is not None else None
-        if lt is not None and lt.ndim == 3:  # labels(time, y, x): a pixel series takes the last date's label
-            lt = lt[tpos[-1]]
-        usable = ok.any(0)
-        if lt is not None:
-            usable &= lt != self._nodata
-        idx = np.flatnonzero(usable.ravel())
-        if idx.size > self.pixels_per_window:
-            idx = rng.choice(idx, self.pixels_per_window, replace=False)
-        t, c = x.shape[:2]
-        raw = x.reshape(t, c, -1)[:, :, idx].transpose(2, 0, 1)  # (n, T, C)
-        valid = ok.reshape(t, -1)[:, idx].T
-        series = np.empty(raw.shape, dtype=np.float32)  # normalised here, all at once (not per pixel)
-        self._norm.into(series, raw, band_axis=-1)
-        series[~valid] = 0
-        labels = lt.ravel()[idx].astype(np.int64) if lt is not None else np.full(idx.size, IGNORE)
-        return [(series[i], labels[i], doy, valid[i], None) for i in range(idx.size)]
+        raw = np.ascontiguousarray(block["x"])  # (Tb, C, H, W)
+        tb, c, _, width = raw.shape
+        rows = raw.reshape(tb, c, -1)  # one row of pixels per date and band
+        ok_rows = None if block["ok"] is None else block["ok"].reshape(tb, -1)
+        picks = []
+        for w in self._by_block[block["bi"]]:
+            ys, xs = slice(w.y - b.y0, w.y - b.y0 + w.size), slice(w.x - b.x0, w.x - b.x0 + w.size)
+            tpos = [block["times"].index(t) for t in w.t]
+            lt = lab[..., ys, xs] if lab is not None else None
+            if lt is not None and lt.ndim == 3:  # labels(time, y, x): a series takes the last date's label
+                lt = lt[tpos[-1]]
+            usable = np.ones((ys.stop - ys.start, xs.stop - xs.start), dtype=bool)
+            if block["ok"] is not None:  # valid (and finite) on some date
+                usable &= _take_times(block["ok"][:, ys, xs], tpos).any(0)
+            if lt is not None:
+                usable &= lt != self._nodata
+            idx = np.flatnonzero(usable.ravel())
+            if idx.size > self.pixels_per_window:
+                idx = np.sort(rng.choice(idx, self.pixels_per_window, replace=False))
+            iy, ix = np.divmod(idx, usable.shape[1])
+            picks.append((w, tpos, iy, ix, lt, (iy + ys.start) * width + (ix + xs.start)))
+        t = len(picks[0][1]) if picks else 0  # one date count in a pixel stream (checked in __init__)
+        total = sum(len(p[2]) for p in picks)
+        out = {
+            "x": np.empty((total, t, c), np.float32),
+            "valid": np.ones((total, t), bool),
+            "dates": np.empty((total, t), np.float32),
+            "y": np.empty(total, np.int64),
+        }
+        at = 0
+        for w, tpos, iy, ix, lt, flat in picks:
+            n = len(flat)
+            sl = slice(at, at + n)
+            at += n
+            series = np.empty((t, c, n), dtype=np.float32)
+            self._norm.into(series, _take_times(np.take(rows, flat, axis=2), tpos), band_axis=-2)
+            if ok_rows is not None:
+                valid = _take_times(np.take(ok_rows, flat, axis=1), tpos)  # (T, n)
+                np.copyto(series, 0, where=~valid[:, None, :])  # unusable dates are 0 on every band
+                out["valid"][sl] = valid.T
+            out["x"][sl] = series.transpose(2, 0, 1)
+            out["dates"][sl] = self._doy[list(w.t)]
+            out["y"][sl] = IGNORE if lt is None else lt[iy, ix]
+        return out
 
     # -- iteration -----------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Batch]:
-        rng = np.random.default_rng((self.seed, self.epoch))
+        epoch = self.epoch
+        rng = np.random.default_rng((self.seed, epoch))
         self.epoch += 1
         order = list(self._by_block)
         if self.shuffle:
             rng.shuffle(order)
-        buf: list[tuple[Any, ...]] = []
+        # pixel samples live as rows of whole arrays (drawn a batch at a time), chips as a list of views
+        pixels = self.kind == "pixels"
+        buf: list[tuple[Any, ...]] | _PixelPool = _PixelPool() if pixels else []
         cap = self.shuffle_blocks * max(1, self.num_samples // max(1, len(order))) if self.shuffle else 0
         if self.min_batch > 1:  # keep enough back that the last batch can take a small rest
             cap = max(cap, self.min_batch)
@@ -268,20 +304,26 @@ class ChipStream:
             ThreadPoolExecutor(FILL_THREADS, thread_name_prefix="geoarray-fill") as fill_pool,
         ):
             # bounded prefetch: keep `readers + 1` block reads in flight
-            futures = [pool.submit(self._read, bi) for bi in order[: self.readers + 1]]
+            def read(bi: int) -> Any:  # pixel streams sample their rows in the reader thread too
+                return pool.submit(self._read_pixels, bi, epoch) if pixels else pool.submit(self._read, bi)
+
+            futures = [read(bi) for bi in order[: self.readers + 1]]
             nxt = len(futures)
             for i in range(len(order)):
-                block = futures[i].result()
-                futures[i] = None  # type: ignore[call-overload]
+                block: dict[str, Any] = futures[i].result()
+                futures[i] = None
                 if nxt < len(order):
-                    futures.append(pool.submit(self._read, order[nxt]))
+                    futures.append(read(order[nxt]))
                     nxt += 1
-                block["bi"] = order[i]
-                buf.extend(self._samples(block, rng))
+                if isinstance(buf, _PixelPool):
+                    buf.add(block)  # the block's pixel rows, sampled in the reader thread
+                else:
+                    block["bi"] = order[i]
+                    buf.extend(self._samples(block, rng))
                 while len(buf) >= self.batch_size + cap:
                     yield self._emit(buf, rng, ring[k % 2], pool=fill_pool)
                     k += 1
-        if self.shuffle:
+        if self.shuffle and isinstance(buf, list):
             rng.shuffle(buf)
         while len(buf) >= self.batch_size or (len(buf) >= self.min_batch and not self.drop_last):
             merge = not self.drop_last and len(buf) < self.batch_size + self.min_batch
@@ -290,13 +332,15 @@ class ChipStream:
 
     def _emit(
         self,
-        buf: list[tuple[Any, ...]],
+        buf: list[tuple[Any, ...]] | _PixelPool,
         rng: np.random.Generator,
         bufs: _BatchBuffers,
         n: int | None = None,
         pool: ThreadPoolExecutor | None = None,
     ) -> Batch:
         n = min(self.batch_size if n is None else n, len(buf))
+        if isinstance(buf, _PixelPool):  # one vectorised draw of the whole batch
+            return buf.draw(n, self.shuffle, rng, bufs)
         if not self.shuffle:
             picks = buf[:n]
             del buf[:n]
