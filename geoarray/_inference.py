@@ -366,11 +366,10 @@ def write_block(results: tuple[np.ndarray, ...], targets: list[tuple[Any, str, t
         with _LOCK:
             z = _ZARR.get(key)
         if z is None:
-            config = {"write_empty_chunks": True}
-            if isinstance(path, str):
-                z = zarr.open_array(path, mode="r+", config=config)
-            else:
-                z = path.open_array(mode="r+", config=config)
+            z = zarr.open_array(path, mode="r+") if isinstance(path, str) else path.open_array(mode="r+")
+            # every chunk is written, also one that is all nodata (resume and completeness check by key);
+            # open_array drops a config= argument silently (zarr 3.1), with_config applies it
+            z = z.with_config({"write_empty_chunks": True})
             with _LOCK:
                 _remember(_ZARR, key, z, _MAX_ARRAYS)
         z[region] = arr
