@@ -362,23 +362,29 @@ def write_block(results: tuple[np.ndarray, ...], targets: list[tuple[Any, str, t
 
     ``targets`` holds ``(array, run token, region)`` per output (the array's local path, or a
     :class:`~geoarray._storage.Location` in object storage); the token keys the cache of open arrays so a
-    variable recreated by a later run is never written through stale metadata.
+    variable recreated by a later run is never written through stale metadata. A whole chunk of a local array
+    goes through zarr's codecs and store in this thread (:mod:`geoarray._chunk_write`); the rest through
+    ``z[region] = arr``.
     """
     import zarr
+
+    from geoarray._chunk_write import chunk_writer
 
     for arr, (path, token, region) in zip(results, targets, strict=True):
         key = str(path) + token
         with _LOCK:
-            z = _ZARR.get(key)
-        if z is None:
-            config = {"write_empty_chunks": True}
-            if isinstance(path, str):
-                z = zarr.open_array(path, mode="r+", config=config)
-            else:
-                z = path.open_array(mode="r+", config=config)
+            opened = _ZARR.get(key)
+        if opened is None:
+            z = zarr.open_array(path, mode="r+") if isinstance(path, str) else path.open_array(mode="r+")
+            # every chunk is written, also one that is all nodata (resume and completeness check by key);
+            # open_array drops a config= argument silently (zarr 3.1), with_config applies it
+            z = z.with_config({"write_empty_chunks": True})
+            opened = (z, chunk_writer(z))
             with _LOCK:
-                _remember(_ZARR, key, z, _MAX_ARRAYS)
-        z[region] = arr
+                _remember(_ZARR, key, opened, _MAX_ARRAYS)
+        z, write = opened
+        if write is None or not write(region, arr):
+            z[region] = arr
     return 1
 
 

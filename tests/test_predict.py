@@ -393,6 +393,23 @@ def test_resume_removes_half_written_chunk_files_of_a_killed_run(tmp_path):
     assert tree_digest(store) == whole
 
 
+def test_store_write_of_a_date_without_valid_pixels_writes_every_chunk(tmp_path):
+    """A fully clouded date makes chunks that equal the fill values (mask 255, probabilities NaN): they are
+    written like the others, so the run completes (zarr skips such chunks unless write_empty_chunks is set)."""
+    c = synthetic_cube(size=(64, 64), n_times=2, seed=4)
+    c["imagery"][1] = np.nan
+    ckpt = make_checkpoint(tmp_path / "m.safetensors", num_classes=5, classes=CLASSES, width=4, depth=3)
+    store = tmp_path / "c.zarr"
+    geoarray.write_cube(c, store, chunk=32)
+    out = geoarray.predict(geoarray.open_cube(store), ckpt, store=store)
+    assert len(_chunk_files(store)) == 2 * 2 * 2 * 2  # outputs x dates x 2 x 2 chunks
+    assert out["mask"].attrs["geoarray_complete"] is True
+    assert (out["mask"].values[1] == 255).all() and np.isnan(out.probabilities.values[1]).all()
+    ref = geoarray.predict(c, ckpt)
+    np.testing.assert_array_equal(out["mask"].values, ref["mask"].values)
+    np.testing.assert_allclose(out.probabilities.values[0], ref.probabilities.values[0], atol=1e-6)
+
+
 def test_partial_output_of_another_checkpoint_is_refused(tmp_path):
     c = synthetic_cube(size=(128, 128), n_times=1, seed=4)
     ckpt = make_checkpoint(tmp_path / "a.safetensors", num_classes=5, classes=CLASSES, width=4, depth=3)
