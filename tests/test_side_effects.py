@@ -86,3 +86,39 @@ def test_clear_caches_drops_loaded_models(tmp_path):
         _inference._remember(_inference._MODELS, ("sha", str(i)), object(), _inference._MAX_MODELS)
     assert len(_inference._MODELS) == _inference._MAX_MODELS
     geoarray.clear_caches()
+
+
+def test_every_task_thread_gets_the_torch_thread_budget_and_its_own_count_back():
+    """torch's thread count is per thread (OpenMP): two dask threads that already ran torch at all the cores
+    must both run their tasks at the budget (cores // dask threads), not only the first one in."""
+    import os
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from geoarray._threads import torch_threads
+
+    cores = os.cpu_count() or 1
+    x, w = torch.randn(1, 4, 32, 32), torch.randn(4, 4, 3, 3)
+    both_in = threading.Barrier(2)
+
+    def warm(_: int) -> int:
+        torch.set_num_threads(cores)
+        torch.conv2d(x, w)
+        both_in.wait()  # one call per pool thread
+        return torch.get_num_threads()
+
+    def task(_: int) -> int:
+        with torch_threads():
+            both_in.wait()  # both tasks run at the same time, each in its own thread
+            inside = torch.get_num_threads()
+            torch.conv2d(x, w)
+        return inside
+
+    def count(_: int) -> int:
+        both_in.wait()
+        return torch.get_num_threads()
+
+    with ThreadPoolExecutor(2) as pool, dask.config.set(num_workers=cores):
+        assert list(pool.map(warm, range(2))) == [cores, cores]
+        assert list(pool.map(task, range(2))) == [1, 1]
+        assert list(pool.map(count, range(2))) == [cores, cores]  # each thread got its own count back
