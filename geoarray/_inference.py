@@ -15,6 +15,7 @@ import numpy as np
 
 from geoarray._output_parts import channels_of, split_parts
 from geoarray._threads import torch_threads
+from geoarray._tiles import tiled
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ class RunSpec:
     ckpt_options: str = "{}"  # fsspec storage_options (JSON) when ``path`` is a URL
     # models with several outputs (output.parts): (name, first channel, end channel, has a channel dim, activation)
     parts: tuple[tuple[str, int, int, bool, str | None], ...] = ()
+    halo: int = 0  # px of context around a block (a multiple of the stride)
+    tile: int | None = None  # image models: run blocks larger than this in tiles of this side, each with the halo
 
 
 @dataclass(frozen=True)
@@ -295,9 +298,7 @@ def _run_window(model: Any, window: np.ndarray, ok: np.ndarray, block: BlockSpec
             results: list[list[np.ndarray]] = []
             bs = spec.batch_size or max(1, len(idx))
             for s in range(0, len(idx), bs):
-                sel = idx[s : s + bs]
-                x = torch.from_numpy(window[sel]).to(device).contiguous(memory_format=torch.channels_last)
-                logits = model(x)[..., oy : oy + by, ox : ox + bx].cpu()
+                logits = tiled(model, window[idx[s : s + bs]], block)
                 results.append(_postprocess(logits, kind, spec))
             outs_full = _scatter(results, idx, t, spec, shape_k, by, bx)
         else:  # sequence: the whole series of run dates (not another sensor's) at once, output per frame

@@ -28,6 +28,7 @@ from geoarray._inference import RunSpec, clear_caches
 from geoarray._outputs import layout, wrap
 from geoarray._preprocess import date_features
 from geoarray._storage import is_url, location
+from geoarray._tiles import tile_for
 from geoarray._writer import WriteReport, dim_clashes, partial_outputs, write_to_store
 from geoarray.checkpoint import load_checkpoint
 from geoarray.cube import DEFAULT_CHUNK, conform_cube
@@ -319,6 +320,8 @@ def _predict(
         precision=precision,
         ckpt_options=location(path, ck_options).options_json,
         parts=layout(out_spec),
+        halo=h,
+        tile=tile_for(device, stride) if input_kind == "image" else None,
     )
     arrays, blocks = build_graph(data, valid, (ych, xch), spec, h, run_times, dates, direct=direct)
     new = wrap(arrays, cube, wanted, spec, meta, prefix, Path(path).name)

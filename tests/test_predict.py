@@ -95,6 +95,29 @@ def test_seamless_small_chunks_equal_one_chunk_and_whole_image(tmp_path, name, h
     assert _max_rel(ref, short, scale) > 1e-3
 
 
+@pytest.mark.parametrize(("name", "hp", "gain"), [("unet", {"width": 4}, 3.0), ("res_unet", {"width": 4, "encoder": "resnet18"}, 4.0)])
+def test_blocks_larger_than_the_cpu_tile_run_tile_by_tile_and_stay_seamless(tmp_path, monkeypatch, name, hp, gain):
+    """A whole-image block cut into 64² tiles (each with the halo) equals whole-image inference; with one stride
+    less of halo the tiles' seams show, so the block really ran tile by tile."""
+    import geoarray._tiles as tiles
+
+    c = synthetic_cube(size=(250, 211), n_times=1, seed=2).chunk({"time": 1, "y": -1, "x": -1})
+    ckpt = make_checkpoint(tmp_path / "m.safetensors", name, task="features", num_classes=4, gain=gain, **hp)
+    meta = read_metadata(ckpt)
+    ref = _reference(c, ckpt, sequence=False, softmax=False)
+    scale = float(np.nanmax(np.abs(ref)))
+    monkeypatch.setattr(tiles, "CPU_TILE", 64)
+    assert tiles._spans(250, 64) == [(0, 64), (64, 128), (128, 192), (192, 250)]  # a 58-row rest is over half a tile
+    assert tiles._spans(211, 64) == [(0, 64), (64, 128), (128, 211)]  # a 19-row rest joins the tile before
+    tiled = geoarray.predict(c, ckpt).features.values
+    assert _max_rel(ref, tiled, scale) <= 1e-5
+    short = geoarray.predict(c, ckpt, halo=meta["halo"] - meta["stride"]).features.values
+    assert _max_rel(ref, short, scale) > 1e-3
+    monkeypatch.setattr(tiles, "CPU_TILE", 4096)  # one pass over the block: the short halo changes nothing
+    whole = geoarray.predict(c, ckpt, halo=meta["halo"] - meta["stride"]).features.values
+    assert _max_rel(ref, whole, scale) <= 1e-5
+
+
 def test_outputs_dims_coords_and_provenance(tmp_path, cube):
     ckpt = make_checkpoint(tmp_path / "m.safetensors", num_classes=5, classes=CLASSES, width=4, depth=3)
     out = geoarray.predict(cube.chunk({"y": 64, "x": 64}), ckpt)
