@@ -171,6 +171,8 @@ def _postprocess(logits: Any, kind: str, spec: RunSpec) -> list[np.ndarray]:
     outs: list[np.ndarray] = []
     if kind == "segmentation":
         logits = logits.float()
+        if logits.ndim == 4:  # argmax over channels is fast only where they are innermost (~10x)
+            logits = logits.contiguous(memory_format=torch.channels_last)
         probs = torch.softmax(logits, dim=1) if "probabilities" in spec.outputs else None
         for name in spec.outputs:
             if probs is not None and name == "probabilities":

@@ -53,7 +53,8 @@ def tiled(model: Any, window: np.ndarray, block: Any) -> Any:
             res = run(np.ascontiguousarray(window[..., y0:y1, x0:x1]))
             part = res[..., oy + ty - y0 : oy + ty1 - y0, ox + tx - x0 : ox + tx1 - x0].cpu()
             if out is None:
-                out = torch.empty((*part.shape[:-2], by, bx), dtype=part.dtype)
+                fmt = torch.channels_last if part.ndim == 4 else torch.contiguous_format  # as the model's own
+                out = torch.empty((*part.shape[:-2], by, bx), dtype=part.dtype, memory_format=fmt)
             out[..., ty:ty1, tx:tx1] = part
     return out
 
