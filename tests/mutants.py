@@ -154,6 +154,22 @@ MUTATIONS = [
         "",
         ("tests/test_fit_object_storage.py::test_a_run_killed_mid_epoch_resumes_from_s3_to_the_uninterrupted_weights",),
     ),
+    Mutation(
+        "integer-stac-without-valid",
+        "nodata in a STAC cube is invalid, not data",
+        "geoarray/io/stac.py",
+        '        ds["valid"] = (da != plan.fill).any("band")\n',
+        '        ds["valid"] = (da == da).all("band")\n',
+        ("tests/io/test_stac.py::test_an_integer_cube_marks_pixels_that_are_nodata_in_every_band_invalid",),
+    ),
+    Mutation(
+        "tiles-without-halo",
+        "blocks run tile by tile stay seamless",
+        "geoarray/_tiles.py",
+        "            y0, x0 = max(0, oy + ty - h), max(0, ox + tx - h)  # the tile + halo, inside the window\n",
+        "            y0, x0 = oy + ty, ox + tx\n",
+        ("tests/test_predict.py::test_blocks_larger_than_the_cpu_tile_run_tile_by_tile_and_stay_seamless",),
+    ),
 ]
 
 
