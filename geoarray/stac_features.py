@@ -26,10 +26,11 @@ from typing import Any, Literal
 
 import xarray as xr
 
-from geoarray._constants import DEFAULT_CHUNK
 from geoarray.errors import BandError, PredictError, STACError
 
 __all__ = ["stac_features"]
+
+STAC_CHUNK = 1024
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ def stac_features(
     bbox: tuple[float, float, float, float] | None = None,
     crs: str | None = None,
     resolution: float | None = None,
-    chunk: int = DEFAULT_CHUNK,
+    chunk: int = STAC_CHUNK,
     time: tuple[str | None, str | None] | None = None,
     engine: Literal["odc", "stackstac"] = "odc",
     scheduler: str | None = None,
@@ -73,7 +74,9 @@ def stac_features(
         The cube's extent (lon/lat), CRS, pixel size and reader, as in :func:`geoarray.from_stac`. Items in
         several CRSs (e.g. two UTM zones) need ``crs``.
     chunk
-        Block size in ``y`` and ``x`` (the dask chunks, and the output's Zarr chunks).
+        Block size in ``y`` and ``x`` (the dask chunks, and the output's Zarr chunks). Default 1024: fewer, larger
+        reads and writes than predict's 512 (the model still runs in 512² tiles on CPUs); measured ~1.16x the
+        throughput of 512 on a local catalog of COGs.
     time
         ``(start, end)``: keep items whose datetime lies in this range, ends included (ISO dates; a date-only
         ``end`` includes its whole day; ``None`` leaves a side open).

@@ -59,7 +59,7 @@ def stac_features(
     bbox: Annotated[str | None, typer.Option(help="minlon,minlat,maxlon,maxlat")] = None,
     crs: Annotated[str | None, typer.Option(help="Output CRS, e.g. EPSG:32633 (needed for items in several CRSs).")] = None,
     resolution: Annotated[float | None, typer.Option(help="Pixel size in CRS units.")] = None,
-    chunk: Annotated[int, typer.Option(help="Block size in pixels (dask and Zarr chunks).")] = 512,
+    chunk: Annotated[int, typer.Option(help="Block size in pixels (dask and Zarr chunks).")] = 1024,
     time_range: Annotated[
         str | None, typer.Option("--time", help="START/END, ISO dates, ends included; '..' leaves a side open.")
     ] = None,
