@@ -102,11 +102,8 @@ def get_model(path: str, sha256: str, device: str, options: str = "{}") -> Any:
         if model is not None:
             _MODELS.move_to_end(key)
             return model
-    import torch
-
     from geoarray.checkpoint import load_checkpoint
     from geoarray.errors import CheckpointError
-    from geoarray.models.base import fuse_batchnorm
 
     with _LOAD_LOCK:  # one load per key, without holding the cache lock during the load
         with _LOCK:
@@ -122,14 +119,43 @@ def get_model(path: str, sha256: str, device: str, options: str = "{}") -> Any:
                 f"the checkpoint {path!r} changed while predicting (its sha256 differs from the one predict "
                 "started with); outputs would mix two models. Run predict again with overwrite=True."
             )
-        model = ck.model
-        fuse_batchnorm(model)  # inference only: one pass less over every feature map
-        if getattr(model, "input_kind", "") in ("image", "sequence"):
-            # NHWC convolutions are ~1.6x faster on CPU (oneDNN) and standard on GPU (tensor cores)
-            model = model.to(memory_format=torch.channels_last)
+        model = _for_inference(ck.model)
         with _LOCK:
             _remember(_MODELS, key, model, _MAX_MODELS)
     return model
+
+
+def _for_inference(model: Any) -> Any:
+    import torch
+
+    from geoarray.models.base import fuse_batchnorm
+
+    fuse_batchnorm(model)  # inference only: one pass less over every feature map
+    if getattr(model, "input_kind", "") in ("image", "sequence"):
+        # NHWC convolutions are ~1.6x faster on CPU (oneDNN) and standard on GPU (tensor cores)
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def remember_model(spec: RunSpec, model: Any) -> None:
+    """Keep the model predict loaded (on the CPU, to check the checkpoint) for its tasks in this process.
+
+    Without a distributed client the tasks run here (threads), and would otherwise load the file again while
+    the other threads wait. ``model`` must be the checkpoint ``spec.sha256`` names, freshly loaded (this
+    folds its BatchNorm in place).
+    """
+    from geoarray._devices import remote_client
+
+    if spec.device != "cpu" or remote_client():
+        return
+    key = (spec.sha256, spec.device)
+    with _LOCK:
+        if key in _MODELS:
+            _MODELS.move_to_end(key)
+            return
+    model = _for_inference(model)
+    with _LOCK:
+        _remember(_MODELS, key, model, _MAX_MODELS)
 
 
 _LOAD_LOCK = threading.Lock()

@@ -15,6 +15,7 @@ import numbers
 import os
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,7 +25,7 @@ import xarray as xr
 
 from geoarray._blocks import MIN_BLOCK, TINY, aligned, build_graph, direct_sources, grouped
 from geoarray._constants import MASK_NODATA, MASK_NODATA_WIDE
-from geoarray._inference import RunSpec, clear_caches
+from geoarray._inference import RunSpec, clear_caches, remember_model
 from geoarray._outputs import layout, wrap
 from geoarray._preprocess import date_features
 from geoarray._storage import is_url, location
@@ -194,24 +195,51 @@ def _predict(
     cube: xr.Dataset,
     ckpt: str | os.PathLike[str],
     *,
+    store: str | os.PathLike[str] | None,
+    overwrite: bool,
+    progress: bool,
+    reopen: bool = True,
+    storage_options: dict[str, Any] | None = None,
+    **opts: Any,
+) -> tuple[xr.Dataset, WriteReport | None]:
+    """:func:`predict`, plus what it wrote into ``store``: :func:`plan_predict`, then :func:`run_planned`."""
+    planned = plan_predict(cube, ckpt, storage_options=storage_options, **opts)
+    return run_planned(
+        planned, store, overwrite=overwrite, progress=progress, reopen=reopen, storage_options=storage_options
+    )
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A checked predict: the lazy outputs and the block tasks that compute (and may write) them."""
+
+    cube: xr.Dataset
+    var: str
+    new: dict[str, xr.DataArray]
+    arrays: list[dsa.Array]
+    blocks: list[tuple[Any, list[Any]]]
+    sha: str
+
+
+def plan_predict(
+    cube: xr.Dataset,
+    ckpt: str | os.PathLike[str],
+    *,
     var: str,
     halo: int | Literal["auto"],
     batch_size: int | None,
     device: str,
     outputs: Sequence[str] | None,
     prefix: str,
-    store: str | os.PathLike[str] | None,
-    overwrite: bool,
     dtype: Literal["float32", "float16"],
     threshold: float,
-    progress: bool,
     rechunk_time: bool = False,
     precision: str = "32",
-    reopen: bool = True,
     storage_options: dict[str, Any] | None = None,
-) -> tuple[xr.Dataset, WriteReport | None]:
-    """:func:`predict`, plus what it wrote into ``store``. ``rechunk_time`` (the CLI's; its user cannot rechunk)
-    makes time one chunk for whole-series models, lazily: a task then holds dates x bands x (block + halo)² x 4 B.
+) -> Planned:
+    """Every check of :func:`predict` and its task graph, before anything is read or written. ``rechunk_time``
+    (the CLI's; its user cannot rechunk) makes time one chunk for whole-series models, lazily: a task then holds
+    dates x bands x (block + halo)² x 4 B.
     """
     cube = conform_cube(cube, var=var)  # dims by name: another order is transposed (lazily)
     _check_options(batch_size, dtype, threshold, prefix)
@@ -325,13 +353,28 @@ def _predict(
     )
     arrays, blocks = build_graph(data, valid, (ych, xch), spec, h, run_times, dates, direct=direct)
     new = wrap(arrays, cube, wanted, spec, meta, prefix, Path(path).name)
+    remember_model(spec, ck.model)  # tasks in this process (threads) take it, rather than load it again
+    return Planned(cube, var, new, arrays, blocks, sha)
+
+
+def run_planned(
+    planned: Planned,
+    store: str | os.PathLike[str] | None,
+    *,
+    overwrite: bool,
+    progress: bool,
+    reopen: bool = True,
+    storage_options: dict[str, Any] | None = None,
+) -> tuple[xr.Dataset, WriteReport | None]:
+    """The cube with the planned outputs (lazy), or, with ``store``, the outputs written into it."""
+    p = planned
     if store is None:
-        return _assign(cube, new), None
+        return _assign(p.cube, p.new), None
     so = {"storage_options": storage_options} if is_url(store) else {}
-    report = write_to_store(new, arrays, blocks, store, sha, overwrite=overwrite, progress=progress, **so)
+    report = write_to_store(p.new, p.arrays, p.blocks, store, p.sha, overwrite=overwrite, progress=progress, **so)
     from geoarray.cube import open_cube
 
-    return (open_cube(store, var=var, **so) if reopen else cube), report  # reopen=False: no `var` in store
+    return (open_cube(store, var=p.var, **so) if reopen else p.cube), report  # reopen=False: no `var` in store
 
 
 def _assign(cube: xr.Dataset, new: dict[str, xr.DataArray]) -> xr.Dataset:

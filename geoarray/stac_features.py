@@ -115,7 +115,7 @@ def stac_features(
     """
     from geoarray.checkpoint import read_metadata
     from geoarray.io.stac import from_stac, read_items
-    from geoarray.predict import _predict
+    from geoarray.predict import plan_predict, run_planned
 
     _check_cluster_options(scheduler, workers)
     name = Path(ckpt).name
@@ -132,14 +132,14 @@ def stac_features(
         cube = cube.assign_coords(band=needed)
     opts: dict[str, Any] = dict(
         var="imagery", halo="auto", batch_size=None, device="auto", outputs=outputs, prefix="",
-        overwrite=overwrite, dtype="float32", threshold=0.5, precision=precision,
+        dtype="float32", threshold=0.5, precision=precision,
     )  # fmt: skip
-    if storage_options is not None:
-        opts["storage_options"] = storage_options
-    _predict(cube, ckpt, store=None, progress=False, **opts)  # every check, before the store is touched
-    with _client(scheduler, workers):
+    planned = plan_predict(cube, ckpt, storage_options=storage_options, **opts)  # every check, and the graph
+    with _client(scheduler, workers):  # ... before the store is touched or a cluster started
         _prepare_store(cube, store, storage_options)
-        _, report = _predict(cube, ckpt, store=store, progress=progress, reopen=False, **opts)
+        _, report = run_planned(
+            planned, store, overwrite=overwrite, progress=progress, reopen=False, storage_options=storage_options
+        )
     if report is not None:
         log.info("stac_features: %s", report.summary())
     return _open(store, storage_options)
