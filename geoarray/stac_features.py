@@ -50,6 +50,7 @@ def stac_features(
     scheduler: str | None = None,
     workers: int | None = None,
     outputs: Sequence[str] | None = None,
+    device: str = "auto",
     precision: Literal["32", "bf16", "16"] = "32",
     overwrite: bool = False,
     progress: bool = True,
@@ -87,6 +88,10 @@ def stac_features(
         With neither, the run uses the current Dask scheduler (threads by default).
     outputs, precision
         As in :func:`geoarray.predict`.
+    device
+        Where the model runs: ``"auto"`` (a GPU when this process sees one, else the CPU), ``"cpu"``,
+        ``"cuda"``. It is decided here, for every worker: on a GPU cluster reached from a machine without a GPU
+        (``scheduler=``), pass ``"cuda"``.
     overwrite
         Replace outputs a previous run wrote in ``store``.
     progress
@@ -131,15 +136,19 @@ def stac_features(
     if load != needed:
         cube = cube.assign_coords(band=needed)
     opts: dict[str, Any] = dict(
-        var="imagery", halo="auto", batch_size=None, device="auto", outputs=outputs, prefix="",
+        var="imagery", halo="auto", batch_size=None, device=device, outputs=outputs, prefix="",
         dtype="float32", threshold=0.5, precision=precision,
     )  # fmt: skip
-    planned = plan_predict(cube, ckpt, storage_options=storage_options, **opts)  # every check, and the graph
-    with _client(scheduler, workers):  # ... before the store is touched or a cluster started
-        _prepare_store(cube, store, storage_options)
-        _, report = run_planned(
-            planned, store, overwrite=overwrite, progress=progress, reopen=False, storage_options=storage_options
-        )
+    # Every check, and the graph, before the store is touched or a local cluster started. An existing cluster
+    # (scheduler=) is joined first: its workers, not this process, have the devices the checks are about.
+    with _client(scheduler, None):
+        planned = plan_predict(cube, ckpt, storage_options=storage_options, **opts)
+        with _client(None, workers):
+            _prepare_store(cube, store, storage_options)
+            _, report = run_planned(
+                planned, store, overwrite=overwrite, progress=progress, reopen=False,
+                storage_options=storage_options,
+            )  # fmt: skip
     if report is not None:
         log.info("stac_features: %s", report.summary())
     return _open(store, storage_options)

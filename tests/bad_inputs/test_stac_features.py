@@ -35,6 +35,7 @@ def cat(tmp_path_factory):
         ({"workers": 0}, PredictError, r"workers=0; expected a positive number"),
         ({"workers": 2, "scheduler": "tcp://127.0.0.1:9"}, PredictError, r"pass one: scheduler= runs on an existing"),
         ({"precision": "fp8"}, PredictError, r"precision='fp8'; expected '32', 'bf16' or '16'"),
+        ({"device": "tpu"}, PredictError, r"device='tpu' is not a torch device; expected 'auto', 'cpu'"),
         ({"outputs": ["features"]}, PredictError, r"outputs=\['features'\]; a segmentation checkpoint makes"),
     ],
 )
