@@ -120,11 +120,15 @@ def run_chips(
     k = spec.channels
     res = np.zeros((t * nr * nc, k), np.float32)
     if pick.size:
-        model = get_model(spec.path, spec.sha256, spec.device)
+        from geoarray._devices import resolve_device
+        from geoarray.errors import PredictError
+
+        device = resolve_device(spec.device, PredictError)  # "auto" (a distributed run's): this worker's GPU or CPU
+        model = get_model(spec.path, spec.sha256, device)
         with torch_threads(), torch.inference_mode():
             for s in range(0, pick.size, spec.batch_size):
                 idx = pick[s : s + spec.batch_size]
-                x = torch.from_numpy(np.ascontiguousarray(flat[idx])).to(spec.device)
+                x = torch.from_numpy(np.ascontiguousarray(flat[idx])).to(device)
                 y = model(x).float()
                 if spec.kind == "classification":
                     y = torch.softmax(y, dim=1)

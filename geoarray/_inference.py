@@ -6,9 +6,10 @@ value) and the model loads once per process, keyed by the checkpoint's sha256.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -78,6 +79,19 @@ def clear_caches() -> None:
         return
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+@functools.lru_cache(maxsize=16)
+def on_device(spec: RunSpec) -> RunSpec:
+    """A run planned with ``device="auto"`` under a distributed client, as this worker runs it: on its GPU when
+    it has one (whole blocks), else on its CPU (in tiles). The precision is checked against that device here.
+    """
+    from geoarray._devices import check_precision, resolve_device
+    from geoarray.errors import PredictError
+
+    device = resolve_device("auto", PredictError)
+    precision = check_precision(spec.precision, device, PredictError)
+    return replace(spec, device=device, precision=precision, tile=spec.tile if device == "cpu" else None)
 
 
 def _remember(cache: OrderedDict[Any, Any], key: Any, value: Any, limit: int) -> None:
@@ -245,6 +259,8 @@ def run_block(
     """
     from geoarray._preprocess import normalize_fill
 
+    if block.run.device == "auto":
+        block = replace(block, run=on_device(block.run))
     spec = block.run
     mean, std, scale = spec.norm
     direct = block.direct

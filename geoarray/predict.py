@@ -44,6 +44,8 @@ def _device(device: str, precision: str) -> tuple[str, str]:
     from geoarray._devices import check_precision, remote_client, resolve_device
 
     local = not remote_client()  # with a distributed client, its workers decide which devices exist
+    if device == "auto" and not local:  # each worker takes its GPU when it has one (see _inference.on_device)
+        return device, check_precision(precision, device, PredictError, check_cuda=False)
     device = resolve_device(device, PredictError, check_cuda=local)
     return device, check_precision(precision, device, PredictError, check_cuda=local)
 
@@ -349,7 +351,7 @@ def plan_predict(
         ckpt_options=location(path, ck_options).options_json,
         parts=layout(out_spec),
         halo=h,
-        tile=tile_for(device, stride) if input_kind == "image" else None,
+        tile=tile_for("cpu" if device == "auto" else device, stride) if input_kind == "image" else None,
     )
     arrays, blocks = build_graph(data, valid, (ych, xch), spec, h, run_times, dates, direct=direct)
     new = wrap(arrays, cube, wanted, spec, meta, prefix, Path(path).name)
