@@ -122,6 +122,20 @@ def test_a_killed_run_resumes_to_the_same_store(catalog, tmp_path):
     assert tree_digest(store) == tree_digest(whole)
 
 
+def test_cli_outputs_and_device(catalog, direct, tmp_path):
+    """--outputs mask writes the mask alone, equal to the direct predict's; --device cpu runs there."""
+    store = tmp_path / "m.zarr"
+    r = runner.invoke(
+        app,
+        ["stac-features", str(catalog["items"]), "--ckpt", str(catalog["ckpt"]), "-o", str(store), "--crs",
+         "EPSG:32633", "--resolution", "20", "--chunk", "32", "--outputs", "mask", "--device", "cpu"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    out = geoarray.cube._open_zarr(store)
+    assert [n for n in out.data_vars if "checkpoint_sha256" in out[n].attrs] == ["mask"]
+    np.testing.assert_array_equal(out["mask"].values, direct["mask"].values)
+
+
 def test_bands_are_checked_before_any_pixel_and_can_be_renamed(catalog, direct, tmp_path):
     other = make_ckpt(tmp_path / "b.safetensors", bands=["B04", "B03", "swir"])
     store = tmp_path / "f.zarr"

@@ -73,6 +73,13 @@ def stac_features(
     precision: Annotated[
         str, typer.Option(help="32, bf16 or 16: the model under autocast (16 needs a GPU).")
     ] = "32",
+    outputs: Annotated[
+        str | None,
+        typer.Option(help="Outputs to write, e.g. mask (default: all the checkpoint makes, e.g. probabilities,mask)."),
+    ] = None,
+    device: Annotated[
+        str, typer.Option(help="auto, cpu or cuda (auto: a GPU where the blocks run, when there is one).")
+    ] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace outputs a previous run wrote.")] = False,
 ) -> None:
     """Run a checkpoint over STAC items and write its outputs (features, probabilities, mask) into Zarr.
@@ -102,6 +109,8 @@ def stac_features(
             scheduler=scheduler,
             workers=workers,
             precision=precision,  # type: ignore[arg-type]
+            outputs=split_list(outputs, "--outputs"),
+            device=device,
             overwrite=overwrite,
             progress=True,
         )
