@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pystac
 import pytest
+import xarray as xr
 from conftest import tree_digest
 from stac_items import BANDS, make_catalog, make_ckpt
 from typer.testing import CliRunner
@@ -133,6 +134,21 @@ def test_cli_outputs_and_device(catalog, direct, tmp_path):
     assert r.exit_code == 0, r.output
     out = geoarray.cube._open_zarr(store)
     assert [n for n in out.data_vars if "checkpoint_sha256" in out[n].attrs] == ["mask"]
+    np.testing.assert_array_equal(out["mask"].values, direct["mask"].values)
+
+
+def test_cli_with_checkpoint_and_store_on_s3(catalog, direct, s3):
+    """`geoarray stac-features --ckpt s3://... -o s3://...`, credentials and endpoint from the environment (the S3
+    fixture sets them): the checkpoint URL is read as a URL (a Path would fold 's3://' into 's3:/')."""
+    bucket = s3.bucket(versioned=False)
+    s3.fs.put_file(str(catalog["ckpt"]), f"s3://{bucket}/m.safetensors")
+    r = runner.invoke(
+        app,
+        ["stac-features", str(catalog["items"]), "--ckpt", f"s3://{bucket}/m.safetensors", "-o",
+         f"s3://{bucket}/f.zarr", "--crs", "EPSG:32633", "--resolution", "20", "--chunk", "32", "--outputs", "mask"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    out = xr.open_zarr(f"s3://{bucket}/f.zarr", consolidated=False, storage_options=s3.storage_options)
     np.testing.assert_array_equal(out["mask"].values, direct["mask"].values)
 
 

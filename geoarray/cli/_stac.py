@@ -48,7 +48,9 @@ def stac_features(
             "or a local catalog."
         ),
     ],
-    ckpt: Annotated[Path, typer.Option("--ckpt", "-c", help="Checkpoint (.safetensors) from geoarray fit.")],
+    ckpt: Annotated[
+        str, typer.Option("--ckpt", "-c", help="Checkpoint (.safetensors) from geoarray fit, a path or an s3:// URL.")
+    ],
     output: Annotated[
         str, typer.Option("--output", "-o", help="Zarr store to write (created; an interrupted run resumes).")
     ],
