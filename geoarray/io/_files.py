@@ -18,7 +18,7 @@ import pandas as pd
 import rasterio
 import rioxarray
 import xarray as xr
-from rasterio.enums import Resampling
+from rasterio.enums import ColorInterp, MaskFlags, Resampling
 
 from geoarray.errors import CRSError, RasterError, TimeError
 from geoarray.io._grid import Grid
@@ -54,6 +54,11 @@ class FileInfo:
     grid: Grid
     scales: tuple[float, ...]
     offsets: tuple[float, ...]
+    # 0-based indexes of the file's data bands: every band but an alpha band, which is a mask, not data
+    bands: tuple[int, ...] = ()
+    # GDAL's per-dataset mask (an internal/.msk mask or an alpha band) marks fill, and no nodata tag does
+    masked: bool = False
+    alpha: bool = False  # the file has an alpha band (left out of ``bands``)
 
 
 def as_paths(paths: PathLike | Sequence[PathLike]) -> list[Path]:
@@ -115,16 +120,27 @@ def read_info(path: Path) -> FileInfo:
                 f"{str(path)!r} mixes band types {sorted(set(src.dtypes))}; expected one type for all bands. "
                 "Convert it, e.g. `gdal_translate -ot Float32 in.tif out.tif`."
             )
+        alpha = [k for k, ci in enumerate(src.colorinterp) if ci == ColorInterp.alpha]
+        keep = [k for k in range(src.count) if k not in alpha]
+        if not keep:
+            raise RasterError(
+                f"{str(path)!r} holds only an alpha band (a transparency mask, not data); expected at least "
+                "one data band."
+            )
+        masked = bool(alpha) or any(MaskFlags.per_dataset in src.mask_flag_enums[k] for k in keep)
         return FileInfo(
             path=path,
-            count=src.count,
-            dtype=np.dtype(src.dtypes[0]),
-            nodata=tuple(src.nodatavals),
-            descriptions=tuple(src.descriptions),
+            count=len(keep),
+            dtype=np.dtype(src.dtypes[keep[0]]),
+            nodata=tuple(src.nodatavals[k] for k in keep),
+            descriptions=tuple(src.descriptions[k] for k in keep),
             tags=src.tags(),
             grid=Grid(src.crs, src.transform, src.height, src.width),
-            scales=tuple(float(v) for v in src.scales),
-            offsets=tuple(float(v) for v in src.offsets),
+            scales=tuple(float(src.scales[k]) for k in keep),
+            offsets=tuple(float(src.offsets[k]) for k in keep),
+            bands=tuple(keep),
+            masked=masked,
+            alpha=bool(alpha),
         )
 
 
