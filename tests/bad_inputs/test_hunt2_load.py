@@ -110,3 +110,78 @@ def test_stack_band_fill_in_one_file_is_invalid(tmp_path, l7):
     p2 = _write(tmp_path / "L7_B2.tif", a[1:2], prof, nodata=0)  # data everywhere in the box
     ds = geoarray.from_geotiff([p1, p2], stack="band", times=T0)
     np.testing.assert_array_equal(ds.valid.values[0], ~_box())
+
+
+# -- from_stac on real pixels: geographic output, chunk, raster:bands scale/offset ------------------------
+
+
+def _item(tmp_path, l7, iid="L7-2020-01-01", when=dt.datetime(2020, 1, 1, 13, tzinfo=dt.UTC), scale=None):
+    """A STAC item (projection v2 + raster v1.1) whose two assets are real L7 bands written as COGs."""
+    a, prof = l7
+    t, crs = prof["transform"], prof["crs"]
+    b = transform_bounds(crs, "EPSG:4326", t.c, t.f + H * t.e, t.c + W * t.a, t.f)
+    item = pystac.Item(
+        id=iid,
+        geometry={"type": "Polygon", "coordinates": [[[b[0], b[1]], [b[2], b[1]], [b[2], b[3]], [b[0], b[3]], [b[0], b[1]]]]},
+        bbox=list(b),
+        datetime=when,
+        properties={"proj:code": f"EPSG:{crs.to_epsg()}", "proj:shape": [H, W], "proj:transform": list(t)[:6]},
+        stac_extensions=[
+            "https://stac-extensions.github.io/projection/v2.0.0/schema.json",
+            "https://stac-extensions.github.io/raster/v1.1.0/schema.json",
+        ],
+    )  # fmt: skip
+    for k, name in ((2, "red"), (3, "nir")):
+        path = _write(tmp_path / f"{iid}_{name}.tif", a[k : k + 1], prof, driver="COG", nodata=0)
+        rb = {"data_type": "uint8", "nodata": 0, **(scale or {})}
+        item.add_asset(name, pystac.Asset(href=str(path), media_type=pystac.MediaType.COG, roles=["data"],
+                                          extra_fields={"raster:bands": [rb]}))  # fmt: skip
+    return item
+
+
+def test_stac_geographic_crs_gives_y_x_in_degrees(tmp_path, l7):
+    """Before: odc-stac's latitude/longitude dims broke from_stac with a raw xarray ValueError."""
+    item = _item(tmp_path, l7)
+    ds = geoarray.from_stac([item], bands=["red", "nir"], crs="EPSG:4326", resolution=0.0003)
+    assert ds.imagery.dims == ("time", "band", "y", "x")
+    assert ds.rio.crs.to_epsg() == 4326
+    b, r = item.bbox, 0.0003  # the cube's pixel centres lie in the item's lon/lat box (snapped to r)
+    assert b[0] - r <= float(ds.x.min()) and float(ds.x.max()) <= b[2] + r
+    assert b[1] - r <= float(ds.y.min()) and float(ds.y.max()) <= b[3] + r
+    assert np.isclose(float(ds.x[1] - ds.x[0]), 0.0003) and np.isclose(float(ds.y[1] - ds.y[0]), -0.0003)
+    geoarray.validate_cube(ds)
+    assert int(ds.valid.sum()) > 0.8 * H * W * (28.5 / 33.4) ** 2  # real pixels landed (not all fill)
+
+
+def test_stac_crs_in_degrees_without_resolution_is_refused(tmp_path, l7):
+    """Before: the 28.5 m pixel size was kept as 28.5 degrees: a silent 1 x 1 pixel cube."""
+    item = _item(tmp_path, l7)
+    with pytest.raises(GeoArrayError, match=r"resolution=.*degrees.*about resolution=0\.000256"):
+        geoarray.from_stac([item], bands=["red"], crs="EPSG:4326")
+
+
+def test_stac_chunk_zero_is_refused(tmp_path, l7):
+    """Before: ZeroDivisionError from dask."""
+    with pytest.raises(GeoArrayError, match="chunk=0; expected a whole number"):
+        geoarray.from_stac([_item(tmp_path, l7)], bands=["red"], chunk=0)
+
+
+def test_stac_scale_offset_and_nodata_are_recorded(tmp_path, l7):
+    """Before: the cube's attrs were empty, so Landsat C2's 2.75e-5 / -0.2 were lost (from_geotiff keeps
+    GeoTIFF scale tags); the scales survive write_cube/open_cube."""
+    item = _item(tmp_path, l7, scale={"scale": 2.75e-5, "offset": -0.2})
+    ds = geoarray.from_stac([item], bands=["red", "nir"])
+    assert ds.imagery.attrs == {"nodata": 0.0, "scales": [2.75e-5, 2.75e-5], "offsets": [-0.2, -0.2]}
+    geoarray.write_cube(ds, tmp_path / "c.zarr")
+    back = geoarray.open_cube(tmp_path / "c.zarr")
+    assert back.imagery.attrs == ds.imagery.attrs
+    np.testing.assert_array_equal(back.imagery.values[0], l7[0][2:4])
+
+
+def test_stac_items_with_different_scale_offset_are_refused(tmp_path, l7):
+    """Before: one cube silently mixed two units (e.g. Sentinel-2 L2A across processing baseline 04.00)."""
+    old = _item(tmp_path, l7, iid="old", scale={"scale": 1e-4, "offset": 0.0})
+    new = _item(tmp_path, l7, iid="new", when=dt.datetime(2022, 2, 1, tzinfo=dt.UTC),
+                scale={"scale": 1e-4, "offset": -0.1})  # fmt: skip
+    with pytest.raises(GeoArrayError, match=r"band 'red' has different raster:bands scale/offset.*'old'.*'new'"):
+        geoarray.from_stac([old, new], bands=["red"])
