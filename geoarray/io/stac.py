@@ -260,6 +260,12 @@ def _geobox(plan: Plan, *, resolution: float | None, crs: Any, bbox: Any) -> Any
             "the items carry no projection metadata (proj:code/proj:epsg, proj:transform), so the grid is "
             f"unknown; pass crs= and resolution=.{hint}"
         )
+    if not gbox.axis_aligned:
+        raise STACError(
+            f"the items' grid is rotated or sheared (proj:transform {list(gbox.affine)[:6]}); a cube's y/x axes "
+            "follow the CRS axes. Pass crs= and resolution= to load them onto a north-up grid, e.g. "
+            f"crs={str(gbox.crs)!r}, resolution={abs(gbox.resolution.x):g}."
+        )
     if gbox.shape[0] * gbox.shape[1] == 0:
         raise STACError(f"the output grid is empty ({gbox.shape}); check bbox= and resolution=.")
     return gbox

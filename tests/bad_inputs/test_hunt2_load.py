@@ -5,6 +5,7 @@ one fix, on real Landsat pixels (the shipped L7_ETMs.tif, cut small) written as 
 from __future__ import annotations
 
 import datetime as dt
+import warnings
 
 import numpy as np
 import pystac
@@ -185,3 +186,37 @@ def test_stac_items_with_different_scale_offset_are_refused(tmp_path, l7):
                 scale={"scale": 1e-4, "offset": -0.1})  # fmt: skip
     with pytest.raises(GeoArrayError, match=r"band 'red' has different raster:bands scale/offset.*'old'.*'new'"):
         geoarray.from_stac([old, new], bands=["red"])
+
+
+def test_stac_rotated_grid_is_refused_with_the_fix(tmp_path, l7):
+    """Before: odc-geo's raw `ValueError: Only axis aligned GeoBox can do this.`; with crs= and resolution=
+    the same item loads north-up."""
+    a, prof = l7
+    rot = prof["transform"] * Affine.rotation(5)
+    path = _write(tmp_path / "rot.tif", a[2:3], prof, driver="COG", transform=rot, nodata=0)
+    item = _item(tmp_path, l7)
+    item.properties["proj:transform"] = list(rot)[:6]
+    item.assets = {}
+    item.add_asset("red", pystac.Asset(href=str(path), media_type=pystac.MediaType.COG, roles=["data"]))
+    with pytest.raises(GeoArrayError, match=r"rotated or sheared.*crs='EPSG:31985', resolution=28.5"):
+        geoarray.from_stac([item], bands=["red"])
+    ds = geoarray.from_stac([item], bands=["red"], crs="EPSG:31985", resolution=28.5)
+    assert float(ds.x[1] - ds.x[0]) == 28.5 and float(ds.y[1] - ds.y[0]) == -28.5
+
+
+def test_stac_asset_with_a_gdal_mask_and_no_nodata_warns(tmp_path, l7):
+    """Before: the masked pixels were loaded as data without a word (odc-stac ignores GDAL masks)."""
+    a, prof = l7
+    path = tmp_path / "masked.tif"
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "w", **{**prof, "count": 1}) as dst:
+        dst.write(a[2:3])
+        dst.write_mask(np.where(_box(), 0, 255).astype(np.uint8))
+    item = _item(tmp_path, l7)
+    item.assets["red"].href = str(path)
+    del item.assets["red"].extra_fields["raster:bands"]
+    with pytest.warns(geoarray.errors.GeoArrayWarning, match="GDAL mask.*loaded as data"):
+        geoarray.from_stac([item], bands=["red"])
+    item.assets["red"].extra_fields["raster:bands"] = [{"nodata": 0}]  # the item names the fill: no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", geoarray.errors.GeoArrayWarning)
+        geoarray.from_stac([item], bands=["red"])
