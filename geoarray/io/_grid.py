@@ -38,7 +38,10 @@ class Grid:
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:
-        return array_bounds(self.height, self.width, self.transform)  # (west, south, east, north)
+        """(west, south, east, north), also for a south-up or east-to-west grid (rasterio's array_bounds
+        then gives south > north or west > east, which would pass for an empty box)."""
+        x0, y0, x1, y1 = array_bounds(self.height, self.width, self.transform)
+        return min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
 
     def vrt(self, src: Any, resampling: Resampling, nodata: Any = None, src_nodata: Any = None) -> WarpedVRT:
         kw: dict[str, Any] = {}

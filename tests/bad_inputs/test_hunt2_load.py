@@ -220,3 +220,24 @@ def test_stac_asset_with_a_gdal_mask_and_no_nodata_warns(tmp_path, l7):
     with warnings.catch_warnings():
         warnings.simplefilter("error", geoarray.errors.GeoArrayWarning)
         geoarray.from_stac([item], bands=["red"])
+
+
+# -- flipped grids beside north-up ones -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flip", ["south-up", "east-to-west"])
+def test_flipped_file_beside_a_north_up_one_is_warped_not_refused(tmp_path, l7, flip):
+    """Before: NoOverlapError ("does not overlap") for the same ground stored south-up or east-to-west:
+    rasterio's bounds of a flipped grid have south > north (or west > east)."""
+    a, prof = l7
+    t = prof["transform"]
+    ref = _write(tmp_path / "ref.tif", a, prof)
+    if flip == "south-up":
+        tr, flipped = Affine(t.a, 0, t.c, 0, -t.e, t.f + t.e * H), a[:, ::-1, :]
+    else:
+        tr, flipped = Affine(-t.a, 0, t.c + t.a * W, 0, t.e, t.f), a[:, :, ::-1]
+    other = _write(tmp_path / "flipped.tif", np.ascontiguousarray(flipped), prof, transform=tr)
+    for files in ([ref, other], [other, ref]):  # either grid may be the cube's
+        ds = geoarray.from_geotiff(files, times=[T0, "2020-02-01"], resampling="nearest")
+        np.testing.assert_array_equal(ds.imagery.values[0], ds.imagery.values[1])
+        assert "valid" not in ds  # the flipped file covers the whole grid: no footprint edge
