@@ -171,7 +171,9 @@ def _transformer(dst: str, src: str) -> Any:
     return cache[(dst, src)]
 
 
-def dataset_mask(path: Path, grid: Grid, *, warp: bool, alpha: bool, shape: tuple[int, int], chunk: int) -> xr.DataArray:
+def dataset_mask(
+    path: Path, grid: Grid, *, warp: bool, alpha: bool, shape: tuple[int, int], chunk: int
+) -> xr.DataArray:
     """(y, x): True where GDAL's per-dataset mask of the file at ``path`` (an internal/.msk mask or an alpha
     band) marks fill, read lazily one window per dask block. With ``warp``, the mask is warped onto ``grid``
     too (through an alpha band), so it is also True outside the file's footprint."""
@@ -202,5 +204,6 @@ def _mask_block(rows: np.ndarray, cols: np.ndarray, *, path: str, warp: Any, alp
         ) as vrt:
             from rasterio.enums import ColorInterp
 
-            k = list(vrt.colorinterp).index(ColorInterp.alpha) + 1  # a warped VRT's masks ignore its alpha band
+            # read the alpha band itself: a warped VRT's band masks ignore it
+            k = list(vrt.colorinterp).index(ColorInterp.alpha) + 1
             return np.asarray(vrt.read(k, window=win) == 0)

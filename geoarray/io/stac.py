@@ -66,7 +66,8 @@ def from_stac(
         Dask chunk size in ``y`` and ``x``.
     dtype
         Output dtype; default: the assets' own (from ``raster:bands``), else float32. Float cubes fill
-        missing pixels with NaN, integer cubes with the assets' ``nodata`` (else 0). An integer cube also
+        missing pixels with NaN, integer cubes with the assets' ``nodata`` (else the nodata tag the probed
+        files share, see ``check``, else 0). An integer cube also
         gets ``valid(time, y, x)``: False where every band holds the fill value (nodata, or outside every
         item's footprint), as :func:`geoarray.from_geotiff` does, so training and predict skip those pixels.
         Integer cubes are half the size of float32 ones and load faster; predict converts each block.

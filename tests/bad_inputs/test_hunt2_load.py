@@ -241,3 +241,21 @@ def test_flipped_file_beside_a_north_up_one_is_warped_not_refused(tmp_path, l7, 
         ds = geoarray.from_geotiff(files, times=[T0, "2020-02-01"], resampling="nearest")
         np.testing.assert_array_equal(ds.imagery.values[0], ds.imagery.values[1])
         assert "valid" not in ds  # the flipped file covers the whole grid: no footprint edge
+
+
+def test_stac_signed_band_keeps_its_real_zeros(tmp_path, l7):
+    """A DEM-like int16 band (real zeros, nodata -9999 in the file, raster:bands without nodata). Before: the
+    fill was 0, so every real 0 was marked invalid (silent); now the file's nodata tag is the fill."""
+    a, prof = l7
+    dem = a[2:3].astype("int16") - 60
+    dem[0][_box()] = -9999
+    zeros = dem[0] == 0
+    assert zeros.sum() > 20  # real zeros outside the box
+    item = _item(tmp_path, l7)
+    path = _write(tmp_path / "dem.tif", dem, prof, driver="COG", nodata=-9999)
+    item.assets["red"].href = str(path)
+    item.assets["red"].extra_fields["raster:bands"] = [{"data_type": "int16"}]
+    ds = geoarray.from_stac([item], bands=["red"])
+    assert ds.imagery.attrs["nodata"] == -9999
+    np.testing.assert_array_equal(ds.valid.values[0], ~_box())
+    np.testing.assert_array_equal(ds.imagery.values[0, 0], dem[0])
