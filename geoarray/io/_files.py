@@ -236,7 +236,7 @@ def refuse_shared_dates(stamps: list[pd.Timestamp], files: list[Path]) -> None:
                 f"{same} share the date {fmt_time(a)}; with stack='time' (the default) each file is one date. If they "
                 "are bands of one date (one file per band), pass stack='band'. If they are tiles of one date, "
                 "mosaic them first (e.g. `gdalbuildvrt mosaic.vrt tile1.tif tile2.tif`). If the dates are "
-                "wrong, pass times=[...] with one date per file."
+                "wrong, pass times= with one date per file."
             )
 
 

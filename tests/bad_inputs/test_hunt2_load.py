@@ -259,3 +259,17 @@ def test_stac_signed_band_keeps_its_real_zeros(tmp_path, l7):
     assert ds.imagery.attrs["nodata"] == -9999
     np.testing.assert_array_equal(ds.valid.values[0], ~_box())
     np.testing.assert_array_equal(ds.imagery.values[0, 0], dem[0])
+
+
+def test_cli_shared_date_message_names_the_cli_flag(tmp_path, l7):
+    """Before: `geoarray ingest` told the user to "pass times=[...]", a Python argument."""
+    from typer.testing import CliRunner
+
+    from geoarray.cli import app
+
+    a, prof = l7
+    files = [str(_write(tmp_path / f"L7_20200101_B{k}.tif", a[k : k + 1], prof)) for k in (1, 2)]
+    r = CliRunner().invoke(app, ["ingest", "geotiff", *files, "-o", str(tmp_path / "c.zarr")])
+    assert r.exit_code == 2
+    assert "pass --times with one date per file" in r.output and "times=" not in r.output
+    assert not (tmp_path / "c.zarr").exists()
