@@ -18,7 +18,7 @@ import xarray as xr
 from rasterio.enums import Resampling
 
 from geoarray.cube import DEFAULT_CHUNK, check_chunk
-from geoarray.errors import CubeError, RasterError, TimeError
+from geoarray.errors import BandError, CubeError, RasterError, TimeError
 from geoarray.io._files import (
     FileInfo,
     PathLike,
@@ -121,6 +121,8 @@ def from_geotiff(
         scale/offset tags for one band across dates, or a bad ``chunk``, ``stack`` or ``nodata``.
     NoOverlapError
         A file that does not overlap the first file's grid.
+    BandError
+        Two bands with one name (``bands=`` with a repeat, or a file listed twice with ``stack="band"``).
     TimeError
         No date could be found for a file, two files share a date, or ``times`` does not fit.
     CRSError
@@ -201,6 +203,14 @@ def from_geotiff(
                 + (" (all files together, stack='band')" if stack == "band" else "")
                 + "; give one name per band."
             )
+    dup = sorted({b for b in names if names.count(b) > 1})
+    if dup:
+        same = [str(f) for f in files if files.count(f) > 1]
+        raise BandError(
+            f"duplicate band names {dup} in {names}; expected one name per band"
+            + (f" (the files {sorted(set(same))} are listed more than once)" if same else "")
+            + ". Give each band its own name with bands=[...], or list each file once."
+        )
     if user_nodata is not None and len(user_nodata) not in (1, n):
         raise RasterError(
             f"nodata= has {len(user_nodata)} values for {n} bands; expected one value for all bands or one "

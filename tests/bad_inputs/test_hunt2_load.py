@@ -273,3 +273,14 @@ def test_cli_shared_date_message_names_the_cli_flag(tmp_path, l7):
     assert r.exit_code == 2
     assert "pass --times with one date per file" in r.output and "times=" not in r.output
     assert not (tmp_path / "c.zarr").exists()
+
+
+def test_duplicate_band_names_are_refused_by_from_geotiff(tmp_path, l7):
+    """Before: from_geotiff returned a cube with two bands of one name (refused only later, at write_cube)."""
+    a, prof = l7
+    b1 = str(_write(tmp_path / "L7_20200101_B1.tif", a[:1], prof))
+    with pytest.raises(geoarray.errors.BandError, match=r"duplicate band names.*listed more than once"):
+        geoarray.from_geotiff([b1, b1], stack="band")
+    full = str(_write(tmp_path / "L7.tif", a, prof))
+    with pytest.raises(geoarray.errors.BandError, match=r"duplicate band names \['a'\]"):
+        geoarray.from_geotiff(full, times=[T0], bands=["a", "a", "b", "c", "d", "e"])
