@@ -284,3 +284,32 @@ def test_duplicate_band_names_are_refused_by_from_geotiff(tmp_path, l7):
     full = str(_write(tmp_path / "L7.tif", a, prof))
     with pytest.raises(geoarray.errors.BandError, match=r"duplicate band names \['a'\]"):
         geoarray.from_geotiff(full, times=[T0], bands=["a", "a", "b", "c", "d", "e"])
+
+
+# -- write_cube/open_cube of a cube built by hand with rioxarray ----------------------------------------
+
+
+@pytest.mark.parametrize(("dtype", "nodata", "scale"), [("uint8", 0, None), ("int16", -9999, None), ("uint16", 0, 2.75e-5)])
+def test_rioxarray_built_cube_round_trips_raw(tmp_path, l7, dtype, nodata, scale):
+    """rioxarray keeps nodata in attrs['_FillValue'] and scale/offset in attrs['scale_factor'/'add_offset'].
+    Before: the store decoded them, so the cube came back float32 with NaN fill (or float64 physical values)."""
+    import rioxarray
+
+    a, prof = l7
+    raw = a.astype(dtype)
+    raw[:, _box()] = nodata
+    path = _write(tmp_path / "f.tif", raw, prof, nodata=nodata)
+    if scale:
+        with rasterio.open(path, "r+") as dst:
+            dst.scales, dst.offsets = (scale,) * 6, (-0.2,) * 6
+    da = rioxarray.open_rasterio(path)
+    cube = da.expand_dims(time=[np.datetime64(T0)]).assign_coords(band=[f"B{i}" for i in range(6)])
+    cube = cube.to_dataset(name="imagery")
+    geoarray.write_cube(cube, tmp_path / "c.zarr")
+    back = geoarray.open_cube(tmp_path / "c.zarr")
+    assert back.imagery.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(back.imagery.values[0], raw)
+    assert back.imagery.attrs["nodata"] == nodata
+    if scale:
+        assert back.imagery.attrs["scales"] == [scale] * 6 and back.imagery.attrs["offsets"] == [-0.2] * 6
+    assert "_FillValue" in cube.imagery.attrs  # the caller's cube is left as it was
