@@ -191,19 +191,20 @@ def dataset_mask(
 
 def _mask_block(rows: np.ndarray, cols: np.ndarray, *, path: str, warp: Any, alpha: bool) -> np.ndarray:
     import rasterio
+    from rasterio.enums import ColorInterp
     from rasterio.windows import Window
 
     win = Window(int(cols[0]), int(rows[0]), len(cols), len(rows))
     with rasterio.open(path) as src:
-        if warp is None:
+        if warp is None and not alpha:
             return np.asarray(src.read_masks(1, window=win) == 0)
+        if warp is None:  # the alpha band itself: GDAL's masks follow a nodata tag instead when there is one
+            return np.asarray(src.read(list(src.colorinterp).index(ColorInterp.alpha) + 1, window=win) == 0)
         crs, tr, height, width = warp
         # a source alpha band is kept by the warper; a mask without one needs an alpha band added
         with WarpedVRT(
             src, crs=crs, transform=Affine(*tr), height=height, width=width, add_alpha=not alpha
         ) as vrt:
-            from rasterio.enums import ColorInterp
-
             # read the alpha band itself: a warped VRT's band masks ignore it
             k = list(vrt.colorinterp).index(ColorInterp.alpha) + 1
             return np.asarray(vrt.read(k, window=win) == 0)

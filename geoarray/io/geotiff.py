@@ -293,7 +293,7 @@ def _open_on_grid(
         outside = footprint(grid, info.grid, da.y.values, da.x.values, chunk)
     if info.alpha:  # the alpha band is the mask below, not a band of the cube
         da = da.isel(band=list(info.bands))
-    if info.masked and all(v is None for v in nodata):
+    if info.alpha or (info.masked and all(v is None for v in nodata)):
         # GDAL's per-dataset mask (internal mask, .msk or alpha) is the file's only record of its fill
         mask = dataset_mask(
             info.path, grid, warp=warp, alpha=info.alpha, shape=(da.sizes["y"], da.sizes["x"]), chunk=chunk

@@ -69,12 +69,14 @@ def test_internal_mask_marks_valid_false(tmp_path, l7):
     np.testing.assert_array_equal(ds.imagery.values[0], a)  # the pixels themselves are untouched
 
 
-def test_alpha_band_is_a_mask_not_a_band(tmp_path, l7):
-    """Before: an RGBA file gave a 4-band cube (alpha as data) with no `valid`."""
+@pytest.mark.parametrize("nodata", [None, 0])
+def test_alpha_band_is_a_mask_not_a_band(tmp_path, l7, nodata):
+    """Before: an RGBA file gave a 4-band cube (alpha as data) with no `valid`. The alpha band counts even
+    beside a nodata tag (GDAL's own masks then follow the tag and ignore the alpha)."""
     a, prof = l7
     rgba = np.concatenate([a[:3], np.full((1, H, W), 255, np.uint8)])
-    rgba[3][_box()] = 0
-    path = _write(tmp_path / "rgba.tif", rgba, prof, photometric="RGB", alpha="YES")
+    rgba[3][_box()] = 0  # transparent, while the RGB values under it are real data
+    path = _write(tmp_path / "rgba.tif", rgba, prof, photometric="RGB", alpha="YES", nodata=nodata)
     ds = geoarray.from_geotiff(path, times=[T0])
     assert ds.sizes["band"] == 3
     np.testing.assert_array_equal(ds.imagery.values[0], a[:3])
