@@ -192,7 +192,18 @@ def parse_times(times: list[Any]) -> list[pd.Timestamp]:
         raise TimeError(f"times={list(times)!r} are not dates ({e}); expected e.g. '2021-05-01'.") from None
     if any(pd.isna(t) for t in out):
         raise TimeError(f"times={list(times)!r} holds a missing date (NaT); expected one date per file.")
-    return [t.tz_convert(None) if t.tzinfo else t for t in out]
+    return _in_range([t.tz_convert(None) if t.tzinfo else t for t in out], "times")
+
+
+def _in_range(stamps: list[pd.Timestamp], what: str) -> list[pd.Timestamp]:
+    """A cube's time is datetime64[ns] (1677-09-22 .. 2262-04-11); outside it numpy wraps silently."""
+    far = [str(t) for t in stamps if not pd.Timestamp.min <= t <= pd.Timestamp.max]
+    if far:
+        raise TimeError(
+            f"{what} {far} are outside the dates a cube can hold (1678 .. 2261, datetime64[ns]); expected "
+            "acquisition dates. Check for a typo in the year."
+        )
+    return stamps
 
 
 def dates_of(infos: list[FileInfo], given: list[Any] | None, stack: str) -> list[pd.Timestamp]:
@@ -207,7 +218,7 @@ def dates_of(infos: list[FileInfo], given: list[Any] | None, stack: str) -> list
                     f"no date for {str(i.path)!r}: no date tag and no YYYYMMDD in the file name. "
                     "Pass `times=[...]` with one date per file."
                 )
-        return [d for d in found if d is not None]
+        return _in_range([d for d in found if d is not None], "the dates in the files' tags")
     days = {d for d in found if d is not None}
     if not days:
         raise TimeError(
@@ -221,7 +232,7 @@ def dates_of(infos: list[FileInfo], given: list[Any] | None, stack: str) -> list
             "date. Pass the date with times=['YYYY-MM-DD'] if they belong together, or use stack='time' for "
             "one multi-band file per date."
         )
-    return [days.pop()]
+    return _in_range([days.pop()], "the date in the files' tags")
 
 
 def fmt_time(t: pd.Timestamp) -> str:

@@ -315,3 +315,12 @@ def test_rioxarray_built_cube_round_trips_raw(tmp_path, l7, dtype, nodata, scale
     if scale:
         assert back.imagery.attrs["scales"] == [scale] * 6 and back.imagery.attrs["offsets"] == [-0.2] * 6
     assert "_FillValue" in cube.imagery.attrs  # the caller's cube is left as it was
+
+
+@pytest.mark.parametrize("when", ["1600-01-01", "0020-05-18", "2300-01-01"])
+def test_dates_outside_datetime64ns_are_refused(tmp_path, l7, when):
+    """Before: times=['1600-01-01'] (or a typo like 0020) wrapped silently to a date in 2184."""
+    a, prof = l7
+    path = _write(tmp_path / "L7.tif", a, prof)
+    with pytest.raises(geoarray.errors.TimeError, match="outside the dates a cube can hold"):
+        geoarray.from_geotiff(path, times=[when])
