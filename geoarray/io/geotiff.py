@@ -205,10 +205,10 @@ def from_geotiff(
             )
     dup = sorted({b for b in names if names.count(b) > 1})
     if dup:
-        same = [str(f) for f in files if files.count(f) > 1]
+        twice = sorted({str(f) for f in files if files.count(f) > 1})
         raise BandError(
             f"duplicate band names {dup} in {names}; expected one name per band"
-            + (f" (the files {sorted(set(same))} are listed more than once)" if same else "")
+            + (f" (the files {twice} are listed more than once)" if twice else "")
             + ". Give each band its own name with bands=[...], or list each file once."
         )
     if user_nodata is not None and len(user_nodata) not in (1, n):
