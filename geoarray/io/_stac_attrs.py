@@ -18,13 +18,16 @@ def crs_name(crs: Any) -> str:
 
 def scale_attrs(plan: Plan) -> dict[str, list[float]]:
     """Per-band ``raster:bands`` scale/offset, as :func:`geoarray.from_geotiff` keeps GeoTIFF scale tags: not
-    applied, recorded when not identity; refused when items disagree (their pixels are in different units)."""
+    applied, recorded when not identity; refused when items state different ones (their pixels are in different
+    units). Items that state none are taken to share the others'."""
     per_band: list[tuple[float, float]] = []
     for j, name in enumerate(plan.bands):
         seen: dict[tuple[float, float], str] = {}
         for it in plan.items:
             a = it["assets"][asset_key(j)]
             doc = a["raster:bands"][a["ga:index"] - 1]
+            if "scale" not in doc and "offset" not in doc:
+                continue  # not stated (e.g. an item without raster:bands): no evidence of other units
             so = (float(doc.get("scale", 1.0)), float(doc.get("offset", 0.0)))
             seen.setdefault(so, str(it["id"]))
         if len(seen) > 1:
@@ -35,7 +38,7 @@ def scale_attrs(plan: Plan) -> dict[str, list[float]]:
                 "04.00 added an offset); expected one scaling per band. Load the groups separately, convert "
                 "each to physical values (`ds.imagery * scale + offset`, in float) and concatenate them."
             )
-        per_band.append(next(iter(seen)))
+        per_band.append(next(iter(seen), (1.0, 0.0)))
     if all(s == 1.0 and o == 0.0 for s, o in per_band):
         return {}
     return {"scales": [s for s, _ in per_band], "offsets": [o for _, o in per_band]}

@@ -324,3 +324,13 @@ def test_dates_outside_datetime64ns_are_refused(tmp_path, l7, when):
     path = _write(tmp_path / "L7.tif", a, prof)
     with pytest.raises(geoarray.errors.TimeError, match="outside the dates a cube can hold"):
         geoarray.from_geotiff(path, times=[when])
+
+
+def test_stac_item_without_scale_metadata_joins_the_stated_scaling(tmp_path, l7):
+    """An item that states no scale/offset (no raster:bands scale) is not evidence of other units: the cube
+    loads and records the scaling the other item states."""
+    scaled = _item(tmp_path, l7, iid="scaled", scale={"scale": 2.75e-5, "offset": -0.2})
+    bare = _item(tmp_path, l7, iid="bare", when=dt.datetime(2020, 2, 1, tzinfo=dt.UTC))
+    ds = geoarray.from_stac([scaled, bare], bands=["red"])
+    assert ds.imagery.attrs["scales"] == [2.75e-5] and ds.imagery.attrs["offsets"] == [-0.2]
+    assert ds.sizes["time"] == 2
