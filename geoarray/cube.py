@@ -154,6 +154,8 @@ def _prepare_for_zarr(ds: xr.Dataset, chunk: int) -> xr.Dataset:
             ds[name].attrs = {k: v for k, v in attrs.items() if k not in ("scale_factor", "add_offset")}
         if ds[name].dtype == bool:
             ds[name].attrs.pop("_FillValue", None)
+        else:
+            ds[name].attrs = _raw_attrs(ds[name])
     for name, c in ds.coords.items():
         if c.dtype.kind in "UST" and c.ndim == 1:  # fixed-width unicode triggers zarr v3 spec warnings
             ds = ds.assign_coords({name: (c.dims, c.values.astype(object))})
@@ -162,6 +164,30 @@ def _prepare_for_zarr(ds: xr.Dataset, chunk: int) -> xr.Dataset:
             # dask chunks must equal the zarr chunks, or parallel writes could race on a shared chunk
             ds[name] = da.chunk(storage_chunks(da, chunk=chunk))
     return ds
+
+
+def _raw_attrs(da: xr.DataArray) -> dict[str, Any]:
+    """A variable's attrs with rioxarray's CF packing attrs turned into geoarray's own (not applied).
+
+    ``rioxarray.open_rasterio`` puts a raster's nodata in ``attrs["_FillValue"]`` and its scale/offset in
+    ``attrs["scale_factor"]``/``["add_offset"]`` on raw pixels. Written as they are, xarray decodes them on
+    reading: fill becomes NaN and the pixels float, or float64 physical values, so the cube that comes back is
+    not the one written. Kept as ``nodata``/``scales``/``offsets`` (as from_geotiff records them), the stored
+    pixels are the raw ones, in their own dtype.
+    """
+    attrs = dict(da.attrs)
+    if "_FillValue" in attrs:
+        fill = attrs.pop("_FillValue")
+        v = np.asarray(fill).ravel()
+        if v.size == 1 and "nodata" not in attrs:
+            attrs["nodata"] = v[0].item()
+    if "scale_factor" in attrs or "add_offset" in attrs:
+        scale, offset = attrs.pop("scale_factor", 1.0), attrs.pop("add_offset", 0.0)
+        n = da.sizes.get("band", 1)
+        per = [np.broadcast_to(np.asarray(x, dtype=np.float64).ravel(), (n,)) for x in (scale, offset)]
+        if "scales" not in attrs:
+            attrs["scales"], attrs["offsets"] = [float(x) for x in per[0]], [float(x) for x in per[1]]
+    return attrs
 
 
 def _grid_mismatch(existing: xr.Dataset, new: xr.Dataset) -> str | None:

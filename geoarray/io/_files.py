@@ -18,7 +18,7 @@ import pandas as pd
 import rasterio
 import rioxarray
 import xarray as xr
-from rasterio.enums import Resampling
+from rasterio.enums import ColorInterp, MaskFlags, Resampling
 
 from geoarray.errors import CRSError, RasterError, TimeError
 from geoarray.io._grid import Grid
@@ -54,6 +54,11 @@ class FileInfo:
     grid: Grid
     scales: tuple[float, ...]
     offsets: tuple[float, ...]
+    # 0-based indexes of the file's data bands: every band but an alpha band, which is a mask, not data
+    bands: tuple[int, ...] = ()
+    # GDAL's per-dataset mask (an internal/.msk mask or an alpha band) marks fill, and no nodata tag does
+    masked: bool = False
+    alpha: bool = False  # the file has an alpha band (left out of ``bands``)
 
 
 def as_paths(paths: PathLike | Sequence[PathLike]) -> list[Path]:
@@ -115,16 +120,27 @@ def read_info(path: Path) -> FileInfo:
                 f"{str(path)!r} mixes band types {sorted(set(src.dtypes))}; expected one type for all bands. "
                 "Convert it, e.g. `gdal_translate -ot Float32 in.tif out.tif`."
             )
+        alpha = [k for k, ci in enumerate(src.colorinterp) if ci == ColorInterp.alpha]
+        keep = [k for k in range(src.count) if k not in alpha]
+        if not keep:
+            raise RasterError(
+                f"{str(path)!r} holds only an alpha band (a transparency mask, not data); expected at least "
+                "one data band."
+            )
+        masked = bool(alpha) or any(MaskFlags.per_dataset in src.mask_flag_enums[k] for k in keep)
         return FileInfo(
             path=path,
-            count=src.count,
-            dtype=np.dtype(src.dtypes[0]),
-            nodata=tuple(src.nodatavals),
-            descriptions=tuple(src.descriptions),
+            count=len(keep),
+            dtype=np.dtype(src.dtypes[keep[0]]),
+            nodata=tuple(src.nodatavals[k] for k in keep),
+            descriptions=tuple(src.descriptions[k] for k in keep),
             tags=src.tags(),
             grid=Grid(src.crs, src.transform, src.height, src.width),
-            scales=tuple(float(v) for v in src.scales),
-            offsets=tuple(float(v) for v in src.offsets),
+            scales=tuple(float(src.scales[k]) for k in keep),
+            offsets=tuple(float(src.offsets[k]) for k in keep),
+            bands=tuple(keep),
+            masked=masked,
+            alpha=bool(alpha),
         )
 
 
@@ -176,7 +192,18 @@ def parse_times(times: list[Any]) -> list[pd.Timestamp]:
         raise TimeError(f"times={list(times)!r} are not dates ({e}); expected e.g. '2021-05-01'.") from None
     if any(pd.isna(t) for t in out):
         raise TimeError(f"times={list(times)!r} holds a missing date (NaT); expected one date per file.")
-    return [t.tz_convert(None) if t.tzinfo else t for t in out]
+    return _in_range([t.tz_convert(None) if t.tzinfo else t for t in out], "times")
+
+
+def _in_range(stamps: list[pd.Timestamp], what: str) -> list[pd.Timestamp]:
+    """A cube's time is datetime64[ns] (1677-09-22 .. 2262-04-11); outside it numpy wraps silently."""
+    far = [str(t) for t in stamps if not pd.Timestamp.min <= t <= pd.Timestamp.max]
+    if far:
+        raise TimeError(
+            f"{what} {far} are outside the dates a cube can hold (1678 .. 2261, datetime64[ns]); expected "
+            "acquisition dates. Check for a typo in the year."
+        )
+    return stamps
 
 
 def dates_of(infos: list[FileInfo], given: list[Any] | None, stack: str) -> list[pd.Timestamp]:
@@ -191,7 +218,7 @@ def dates_of(infos: list[FileInfo], given: list[Any] | None, stack: str) -> list
                     f"no date for {str(i.path)!r}: no date tag and no YYYYMMDD in the file name. "
                     "Pass `times=[...]` with one date per file."
                 )
-        return [d for d in found if d is not None]
+        return _in_range([d for d in found if d is not None], "the dates in the files' tags")
     days = {d for d in found if d is not None}
     if not days:
         raise TimeError(
@@ -205,7 +232,7 @@ def dates_of(infos: list[FileInfo], given: list[Any] | None, stack: str) -> list
             "date. Pass the date with times=['YYYY-MM-DD'] if they belong together, or use stack='time' for "
             "one multi-band file per date."
         )
-    return [days.pop()]
+    return _in_range([days.pop()], "the date in the files' tags")
 
 
 def fmt_time(t: pd.Timestamp) -> str:
@@ -220,7 +247,7 @@ def refuse_shared_dates(stamps: list[pd.Timestamp], files: list[Path]) -> None:
                 f"{same} share the date {fmt_time(a)}; with stack='time' (the default) each file is one date. If they "
                 "are bands of one date (one file per band), pass stack='band'. If they are tiles of one date, "
                 "mosaic them first (e.g. `gdalbuildvrt mosaic.vrt tile1.tif tile2.tif`). If the dates are "
-                "wrong, pass times=[...] with one date per file."
+                "wrong, pass times= with one date per file."
             )
 
 

@@ -38,7 +38,10 @@ class Grid:
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:
-        return array_bounds(self.height, self.width, self.transform)  # (west, south, east, north)
+        """(west, south, east, north), also for a south-up or east-to-west grid (rasterio's array_bounds
+        then gives south > north or west > east, which would pass for an empty box)."""
+        x0, y0, x1, y1 = array_bounds(self.height, self.width, self.transform)
+        return min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
 
     def vrt(self, src: Any, resampling: Resampling, nodata: Any = None, src_nodata: Any = None) -> WarpedVRT:
         kw: dict[str, Any] = {}
@@ -166,3 +169,42 @@ def _transformer(dst: str, src: str) -> Any:
     if (dst, src) not in cache:
         cache[(dst, src)] = Transformer.from_crs(dst, src, always_xy=True)
     return cache[(dst, src)]
+
+
+def dataset_mask(
+    path: Path, grid: Grid, *, warp: bool, alpha: bool, shape: tuple[int, int], chunk: int
+) -> xr.DataArray:
+    """(y, x): True where GDAL's per-dataset mask of the file at ``path`` (an internal/.msk mask or an alpha
+    band) marks fill, read lazily one window per dask block. With ``warp``, the mask is warped onto ``grid``
+    too (through an alpha band), so it is also True outside the file's footprint."""
+    fn = functools.partial(
+        _mask_block,
+        path=str(path),
+        warp=(grid.crs.to_wkt(), tuple(grid.transform)[:6], grid.height, grid.width) if warp else None,
+        alpha=alpha,
+    )
+    rows = dsa.arange(shape[0], chunks=chunk)
+    cols = dsa.arange(shape[1], chunks=chunk)
+    out = dsa.blockwise(fn, "ij", rows, "i", cols, "j", dtype=bool)
+    return xr.DataArray(out, dims=("y", "x"))
+
+
+def _mask_block(rows: np.ndarray, cols: np.ndarray, *, path: str, warp: Any, alpha: bool) -> np.ndarray:
+    import rasterio
+    from rasterio.enums import ColorInterp
+    from rasterio.windows import Window
+
+    win = Window(int(cols[0]), int(rows[0]), len(cols), len(rows))
+    with rasterio.open(path) as src:
+        if warp is None and not alpha:
+            return np.asarray(src.read_masks(1, window=win) == 0)
+        if warp is None:  # the alpha band itself: GDAL's masks follow a nodata tag instead when there is one
+            return np.asarray(src.read(list(src.colorinterp).index(ColorInterp.alpha) + 1, window=win) == 0)
+        crs, tr, height, width = warp
+        # a source alpha band is kept by the warper; a mask without one needs an alpha band added
+        with WarpedVRT(
+            src, crs=crs, transform=Affine(*tr), height=height, width=width, add_alpha=not alpha
+        ) as vrt:
+            # read the alpha band itself: a warped VRT's band masks ignore it
+            k = list(vrt.colorinterp).index(ColorInterp.alpha) + 1
+            return np.asarray(vrt.read(k, window=win) == 0)

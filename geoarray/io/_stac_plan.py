@@ -157,7 +157,7 @@ def plan_load(
         out_items.append(
             {**doc, "stac_version": "1.1.0", "properties": props, "assets": assets, "stac_extensions": exts}
         )
-    out_dtype, fill = _dtype_and_fill(out_items, len(bands), dtype)
+    out_dtype, fill = _dtype_and_fill(out_items, len(bands), dtype, headers)
     return Plan(out_items, list(bands), load_names, multiband, headers, out_dtype, fill)
 
 
@@ -197,8 +197,15 @@ def _utc(value: Any, item_id: Any, key: str) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _dtype_and_fill(items: list[dict[str, Any]], nbands: int, dtype: Any) -> tuple[np.dtype, Any]:
-    """One output dtype and fill value for both engines."""
+def _dtype_and_fill(
+    items: list[dict[str, Any]], nbands: int, dtype: Any, headers: dict[str, Header] | None = None
+) -> tuple[np.dtype, Any]:
+    """One output dtype and fill value for both engines.
+
+    An integer cube's fill is the items' ``nodata``; without one, the nodata tag the probed files share
+    (``check=`` "first"/"all"), else 0. Not 0 first: a signed band (a DEM, int16 reflectance) holds real
+    zeros, which would be marked invalid.
+    """
     if dtype is not None:
         try:
             out = np.dtype(dtype)
@@ -234,6 +241,9 @@ def _dtype_and_fill(items: list[dict[str, Any]], nbands: int, dtype: Any) -> tup
             a = it["assets"][asset_key(j)]
             nodatas.add(a["raster:bands"][a["ga:index"] - 1].get("nodata"))
     nd = nodatas.pop() if len(nodatas) == 1 else None
+    if nd is None and nodatas == set() and headers:
+        tags = {h.nodata for h in headers.values()}
+        nd = tags.pop() if len(tags) == 1 else None
     info = np.iinfo(out)
     if (
         isinstance(nd, (int, float))

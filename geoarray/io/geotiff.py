@@ -18,7 +18,7 @@ import xarray as xr
 from rasterio.enums import Resampling
 
 from geoarray.cube import DEFAULT_CHUNK, check_chunk
-from geoarray.errors import CubeError, RasterError, TimeError
+from geoarray.errors import BandError, CubeError, RasterError, TimeError
 from geoarray.io._files import (
     FileInfo,
     PathLike,
@@ -35,7 +35,7 @@ from geoarray.io._files import (
     resampling_of,
     scale_attrs,
 )
-from geoarray.io._grid import Grid, check_overlap, footprint
+from geoarray.io._grid import Grid, check_overlap, dataset_mask, footprint
 from geoarray.io._labels_export import export_geotiff, read_labels, select_time
 
 __all__ = ["export_geotiff", "from_geotiff", "parse_nodata", "read_labels", "select_time"]
@@ -93,9 +93,10 @@ def from_geotiff(
     nodata
         The value that marks fill pixels, for files whose nodata tag is missing or wrong (Landsat scenes
         often ship with fill 0 and no tag): one number for every band, or a list with one per band of the
-        cube. It replaces the files' own tags. A pixel is invalid (``valid`` is False) when **all** its bands
-        equal their nodata (GDAL's per-dataset mask; Landsat fill is 0 in every band, while a dark pixel
-        may be 0 in one band). It is also the source nodata of warping, so fill never blends into data.
+        cube. It replaces the files' own tags. A pixel is invalid (``valid`` is False) when **all** the bands
+        of one file equal their nodata (GDAL's per-dataset mask; Landsat fill is 0 in every band, while a
+        dark pixel may be 0 in one band); with ``stack="band"``, fill in any one file makes the pixel
+        invalid. It is also the source nodata of warping, so fill never blends into data.
     chunk
         Dask chunk size in ``y`` and ``x`` (a whole number >= 1).
     resampling
@@ -108,8 +109,9 @@ def from_geotiff(
     xarray.Dataset
         A lazy cube: ``imagery(time, band, y, x)`` in the files' (common) dtype, sorted by time, on the first
         file's grid, and ``valid(time, y, x)`` when some pixels may be fill: where nodata is known (tags or
-        ``nodata=``; NaN counts as nodata in float files that declare one), and outside the area a warped
-        file covers. Scale/offset tags that are not identity are kept as ``imagery.attrs["scales"]`` and
+        ``nodata=``; NaN counts as nodata in float files that declare one), where a file without a nodata
+        tag has a GDAL mask (an internal or ``.msk`` mask, or an alpha band: alpha bands are masks, not
+        bands of the cube), and outside the area a warped file covers. Scale/offset tags that are not identity are kept as ``imagery.attrs["scales"]`` and
         ``["offsets"]`` (per band, not applied: physical value = pixel * scale + offset).
 
     Raises
@@ -119,6 +121,8 @@ def from_geotiff(
         scale/offset tags for one band across dates, or a bad ``chunk``, ``stack`` or ``nodata``.
     NoOverlapError
         A file that does not overlap the first file's grid.
+    BandError
+        Two bands with one name (``bands=`` with a repeat, or a file listed twice with ``stack="band"``).
     TimeError
         No date could be found for a file, two files share a date, or ``times`` does not fit.
     CRSError
@@ -199,6 +203,14 @@ def from_geotiff(
                 + (" (all files together, stack='band')" if stack == "band" else "")
                 + "; give one name per band."
             )
+    dup = sorted({b for b in names if names.count(b) > 1})
+    if dup:
+        twice = sorted({str(f) for f in files if files.count(f) > 1})
+        raise BandError(
+            f"duplicate band names {dup} in {names}; expected one name per band"
+            + (f" (the files {twice} are listed more than once)" if twice else "")
+            + ". Give each band its own name with bands=[...], or list each file once."
+        )
     if user_nodata is not None and len(user_nodata) not in (1, n):
         raise RasterError(
             f"nodata= has {len(user_nodata)} values for {n} bands; expected one value for all bands or one "
@@ -267,7 +279,8 @@ def _open_on_grid(
 ) -> tuple[xr.DataArray, xr.DataArray | None]:
     """One file as (band, y, x) on ``grid`` (lazy), and where it leaves the grid uncovered (or None)."""
     chunks = {"band": -1, "y": chunk, "x": chunk}
-    if grid.same(info.grid):
+    warp = not grid.same(info.grid)
+    if not warp:
         da = open_da(info.path, chunks=chunks)
         outside = None
     else:
@@ -278,6 +291,14 @@ def _open_on_grid(
         with rasterio.open(info.path) as src, grid.vrt(src, rs, nodata=nd, src_nodata=nd) as vrt:
             da = open_da(vrt, chunks=chunks)
         outside = footprint(grid, info.grid, da.y.values, da.x.values, chunk)
+    if info.alpha:  # the alpha band is the mask below, not a band of the cube
+        da = da.isel(band=list(info.bands))
+    if info.alpha or (info.masked and all(v is None for v in nodata)):
+        # GDAL's per-dataset mask (internal mask, .msk or alpha) is the file's only record of its fill
+        mask = dataset_mask(
+            info.path, grid, warp=warp, alpha=info.alpha, shape=(da.sizes["y"], da.sizes["x"]), chunk=chunk
+        )
+        outside = mask if outside is None else outside | mask
     da = da.drop_vars(["spatial_ref"], errors="ignore")
     return da, outside
 
@@ -293,13 +314,12 @@ class _Opened(NamedTuple):
 
 
 def _invalid(group: list[_Opened]) -> xr.DataArray | None:
-    """(y, x) True where a date's pixel is fill: every band of every file nodata, or outside a warped file."""
+    """(y, x) True where a date's pixel is fill in some file: every band of that file nodata, masked, or outside
+    a warped file. With stack='band' each file is its own band(s): one file's fill makes the pixel unusable
+    even where the others hold data (e.g. bands of different footprints)."""
     out: xr.DataArray | None = None
-    missing = [o.missing for o in group if o.missing is not None]
-    if len(missing) == len(group):
-        for m in missing:
-            out = m if out is None else out & m
     for o in group:
-        if o.outside is not None:
-            out = o.outside if out is None else out | o.outside
+        for m in (o.missing, o.outside):
+            if m is not None:
+                out = m if out is None else out | m
     return out

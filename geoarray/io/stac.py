@@ -16,8 +16,9 @@ import numpy as np
 import rioxarray  # noqa: F401  (registers .rio)
 import xarray as xr
 
-from geoarray.cube import DEFAULT_CHUNK
-from geoarray.errors import STACError
+from geoarray.cube import DEFAULT_CHUNK, check_chunk
+from geoarray.errors import CubeError, STACError
+from geoarray.io._stac_attrs import refuse_unit_change, scale_attrs
 from geoarray.io._stac_check import S3_ENV
 from geoarray.io._stac_plan import Plan, asset_key, check_bbox, item_crs, plan_load
 from geoarray.io._stac_read import ItemsLike, gdal_s3, read_items
@@ -65,7 +66,8 @@ def from_stac(
         Dask chunk size in ``y`` and ``x``.
     dtype
         Output dtype; default: the assets' own (from ``raster:bands``), else float32. Float cubes fill
-        missing pixels with NaN, integer cubes with the assets' ``nodata`` (else 0). An integer cube also
+        missing pixels with NaN, integer cubes with the assets' ``nodata`` (else the nodata tag the probed
+        files share, see ``check``, else 0). An integer cube also
         gets ``valid(time, y, x)``: False where every band holds the fill value (nodata, or outside every
         item's footprint), as :func:`geoarray.from_geotiff` does, so training and predict skip those pixels.
         Integer cubes are half the size of float32 ones and load faster; predict converts each block.
@@ -83,7 +85,10 @@ def from_stac(
     -------
     xarray.Dataset
         ``imagery(time, band, y, x)``, lazy, with ``spatial_ref``; and ``valid(time, y, x)`` for an integer
-        dtype.
+        dtype. ``imagery.attrs["nodata"]`` is the fill value (NaN for a float dtype); ``raster:bands``
+        scale/offset that are not identity are kept as ``attrs["scales"]`` and ``["offsets"]`` (per band,
+        not applied), as :func:`geoarray.from_geotiff` keeps GeoTIFF scale tags. In a geographic CRS
+        (``crs="EPSG:4326"``) ``y``/``x`` hold latitude/longitude.
 
     Raises
     ------
@@ -91,7 +96,8 @@ def from_stac(
         Input that is not STAC items (a Collection, plain GeoJSON, a file that is not JSON), no items, a band
         that is missing or ambiguous (the message lists the names the item has), a missing or unreadable
         asset file, item metadata that disagrees with its file, items in several CRSs without ``crs=``, a
-        bbox outside the items, or an unknown engine.
+        bbox outside the items, a band whose ``raster:bands`` scale/offset differ between items, a bad
+        ``chunk``, or an unknown engine.
 
     Notes
     -----
@@ -123,6 +129,10 @@ def from_stac(
         raise STACError(f"bands lists {dup} more than once; expected each band once.")
     if check not in ("first", "all", "none"):
         raise STACError(f"check={check!r}; expected 'first', 'all' or 'none'.")
+    try:
+        chunk = check_chunk(chunk)
+    except CubeError as e:
+        raise STACError(str(e)) from None
     res = _check_resolution(resolution)
     out_crs = _check_crs(crs)
     box = check_bbox(bbox) if bbox is not None else None
@@ -130,7 +140,9 @@ def from_stac(
     if not its:
         raise STACError("no STAC items to load (the list is empty); expected at least one pystac.Item.")
     if storage_options and engine != "odc":
-        raise STACError("storage_options apply to engine='odc' only; use engine='odc' for assets in object storage.")
+        raise STACError(
+            "storage_options apply to engine='odc' only; use engine='odc' for assets in object storage."
+        )
     aws, gdal = gdal_s3(storage_options)
     token = S3_ENV.set((aws, gdal))  # the header probe opens remote files with them
     try:
@@ -149,23 +161,30 @@ def from_stac(
                 f"grid. Pass crs= to reproject them all, e.g. crs={_crs_name(crss[0])!r}, or load the CRSs "
                 "separately."
             )
+    if out_crs is not None and res is None:
+        refuse_unit_change(plan, out_crs, len(bands))
     plan.items.sort(key=lambda d: (_when(d), d["id"]))
     gbox = _geobox(plan, resolution=res, crs=out_crs, bbox=box)
     if box is not None:
         _drop_outside(plan, gbox, box)
+    attrs = {"nodata": float(plan.fill), **scale_attrs(plan)}  # refused here, before any pixel is read
     if engine == "odc":
         da = _load_odc(plan, gbox, chunk=chunk, s3=(aws, gdal))
     else:
         da = _load_stackstac(plan, gbox, chunk=chunk)
-    # one set of coordinates, from the grid both engines were given
+    # one set of coordinates, from the grid both engines were given (odc names them latitude/longitude
+    # in a geographic CRS; a cube's are y/x whatever the CRS)
+    ydim, xdim = (str(d) for d in gbox.dimensions)
     coords = gbox.coords
+    da = da.rename({k: v for k, v in ((ydim, "y"), (xdim, "x")) if k != v and k in da.dims})
     da = da.assign_coords(
         band=np.asarray(bands, dtype=object),
         time=da["time"].values.astype("datetime64[ns]"),
-        y=coords["y"].values,
-        x=coords["x"].values,
+        y=coords[ydim].values,
+        x=coords[xdim].values,
     )
-    da.attrs = {}
+    da = da.drop_vars([c for c in da.coords if c not in ("time", "band", "y", "x", "spatial_ref")])
+    da.attrs = attrs
     ds = xr.Dataset({"imagery": da})
     if da.dtype.kind in "ui":  # an integer cube has no NaN: the fill value marks what is missing
         ds["valid"] = (da != plan.fill).any("band")
@@ -242,6 +261,12 @@ def _geobox(plan: Plan, *, resolution: float | None, crs: Any, bbox: Any) -> Any
             "the items carry no projection metadata (proj:code/proj:epsg, proj:transform), so the grid is "
             f"unknown; pass crs= and resolution=.{hint}"
         )
+    if not gbox.axis_aligned:
+        raise STACError(
+            f"the items' grid is rotated or sheared (proj:transform {list(gbox.affine)[:6]}); a cube's y/x axes "
+            "follow the CRS axes. Pass crs= and resolution= to load them onto a north-up grid, e.g. "
+            f"crs={str(gbox.crs)!r}, resolution={abs(gbox.resolution.x):g}."
+        )
     if gbox.shape[0] * gbox.shape[1] == 0:
         raise STACError(f"the output grid is empty ({gbox.shape}); check bbox= and resolution=.")
     return gbox
@@ -271,7 +296,9 @@ def _drop_outside(plan: Plan, gbox: Any, bbox: tuple[float, float, float, float]
     plan.items = [plan.items[i] for i in keep]
 
 
-def _load_odc(plan: Plan, gbox: Any, *, chunk: int, s3: tuple[Any, dict[str, str]] = (None, {})) -> xr.DataArray:
+def _load_odc(
+    plan: Plan, gbox: Any, *, chunk: int, s3: tuple[Any, dict[str, str]] = (None, {})
+) -> xr.DataArray:
     import odc.stac
 
     try:
@@ -288,7 +315,8 @@ def _load_odc(plan: Plan, gbox: Any, *, chunk: int, s3: tuple[Any, dict[str, str
         )
     except ValueError as e:
         raise STACError(f"odc-stac could not load the items: {e}") from None
-    da = ds[plan.load_names].to_dataarray("band").transpose("time", "band", "y", "x")
+    ydim, xdim = (str(d) for d in gbox.dimensions)  # latitude/longitude in a geographic CRS
+    da = ds[plan.load_names].to_dataarray("band").transpose("time", "band", ydim, xdim)
     return da.chunk({"band": -1})
 
 
