@@ -117,15 +117,15 @@ def predict_chips(
     >>> chips = geoarray.predict_chips(cube, "resnet.safetensors", store="site.zarr")  # doctest: +SKIP
     >>> geoarray.export_geotiff(chips["mask"].isel(time=0), "chip_classes.tif")  # doctest: +SKIP
     """
+    from geoarray._devices import run_device
     from geoarray._progress import compute_with_progress
     from geoarray.checkpoint import load_checkpoint
     from geoarray.cube import conform_cube
-    from geoarray.predict import _device
 
     cube = conform_cube(cube, var=var)
     _check_options(batch_size, min_valid, dtype, group)
     dtype = np.dtype(dtype).name  # type: ignore[assignment]
-    device, _ = _device(device, "32")  # chips run in float32
+    device, _ = run_device(device, "32", PredictError)  # chips run in float32
     path = str(Path(ckpt).resolve())
     ck = load_checkpoint(path)
     meta = ck.meta

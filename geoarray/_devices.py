@@ -36,6 +36,17 @@ def resolve_device(device: str, error: type[GeoArrayError], *, check_cuda: bool 
     return device
 
 
+def run_device(device: str, precision: str, error: type[GeoArrayError]) -> tuple[str, str]:
+    """The device and precision a run is planned with. Under a distributed client the workers' devices count:
+    ``"auto"`` stays ``"auto"`` (each worker takes its GPU when it has one: ``_inference.on_device``), and
+    ``"cuda"`` is not checked against this process's torch."""
+    local = not remote_client()
+    if device == "auto" and not local:
+        return device, check_precision(precision, device, error, check_cuda=False)
+    device = resolve_device(device, error, check_cuda=local)
+    return device, check_precision(precision, device, error, check_cuda=local)
+
+
 def remote_client() -> bool:
     """A distributed client is active: its workers, not this process, decide which devices exist."""
     try:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from geoarray._block_write import _opened
 from geoarray._output_parts import channels_of, split_parts
 from geoarray._threads import torch_threads
 from geoarray._tiles import tiled
@@ -59,9 +60,7 @@ class BlockSpec:
 
 _LOCK = threading.Lock()
 _MAX_MODELS = 4  # checkpoints kept loaded per process (GPU models hold device memory)
-_MAX_ARRAYS = 64  # open Zarr output arrays kept per process
 _MODELS: OrderedDict[tuple[str, str], Any] = OrderedDict()
-_ZARR: OrderedDict[str, Any] = OrderedDict()
 
 
 def clear_caches() -> None:
@@ -72,7 +71,7 @@ def clear_caches() -> None:
     """
     with _LOCK:
         _MODELS.clear()
-        _ZARR.clear()
+    _opened.cache_clear()
     try:
         import torch
     except ImportError:  # pragma: no cover - torch is a dependency
@@ -400,38 +399,3 @@ def _run_pixels(
     invalid = ~ok.any(0)
     _mark_invalid(outs, invalid, spec, class_axis=0)
     return tuple(outs)
-
-
-def write_block(results: tuple[np.ndarray, ...], targets: list[tuple[Any, str, tuple[slice, ...]]]) -> int:
-    """Write one block's outputs into their Zarr arrays (one chunk each: dask chunks == zarr chunks).
-
-    ``targets`` holds ``(array, run token, region)`` per output (the array's local path, or a
-    :class:`~geoarray._storage.Location` in object storage); the token keys the cache of open arrays so a
-    variable recreated by a later run is never written through stale metadata. A whole chunk of a local array
-    goes through zarr's codecs and store in this thread (:mod:`geoarray._chunk_write`); the rest through
-    ``z[region] = arr``.
-    """
-    import zarr
-
-    from geoarray._chunk_write import chunk_writer
-
-    for arr, (path, token, region) in zip(results, targets, strict=True):
-        key = str(path) + token
-        with _LOCK:
-            opened = _ZARR.get(key)
-        if opened is None:
-            z = zarr.open_array(path, mode="r+") if isinstance(path, str) else path.open_array(mode="r+")
-            # every chunk is written, also one that is all nodata (resume and completeness check by key);
-            # open_array drops a config= argument silently (zarr 3.1), with_config applies it
-            z = z.with_config({"write_empty_chunks": True})
-            opened = (z, chunk_writer(z))
-            with _LOCK:
-                _remember(_ZARR, key, opened, _MAX_ARRAYS)
-        z, write = opened
-        if write is None or not write(region, arr):
-            z[region] = arr
-    return 1
-
-
-def count(*done: int) -> int:
-    return int(sum(done))

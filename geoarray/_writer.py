@@ -21,7 +21,7 @@ import xarray as xr
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
-from geoarray import _inference
+from geoarray._block_write import count, write_block
 from geoarray._constants import COMPLETE
 from geoarray._progress import compute_with_progress
 from geoarray._storage import Location, location
@@ -298,12 +298,12 @@ def _write_blocks(
         if done:
             skipped += 1
             continue
-        dsk[(write_name, *run_key[1:])] = (_inference.write_block, run_key, targets)
+        dsk[(write_name, *run_key[1:])] = (write_block, run_key, targets)
     if skipped:
         log.info("%d blocks already written; computing the other %d", skipped, len(dsk))
     written = len(dsk)
     if dsk:
-        dsk[write_name] = (_inference.count, *list(dsk))
+        dsk[write_name] = (count, *list(dsk))
         run_layer = arrays[0].dask  # holds the run_block layer and everything it reads
         g = HighLevelGraph(
             {**run_layer.layers, write_name: MaterializedLayer(dsk)},

@@ -25,6 +25,7 @@ import xarray as xr
 
 from geoarray._blocks import MIN_BLOCK, TINY, aligned, build_graph, direct_sources, grouped
 from geoarray._constants import MASK_NODATA, MASK_NODATA_WIDE
+from geoarray._devices import run_device
 from geoarray._inference import RunSpec, clear_caches, remember_model
 from geoarray._outputs import layout, wrap
 from geoarray._preprocess import date_features
@@ -38,16 +39,6 @@ from geoarray.errors import BandError, PredictError
 __all__ = ["clear_caches", "partial_outputs", "predict"]
 
 log = logging.getLogger(__name__)
-
-
-def _device(device: str, precision: str) -> tuple[str, str]:
-    from geoarray._devices import check_precision, remote_client, resolve_device
-
-    local = not remote_client()  # with a distributed client, its workers decide which devices exist
-    if device == "auto" and not local:  # each worker takes its GPU when it has one (see _inference.on_device)
-        return device, check_precision(precision, device, PredictError, check_cuda=False)
-    device = resolve_device(device, PredictError, check_cuda=local)
-    return device, check_precision(precision, device, PredictError, check_cuda=local)
 
 
 def _check_options(batch_size: Any, dtype: Any, threshold: Any, prefix: Any) -> None:
@@ -247,7 +238,7 @@ def plan_predict(
     _check_options(batch_size, dtype, threshold, prefix)
     dtype = np.dtype(dtype).name  # type: ignore[assignment]  # np.float16, "f2", ... -> "float16"
     threshold = float(threshold)
-    device, precision = _device(device, precision)
+    device, precision = run_device(device, precision, PredictError)
     path, ck_options = (str(ckpt), storage_options) if is_url(ckpt) else (str(Path(ckpt).resolve()), None)
     ck = load_checkpoint(path, storage_options=ck_options)  # checks meta, weights, checksum now, not in tasks
     meta, sha = ck.meta, ck.sha256

@@ -9,7 +9,7 @@ import pytest
 import zarr
 from zarr.codecs import BloscCodec, TransposeCodec, ZstdCodec
 
-from geoarray import _inference
+from geoarray._block_write import write_block
 from geoarray._chunk_write import chunk_writer
 
 SHAPE, CHUNKS = (2, 3, 40, 40), (1, 3, 16, 16)  # 40 = 2 whole chunks + an edge chunk of 8
@@ -110,6 +110,6 @@ def test_write_block_writes_every_chunk_whole_and_once(tmp_path):
     _create(tmp_path / "out.zarr", "float16", "auto")
     path = str(tmp_path / "out.zarr")
     for region in _chunks():
-        _inference.write_block((np.ascontiguousarray(data[region]),), [(path, "run-1", region)])
+        write_block((np.ascontiguousarray(data[region]),), [(path, "run-1", region)])
     assert _files(tmp_path / "out.zarr") == _files(tmp_path / "ref.zarr")
     assert len([k for k in _files(tmp_path / "out.zarr") if k.startswith("c/")]) == 2 * 3 * 3
