@@ -334,3 +334,13 @@ def test_stac_item_without_scale_metadata_joins_the_stated_scaling(tmp_path, l7)
     ds = geoarray.from_stac([scaled, bare], bands=["red"])
     assert ds.imagery.attrs["scales"] == [2.75e-5] and ds.imagery.attrs["offsets"] == [-0.2]
     assert ds.sizes["time"] == 2
+
+
+def test_one_file_per_band_on_several_dates_gets_the_recipe(tmp_path, l7):
+    """Before: stack='time' said "pass stack='band'", and stack='band' said "use stack='time'": a loop."""
+    a, prof = l7
+    files = [str(_write(tmp_path / f"L7_{d}_B{k}.tif", a[k : k + 1], prof)) for d in ("20200101", "20200201") for k in (1, 2)]
+    with pytest.raises(geoarray.errors.TimeError, match="one file per band on several dates, build one cube per date"):
+        geoarray.from_geotiff(files)
+    with pytest.raises(geoarray.errors.TimeError, match=r"one file per band on several dates.*xr\.concat"):
+        geoarray.from_geotiff(files, stack="band")
