@@ -56,7 +56,7 @@ class FileInfo:
     offsets: tuple[float, ...]
     # 0-based indexes of the file's data bands: every band but an alpha band, which is a mask, not data
     bands: tuple[int, ...] = ()
-    # GDAL's per-dataset mask (an internal/.msk mask or an alpha band) marks fill, and no nodata tag does
+    # GDAL's per-dataset mask (an internal/.msk mask or an alpha band) marks fill
     masked: bool = False
     alpha: bool = False  # the file has an alpha band (left out of ``bands``)
 

@@ -344,3 +344,28 @@ def test_one_file_per_band_on_several_dates_gets_the_recipe(tmp_path, l7):
         geoarray.from_geotiff(files)
     with pytest.raises(geoarray.errors.TimeError, match=r"one file per band on several dates.*xr\.concat"):
         geoarray.from_geotiff(files, stack="band")
+
+
+def test_explicit_mask_beside_a_nodata_tag_counts_too(tmp_path, l7):
+    """GDAL lets an explicit mask win over a nodata tag; before, only the tag was used and the masked box
+    (real pixel values under it) stayed valid, on the file's own grid and warped."""
+    a, prof = l7
+    data = a.copy()
+    data[:, 30:34, 40:44] = 0  # fill by the tag
+    ref = _write(tmp_path / "ref.tif", a, prof)
+    want = _box().copy()
+    want[30:34, 40:44] = True
+    for name, tr in (("same.tif", prof["transform"]), ("shifted.tif", prof["transform"] * Affine.translation(1, 1))):
+        path = tmp_path / name
+        with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "w", **{**prof, "transform": tr, "nodata": 0}) as dst:
+            dst.write(data)
+            dst.write_mask(np.where(_box(), 0, 255).astype(np.uint8))
+        if name == "same.tif":
+            ds = geoarray.from_geotiff(path, times=[T0], chunk=16)
+            np.testing.assert_array_equal(~ds.valid.values[0], want)
+        else:
+            ds = geoarray.from_geotiff([ref, path], times=[T0, "2020-02-01"], resampling="nearest", chunk=16)
+            shifted = np.zeros((H, W), bool)
+            shifted[1:, 1:] = want[:-1, :-1]
+            shifted[0, :] = shifted[:, 0] = True  # the uncovered edge
+            np.testing.assert_array_equal(~ds.valid.values[1], shifted)
