@@ -202,6 +202,13 @@ def from_geotiff(
             raise RasterError(
                 f"got {len(names)} band names {names} for {n} bands"
                 + (" (all files together, stack='band')" if stack == "band" else "")
+                + (
+                    "; an alpha band (colour interpretation 'alpha') is read as the mask of `valid`, not as a band"
+                    " (if it holds data, e.g. a NIR band tagged alpha by mistake, fix the tag: `rio edit-info "
+                    "--colorinterp red,green,blue,undefined`)"
+                    if any(i.alpha for i in infos)
+                    else ""
+                )
                 + "; give one name per band."
             )
     dup = sorted({b for b in names if names.count(b) > 1})

@@ -369,3 +369,12 @@ def test_explicit_mask_beside_a_nodata_tag_counts_too(tmp_path, l7):
             shifted[1:, 1:] = want[:-1, :-1]
             shifted[0, :] = shifted[:, 0] = True  # the uncovered edge
             np.testing.assert_array_equal(~ds.valid.values[1], shifted)
+
+
+def test_four_names_for_an_rgba_file_explain_the_alpha_band(tmp_path, l7):
+    """With alpha read as a mask, four names for an RGBA file must say why it has three bands."""
+    a, prof = l7
+    rgba = np.concatenate([a[:3], np.full((1, H, W), 255, np.uint8)])
+    path = _write(tmp_path / "rgba.tif", rgba, prof, photometric="RGB", alpha="YES")
+    with pytest.raises(geoarray.errors.RasterError, match=r"for 3 bands; an alpha band .* --colorinterp"):
+        geoarray.from_geotiff(path, times=[T0], bands=["r", "g", "b", "nir"])
