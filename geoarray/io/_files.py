@@ -56,7 +56,7 @@ class FileInfo:
     offsets: tuple[float, ...]
     # 0-based indexes of the file's data bands: every band but an alpha band, which is a mask, not data
     bands: tuple[int, ...] = ()
-    # GDAL's per-dataset mask (an internal/.msk mask or an alpha band) marks fill, and no nodata tag does
+    # GDAL's per-dataset mask (an internal/.msk mask or an alpha band) marks fill
     masked: bool = False
     alpha: bool = False  # the file has an alpha band (left out of ``bands``)
 
@@ -230,7 +230,9 @@ def dates_of(infos: list[FileInfo], given: list[Any] | None, stack: str) -> list
         raise TimeError(
             f"the files stacked as bands of one date have different dates {shown}; stack='band' makes one "
             "date. Pass the date with times=['YYYY-MM-DD'] if they belong together, or use stack='time' for "
-            "one multi-band file per date."
+            "one multi-band file per date. For one file per band on several dates, build one cube per date "
+            "and concatenate them: `xr.concat([from_geotiff(files_of_date, stack='band') for files_of_date in "
+            "groups], dim='time', join='exact')`."
         )
     return _in_range([days.pop()], "the date in the files' tags")
 
@@ -248,6 +250,12 @@ def refuse_shared_dates(stamps: list[pd.Timestamp], files: list[Path]) -> None:
                 "are bands of one date (one file per band), pass stack='band'. If they are tiles of one date, "
                 "mosaic them first (e.g. `gdalbuildvrt mosaic.vrt tile1.tif tile2.tif`). If the dates are "
                 "wrong, pass times= with one date per file."
+                + (
+                    " If the files are one file per band on several dates, build one cube per date with "
+                    "stack='band' and concatenate them along 'time'."
+                    if len(set(stamps)) > 1
+                    else ""
+                )
             )
 
 

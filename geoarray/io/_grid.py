@@ -201,10 +201,10 @@ def _mask_block(rows: np.ndarray, cols: np.ndarray, *, path: str, warp: Any, alp
         if warp is None:  # the alpha band itself: GDAL's masks follow a nodata tag instead when there is one
             return np.asarray(src.read(list(src.colorinterp).index(ColorInterp.alpha) + 1, window=win) == 0)
         crs, tr, height, width = warp
-        # a source alpha band is kept by the warper; a mask without one needs an alpha band added
-        with WarpedVRT(
-            src, crs=crs, transform=Affine(*tr), height=height, width=width, add_alpha=not alpha
-        ) as vrt:
+        # a source alpha band is kept by the warper; a mask without one needs an alpha band added, and no
+        # source nodata, or the warper's validity would follow a nodata tag instead of the mask
+        kw: dict[str, Any] = {} if alpha else {"add_alpha": True, "src_nodata": None}
+        with WarpedVRT(src, crs=crs, transform=Affine(*tr), height=height, width=width, **kw) as vrt:
             # read the alpha band itself: a warped VRT's band masks ignore it
             k = list(vrt.colorinterp).index(ColorInterp.alpha) + 1
             return np.asarray(vrt.read(k, window=win) == 0)

@@ -109,10 +109,11 @@ def from_geotiff(
     xarray.Dataset
         A lazy cube: ``imagery(time, band, y, x)`` in the files' (common) dtype, sorted by time, on the first
         file's grid, and ``valid(time, y, x)`` when some pixels may be fill: where nodata is known (tags or
-        ``nodata=``; NaN counts as nodata in float files that declare one), where a file without a nodata
-        tag has a GDAL mask (an internal or ``.msk`` mask, or an alpha band: alpha bands are masks, not
-        bands of the cube), and outside the area a warped file covers. Scale/offset tags that are not identity are kept as ``imagery.attrs["scales"]`` and
-        ``["offsets"]`` (per band, not applied: physical value = pixel * scale + offset).
+        ``nodata=``; NaN counts as nodata in float files that declare one), where a file's GDAL mask (an
+        internal or ``.msk`` mask, or an alpha band: alpha bands are masks, not bands of the cube) marks
+        fill, and outside the area a warped file covers. Scale/offset tags that are not identity are kept as
+        ``imagery.attrs["scales"]`` and ``["offsets"]`` (per band, not applied: physical value = pixel *
+        scale + offset).
 
     Raises
     ------
@@ -201,6 +202,13 @@ def from_geotiff(
             raise RasterError(
                 f"got {len(names)} band names {names} for {n} bands"
                 + (" (all files together, stack='band')" if stack == "band" else "")
+                + (
+                    "; an alpha band (colour interpretation 'alpha') is read as the mask of `valid`, not as a band"
+                    " (if it holds data, e.g. a NIR band tagged alpha by mistake, fix the tag: `rio edit-info "
+                    "--colorinterp red,green,blue,undefined`)"
+                    if any(i.alpha for i in infos)
+                    else ""
+                )
                 + "; give one name per band."
             )
     dup = sorted({b for b in names if names.count(b) > 1})
@@ -293,8 +301,8 @@ def _open_on_grid(
         outside = footprint(grid, info.grid, da.y.values, da.x.values, chunk)
     if info.alpha:  # the alpha band is the mask below, not a band of the cube
         da = da.isel(band=list(info.bands))
-    if info.alpha or (info.masked and all(v is None for v in nodata)):
-        # GDAL's per-dataset mask (internal mask, .msk or alpha) is the file's only record of its fill
+    if info.masked:
+        # GDAL's per-dataset mask (internal mask, .msk or alpha) records fill beside (GDAL: instead of) nodata
         mask = dataset_mask(
             info.path, grid, warp=warp, alpha=info.alpha, shape=(da.sizes["y"], da.sizes["x"]), chunk=chunk
         )

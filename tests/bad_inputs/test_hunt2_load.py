@@ -334,3 +334,47 @@ def test_stac_item_without_scale_metadata_joins_the_stated_scaling(tmp_path, l7)
     ds = geoarray.from_stac([scaled, bare], bands=["red"])
     assert ds.imagery.attrs["scales"] == [2.75e-5] and ds.imagery.attrs["offsets"] == [-0.2]
     assert ds.sizes["time"] == 2
+
+
+def test_one_file_per_band_on_several_dates_gets_the_recipe(tmp_path, l7):
+    """Before: stack='time' said "pass stack='band'", and stack='band' said "use stack='time'": a loop."""
+    a, prof = l7
+    files = [str(_write(tmp_path / f"L7_{d}_B{k}.tif", a[k : k + 1], prof)) for d in ("20200101", "20200201") for k in (1, 2)]
+    with pytest.raises(geoarray.errors.TimeError, match="one file per band on several dates, build one cube per date"):
+        geoarray.from_geotiff(files)
+    with pytest.raises(geoarray.errors.TimeError, match=r"one file per band on several dates.*xr\.concat"):
+        geoarray.from_geotiff(files, stack="band")
+
+
+def test_explicit_mask_beside_a_nodata_tag_counts_too(tmp_path, l7):
+    """GDAL lets an explicit mask win over a nodata tag; before, only the tag was used and the masked box
+    (real pixel values under it) stayed valid, on the file's own grid and warped."""
+    a, prof = l7
+    data = a.copy()
+    data[:, 30:34, 40:44] = 0  # fill by the tag
+    ref = _write(tmp_path / "ref.tif", a, prof)
+    want = _box().copy()
+    want[30:34, 40:44] = True
+    for name, tr in (("same.tif", prof["transform"]), ("shifted.tif", prof["transform"] * Affine.translation(1, 1))):
+        path = tmp_path / name
+        with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "w", **{**prof, "transform": tr, "nodata": 0}) as dst:
+            dst.write(data)
+            dst.write_mask(np.where(_box(), 0, 255).astype(np.uint8))
+        if name == "same.tif":
+            ds = geoarray.from_geotiff(path, times=[T0], chunk=16)
+            np.testing.assert_array_equal(~ds.valid.values[0], want)
+        else:
+            ds = geoarray.from_geotiff([ref, path], times=[T0, "2020-02-01"], resampling="nearest", chunk=16)
+            shifted = np.zeros((H, W), bool)
+            shifted[1:, 1:] = want[:-1, :-1]
+            shifted[0, :] = shifted[:, 0] = True  # the uncovered edge
+            np.testing.assert_array_equal(~ds.valid.values[1], shifted)
+
+
+def test_four_names_for_an_rgba_file_explain_the_alpha_band(tmp_path, l7):
+    """With alpha read as a mask, four names for an RGBA file must say why it has three bands."""
+    a, prof = l7
+    rgba = np.concatenate([a[:3], np.full((1, H, W), 255, np.uint8)])
+    path = _write(tmp_path / "rgba.tif", rgba, prof, photometric="RGB", alpha="YES")
+    with pytest.raises(geoarray.errors.RasterError, match=r"for 3 bands; an alpha band .* --colorinterp"):
+        geoarray.from_geotiff(path, times=[T0], bands=["r", "g", "b", "nir"])
