@@ -248,6 +248,13 @@ def _validate_time(ds: xr.Dataset) -> None:
             "Assign them with `ds.assign_coords(time=pd.to_datetime([...]))`."
         )
     t = ds["time"].values
+    first = t.flat[0] if t.dtype == object and t.size else None
+    tz = getattr(ds["time"].dtype, "tz", None) or getattr(first, "tzinfo", None)
+    if tz is not None:  # pandas' tz-aware dates: pd.to_datetime would keep the zone
+        raise TimeError(
+            f"coordinate 'time' holds time-zone-aware dates ({tz}); expected datetime64 in UTC without a zone. "
+            "Convert it with `ds.assign_coords(time=pd.to_datetime(ds.time.values, utc=True).tz_convert(None))`."
+        )
     if not np.issubdtype(t.dtype, np.datetime64):
         raise TimeError(
             f"coordinate 'time' has dtype {t.dtype}; expected datetime64. "

@@ -378,3 +378,23 @@ def test_four_names_for_an_rgba_file_explain_the_alpha_band(tmp_path, l7):
     path = _write(tmp_path / "rgba.tif", rgba, prof, photometric="RGB", alpha="YES")
     with pytest.raises(geoarray.errors.RasterError, match=r"for 3 bands; an alpha band .* --colorinterp"):
         geoarray.from_geotiff(path, times=[T0], bands=["r", "g", "b", "nir"])
+
+
+@pytest.mark.parametrize("as_objects", [False, True])
+def test_time_zone_aware_dates_get_a_hint_that_works(as_objects):
+    """Hunt row 46: tz-aware dates (a pandas DatetimeIndex with tz, or Timestamps in an object array) are refused
+    with a conversion that gives plain datetime64 in UTC (pd.to_datetime alone keeps the zone)."""
+    import pandas as pd
+
+    from geoarray.datasets import synthetic_cube
+    from geoarray.errors import TimeError
+
+    cube = synthetic_cube(size=(16, 16), n_times=2, seed=0)
+    t = pd.DatetimeIndex(cube.time.values, tz="UTC").tz_convert("Europe/Berlin")
+    ds = cube.assign_coords(time=np.array(list(t), dtype=object) if as_objects else t)
+    with pytest.raises(TimeError, match=r"time-zone-aware dates .*Convert it with `(.+)`\.$") as e:
+        geoarray.validate_cube(ds)
+    hint = e.value.args[0].rsplit("Convert it with `", 1)[1][:-2]
+    fixed = eval(hint, {"ds": ds, "pd": pd})  # the command the message gives
+    assert geoarray.validate_cube(fixed) is None
+    np.testing.assert_array_equal(fixed.time.values, cube.time.values)
