@@ -1,0 +1,56 @@
+"""The second real-data hunt on the run side (predict, resume, checkpoints, fit's URLs, the run commands).
+
+Each test is one bad row of tests/bad_inputs/HUNT-2026-11-30-run.md; its comment says what happened before.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+from conftest import make_checkpoint, tree_digest
+from typer.testing import CliRunner
+
+import geoarray
+from geoarray.cli import app
+from geoarray.datasets import synthetic_cube
+from geoarray.errors import StoreExistsError
+
+CLASSES = ["water", "forest", "field", "urban", "new_building"]
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def cube():
+    return synthetic_cube(size=(96, 80), n_times=2, seed=5)
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    return make_checkpoint(tmp_path / "m.safetensors", num_classes=5, classes=CLASSES, width=4, depth=3, gain=3.0)
+
+
+def _cut_short(store):
+    """What a killed run leaves: every other chunk missing, the outputs marked partial."""
+    for var in ("mask", "probabilities"):
+        for f in sorted(p for p in (store / var / "c").rglob("*") if p.is_file())[::2]:
+            f.unlink()
+        zarr.open_array(str(store / var), mode="r+").attrs["geoarray_complete"] = False
+
+
+def test_a_resume_with_another_halo_is_refused(tmp_path, cube, ckpt):
+    # row 8: the resumed run wrote its chunks with halo=4 beside the first run's halo=auto chunks and marked the
+    # outputs complete: seams at block edges (probabilities off by up to 5e-3 on the L7 cube), no error
+    store = tmp_path / "p.zarr"
+    geoarray.write_cube(cube, store, chunk=32)
+    out = geoarray.predict(geoarray.open_cube(store), ckpt, store=store)
+    full = tree_digest(store)
+    halo = out.probabilities.attrs["halo"]
+    assert halo == geoarray.load_checkpoint(ckpt).meta["halo"] > 2
+    _cut_short(store)
+    cut = tree_digest(store)
+    with pytest.raises(StoreExistsError, match=rf"made with halo={halo}; this run asks for halo=4.*Resume with halo={halo}"):
+        geoarray.predict(geoarray.open_cube(store), ckpt, store=store, halo=4)
+    assert tree_digest(store) == cut  # refused before anything changed
+    geoarray.predict(geoarray.open_cube(store), ckpt, store=store, halo=halo)  # the same halo, spelled out
+    assert tree_digest(store) == full
