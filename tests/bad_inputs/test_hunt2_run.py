@@ -5,19 +5,15 @@ Each test is one bad row of tests/bad_inputs/HUNT-2026-11-30-run.md; its comment
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import zarr
 from conftest import make_checkpoint, tree_digest
-from typer.testing import CliRunner
 
 import geoarray
-from geoarray.cli import app
 from geoarray.datasets import synthetic_cube
 from geoarray.errors import StoreExistsError
 
 CLASSES = ["water", "forest", "field", "urban", "new_building"]
-runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
@@ -54,3 +50,33 @@ def test_a_resume_with_another_halo_is_refused(tmp_path, cube, ckpt):
     assert tree_digest(store) == cut  # refused before anything changed
     geoarray.predict(geoarray.open_cube(store), ckpt, store=store, halo=halo)  # the same halo, spelled out
     assert tree_digest(store) == full
+
+
+def _dn_model(path, bands):
+    """A linear model trained on 8-bit digital numbers (mean 70, std 20), as on the Landsat-7 sample."""
+    import torch
+
+    from geoarray.checkpoint import save_checkpoint
+    from geoarray.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("linear", in_channels=len(bands), num_classes=len(CLASSES))
+    n = len(bands)
+    return save_checkpoint(path, model, task="segmentation", bands=list(bands), mean=[70.0] * n, std=[20.0] * n,
+                           classes=CLASSES)  # fmt: skip
+
+
+def test_reflectances_for_a_model_trained_on_digital_numbers_warn(tmp_path, cube):
+    # row 3: 0-1 reflectances sit only ~3.5 std below DN statistics, under the 10-std check: a map of one class,
+    # no word (the first hunt's row 67)
+    ck = _dn_model(tmp_path / "dn.safetensors", [str(b) for b in cube.band.values])
+    with pytest.warns(geoarray.errors.GeoArrayWarning, match=r"under 1/10 of the training data's mean.*0-1 reflectances"):
+        geoarray.predict(cube, ck).mask.load()
+    dn = cube.assign(imagery=(cube.imagery.fillna(0).clip(0, 1) * 255).astype("uint8"))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", geoarray.errors.GeoArrayWarning)
+        geoarray.predict(dn, ck).mask.load()  # the training scale: no warning
+        zeros = dn.assign(imagery=dn.imagery * 0)  # a constant fill of 0 is not a scale
+        geoarray.predict(zeros, ck).mask.load()
