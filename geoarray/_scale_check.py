@@ -53,21 +53,19 @@ def check_scale(
 
     from geoarray.errors import GeoArrayWarning
 
+    idx = far if far.size else shrunk
+    names = [bands[int(i)] if i < len(bands) else str(i) for i in idx]
     if far.size:
-        names = [bands[i] if i < len(bands) else str(i) for i in far]
         found = f"lie more than {FAR_Z:g} standard deviations from the training data's (median over valid pixels"
-        bands = far
     else:
-        names = [bands[i] if i < len(bands) else str(i) for i in shrunk]
         found = (
             f"are all under 1/{SHRUNK:g} of the training data's mean (largest |value| "
             f"{[round(float(v), 4) for v in largest[shrunk]]}"
         )
-        bands = shrunk
     warnings.warn(
         GeoArrayWarning(
             f"predict: the cube's values in band(s) {names} {found}; training mean "
-            f"{[round(mean[i], 4) for i in bands]}, std {[round(std[i], 4) for i in bands]}, scale {scale:g}), so "
+            f"{[round(mean[int(i)], 4) for i in idx]}, std {[round(std[int(i)], 4) for i in idx]}, scale {scale:g}), so "
             "the outputs are probably meaningless. Is the cube on another scale or dtype than the training data "
             "(e.g. uint16 reflectance for a model trained on uint8, or 0-1 reflectances for a model trained on "
             "digital numbers)? Rescale it to the training data's scale."
