@@ -80,3 +80,29 @@ def test_reflectances_for_a_model_trained_on_digital_numbers_warn(tmp_path, cube
         geoarray.predict(dn, ck).mask.load()  # the training scale: no warning
         zeros = dn.assign(imagery=dn.imagery * 0)  # a constant fill of 0 is not a scale
         geoarray.predict(zeros, ck).mask.load()
+
+
+def test_fit_reads_an_init_url_with_its_storage_options(s3, tmp_path):
+    # row 31: fit(init="s3://…", storage_options=…) was refused ("out, resume and log_dir are local paths"), and
+    # without storage_options the init was read with the default AWS endpoint; the CLI's --init (a Path) turned
+    # "s3://b/k" into "s3:/b/k"
+    from geoarray.checkpoint import file_sha256, load_checkpoint
+
+    cube = synthetic_cube(size=(64, 64), n_times=2, seed=5)
+    bands = [str(b) for b in cube.band.values]
+    enc = make_checkpoint(tmp_path / "enc.safetensors", "pixel_cnn", bands=bands, task="barlow_twins",
+                          out_channels=8, width=8, depth=2)  # fmt: skip
+    url = f"s3://{s3.bucket(versioned=False)}/enc.safetensors"
+    s3.fs.put(str(enc), url)
+    out = geoarray.fit(cube, task="linear_probe", init=url, storage_options=s3.storage_options, epochs=1,
+                       steps_per_epoch=1, chip_size=16, batch_size=64, out=tmp_path / "lp.safetensors", progress=False)  # fmt: skip
+    training = load_checkpoint(out).meta["training"]
+    assert training["init"] == url and training["init_sha256"] == file_sha256(enc)
+
+
+def test_a_dead_endpoint_is_not_called_a_missing_bucket(tmp_path, cube):
+    # row 30: write_cube to an endpoint nobody listens on said "the bucket 'bkt' ... does not exist"
+    so = {"key": "x", "secret": "y", "client_kwargs": {"endpoint_url": "http://127.0.0.1:9"},
+          "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 1}}  # fmt: skip
+    with pytest.raises(geoarray.errors.StoreError, match=r"cannot reach 's3://bkt/c.zarr' \(EndpointConnectionError"):
+        geoarray.write_cube(cube, "s3://bkt/c.zarr", storage_options=so)
