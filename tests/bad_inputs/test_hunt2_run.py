@@ -106,3 +106,26 @@ def test_a_dead_endpoint_is_not_called_a_missing_bucket(tmp_path, cube):
           "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 1}}  # fmt: skip
     with pytest.raises(geoarray.errors.StoreError, match=r"cannot reach 's3://bkt/c.zarr' \(EndpointConnectionError"):
         geoarray.write_cube(cube, "s3://bkt/c.zarr", storage_options=so)
+
+
+def test_demo_refuses_before_any_work(tmp_path, cube):
+    from typer.testing import CliRunner
+
+    from geoarray.cli import app
+
+    runner = CliRunner()
+    # row 41: --out a file gave a FileExistsError traceback
+    (tmp_path / "a.tif").write_bytes(b"x")
+    r = runner.invoke(app, ["demo", "--out", str(tmp_path / "a.tif"), "--epochs", "1"])
+    assert r.exit_code == 2 and "is a file; expected a folder" in r.output
+    # row 42: --epochs 0 was refused only after the cube was built
+    r = runner.invoke(app, ["demo", "--out", str(tmp_path / "d"), "--epochs", "0"])
+    assert r.exit_code == 2 and "--epochs 0; expected a positive integer" in r.output
+    assert not (tmp_path / "d").exists()
+    # row 43: the demo deleted <out>/sample.zarr whatever it held, e.g. the user's own cube
+    mine = tmp_path / "site" / "sample.zarr"
+    geoarray.write_cube(cube, mine)
+    before = tree_digest(mine)
+    r = runner.invoke(app, ["demo", "--out", str(tmp_path / "site"), "--epochs", "1"])
+    assert r.exit_code == 2 and "is not the demo's sample cube" in r.output
+    assert tree_digest(mine) == before
