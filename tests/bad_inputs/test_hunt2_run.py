@@ -5,6 +5,7 @@ Each test is one bad row of tests/bad_inputs/HUNT-2026-11-30-run.md; its comment
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import zarr
 from conftest import make_checkpoint, tree_digest
@@ -129,3 +130,30 @@ def test_demo_refuses_before_any_work(tmp_path, cube):
     r = runner.invoke(app, ["demo", "--out", str(tmp_path / "site"), "--epochs", "1"])
     assert r.exit_code == 2 and "is not the demo's sample cube" in r.output
     assert tree_digest(mine) == before
+
+
+@pytest.mark.parametrize("key", ["nodata", "_FillValue"])
+def test_a_declared_nodata_without_valid_gives_nodata_outputs(tmp_path, cube, ckpt, key):
+    # row 12: a cube built from rioxarray.open_rasterio carries the file's nodata only as an attr; predict ran
+    # the fill through the model and wrote confident classes there
+    img = (cube.imagery.fillna(0.5).clip(0, 1) * 200 + 20).astype("uint8").values  # no 0 but the fill
+    img[:, :, 10:30, 20:40] = 0  # the fill, in every band
+    img[:, 1, 50:60, 50:60] = 0  # one band at 0 is data, not fill
+    plain = cube.drop_vars("valid").assign(imagery=(cube.imagery.dims, img))
+    declared = plain.copy()
+    declared["imagery"].attrs[key] = 0
+    store = tmp_path / "d.zarr"
+    geoarray.write_cube(declared, store, chunk=32)
+    ck = _dn_model(tmp_path / "dn.safetensors", [str(b) for b in cube.band.values])
+    ref = geoarray.predict(plain, ck)
+    # from the store with halo=0, tasks read their windows from Zarr directly, past xarray's decoding of a
+    # _FillValue to NaN (which also masks a pixel whose one band holds the fill: CF decodes band by band)
+    stored = geoarray.predict(geoarray.open_cube(store), ck, halo=0)
+    for out in (geoarray.predict(declared, ck), stored):
+        mask, prob = out.mask.values, out.probabilities.values
+        assert (mask[:, 10:30, 20:40] == 255).all() and np.isnan(prob[:, :, 10:30, 20:40]).all()
+        keep = np.ones(mask.shape, bool)
+        keep[:, 10:30, 20:40] = False
+        if out is stored and key == "_FillValue":
+            keep[:, 50:60, 50:60] = False
+        assert (mask[keep] != 255).all() and np.array_equal(mask[keep], ref.mask.values[keep])
