@@ -157,3 +157,20 @@ def test_a_declared_nodata_without_valid_gives_nodata_outputs(tmp_path, cube, ck
         if out is stored and key == "_FillValue":
             keep[:, 50:60, 50:60] = False
         assert (mask[keep] != 255).all() and np.array_equal(mask[keep], ref.mask.values[keep])
+
+
+def test_stac_features_cli_refuses_a_chunk_below_one(tmp_path):
+    # row 44: `geoarray stac-features ... --chunk 0` died in a ZeroDivisionError (the API's own check is left to
+    # stac_features.py)
+    from typer.testing import CliRunner
+
+    from geoarray.cli import app
+
+    from stac_items import make_catalog, make_ckpt
+
+    items = make_catalog(tmp_path / "cat", size=32)
+    ck = make_ckpt(tmp_path / "m.safetensors")
+    args = ["stac-features", str(items), "-c", str(ck), "-o", str(tmp_path / "o.zarr"), "--crs", "EPSG:32633"]
+    r = CliRunner().invoke(app, [*args, "--chunk", "0"])
+    assert r.exit_code == 2 and "--chunk 0; expected a whole number of pixels >= 1" in r.output, r.output
+    assert not (tmp_path / "o.zarr").exists()
