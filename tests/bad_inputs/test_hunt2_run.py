@@ -162,11 +162,10 @@ def test_a_declared_nodata_without_valid_gives_nodata_outputs(tmp_path, cube, ck
 def test_stac_features_cli_refuses_a_chunk_below_one(tmp_path):
     # row 44: `geoarray stac-features ... --chunk 0` died in a ZeroDivisionError (the API's own check is left to
     # stac_features.py)
+    from stac_items import make_catalog, make_ckpt
     from typer.testing import CliRunner
 
     from geoarray.cli import app
-
-    from stac_items import make_catalog, make_ckpt
 
     items = make_catalog(tmp_path / "cat", size=32)
     ck = make_ckpt(tmp_path / "m.safetensors")
