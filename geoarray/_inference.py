@@ -16,6 +16,7 @@ import numpy as np
 
 from geoarray._block_write import _opened
 from geoarray._output_parts import channels_of, split_parts
+from geoarray._scale_check import check_scale
 from geoarray._threads import torch_threads
 from geoarray._tiles import tiled
 
@@ -279,44 +280,10 @@ def run_block(
         raw = assemble(neighbours, block.crop)
         vwin = assemble(valid_nb, block.crop) if valid_nb is not None else None
     window, ok = normalize_fill(raw, vwin, mean, std, scale)
-    _check_scale(window, ok, spec)
+    check_scale(window, ok, spec.norm, spec.bands)
     model = get_model(spec.path, spec.sha256, spec.device, spec.ckpt_options)
     with torch_threads():
         return _run_window(model, window, ok, block)
-
-
-FAR_Z = 10.0
-"""Median |z| of a block's valid pixels past which the input is not on the training data's scale."""
-
-
-def _check_scale(window: np.ndarray, ok: np.ndarray, spec: RunSpec) -> None:
-    """Warn when the input is far off the training statistics (e.g. uint16 values for a model trained on uint8).
-
-    The checkpoint's mean/std are all predict knows of the training data, so this compares against them on a
-    sample of the block's valid pixels (every 8th row and column): cheap next to the model.
-    """
-    sample = np.moveaxis(window[..., ::8, ::8], 1, -1)[ok[..., ::8, ::8]]  # (pixels, bands)
-    if sample.size == 0:
-        return
-    far = np.flatnonzero(np.median(np.abs(sample), axis=0) > FAR_Z)
-    if far.size == 0:
-        return
-    import warnings
-
-    from geoarray.errors import GeoArrayWarning
-
-    mean, std, scale = spec.norm
-    names = [spec.bands[i] if i < len(spec.bands) else str(i) for i in far]
-    warnings.warn(
-        GeoArrayWarning(
-            f"predict: the cube's values in band(s) {names} lie more than {FAR_Z:g} standard deviations from the "
-            f"training data's (median over valid pixels; training mean {[round(mean[i], 4) for i in far]}, std "
-            f"{[round(std[i], 4) for i in far]}, scale {scale:g}), so the outputs are probably meaningless. Is the "
-            "cube on another scale or dtype than the training data (e.g. uint16 reflectance for a model trained "
-            "on uint8 or 0-1 floats)? Rescale it to the training data's scale."
-        ),
-        stacklevel=1,
-    )
 
 
 def _run_window(model: Any, window: np.ndarray, ok: np.ndarray, block: BlockSpec) -> tuple[np.ndarray, ...]:

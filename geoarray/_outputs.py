@@ -59,6 +59,8 @@ def wrap(
         "task": meta["task"],
         "geoarray_version": __version__,
         "precision": spec.precision,
+        # what else shapes the values: a resumed run must use the same (see _writer._check_resumable)
+        "halo": int(spec.halo),
     }
     result = {}
     part_dims = {p["name"]: p["dim"] for p in out_spec.get("parts") or ()}
@@ -78,6 +80,8 @@ def wrap(
         attrs = dict(provenance)
         if out == "mask":
             attrs.update(nodata=spec.nodata, classes=list(out_spec["classes"]), long_name="predicted class")
+            if spec.kind == "multilabel":
+                attrs.update(threshold=float(spec.threshold))
         elif out == "probabilities":
             attrs.update(classes=list(out_spec["classes"]), long_name="class probability")
         elif out in _PART_NAMES:

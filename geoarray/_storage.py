@@ -135,6 +135,18 @@ class Location:
         bucket = self.path.lstrip("/").split("/", 1)[0]
         if self.remote and bucket and self.url.startswith(("s3://", "gs://", "gcs://", "az://", "abfs://")):
             if not self._ask(lambda: self.fs.exists(bucket)):
+                # s3fs's exists() answers False for an endpoint it cannot reach, too: ask again in a way that
+                # raises, so a dead endpoint or refused credentials are not reported as a missing bucket
+                try:
+                    self.fs.info(bucket)
+                except FileNotFoundError:
+                    pass
+                except Exception as e:
+                    raise StoreError(
+                        f"cannot reach {self.url!r} ({type(e).__name__}: {e}). Check the URL, and the endpoint and "
+                        "credentials in storage_options (e.g. {'key': ..., 'secret': ..., 'client_kwargs': "
+                        "{'endpoint_url': ...}}; without them the AWS_* environment variables are used)."
+                    ) from None
                 raise StoreError(
                     f"the bucket {bucket!r} of {self.url!r} does not exist (or these credentials cannot see it); "
                     "create it first, or check the URL and storage_options."

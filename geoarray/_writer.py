@@ -33,6 +33,8 @@ __all__ = ["COMPLETE", "WriteReport", "dim_clashes", "partial_outputs", "write_t
 log = logging.getLogger(__name__)
 
 GRID_DIMS = ("time", "y", "x")
+#: output attrs that shape the values; a resumed run must match the partial output's (when it records them)
+RESUME_ATTRS = ("halo", "threshold")
 
 
 @dataclass(frozen=True)
@@ -247,7 +249,17 @@ def _plan(
 
 
 def _check_resumable(old: xr.DataArray, da: xr.DataArray, name: str, where: str) -> None:
-    """A resumed run must write the same array: same dims, dtype and chunk grid (chunks are skipped by key)."""
+    """A resumed run must write the same array: same dims, dtype and chunk grid (chunks are skipped by key),
+    made with the same halo (and threshold for multi-label masks): otherwise its chunks would differ from the
+    first run's near block edges, and the variable would be marked complete with two kinds of chunk in it."""
+    for key in RESUME_ATTRS:
+        if key in old.attrs and old.attrs[key] != da.attrs.get(key):
+            raise StoreExistsError(
+                f"{name!r} in {where!r} is a partial output of this checkpoint made with {key}={old.attrs[key]!r}; "
+                f"this run asks for {key}={da.attrs.get(key)!r}, and its chunks would not match the ones already "
+                f"written. Resume with {key}={old.attrs[key]!r} (the first run's), or pass overwrite=True to start "
+                "again."
+            )
     old_chunks = old.encoding.get("chunks") or tuple(c[0] for c in old.chunks or ())
     new_chunks = tuple(c[0] for c in da.data.chunks)
     found = (tuple(map(str, old.dims)), str(old.dtype), tuple(old_chunks))

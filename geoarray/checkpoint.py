@@ -64,8 +64,15 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-def file_sha256(path: str | os.PathLike[str]) -> str:
+def file_sha256(path: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None) -> str:
+    """sha256 of a file's bytes; ``path`` may be an fsspec URL (``s3://…``) with ``storage_options``."""
     h = hashlib.sha256()
+    if is_url(path):
+        loc = _checked_remote(str(path), storage_options)
+        with loc.fs.open(loc.path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)

@@ -292,7 +292,9 @@ def plan_predict(
     # than once per chunk. Direct (halo-free) store reads fetch a group in one zarr call at no extra cost, so
     # every chunk under MIN_BLOCK is grouped; dask chunks are merged only when tiny (a rechunk copies them,
     # and the block grid the user chose is otherwise kept).
-    direct = direct_sources(cube, var, needed, present) if h == 0 else None
+    # a nodata attr without a valid variable (as rioxarray leaves it): validity is computed, so reads go through dask
+    declared = None if "valid" in cube.data_vars else declared_valid(cube[var], needed)
+    direct = direct_sources(cube, var, needed, present) if h == 0 and declared is None else None
     below = MIN_BLOCK if direct is not None else TINY
     ych, xch = grouped(ych, ny, below), grouped(xch, nx, below)
     for dim, ch in (("y", ych), ("x", xch)):
@@ -312,6 +314,8 @@ def plan_predict(
     valid = None
     if "valid" in cube.data_vars:
         valid = dsa.asarray(cube["valid"].data).rechunk((data.chunks[0], data.chunks[2], data.chunks[3]))
+    elif declared is not None:
+        valid = dsa.asarray(declared.data).rechunk((data.chunks[0], data.chunks[2], data.chunks[3]))
 
     times = cube["time"].values
     run_times = np.ones(len(times), dtype=bool)
@@ -380,6 +384,30 @@ def _assign(cube: xr.Dataset, new: dict[str, xr.DataArray]) -> xr.Dataset:
             "prefix='change_'): the outputs then get their own dims ('change_class', 'change_feature')."
         )
     return cube.drop_vars([*replaced, *(d for d in rewrite if d in cube.variables)]).assign(new)
+
+
+def declared_valid(img: xr.DataArray, bands: list[str]) -> xr.DataArray | None:
+    """``valid`` from the imagery's ``nodata`` (or ``_FillValue``) attr when the cube has no ``valid`` variable:
+    a pixel is invalid where every band holds its nodata value, as :func:`geoarray.from_geotiff` decides. A cube
+    built by hand from ``rioxarray.open_rasterio`` carries the file's nodata only there; without this its fill
+    was run through the model as data. The store's own ``_FillValue`` (in the encoding) counts too: xarray
+    decodes it to NaN, which the direct (halo-free) store reads would bypass. None when nothing is declared."""
+    # the encoding's _FillValue: xarray decoded those pixels to NaN, but a direct store read sees the raw fill
+    for value in (img.attrs.get("nodata"), img.attrs.get("_FillValue"), img.encoding.get("_FillValue")):
+        if value is None:
+            continue
+        values = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value] * img.sizes["band"]
+        try:
+            nums = np.asarray(values, dtype=np.float64)
+        except (TypeError, ValueError):
+            return None
+        if nums.size != img.sizes["band"] or not np.isfinite(nums).any():  # NaN fill: NaN is invalid already
+            return None
+        fill = xr.DataArray(nums, dims="band", coords={"band": img["band"].values})
+        if [str(b) for b in img["band"].values] != bands:
+            img, fill = img.sel(band=bands), fill.sel(band=bands)
+        return (img != fill).any("band").transpose("time", "y", "x")
+    return None
 
 
 def _check_dates(meta: dict[str, Any], input_kind: str, cube: xr.Dataset, name: str) -> None:

@@ -97,10 +97,10 @@ def fit(
         typer.Option("--task-kw", help="Task option name=value (repeat), e.g. --task-kw backbone_lr=1e-4."),
     ] = None,
     init: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             help="Pretrained encoder checkpoint for --task linear_probe or finetune (its model, bands and "
-            "normalisation are used)."
+            "normalisation are used): a path or an s3:// (fsspec) URL."
         ),
     ] = None,
     label_fraction: Annotated[

@@ -95,6 +95,11 @@ def stac_features(
 
     if engine not in ("odc", "stackstac"):
         raise STACError(f"--engine {engine!r}; expected odc or stackstac.")
+    if chunk < 1:  # --chunk 0 died in a ZeroDivisionError after the items were read
+        raise STACError(
+            f"--chunk {chunk}; expected a whole number of pixels >= 1 (the block size in y and x), e.g. --chunk 1024 "
+            "(the default)."
+        )
     t0 = time.perf_counter()
     with _quiet_dask():
         ds = run(

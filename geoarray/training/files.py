@@ -45,10 +45,11 @@ def check_remote_paths(cfg: FitConfig) -> set[str]:
             "'client_kwargs': {'endpoint_url': ...}}, or None."
         )
     urls = {k for k in _URL_KEYS if getattr(cfg, k) is not None and is_url(str(getattr(cfg, k)))}
-    if so and not urls:
+    init_url = cfg.init is not None and is_url(str(cfg.init))  # read with the same options (protocols)
+    if so and not urls and not init_url:
         raise TrainError(
-            "storage_options were given, but out, resume and log_dir are local paths; they apply to URLs only "
-            "(out='s3://bucket/model.safetensors', ...). Drop storage_options, or pass the URL."
+            "storage_options were given, but out, resume and log_dir are local paths, and so is init; they apply "
+            "to URLs only (out='s3://bucket/model.safetensors', ...). Drop storage_options, or pass the URL."
         )
     for key in sorted(urls, key=_URL_KEYS.index):
         url = str(getattr(cfg, key))

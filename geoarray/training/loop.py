@@ -51,7 +51,8 @@ class Trainer:
         with seeded_torch(cfg.seed, self.device):
             self.model = create_model(cfg.model, **setup.model_kwargs).to(self.device)
             if cfg.init is not None:  # a protocol: the pretrained encoder's weights, every one but the head's
-                load_encoder(self.model, cfg.init, setup.provenance.get("init_sha256"))
+                so = cfg.storage_options
+                load_encoder(self.model, cfg.init, setup.provenance.get("init_sha256"), storage_options=so)
             # what trains: the model, or the model plus the task's heads (an SSL projector); the checkpoint
             # holds the model only
             self.net = setup.task.train_module(self.model).to(self.device)

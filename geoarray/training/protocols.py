@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from geoarray._storage import is_url
 from geoarray.errors import TrainError
 from geoarray.training.config import PROTOCOLS, FitConfig
 
@@ -27,10 +28,16 @@ _MISSING = object()
 log = logging.getLogger(__name__)
 
 
+def init_options(cfg: FitConfig) -> dict[str, Any] | None:
+    """The ``storage_options`` that reach ``cfg.init``: fit's own, when init is a URL (``s3://…``)."""
+    return cfg.storage_options if cfg.init is not None and is_url(str(cfg.init)) else None
+
+
 def _meta(cfg: FitConfig) -> dict[str, Any]:
     from geoarray.checkpoint import read_metadata
 
-    return read_metadata(str(cfg.init))  # header only; CheckpointError for a file that is not a checkpoint
+    # header only; CheckpointError for a file that is not a checkpoint
+    return read_metadata(str(cfg.init), storage_options=init_options(cfg))
 
 
 def as_task(cfg: FitConfig) -> str:
@@ -127,7 +134,7 @@ def init_provenance(cfg: FitConfig) -> dict[str, Any]:
     return {
         "protocol": cfg.task,
         "init": str(cfg.init),
-        "init_sha256": file_sha256(str(cfg.init)),
+        "init_sha256": file_sha256(str(cfg.init), storage_options=init_options(cfg)),
         "mean": [float(v) for v in inp["mean"]],
         "std": [float(v) for v in inp["std"]],
         "date_encoding": inp.get("date_encoding"),
@@ -169,11 +176,15 @@ def thin_by_tile(plan: Any, fraction: float, seed: int) -> tuple[int, int]:
     return k, len(used)
 
 
-def load_encoder(model: Any, path: str, sha256: str | None) -> None:
-    """Copy every tensor of the checkpoint's model but the head's (``head.*``) into ``model``, buffers too."""
+def load_encoder(
+    model: Any, path: str, sha256: str | None, *, storage_options: dict[str, Any] | None = None
+) -> None:
+    """Copy every tensor of the checkpoint's model but the head's (``head.*``) into ``model``, buffers too.
+    ``path`` may be a URL, read with ``storage_options``."""
     from geoarray.checkpoint import load_checkpoint
 
-    ck = load_checkpoint(path)  # validated (checksum, metadata, shapes); never unpickles
+    so = storage_options if is_url(path) else None
+    ck = load_checkpoint(path, storage_options=so)  # validated (checksum, metadata, shapes); never unpickles
     if sha256 is not None and ck.sha256 != sha256:
         raise TrainError(
             f"init={path!r} changed after the run was prepared (sha256 {ck.sha256[:12]}..., expected "
