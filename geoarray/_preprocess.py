@@ -1,7 +1,7 @@
 """Input preprocessing shared by training and predict, so both see exactly the same numbers.
 
-The functions use the numpy API only, so they work on numpy arrays (the training stream) and on dask arrays
-(predict) alike.
+The array functions use the numpy API only, so they work on numpy arrays (the training stream) and on dask
+arrays (predict) alike; :func:`declared_valid` works on the cube.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import warnings
 from typing import Any
 
 import numpy as np
+import xarray as xr
 
 from geoarray.errors import GeoArrayWarning
 
@@ -202,3 +203,27 @@ def date_hits(index: Any, when: Any) -> np.ndarray:
     t = pd.Timestamp(when)
     t = t.tz_convert(None) if t.tzinfo else t
     return np.flatnonzero(index.normalize() == t if t == t.normalize() else index == t)
+
+
+def declared_valid(img: xr.DataArray, bands: list[str]) -> xr.DataArray | None:
+    """``valid`` from the imagery's ``nodata`` (or ``_FillValue``) attr when the cube has no ``valid`` variable:
+    a pixel is invalid where every band holds its nodata value, as :func:`geoarray.from_geotiff` decides. A cube
+    built by hand from ``rioxarray.open_rasterio`` carries the file's nodata only there; without this its fill
+    was run through the model as data. The store's own ``_FillValue`` (in the encoding) counts too: xarray
+    decodes it to NaN, which the direct (halo-free) store reads would bypass. None when nothing is declared."""
+    # the encoding's _FillValue: xarray decoded those pixels to NaN, but a direct store read sees the raw fill
+    for value in (img.attrs.get("nodata"), img.attrs.get("_FillValue"), img.encoding.get("_FillValue")):
+        if value is None:
+            continue
+        values = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value] * img.sizes["band"]
+        try:
+            nums = np.asarray(values, dtype=np.float64)
+        except (TypeError, ValueError):
+            return None
+        if nums.size != img.sizes["band"] or not np.isfinite(nums).any():  # NaN fill: NaN is invalid already
+            return None
+        fill = xr.DataArray(nums, dims="band", coords={"band": img["band"].values})
+        if [str(b) for b in img["band"].values] != bands:
+            img, fill = img.sel(band=bands), fill.sel(band=bands)
+        return (img != fill).any("band").transpose("time", "y", "x")
+    return None

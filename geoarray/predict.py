@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-import numbers
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +26,8 @@ from geoarray._constants import MASK_NODATA, MASK_NODATA_WIDE
 from geoarray._devices import run_device
 from geoarray._inference import RunSpec, clear_caches, remember_model
 from geoarray._outputs import layout, wrap
-from geoarray._preprocess import date_features
+from geoarray._predict_checks import _check_dates, _check_options, _outputs
+from geoarray._preprocess import date_features, declared_valid
 from geoarray._storage import is_url, location
 from geoarray._tiles import tile_for
 from geoarray._writer import WriteReport, dim_clashes, partial_outputs, write_to_store
@@ -39,26 +38,6 @@ from geoarray.errors import BandError, PredictError
 __all__ = ["clear_caches", "partial_outputs", "predict"]
 
 log = logging.getLogger(__name__)
-
-
-def _check_options(batch_size: Any, dtype: Any, threshold: Any, prefix: Any) -> None:
-    if batch_size is not None and (
-        not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1
-    ):
-        raise PredictError(f"batch_size={batch_size!r}; expected None (automatic) or a positive int.")
-    try:
-        ok_dtype = np.dtype(dtype).name in ("float32", "float16")
-    except TypeError:
-        ok_dtype = False
-    if not ok_dtype:
-        raise PredictError(f"dtype={dtype!r}; expected 'float32' or 'float16' (half the storage).")
-    if not isinstance(threshold, numbers.Real) or not 0.0 < float(threshold) < 1.0:
-        raise PredictError(f"threshold={threshold!r}; expected a probability strictly between 0 and 1.")
-    if not isinstance(prefix, str) or (prefix and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", prefix)):
-        raise PredictError(
-            f"prefix={prefix!r}; expected a string of ASCII letters, digits, '_', '.' or '-' that starts with a "
-            "letter or digit, such as 's2_' (it starts variable and dim names in a Zarr store)."
-        )
 
 
 def predict(
@@ -386,42 +365,6 @@ def _assign(cube: xr.Dataset, new: dict[str, xr.DataArray]) -> xr.Dataset:
     return cube.drop_vars([*replaced, *(d for d in rewrite if d in cube.variables)]).assign(new)
 
 
-def declared_valid(img: xr.DataArray, bands: list[str]) -> xr.DataArray | None:
-    """``valid`` from the imagery's ``nodata`` (or ``_FillValue``) attr when the cube has no ``valid`` variable:
-    a pixel is invalid where every band holds its nodata value, as :func:`geoarray.from_geotiff` decides. A cube
-    built by hand from ``rioxarray.open_rasterio`` carries the file's nodata only there; without this its fill
-    was run through the model as data. The store's own ``_FillValue`` (in the encoding) counts too: xarray
-    decodes it to NaN, which the direct (halo-free) store reads would bypass. None when nothing is declared."""
-    # the encoding's _FillValue: xarray decoded those pixels to NaN, but a direct store read sees the raw fill
-    for value in (img.attrs.get("nodata"), img.attrs.get("_FillValue"), img.encoding.get("_FillValue")):
-        if value is None:
-            continue
-        values = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value] * img.sizes["band"]
-        try:
-            nums = np.asarray(values, dtype=np.float64)
-        except (TypeError, ValueError):
-            return None
-        if nums.size != img.sizes["band"] or not np.isfinite(nums).any():  # NaN fill: NaN is invalid already
-            return None
-        fill = xr.DataArray(nums, dims="band", coords={"band": img["band"].values})
-        if [str(b) for b in img["band"].values] != bands:
-            img, fill = img.sel(band=bands), fill.sel(band=bands)
-        return (img != fill).any("band").transpose("time", "y", "x")
-    return None
-
-
-def _check_dates(meta: dict[str, Any], input_kind: str, cube: xr.Dataset, name: str) -> None:
-    """A model built for a fixed number of dates (pixel_mlp's ``num_timesteps``) refuses a cube with others."""
-    want, n = meta["model"]["hparams"].get("num_timesteps"), cube.sizes["time"]
-    if input_kind in ("pixels", "sequence") and want is not None and int(want) != n:
-        model = meta["model"]["name"]
-        raise PredictError(
-            f"{name} holds a {model!r} model built for {want} dates (num_timesteps={want}); the cube has {n}. "
-            f"Select {want} dates (`cube.isel(time=slice(0, {want}))`; in the CLI, a store of {want} dates), or train "
-            "a model that takes any number of dates (pixel_cnn, pixel_transformer) on this cube."
-        )
-
-
 def _resolve_halo(halo: int | str, meta: dict[str, Any], stride: int, input_kind: str) -> int:
     if input_kind == "pixels":
         return 0
@@ -430,14 +373,3 @@ def _resolve_halo(halo: int | str, meta: dict[str, Any], stride: int, input_kind
     if not isinstance(halo, (int, np.integer)) or isinstance(halo, bool) or halo < 0:
         raise PredictError(f"halo={halo!r}; expected 'auto' or a non-negative int (pixels).")
     return int(math.ceil(int(halo) / stride) * stride)
-
-
-def _outputs(kind: str, out_spec: dict[str, Any], outputs: Sequence[str] | None) -> list[str]:
-    available = list(out_spec["variables"])
-    if outputs is None:
-        return available
-    wanted = [str(o) for o in outputs]
-    bad = [o for o in wanted if o not in available]
-    if bad or not wanted:
-        raise PredictError(f"outputs={wanted}; a {kind} checkpoint makes {available}.")
-    return [o for o in available if o in wanted]

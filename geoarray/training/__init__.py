@@ -269,6 +269,7 @@ def fit(
 
 def run(cube: xr.Dataset, cfg: FitConfig, *, client: Any = None) -> Path | str:
     """Train with a ready :class:`FitConfig` (what :func:`fit` does after checking its options)."""
+    from geoarray._preprocess import declared_valid
     from geoarray.cube import conform_cube
     from geoarray.training.prepare import _device, _labels_of, prepare
     from geoarray.training.protocols import resolve_init
@@ -279,6 +280,9 @@ def run(cube: xr.Dataset, cfg: FitConfig, *, client: Any = None) -> Path | str:
         _device(cfg.device)  # a wrong device fails now, not after the statistics pass
     _labels_of(cube, cfg)  # first: its message says how to align labels, which is the usual fix
     cube = conform_cube(cube, var=cfg.var)  # dims by name: another order is transposed (lazily)
+    if "valid" not in cube.data_vars:  # a declared nodata (e.g. from rioxarray) marks pixels, as in predict
+        declared = declared_valid(cube[cfg.var], [str(b) for b in cube["band"].values])
+        cube = cube if declared is None else cube.assign(valid=declared)
     setup = prepare(cube, cfg)
     if client is not None:
         from geoarray.training.ddp import fit_ddp

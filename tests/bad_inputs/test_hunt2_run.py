@@ -173,3 +173,21 @@ def test_stac_features_cli_refuses_a_chunk_below_one(tmp_path):
     r = CliRunner().invoke(app, [*args, "--chunk", "0"])
     assert r.exit_code == 2 and "--chunk 0; expected a whole number of pixels >= 1" in r.output, r.output
     assert not (tmp_path / "o.zarr").exists()
+
+
+def test_fit_masks_a_declared_nodata_like_predict(tmp_path, cube):
+    # the lead's follow-up to row 12: fit took a declared nodata (an attr, no `valid`) as data, so the band
+    # statistics and the chips counted the fill, and the model was trained on what predict now masks
+    import warnings
+
+    img = (cube.imagery.fillna(0.5).clip(0, 1) * 200 + 20).astype("uint8").values
+    img[:, :, 8:24, 8:40] = 0  # the fill in every band: 7 % of the pixels
+    declared = cube.drop_vars("valid").assign(imagery=(cube.imagery.dims, img))
+    declared["imagery"].attrs["nodata"] = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", geoarray.errors.GeoArrayWarning)  # no "undeclared nodata of 0" warning
+        ck = geoarray.fit(declared, task="segmentation", model="unet", model_kwargs={"width": 4, "depth": 2},
+                          chip_size=16, epochs=1, batch_size=4, out=str(tmp_path / "m.safetensors"), seed=0)  # fmt: skip
+    mean = geoarray.load_checkpoint(ck).meta["input"]["mean"]
+    data = np.moveaxis(img, 1, -1)[(img != 0).any(1)].astype(np.float64)  # (pixels, bands) off the fill
+    np.testing.assert_allclose(mean, data.mean(0), rtol=1e-6)

@@ -1,0 +1,56 @@
+"""predict's option checks against the checkpoint: every one raises a PredictError before anything is read."""
+
+from __future__ import annotations
+
+import numbers
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from geoarray.errors import PredictError
+
+
+def _check_options(batch_size: Any, dtype: Any, threshold: Any, prefix: Any) -> None:
+    if batch_size is not None and (
+        not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1
+    ):
+        raise PredictError(f"batch_size={batch_size!r}; expected None (automatic) or a positive int.")
+    try:
+        ok_dtype = np.dtype(dtype).name in ("float32", "float16")
+    except TypeError:
+        ok_dtype = False
+    if not ok_dtype:
+        raise PredictError(f"dtype={dtype!r}; expected 'float32' or 'float16' (half the storage).")
+    if not isinstance(threshold, numbers.Real) or not 0.0 < float(threshold) < 1.0:
+        raise PredictError(f"threshold={threshold!r}; expected a probability strictly between 0 and 1.")
+    if not isinstance(prefix, str) or (prefix and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", prefix)):
+        raise PredictError(
+            f"prefix={prefix!r}; expected a string of ASCII letters, digits, '_', '.' or '-' that starts with a "
+            "letter or digit, such as 's2_' (it starts variable and dim names in a Zarr store)."
+        )
+
+
+def _check_dates(meta: dict[str, Any], input_kind: str, cube: xr.Dataset, name: str) -> None:
+    """A model built for a fixed number of dates (pixel_mlp's ``num_timesteps``) refuses a cube with others."""
+    want, n = meta["model"]["hparams"].get("num_timesteps"), cube.sizes["time"]
+    if input_kind in ("pixels", "sequence") and want is not None and int(want) != n:
+        model = meta["model"]["name"]
+        raise PredictError(
+            f"{name} holds a {model!r} model built for {want} dates (num_timesteps={want}); the cube has {n}. "
+            f"Select {want} dates (`cube.isel(time=slice(0, {want}))`; in the CLI, a store of {want} dates), or train "
+            "a model that takes any number of dates (pixel_cnn, pixel_transformer) on this cube."
+        )
+
+
+def _outputs(kind: str, out_spec: dict[str, Any], outputs: Sequence[str] | None) -> list[str]:
+    available = list(out_spec["variables"])
+    if outputs is None:
+        return available
+    wanted = [str(o) for o in outputs]
+    bad = [o for o in wanted if o not in available]
+    if bad or not wanted:
+        raise PredictError(f"outputs={wanted}; a {kind} checkpoint makes {available}.")
+    return [o for o in available if o in wanted]
