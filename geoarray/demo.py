@@ -90,6 +90,7 @@ def run_demo(
 
     t0 = time.perf_counter()
     out = Path(out)
+    _check_demo(out, epochs)
     out.mkdir(parents=True, exist_ok=True)
     store = out / "sample.zarr"
     echo(f"1/4 building the sample cube (real Landsat-7 ETM+ scene, planted change) -> {store}")
@@ -140,3 +141,26 @@ def run_demo(
         out / "log" / "metrics.csv", out / "curves.png", keys=["train_loss", "val_loss", "val_mean_iou"]
     )
     return DemoResult(store, Path(ckpt), Path(overlay), Path(curves), s_held, s_all, time.perf_counter() - t0)
+
+
+def _check_demo(out: Path, epochs: int) -> None:
+    """Refuse, before the demo builds anything, what would fail later or delete someone's data."""
+    import json
+
+    from geoarray.errors import OutputPathError, StoreExistsError, TrainError
+
+    if isinstance(epochs, bool) or epochs < 1:
+        raise TrainError(f"epochs={epochs}; expected a positive integer (15 gives a mean IoU around 0.8).")
+    if out.exists() and not out.is_dir():
+        raise OutputPathError(f"out={str(out)!r} is a file; expected a folder (new or existing) for the demo's files.")
+    store = out / "sample.zarr"  # the demo rebuilds it on every run: only ever its own cube
+    if store.exists():
+        try:
+            title = str(json.loads((store / "zarr.json").read_text())["attributes"].get("title", ""))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            title = ""
+        if not title.startswith("geoarray sample cube"):
+            raise StoreExistsError(
+                f"{str(store)!r} exists and is not the demo's sample cube; the demo rebuilds "
+                "<out>/sample.zarr on every run and would delete it. Pass another out (--out)."
+            )

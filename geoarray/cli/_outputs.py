@@ -207,34 +207,9 @@ def demo(
     """The main job on the embedded sample: cube -> Zarr -> fit a UNet -> predict back into Zarr -> IoU + PNGs."""
     from geoarray.demo import run_demo
 
-    _check_demo(out, epochs)
-
     res = run_demo(out, epochs=epochs, echo=typer.echo)
     typer.echo("held-out tiles (never seen in training):")
     typer.echo(_score_table(res.held_out))
     typer.echo(f"whole scene: mean IoU {res.whole['mean_iou']:.3f}, accuracy {res.whole['accuracy']:.3f}")
     typer.echo(f"wrote {res.overlay} and {res.curves}")
     typer.echo(f"done in {res.seconds:.1f} s")
-
-
-def _check_demo(out: Path, epochs: int) -> None:
-    """Refuse, before the demo builds anything, what would fail later or delete someone's data."""
-    import json
-
-    from geoarray.errors import OutputPathError, StoreExistsError, TrainError
-
-    if isinstance(epochs, bool) or epochs < 1:
-        raise TrainError(f"--epochs {epochs}; expected a positive integer (15 gives a mean IoU around 0.8).")
-    if out.exists() and not out.is_dir():
-        raise OutputPathError(f"--out {str(out)!r} is a file; expected a folder (new or existing) for the demo's files.")
-    store = out / "sample.zarr"  # the demo rebuilds it on every run: only ever its own cube
-    if store.exists():
-        try:
-            title = str(json.loads((store / "zarr.json").read_text())["attributes"].get("title", ""))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            title = ""
-        if not title.startswith("geoarray sample cube"):
-            raise StoreExistsError(
-                f"{str(store)!r} exists and is not the demo's sample cube; the demo rebuilds "
-                "<--out>/sample.zarr on every run and would delete it. Pass another --out."
-            )

@@ -130,6 +130,11 @@ def test_demo_refuses_before_any_work(tmp_path, cube):
     r = runner.invoke(app, ["demo", "--out", str(tmp_path / "site"), "--epochs", "1"])
     assert r.exit_code == 2 and "is not the demo's sample cube" in r.output
     assert tree_digest(mine) == before
+    from geoarray.demo import run_demo  # the library function checks too, not only the command
+
+    with pytest.raises(StoreExistsError, match="is not the demo's sample cube"):
+        run_demo(tmp_path / "site", epochs=1)
+    assert tree_digest(mine) == before
 
 
 @pytest.mark.parametrize("key", ["nodata", "_FillValue"])
