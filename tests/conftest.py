@@ -188,4 +188,19 @@ def make_checkpoint(
     )
 
 
+def pytest_collection_finish(session):
+    """Start mypy in the background when tests/test_quality.py::test_mypy_clean is among the tests to run."""
+    if any(item.nodeid.endswith("test_quality.py::test_mypy_clean") for item in session.items):
+        from test_quality import start_mypy
+
+        session.config._geoarray_mypy = start_mypy()
+
+
+def pytest_unconfigure(config):
+    proc = getattr(config, "_geoarray_mypy", None)
+    if proc is not None and proc.poll() is None:  # the session stopped before the test that waits for it
+        proc.kill()
+        proc.wait()
+
+
 from s3_server import s3  # noqa: E402, F401  (the local S3 API fixture, for tests/test_object_storage.py)

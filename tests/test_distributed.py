@@ -5,6 +5,7 @@ import signal
 import threading
 import time
 
+import dask
 import numpy as np
 import pytest
 import torch
@@ -44,13 +45,47 @@ def _cfg(out, **kw):
     return FitConfig(**base)
 
 
-# Each DDP test gets a fresh cluster, so one test's failure cannot leak into the next.
-def test_ddp_two_ranks_keep_identical_weights_and_learn(store, tmp_path):
+def _dist_initialized() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+@pytest.fixture(scope="module")
+def _module_cluster():
+    """One LocalCluster (2 worker processes) for the module: starting one, importing torch in its workers on the
+    first run and closing it cost ~10-15 s a test (its workers take the 4 s close timeout)."""
+    with cluster(n_workers=2) as client:
+        yield client
+
+
+@pytest.fixture
+def client(_module_cluster):
+    """The module's cluster, made clean before each test, so one test's failure cannot leak into the next: two
+    live workers, no task running or waiting on them (a stuck rank, a blocker), and no torch.distributed
+    process group left in a worker; otherwise its worker processes are restarted (through their Nannies)."""
+    from geoarray.training.ddp import live_workers
+
+    c = _module_cluster
+    deadline = time.time() + 120
+    while len(live_workers(c)) < 2 and time.time() < deadline:  # a killed worker: its Nanny brings it back
+        time.sleep(0.1)
+    workers = live_workers(c)
+    busy = any(c.processing().values())
+    if len(workers) != 2 or busy or any(c.run(_dist_initialized).values()):
+        c.restart(wait_for_workers=True)
+    assert len(live_workers(c)) == 2 and not any(c.processing().values())
+    assert not any(c.run(_dist_initialized).values())
+    # cluster() made its client dask's default; outside the calls that take it, compute as without a cluster
+    with dask.config.set(scheduler="threads"):
+        yield c
+
+
+def test_ddp_two_ranks_keep_identical_weights_and_learn(store, tmp_path, client):
     cube = geoarray.open_cube(store)
     cfg = _cfg(tmp_path / "ddp.safetensors")
     setup = prepare(cube, cfg)
-    with cluster(n_workers=2) as client:
-        reports = run_ddp(client, cube, cfg, setup, timeout=60)
+    reports = run_ddp(client, cube, cfg, setup, timeout=60)
     assert [r["rank"] for r in reports] == [0, 1]
     d0, d1 = reports[0]["digests"], reports[1]["digests"]
     assert len(d0) == 3 * reports[0]["steps_per_epoch"] and d0 == d1  # identical after every step
@@ -78,8 +113,8 @@ def test_ddp_two_ranks_keep_identical_weights_and_learn(store, tmp_path):
     assert ck.meta["training"]["world_size"] == 2
 
 
-def test_fit_with_client_returns_rank0_checkpoint(store, tmp_path):
-    with cluster(n_workers=2) as client:
+def test_fit_with_client_returns_rank0_checkpoint(store, tmp_path, client):
+    with client.as_current(), dask.config.set(scheduler=client.get):  # inside `with cluster() as client:`
         out = geoarray.fit(
             geoarray.open_cube(store),
             task="segmentation",
@@ -95,55 +130,53 @@ def test_fit_with_client_returns_rank0_checkpoint(store, tmp_path):
     assert out.exists() and geoarray.load_checkpoint(out).meta["training"]["world_size"] == 2
 
 
-def test_worker_death_is_a_clear_error_not_a_hang(store, tmp_path):
+def test_worker_death_is_a_clear_error_not_a_hang(store, tmp_path, client):
     cube = geoarray.open_cube(store)
     cfg = _cfg(tmp_path / "dead.safetensors", epochs=50)
     setup = prepare(cube, cfg)
-    with cluster(n_workers=2) as client:
-        pids = client.run(os.getpid)
-        victim = pids[sorted(pids)[1]]
+    pids = client.run(os.getpid)
+    victim = pids[sorted(pids)[1]]
 
-        def kill_soon():
-            time.sleep(4.0)
-            os.kill(victim, signal.SIGKILL)
+    def kill_soon():
+        time.sleep(4.0)
+        os.kill(victim, signal.SIGKILL)
 
-        threading.Thread(target=kill_soon, daemon=True).start()
-        t0 = time.time()
-        with pytest.raises(TrainError, match=r"died during DDP training|failed"):
-            run_ddp(client, cube, cfg, setup, timeout=30)
-        assert time.time() - t0 < 60
+    threading.Thread(target=kill_soon, daemon=True).start()
+    t0 = time.time()
+    with pytest.raises(TrainError, match=r"died during DDP training|failed"):
+        run_ddp(client, cube, cfg, setup, timeout=30)
+    assert time.time() - t0 < 60
 
 
-def test_a_failed_run_frees_its_workers_for_the_next(store, tmp_path):
+def test_a_failed_run_frees_its_workers_for_the_next(store, tmp_path, client):
     """A rank that never starts leaves the other one blocked in init_process_group, holding its worker's only
     thread (cancelling a running task does not stop it), and a failed init leaves torch.distributed state in
     its process: both made later runs on the same cluster hang. A failed run now restarts its workers."""
     cube = geoarray.open_cube(store)
     cfg = _cfg(tmp_path / "r.safetensors", epochs=1)
     setup = prepare(cube, cfg)
-    with cluster(n_workers=2) as client:
-        busy = sorted(client.scheduler_info()["workers"])[1]
-        blocker = client.submit(time.sleep, 600, workers=[busy], pure=False)  # rank 1 cannot start
-        while blocker.status == "pending" and not client.processing()[busy]:
-            time.sleep(0.1)
-        # rank 0 gives up waiting for rank 1 (gloo's store timeout), or run_ddp sees rank 1 never started
-        with pytest.raises(TrainError, match=r"rank\(s\) \[1\] did not start|rank 0 .* failed"):
-            run_ddp(client, cube, cfg, setup, timeout=5)
-        t0 = time.time()
-        reports = run_ddp(client, cube, cfg, setup, timeout=60)
-        assert [r["rank"] for r in reports] == [0, 1] and time.time() - t0 < 60
+    busy = sorted(client.scheduler_info()["workers"])[1]
+    blocker = client.submit(time.sleep, 600, workers=[busy], pure=False)  # rank 1 cannot start
+    while blocker.status == "pending" and not client.processing()[busy]:
+        time.sleep(0.1)
+    # rank 0 gives up waiting for rank 1 (gloo's store timeout), or run_ddp sees rank 1 never started
+    with pytest.raises(TrainError, match=r"rank\(s\) \[1\] did not start|rank 0 .* failed"):
+        run_ddp(client, cube, cfg, setup, timeout=5)
+    t0 = time.time()
+    reports = run_ddp(client, cube, cfg, setup, timeout=60)
+    assert [r["rank"] for r in reports] == [0, 1] and time.time() - t0 < 60
 
 
-def test_repeated_runs_on_one_cluster(store, tmp_path):
+def test_repeated_runs_on_one_cluster(store, tmp_path, client):
     """Session 1's flaky hang: a rank's worker thread stuck at the end of a run, in ~ProcessGroupGloo joining
     threads that waited on a peer which had left (the DDP Reducer freed the group after
     destroy_process_group). Ranks now free DDP and meet at a barrier before tearing down."""
     cube = geoarray.open_cube(store)
-    with cluster(n_workers=2) as client:
-        for i in range(4):
-            cfg = _cfg(tmp_path / f"r{i}.safetensors", epochs=1, steps_per_epoch=2)
-            reports = run_ddp(client, cube, cfg, prepare(cube, cfg), timeout=60)
-            assert [r["rank"] for r in reports] == [0, 1]
+    setup = prepare(cube, _cfg(tmp_path / "r.safetensors", epochs=1, steps_per_epoch=2))  # the same for every run
+    for i in range(4):
+        cfg = _cfg(tmp_path / f"r{i}.safetensors", epochs=1, steps_per_epoch=2)
+        reports = run_ddp(client, cube, cfg, setup, timeout=60)
+        assert [r["rank"] for r in reports] == [0, 1]
 
 
 @pytest.mark.gpu
@@ -154,7 +187,7 @@ def test_cluster_uses_cuda_workers_when_available():
     assert on_workers and all(on_workers.values()), on_workers
 
 
-def test_vicreg_under_ddp_takes_variance_and_covariance_over_the_gathered_batch():
+def test_vicreg_under_ddp_takes_variance_and_covariance_over_the_gathered_batch(client):
     """Two gloo ranks on LocalCluster worker processes each hold two rows whose local stds are below 1 (so a
     local variance term would be about 0.4) but whose global stds over all four rows are above 2: the variance term is 0
     on both ranks, the covariance term is the global batch's, and the gradients are those of the loss on the
@@ -209,13 +242,12 @@ def test_vicreg_under_ddp_takes_variance_and_covariance_over_the_gathered_batch(
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with cluster(n_workers=2) as client:
-        workers = sorted(client.scheduler_info()["workers"])
-        futures = [
-            client.submit(rank_fn, r, 2, port, z1, z2, *splits, workers=[w], pure=False)
-            for r, w in enumerate(workers)
-        ]
-        res0, res1 = client.gather(futures)
+    workers = sorted(client.scheduler_info()["workers"])
+    futures = [
+        client.submit(rank_fn, r, 2, port, z1, z2, *splits, workers=[w], pure=False)
+        for r, w in enumerate(workers)
+    ]
+    res0, res1 = client.gather(futures)
     (t0, ga0, gb0), (t1, ga1, gb1) = res0[0], res1[0]
     _, local = vicreg_loss(z1[:2], z2[:2])
     assert local["vic_variance"].item() > 0.3  # what rank 0 alone would see (its stds are 0.35..0.71)
@@ -245,7 +277,7 @@ def test_vicreg_under_ddp_takes_variance_and_covariance_over_the_gathered_batch(
         torch.testing.assert_close(torch.cat([ub0, ub1]) / 2, b.grad)
 
 
-def test_vicreg_fit_on_two_ddp_ranks_learns_with_identical_weights(store, tmp_path):
+def test_vicreg_fit_on_two_ddp_ranks_learns_with_identical_weights(store, tmp_path, client):
     cube = geoarray.open_cube(store)
     cfg = _cfg(
         tmp_path / "vic.safetensors",
@@ -260,8 +292,7 @@ def test_vicreg_fit_on_two_ddp_ranks_learns_with_identical_weights(store, tmp_pa
         steps_per_epoch=3,
     )
     setup = prepare(cube, cfg)
-    with cluster(n_workers=2) as client:
-        reports = run_ddp(client, cube, cfg, setup, timeout=120)
+    reports = run_ddp(client, cube, cfg, setup, timeout=120)
     d0, d1 = reports[0]["digests"], reports[1]["digests"]
     assert len(d0) == 12 and d0 == d1  # the gathered terms' gradients keep the ranks in step
     hist = reports[0]["history"]
@@ -272,15 +303,13 @@ def test_vicreg_fit_on_two_ddp_ranks_learns_with_identical_weights(store, tmp_pa
     assert meta["task"] == "vicreg" and meta["training"]["world_size"] == 2
 
 
-def test_the_ddp_worker_check_never_misses_a_live_worker():
+def test_the_ddp_worker_check_never_misses_a_live_worker(client):
     """client.scheduler_info() returns the client's cache, which its periodic refresh replaces with an identity
     without workers: run_ddp then now and then saw every worker "die" in a healthy run (a flaky 'died during
     DDP training'). The check asks the scheduler; with the refresh every 1 ms it still sees both workers."""
-    import dask
-
     from geoarray.training.ddp import live_workers
 
     with dask.config.set({"distributed.client.scheduler-info-interval": "1ms"}):
-        with cluster(n_workers=2) as client:
-            seen = [len(live_workers(client)) for _ in range(300)]
+        with cluster(client.scheduler.address) as fresh:  # a new client reads the interval: the module's cluster
+            seen = [len(live_workers(fresh)) for _ in range(300)]
     assert seen == [2] * 300

@@ -28,6 +28,22 @@ def cube():
     return synthetic_cube(size=(150, 131), n_times=2, seed=1)
 
 
+@pytest.fixture(scope="module")
+def gained(tmp_path_factory):
+    """Feature checkpoints (4 outputs) with up-scaled weights, made once per module and only read by the tests:
+    saving one measures the model's receptive field, ~7 s for a res_unet."""
+    made: dict = {}
+
+    def get(name, gain, **hp):
+        key = (name, gain, tuple(sorted(hp.items())))
+        if key not in made:
+            path = tmp_path_factory.mktemp("gained") / "m.safetensors"
+            made[key] = make_checkpoint(path, name, task="features", num_classes=4, gain=gain, **hp)
+        return made[key]
+
+    return get
+
+
 def _reference(cube, ckpt_path, *, sequence=False, softmax=True):
     """Whole-image inference by hand: normalise, fill invalid with 0, run the model once, softmax."""
     ck = geoarray.load_checkpoint(ckpt_path)
@@ -68,7 +84,7 @@ def _max_rel(a, b, scale):
         ("attention_unet", {"width": 4, "num_attention_layers": 2}, (250, 211), 3.0),
     ],
 )
-def test_seamless_small_chunks_equal_one_chunk_and_whole_image(tmp_path, name, hp, size, gain):
+def test_seamless_small_chunks_equal_one_chunk_and_whole_image(gained, name, hp, size, gain):
     """Chunks of the halo's size give whole-image inference, with a model whose distant pixels matter.
 
     Feature outputs (no softmax to saturate) of a model with up-scaled weights: a halo one stride short of
@@ -76,7 +92,7 @@ def test_seamless_small_chunks_equal_one_chunk_and_whole_image(tmp_path, name, h
     test can tell a right halo from a wrong one); the automatic halo matches to 1e-5.
     """
     c = synthetic_cube(size=size, n_times=2, seed=2)
-    ckpt = make_checkpoint(tmp_path / "m.safetensors", name, task="features", num_classes=4, gain=gain, **hp)
+    ckpt = gained(name, gain, **hp)
     meta = read_metadata(ckpt)
     chunk = _smallest_chunk(ckpt)
     seq = name == "attention_unet"
@@ -96,13 +112,13 @@ def test_seamless_small_chunks_equal_one_chunk_and_whole_image(tmp_path, name, h
 
 
 @pytest.mark.parametrize(("name", "hp", "gain"), [("unet", {"width": 4}, 3.0), ("res_unet", {"width": 4, "encoder": "resnet18"}, 4.0)])
-def test_blocks_larger_than_the_cpu_tile_run_tile_by_tile_and_stay_seamless(tmp_path, monkeypatch, name, hp, gain):
+def test_blocks_larger_than_the_cpu_tile_run_tile_by_tile_and_stay_seamless(gained, monkeypatch, name, hp, gain):
     """A whole-image block cut into 64² tiles (each with the halo) equals whole-image inference; with one stride
     less of halo the tiles' seams show, so the block really ran tile by tile."""
     import geoarray._tiles as tiles
 
     c = synthetic_cube(size=(250, 211), n_times=1, seed=2).chunk({"time": 1, "y": -1, "x": -1})
-    ckpt = make_checkpoint(tmp_path / "m.safetensors", name, task="features", num_classes=4, gain=gain, **hp)
+    ckpt = gained(name, gain, **hp)
     meta = read_metadata(ckpt)
     ref = _reference(c, ckpt, sequence=False, softmax=False)
     scale = float(np.nanmax(np.abs(ref)))
@@ -221,9 +237,9 @@ def test_sensor_mismatch_leaves_dates_invalid_and_prefix_names(tmp_path, cube):
     assert (out["s2_mask"].values[1] == 255).all()
 
 
-def test_chunk_smaller_than_halo(tmp_path, cube):
+def test_chunk_smaller_than_halo(gained, cube):
     # halo 96; weights scaled up so that distant pixels matter (see make_checkpoint)
-    ckpt = make_checkpoint(tmp_path / "m.safetensors", task="features", num_classes=4, width=4, gain=3.0)
+    ckpt = gained("unet", 3.0, width=4)
     with pytest.raises(PredictError, match=r"smaller than the halo \(96 px\).*at least 96"):
         geoarray.predict(cube.chunk({"y": 64, "x": 64}), ckpt)
     out = geoarray.predict(cube.chunk({"y": 64, "x": 64}), ckpt, halo=16)  # explicit small halo is allowed
@@ -664,7 +680,7 @@ def _bf16_here():
     return contextlib.nullcontext() if native_bf16() else pytest.warns(GeoArrayWarning, match="emulates bf16")
 
 
-def test_bf16_blockwise_equals_bf16_whole_image(tmp_path):
+def test_bf16_blockwise_equals_bf16_whole_image(gained):
     """Blockwise bf16 gives whole-image bf16, and differs from float32 only by bf16 rounding.
 
     Tolerance (relative to the output's scale): the triangle inequality bounds |blocks - whole| in bf16 by
@@ -677,9 +693,7 @@ def test_bf16_blockwise_equals_bf16_whole_image(tmp_path):
     emulated bf16, Ice Lake): 0, bit-identical, which is asserted here; on other CPUs, the bound.
     """
     c = synthetic_cube(size=(250, 211), n_times=1, seed=2)
-    ckpt = make_checkpoint(
-        tmp_path / "m.safetensors", "unet", task="features", num_classes=4, gain=3.0, width=4
-    )
+    ckpt = gained("unet", 3.0, width=4)
     meta = read_metadata(ckpt)
     chunk = _smallest_chunk(ckpt)
     whole_cube, many_cube = (
