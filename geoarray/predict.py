@@ -348,9 +348,13 @@ def run_planned(
         return _assign(p.cube, p.new), None
     so = {"storage_options": storage_options} if is_url(store) else {}
     report = write_to_store(p.new, p.arrays, p.blocks, store, p.sha, overwrite=overwrite, progress=progress, **so)
+    if not reopen:
+        return p.cube, report
+    from geoarray._zarr_open import _open_zarr
     from geoarray.cube import open_cube
 
-    return (open_cube(store, var=p.var, **so) if reopen else p.cube), report  # reopen=False: no `var` in store
+    written = _open_zarr(store, **so)  # a store of outputs only (no `var`, e.g. a grid) is returned as it is
+    return (open_cube(store, var=p.var, **so) if p.var in written.data_vars else written), report
 
 
 def _assign(cube: xr.Dataset, new: dict[str, xr.DataArray]) -> xr.Dataset:

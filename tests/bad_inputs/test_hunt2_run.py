@@ -196,3 +196,15 @@ def test_fit_masks_a_declared_nodata_like_predict(tmp_path, cube):
     mean = geoarray.load_checkpoint(ck).meta["input"]["mean"]
     data = np.moveaxis(img, 1, -1)[(img != 0).any(1)].astype(np.float64)  # (pixels, bands) off the fill
     np.testing.assert_allclose(mean, data.mean(0), rtol=1e-6)
+
+
+def test_predict_into_a_store_of_outputs_only(tmp_path, cube, ckpt):
+    # found by the lead: predict(store=) into a store that holds the cube's grid but no imagery (as stac_features
+    # makes) wrote every output, then raised "not a geoarray cube" while reopening it
+    import xarray as xr
+
+    store = tmp_path / "grid.zarr"
+    xr.Dataset(coords={c: cube[c] for c in ("time", "y", "x", "spatial_ref")}).to_zarr(store, zarr_format=3)
+    out = geoarray.predict(cube.chunk(y=48, x=40), ckpt, store=store)
+    assert "imagery" not in out and out["mask"].attrs["geoarray_complete"] is True
+    np.testing.assert_array_equal(out["mask"].values, geoarray.predict(cube, ckpt)["mask"].values)
