@@ -81,6 +81,14 @@ def client(_module_cluster):
         yield c
 
 
+@pytest.fixture
+def own_client():
+    """A cluster of the test's own, for the tests that kill or block workers: the shared one is not risked (its
+    restarts after a kill did not always get both workers back within a minute on a loaded machine)."""
+    with cluster(n_workers=2) as c, dask.config.set(scheduler="threads"):
+        yield c
+
+
 def test_ddp_two_ranks_keep_identical_weights_and_learn(store, tmp_path, client):
     cube = geoarray.open_cube(store)
     cfg = _cfg(tmp_path / "ddp.safetensors")
@@ -130,7 +138,8 @@ def test_fit_with_client_returns_rank0_checkpoint(store, tmp_path, client):
     assert out.exists() and geoarray.load_checkpoint(out).meta["training"]["world_size"] == 2
 
 
-def test_worker_death_is_a_clear_error_not_a_hang(store, tmp_path, client):
+def test_worker_death_is_a_clear_error_not_a_hang(store, tmp_path, own_client):
+    client = own_client
     cube = geoarray.open_cube(store)
     cfg = _cfg(tmp_path / "dead.safetensors", epochs=50)
     setup = prepare(cube, cfg)
@@ -148,7 +157,8 @@ def test_worker_death_is_a_clear_error_not_a_hang(store, tmp_path, client):
     assert time.time() - t0 < 60
 
 
-def test_a_failed_run_frees_its_workers_for_the_next(store, tmp_path, client):
+def test_a_failed_run_frees_its_workers_for_the_next(store, tmp_path, own_client):
+    client = own_client
     """A rank that never starts leaves the other one blocked in init_process_group, holding its worker's only
     thread (cancelling a running task does not stop it), and a failed init leaves torch.distributed state in
     its process: both made later runs on the same cluster hang. A failed run now restarts its workers."""

@@ -55,7 +55,10 @@ def test_auto_device_is_the_workers_choice_and_keeps_cpu_tiles(tmp_path, local_c
         planned = geoarray.predict(cube, ckpt)  # device="auto"
         tasks = dict(planned["mask"].data.dask).values()
         specs = {a.run for t in tasks if isinstance(t, tuple) for a in t if hasattr(a, "run")}  # the BlockSpecs
-        got = local_cluster.compute(planned[["probabilities", "mask"]]).result()
+        try:
+            got = local_cluster.compute(planned[["probabilities", "mask"]]).result()
+        finally:  # the session's cluster is shared: leave its workers' model caches empty, as other tests expect
+            local_cluster.run(clear_caches)
     assert {s.device for s in specs} == {"auto"} and {s.tile for s in specs} == {512}
     np.testing.assert_array_equal(got["mask"].values, ref["mask"].values)
     np.testing.assert_array_equal(got["probabilities"].values, ref["probabilities"].values)
