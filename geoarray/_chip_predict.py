@@ -21,6 +21,7 @@ import xarray as xr
 
 from geoarray._chip_kernel import ChipSpec, build_graph, chip_grid, grid_coords
 from geoarray._constants import MASK_NODATA, MASK_NODATA_WIDE
+from geoarray._predict_checks import check_float_dtype
 from geoarray.errors import BandError, PredictError, StoreError, StoreExistsError
 
 __all__ = ["predict_chips"]
@@ -209,12 +210,7 @@ def _check_options(batch_size: Any, min_valid: Any, dtype: Any, group: Any) -> N
         raise PredictError(f"batch_size={batch_size!r}; expected a positive int (chips per forward pass).")
     if isinstance(min_valid, bool) or not isinstance(min_valid, (int, float)) or not 0 <= min_valid <= 1:
         raise PredictError(f"min_valid={min_valid!r}; expected a fraction between 0 and 1 (default 0.5).")
-    try:
-        ok = np.dtype(dtype).name in ("float32", "float16")
-    except TypeError:
-        ok = False
-    if not ok:
-        raise PredictError(f"dtype={dtype!r}; expected 'float32' or 'float16' (half the storage).")
+    check_float_dtype(dtype)
     if group is not None and (
         not isinstance(group, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", group)
     ):

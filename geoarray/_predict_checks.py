@@ -13,17 +13,22 @@ import xarray as xr
 from geoarray.errors import PredictError
 
 
+def check_float_dtype(dtype: Any) -> None:
+    """The float dtype of stored probabilities/features: float32, or float16 (half the storage)."""
+    try:
+        ok = np.dtype(dtype).name in ("float32", "float16")
+    except TypeError:
+        ok = False
+    if not ok:
+        raise PredictError(f"dtype={dtype!r}; expected 'float32' or 'float16' (half the storage).")
+
+
 def _check_options(batch_size: Any, dtype: Any, threshold: Any, prefix: Any) -> None:
     if batch_size is not None and (
         not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1
     ):
         raise PredictError(f"batch_size={batch_size!r}; expected None (automatic) or a positive int.")
-    try:
-        ok_dtype = np.dtype(dtype).name in ("float32", "float16")
-    except TypeError:
-        ok_dtype = False
-    if not ok_dtype:
-        raise PredictError(f"dtype={dtype!r}; expected 'float32' or 'float16' (half the storage).")
+    check_float_dtype(dtype)
     if not isinstance(threshold, numbers.Real) or not 0.0 < float(threshold) < 1.0:
         raise PredictError(f"threshold={threshold!r}; expected a probability strictly between 0 and 1.")
     if not isinstance(prefix, str) or (prefix and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", prefix)):
