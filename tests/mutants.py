@@ -170,6 +170,38 @@ MUTATIONS = [
         "            y0, x0 = oy + ty, ox + tx\n",
         ("tests/test_predict.py::test_blocks_larger_than_the_cpu_tile_run_tile_by_tile_and_stay_seamless",),
     ),
+    Mutation(
+        "resume-with-another-halo",
+        "a killed run, run again, finishes the same outputs (a resume with another halo is refused)",
+        "geoarray/_writer.py",
+        "        if key in old.attrs and old.attrs[key] != da.attrs.get(key):\n",
+        "        if False:\n",
+        ("tests/bad_inputs/test_hunt2_run.py::test_a_resume_with_another_halo_is_refused",),
+    ),
+    Mutation(
+        "declared-nodata-trained-as-data",
+        "fit and predict mask a declared nodata alike",
+        "geoarray/training/__init__.py",
+        '    if "valid" not in cube.data_vars:  # a declared nodata (e.g. from rioxarray) marks pixels, as in predict\n',
+        "    if False:\n",
+        ("tests/bad_inputs/test_hunt2_run.py::test_fit_masks_a_declared_nodata_like_predict",),
+    ),
+    Mutation(
+        "auto-device-decided-by-the-client",
+        "under a distributed client device='auto' is each worker's choice",
+        "geoarray/_devices.py",
+        '    if device == "auto" and not local:\n',
+        "    if False:\n",
+        ("tests/test_model_placement.py::test_auto_device_is_the_workers_choice_and_keeps_cpu_tiles",),
+    ),
+    Mutation(
+        "threads-load-the-model-again",
+        "tasks on threads reuse the model predict loaded",
+        "geoarray/predict.py",
+        "    remember_model(spec, ck.model)  # tasks in this process (threads) take it, rather than load it again\n",
+        "",
+        ("tests/test_model_placement.py::test_threaded_predict_reads_the_checkpoint_once_and_matches_a_fresh_load",),
+    ),
 ]
 
 
