@@ -1,7 +1,7 @@
 """B3: Zarr write of predict outputs vs a raw numcodecs-encode-and-write floor for the same chunks.
 
 The outputs (float32 and float16 features, uint8 masks; 512² chunks) are already in memory, so only writing
-is timed. geoarray's path is the one predict uses (`_inference.write_block`, one chunk per task, 2 dask threads):
+is timed. geoarray's path is the one predict uses (`_block_write.write_block`, one chunk per task, 2 dask threads):
 a whole chunk of a local array goes through the array's own zarr codecs and `LocalStore.set_sync` in the dask
 thread (`geoarray/_chunk_write.py`; zarr's `z[region] = arr` hops to its event-loop thread and to
 `asyncio.to_thread` twice per chunk, which cost about as much as encoding a mask chunk). The floor encodes each
@@ -31,7 +31,7 @@ import numpy as np
 import zarr
 from _common import load_report, workdir
 
-from geoarray import _inference
+from geoarray import _block_write
 
 
 def arrays(size: int) -> dict[str, np.ndarray]:
@@ -78,7 +78,7 @@ def geoarray_write(
     path: Path,
     chunks: tuple[int, ...],
     compressor: object,
-    task: object = _inference.write_block,
+    task: object = _block_write.write_block,
 ) -> float:
     """Seconds to write ``parts`` the way predict does (creating the empty array is not timed)."""
     if path.exists():
