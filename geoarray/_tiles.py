@@ -1,8 +1,10 @@
 """How predict's kernel cuts a block into the tiles the model runs on.
 
 A block is the unit of reading and writing (the dask/Zarr chunk: large, so tasks and files stay few); a tile is
-the unit the model runs on. On a CPU, a 512² tile's feature maps stay in cache where a 1024² block's do not, so
-blocks larger than that run tile by tile, each tile with the halo around it. On a GPU a block runs whole.
+the unit the model runs on. On a GPU a block runs whole. On a CPU, blocks larger than the tile run tile by tile,
+each tile with the halo around it; the tile side is :func:`tile_for`'s trade between the halo's share (it falls
+as the tile grows) and the cost per pixel of large feature maps (glibc unmaps and the kernel zeroes again every
+freed block over 32 MiB, so each large map costs page faults on every pass).
 """
 
 from __future__ import annotations
@@ -13,25 +15,32 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CPU_TILE", "tile_for", "tiled"]
+__all__ = ["CPU_TILE", "CPU_TILE_MAX", "TILE_PER_HALO", "tile_for", "tiled"]
 
 CPU_TILE = 512
-"""Tile side on CPUs (rounded up to the model's stride). Measured on the B1 UNet (2 cores, 2 dask threads of one
-torch thread): a 1024² block + halo ran at 0.63 of the raw 512²-tile loop, 512² tiles + halo at 0.94-1.01."""
+"""The smallest tile side on CPUs. Measured on the B1 UNet (depth 3, width 8, halo 24; 2 dask threads of one torch
+thread): a 1024² block + halo ran at 0.63 of the raw 512²-tile loop, 512² tiles + halo at 0.94-1.01."""
+CPU_TILE_MAX = 1024
+"""The largest tile side on CPUs (a 1216² input of the default UNet, depth 5 width 32, takes ~1.2 GB per thread)."""
+TILE_PER_HALO = 16
+"""The tile side in halos, between the two bounds: a halo of h px costs (16/18)² ~ 0.79 of the pixels. Measured
+(one torch thread, per output pixel): the default UNet (halo 96) at 512² tiles 6775 ns, 768² 5998, 1024² 4941,
+1536² 5490; depth 4 width 32 (halo 48) 4692, 4495 at 768², 4423 at 1024²; the B1 UNet (halo 24) is best at 512²."""
 
 
-def tile_for(device: str, stride: int) -> int | None:
-    """The tile side for image models on ``device``: :data:`CPU_TILE` on CPUs, None (whole blocks) elsewhere."""
+def tile_for(device: str, stride: int, halo: int = 0) -> int | None:
+    """The tile side for image models on ``device``: None (whole blocks) on GPUs; on CPUs
+    ``TILE_PER_HALO * halo`` within ``[CPU_TILE, CPU_TILE_MAX]``, rounded up to the model's stride."""
     if not str(device).startswith("cpu"):
         return None
-    return int(math.ceil(CPU_TILE / stride) * stride)
+    side = min(max(CPU_TILE, TILE_PER_HALO * int(halo)), max(CPU_TILE, CPU_TILE_MAX))
+    return int(math.ceil(side / stride) * stride)
 
 
 def tiled(model: Any, window: np.ndarray, block: Any) -> Any:
     """The model's output on the block inside ``window`` (N, C, h, w): in one pass, or, for a block larger than
     ``spec.tile``, tile by tile, each tile with the halo around it (from the window, so seams stay exact: tile
-    edges fall on multiples of the stride like block edges). On a CPU a 512² tile's feature maps stay in cache
-    where a 1024² block's do not: a small UNet runs ~1.4x faster per pixel that way, more than the extra halo."""
+    edges fall on multiples of the stride like block edges). The tile side is :func:`tile_for`'s."""
     import torch
 
     spec = block.run

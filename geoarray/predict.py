@@ -325,7 +325,7 @@ def plan_predict(
         ckpt_options=location(path, ck_options).options_json,
         parts=layout(out_spec),
         halo=h,
-        tile=tile_for("cpu" if device == "auto" else device, stride) if input_kind == "image" else None,
+        tile=tile_for("cpu" if device == "auto" else device, stride, h) if input_kind == "image" else None,
     )
     arrays, blocks = build_graph(data, valid, (ych, xch), spec, h, run_times, dates, direct=direct)
     new = wrap(arrays, cube, wanted, spec, meta, prefix, Path(path).name)

@@ -123,6 +123,7 @@ def test_blocks_larger_than_the_cpu_tile_run_tile_by_tile_and_stay_seamless(gain
     ref = _reference(c, ckpt, sequence=False, softmax=False)
     scale = float(np.nanmax(np.abs(ref)))
     monkeypatch.setattr(tiles, "CPU_TILE", 64)
+    monkeypatch.setattr(tiles, "CPU_TILE_MAX", 64)
     assert tiles._spans(250, 64) == [(0, 64), (64, 128), (128, 192), (192, 250)]  # a 58-row rest is over half a tile
     assert tiles._spans(211, 64) == [(0, 64), (64, 128), (128, 211)]  # a 19-row rest joins the tile before
     tiled = geoarray.predict(c, ckpt).features.values
@@ -132,6 +133,21 @@ def test_blocks_larger_than_the_cpu_tile_run_tile_by_tile_and_stay_seamless(gain
     monkeypatch.setattr(tiles, "CPU_TILE", 4096)  # one pass over the block: the short halo changes nothing
     whole = geoarray.predict(c, ckpt, halo=meta["halo"] - meta["stride"]).features.values
     assert _max_rel(ref, whole, scale) <= 1e-5
+
+
+def test_cpu_tile_grows_with_the_halo(tmp_path, cube):
+    """On CPUs the tile is 16 halos within [512, 1024] (geoarray._tiles.tile_for): a deep model's 96 px halo
+    around 512² tiles would be 47 % of its pixels (the default UNet ran 1.37x slower per output pixel there than
+    at 1024²). GPUs run whole blocks."""
+    from geoarray._tiles import tile_for
+
+    assert [tile_for("cpu", 16, h) for h in (0, 24, 48, 60, 96, 200)] == [512, 512, 768, 960, 1024, 1024]
+    assert tile_for("cpu", 32, 50) == 800 and tile_for("cuda:0", 16, 96) is None
+    ckpt = make_checkpoint(tmp_path / "m.safetensors", num_classes=3, classes=["a", "b", "c"], width=4, depth=2)
+    planned = geoarray.predict(cube.chunk({"y": -1, "x": -1}), ckpt, halo=96)
+    tasks = dict(planned["mask"].data.dask).values()
+    specs = {a.run for t in tasks if isinstance(t, tuple) for a in t if hasattr(a, "run")}
+    assert {s.tile for s in specs} == {1024} and {s.halo for s in specs} == {96}
 
 
 def test_outputs_dims_coords_and_provenance(tmp_path, cube):
