@@ -79,13 +79,18 @@ def cluster(
         n = n_workers or max(1, (os.cpu_count() or 1) // threads_per_worker)
         # no dashboard; the scheduler's HTTP server (health, metrics) on a free local port: its default, 8787,
         # is often taken (another cluster), and distributed then warns on stderr
-        local = LocalCluster(
-            n_workers=n,
-            threads_per_worker=threads_per_worker,
-            processes=True,
-            dashboard_address=None,
-            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-        )
+        import dask
+
+        from geoarray._heap import worker_config
+
+        with dask.config.set(worker_config()):  # its workers keep the memory torch frees (geoarray._heap)
+            local = LocalCluster(
+                n_workers=n,
+                threads_per_worker=threads_per_worker,
+                processes=True,
+                dashboard_address=None,
+                scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+            )
     try:
         with Client(local) as client:
             yield client

@@ -78,6 +78,9 @@ def _cli_words(message: str, fn: Callable[..., Any]) -> str:
 def _main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
 ) -> None:
+    from geoarray._heap import keep_freed
+
+    keep_freed()  # this process is geoarray's: keep the memory torch frees for its next tensors (geoarray._heap)
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )

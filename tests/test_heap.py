@@ -1,0 +1,72 @@
+"""Processes geoarray owns keep the memory torch frees (geoarray._heap): the ``geoarray`` command and the
+workers of the LocalCluster geoarray starts. The user's own process is left alone.
+
+The probe: allocate 64 MB (over glibc's largest mmap threshold, as a UNet's feature maps are), free it, and
+count the page faults of allocating it again, in the steady state. glibc's defaults unmap the block on free, so the kernel zeroes
+16k fresh pages; kept, the heap hands the same pages back.
+"""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc settings")
+
+PROBE = """
+import resource
+import torch  # numpy asks for huge pages on large arrays (few faults either way); torch's CPU allocator does not
+
+def refaults():
+    a = torch.ones(16_000_000)  # 64 MB
+    del a
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    a = torch.ones(16_000_000)
+    del a
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+
+def steady():  # the heap settles after a few passes (where the block lands among the small ones)
+    return min(refaults() for _ in range(8))
+"""
+
+
+def _run(code: str, env: dict[str, str] | None = None) -> int:
+    import os
+
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE + code], capture_output=True, text=True, timeout=120,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def test_the_geoarray_command_keeps_freed_memory(tmp_path):
+    cli = f"""
+from geoarray.cli import app
+try:
+    app(["info", {str(tmp_path / "none.zarr")!r}], standalone_mode=False)  # any command: the app's callback runs
+except BaseException:
+    pass
+print(steady())
+"""
+    assert _run("print(steady())") > 10_000  # a plain Python process: glibc's defaults, 16k fresh pages
+    assert _run(cli) < 500  # the geoarray command's process: the same pages again
+    assert _run(cli, {"GEOARRAY_KEEP_FREED": "0"}) > 10_000  # the opt-out
+
+
+def test_geoarrays_local_cluster_workers_keep_freed_memory():
+    code = """
+import geoarray.distributed
+with geoarray.distributed.cluster(n_workers=1, gpus=False) as client:
+    kept = list(client.run(steady).values())[0]
+print(steady())  # the client's own process is left alone
+print(kept)
+"""
+    out = subprocess.run([sys.executable, "-c", PROBE + code], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    here, worker = (int(v) for v in out.stdout.split()[-2:])
+    assert here > 10_000 and worker < 500, (here, worker)
