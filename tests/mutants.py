@@ -202,6 +202,22 @@ MUTATIONS = [
         "",
         ("tests/test_model_placement.py::test_threaded_predict_reads_the_checkpoint_once_and_matches_a_fresh_load",),
     ),
+    Mutation(
+        "cpu-tile-ignores-the-halo",
+        "CPU tiles grow with the halo (a deep model's halo is not half its pixels)",
+        "geoarray/_tiles.py",
+        "    side = min(max(CPU_TILE, TILE_PER_HALO * int(halo)), max(CPU_TILE, CPU_TILE_MAX))\n",
+        "    side = CPU_TILE\n",
+        ("tests/test_predict.py::test_cpu_tile_grows_with_the_halo",),
+    ),
+    Mutation(
+        "cli-gives-freed-memory-back",
+        "the geoarray command keeps the memory torch frees",
+        "geoarray/cli/_app.py",
+        "    keep_freed()  # this process is geoarray's: keep the memory torch frees for its next tensors (geoarray._heap)\n",
+        "",
+        ("tests/test_heap.py::test_the_geoarray_command_keeps_freed_memory",),
+    ),
 ]
 
 
