@@ -11,7 +11,8 @@ the fastest of the three is the reference.
 Goal: end to end >= 0.8x the forward pass. A halo of h px around b px tiles costs (b / (b + 2h))² of the
 forward throughput by itself; on CPUs blocks larger than the tile run tile by tile (16 halos within 512-1024 px,
 geoarray._tiles.tile_for), so that is the bound at any chunk size. ``--depth 5 --width 32`` runs the library's
-default UNet (halo 96), where the model's cost dwarfs reading and writing. One loop of 2 torch threads swings by up to 1.5x between runs on a shared machine
+default UNet (halo 96), where the model's cost dwarfs reading and writing. Both sides run with malloc as the
+``geoarray`` command sets it (geoarray._heap: freed memory kept; ``--glibc-defaults`` for a plain process). One loop of 2 torch threads swings by up to 1.5x between runs on a shared machine
 (OpenMP's barriers stall whenever another process takes a core), 2 loops of 1 thread much less: run it several
 times, ideally under `nice -n -20`.
 
@@ -34,6 +35,7 @@ from bench_predict import raw_loop
 
 import geoarray
 import geoarray._tiles
+from geoarray._heap import keep_freed
 from geoarray._tiles import CPU_TILE, tile_for
 from geoarray.models.base import fuse_batchnorm
 
@@ -125,7 +127,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--depth", type=int, default=3, help="UNet depth (the library's default UNet: 5)")
     ap.add_argument("--width", type=int, default=8, help="UNet width (the library's default UNet: 32)")
+    ap.add_argument(
+        "--glibc-defaults", action="store_true",
+        help="leave malloc as a plain Python process has it (default: as the geoarray command sets it, for both sides)",
+    )  # fmt: skip
     args = ap.parse_args()
+    kept = False if args.glibc_defaults else keep_freed()  # first, before any thread starts (geoarray._heap)
     wd = workdir("stacfeat")
     items = make_catalog(wd / "cat", size=args.size, times=args.times)
     name = "unet.safetensors" if (args.depth, args.width) == (3, 8) else f"unet_d{args.depth}_w{args.width}.safetensors"
@@ -133,6 +140,7 @@ def main() -> None:
     meta = geoarray.checkpoint.read_metadata(ckpt)
     halo, stride = meta["halo"], meta["stride"]
     print(load_report())
+    print(f"malloc: {'kept freed memory, as the geoarray command (both sides)' if kept else 'glibc defaults'}")
     print(f"catalog: {args.times} dates x {len(BANDS)} COGs of {args.size}² uint16; unet depth {args.depth} width {args.width}, halo {halo}")
 
     cube = geoarray.from_stac(items, bands=BANDS)

@@ -7,7 +7,6 @@ import logging
 import re
 import typing
 from collections.abc import Callable
-from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -88,7 +87,13 @@ def _main(
     logging.getLogger("geoarray.training").setLevel(logging.INFO)
 
 
-Store = Annotated[Path, typer.Argument(help="Path of a Zarr cube.")]
+Store = Annotated[
+    str,
+    typer.Argument(
+        help="A Zarr cube: a path, or an s3:// (fsspec) URL with credentials from the environment (AWS_* variables "
+        "or profile)."
+    ),
+]
 
 
 def split_list(value: str | None, flag: str) -> list[str] | None:

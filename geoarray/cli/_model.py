@@ -215,13 +215,15 @@ def fit(
 @_friendly
 def predict(
     store: Store,
-    ckpt: Annotated[Path, typer.Option("--ckpt", "-c", help="Checkpoint (.safetensors) from geoarray fit.")],
+    ckpt: Annotated[
+        str, typer.Option("--ckpt", "-c", help="Checkpoint (.safetensors) from geoarray fit, a path or an s3:// URL.")
+    ],
     output: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--output",
             "-o",
-            help="Write into this Zarr store instead: a copy of STORE's cube (without its outputs) is made.",
+            help="Write into this local Zarr store instead: a copy of STORE's cube (without its outputs) is made.",
         ),
     ] = None,
     halo: Annotated[
@@ -265,6 +267,7 @@ def predict(
     if halo != "auto" and not halo.isdigit():
         raise PredictError(f"--halo {halo!r}; expected 'auto' or a number of pixels.")
     _not_a_file(store)
+    copy = _local_output(output)
     if read_metadata(ckpt)["input"].get("kind") == "chip":
         from geoarray._chip_predict import predict_chips
 
@@ -275,7 +278,7 @@ def predict(
             chip_size=chip_size,
             var=var,
             device=device,
-            store=output if output is not None else store,
+            store=copy if copy is not None else store,
             group=group,
             overwrite=overwrite,
             dtype="float16" if float16 else "float32",
@@ -302,14 +305,14 @@ def predict(
         rechunk_time=True,  # whole-series models get each block's dates in one task (the CLI cannot rechunk)
     )
     cube = open_cube(store, var=var)
-    target = store
-    if output is not None:
-        if not output.exists():
+    target: str | Path = store
+    if copy is not None:
+        if not copy.exists():
             _predict(_inputs(cube), ckpt, store=None, progress=False, **opts)  # every check, before the copy
-            _copy_inputs(cube, output, var)
-        src, target = cube, output
-        cube = open_cube(output, var=var)
-        _check_copy(src, cube, store, output, var)
+            _copy_inputs(cube, copy, var)
+        src, target = cube, copy
+        cube = open_cube(copy, var=var)
+        _check_copy(src, cube, store, copy, var)
     t0 = time.perf_counter()
     _, report = _predict(cube, ckpt, store=target, progress=True, **opts)
     assert report is not None  # predict with store= always reports what it wrote
@@ -317,6 +320,21 @@ def predict(
     px = cube.sizes["time"] * cube.sizes["y"] * cube.sizes["x"]
     done = report.blocks_written / max(1, report.blocks_written + report.blocks_present)
     typer.echo(f"wrote {report.summary()} in {dt:.1f} s ({px * done / dt / 1e6:.2f} Mpx/s)")
+
+
+def _local_output(output: str | None) -> Path | None:
+    """--output is copied under a temporary name and renamed when whole; object storage has no rename, and a
+    copy cut short there would pass for a whole one (its missing chunks read as fill)."""
+    from geoarray._storage import is_url
+    from geoarray.errors import StoreError
+
+    if output is not None and is_url(output):
+        raise StoreError(
+            f"--output {str(output)!r} is on object storage; expected a local path (the copy of STORE is renamed "
+            "into place when whole, which object storage cannot do). Predict into STORE itself (no --output), "
+            "or copy the cube there first."
+        )
+    return None if output is None else Path(output)
 
 
 def _inputs(cube: Any) -> Any:
@@ -345,7 +363,7 @@ def _copy_inputs(cube: Any, output: Path, var: str) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _check_copy(src: Any, copy: Any, store: Path, output: Path, var: str) -> None:
+def _check_copy(src: Any, copy: Any, store: str, output: Path, var: str) -> None:
     """An --output store that exists must hold STORE's cube: same bands, dates and grid."""
     from geoarray.cube import _grid_mismatch
     from geoarray.errors import StoreError

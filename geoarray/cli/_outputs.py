@@ -11,10 +11,15 @@ import typer
 from geoarray.cli._app import Store, _friendly, app, cube_summary
 
 
-def _not_a_file(store: Path) -> None:
-    """A file given where a Zarr store (a directory) is expected: say how to make a cube from it."""
+def _not_a_file(where: str | Path) -> None:
+    """A file given where a Zarr store (a directory) is expected: say how to make a cube from it. (A URL is
+    checked where it is opened.)"""
+    from geoarray._storage import is_url
     from geoarray.errors import StoreError
 
+    if is_url(where):
+        return
+    store = Path(where)
     if store.is_file():
         hint = (
             " To make a cube of GeoTIFFs: geoarray ingest geotiff FILES -o CUBE.zarr."
