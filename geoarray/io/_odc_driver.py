@@ -1,6 +1,13 @@
-"""odc-stac's rasterio reader driver, except that a read error names the file.
+"""odc-stac's rasterio reader driver, except that a read error names the file and GDAL masks are honoured.
 
-odc-stac re-raises GDAL's bare message ("CURL error: ..."), which does not say which of many files failed.
+- odc-stac re-raises GDAL's bare message ("CURL error: ..."), which does not say which of many files failed.
+- Where odc-loader pastes a window of the file onto the output grid unchanged (the items' own grid), it reads
+  the pixels only, so a COG's GDAL per-dataset mask (an internal or ``.msk`` mask, or an alpha band) was lost
+  and the masked pixels came out as data. :func:`_read` is odc-loader's own read (``odc.loader._rio._rio_read``,
+  one open per file and window) that also writes the fill value into the masked pixels there. Where odc
+  reprojects (``rasterio.warp.reproject``), GDAL's warper already honours the mask. The mask is read only
+  when the open file's header says it has one: a plain nodata file (Sentinel-2, Landsat) costs nothing more.
+
 Imported only when odc-stac loads (it imports odc.loader). Module-level classes so the dask graph pickles.
 """
 
@@ -9,6 +16,8 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+import numpy as np
+import rasterio
 import rasterio.errors
 from odc.loader import RioDriver, RioReader
 from odc.stac._mdtools import StacAuxReader, StacMDParser
@@ -26,12 +35,77 @@ warnings.filterwarnings("ignore", category=rasterio.errors.NotGeoreferencedWarni
 class NamingRioReader(RioReader):
     def read(self, cfg: Any, dst_geobox: Any, **kw: Any) -> Any:
         try:
+            if _plain_band(self._src, kw):
+                return _read(self._src, cfg, dst_geobox, dst=kw.get("dst"))
             return super().read(cfg, dst_geobox, **kw)
         except rasterio.errors.RasterioError as e:
             raise STACError(
                 f"reading {self._src.uri!r} (band {self._src.band}) failed: {type(e).__name__}: {e}. "
                 "Check the network and credentials, or whether the file was moved or changed."
             ) from e
+
+
+def _plain_band(src: Any, kw: dict[str, Any]) -> bool:
+    """One 2-D band (every band geoarray loads): read by :func:`_read`; anything else by odc-loader itself."""
+    dst = kw.get("dst")
+    meta = src.meta
+    return (
+        kw.get("selection") is None
+        and src.band > 0
+        and (meta is None or not meta.extra_dims)
+        and (dst is None or dst.ndim == 2)
+    )
+
+
+def _read(src: Any, cfg: Any, dst_geobox: Any, dst: np.ndarray | None = None) -> tuple[Any, np.ndarray]:
+    """``odc.loader._rio._rio_read`` for one 2-D band, plus the file's GDAL mask where the window is pasted."""
+    from odc.geo.roi import roi_is_empty
+    from odc.loader._reader import pick_overview, resolve_band_query
+    from odc.loader._rio import _do_read, _reproject_info_from_rio, rio_env
+
+    ttol = 0.9 if cfg.nearest else 0.05  # as odc-loader: nearest ignores sub-pixel shifts when pasting
+    with rasterio.open(src.uri, "r", sharing=False) as rdr:
+        bidx = resolve_band_query(src, rdr.count)
+        rr = _reproject_info_from_rio(rdr, dst_geobox, ttol=ttol)
+        ovr = None
+        if cfg.use_overviews and rr.read_shrink > 1:
+            ovr = pick_overview(rr.read_shrink, rdr.overviews(bidx))
+        if ovr is None:
+            with rio_env(VSI_CACHE=False):
+                roi, pix = _do_read(rasterio.band(rdr, bidx), cfg, dst_geobox, rr, dst=dst)
+                if rr.paste_ok and rr.read_shrink == 1 and not roi_is_empty(rr.roi_src) and pix.size:
+                    _mask_pasted(rdr, bidx, rr, pix, cfg)
+                return roi, pix
+        # an overview is always reprojected (read_shrink > 1), and the warper honours its mask
+        with rasterio.open(src.uri, "r", sharing=False, overview_level=ovr) as rdr_ovr:
+            rr = _reproject_info_from_rio(rdr, dst_geobox, ttol=ttol)
+            with rio_env(VSI_CACHE=False):
+                return _do_read(rasterio.band(rdr_ovr, bidx), cfg, dst_geobox, rr, dst=dst)
+
+
+def _mask_pasted(rdr: Any, bidx: int, rr: Any, pix: np.ndarray, cfg: Any) -> None:
+    """Write the fill value into the pixels of a pasted window that the file's GDAL mask marks as fill.
+
+    Only the header is looked at (already read) unless the band has a per-dataset mask or the file an alpha
+    band. GDAL's own mask follows a nodata tag instead of an alpha band when the file has both, so then the
+    alpha band itself is read (as :func:`geoarray.from_geotiff` does); a nodata tag beside an explicit mask
+    is odc-loader's (it already wrote the fill there), and the explicit mask is read.
+    """
+    from odc.geo.roi import w_
+    from odc.loader._reader import resolve_dst_nodata, resolve_src_nodata
+    from rasterio.enums import ColorInterp, MaskFlags
+
+    explicit = MaskFlags.per_dataset in rdr.mask_flag_enums[bidx - 1]
+    alpha = [k + 1 for k, ci in enumerate(rdr.colorinterp) if ci == ColorInterp.alpha and k + 1 != bidx]
+    if not explicit and not alpha:
+        return
+    win = w_[rr.roi_src]
+    if explicit:
+        masked = rdr.read_masks(bidx, window=win, out_shape=pix.shape) == 0
+    else:
+        masked = rdr.read(alpha[0], window=win, out_shape=pix.shape) == 0
+    fill = resolve_dst_nodata(pix.dtype, cfg, resolve_src_nodata(rdr.nodatavals[bidx - 1], cfg))
+    pix[masked] = 0 if fill is None else fill
 
 
 class NamingRioDriver(RioDriver):
