@@ -5,8 +5,9 @@
   the pixels only, so a COG's GDAL per-dataset mask (an internal or ``.msk`` mask, or an alpha band) was lost
   and the masked pixels came out as data. :func:`_read` is odc-loader's own read (``odc.loader._rio._rio_read``,
   one open per file and window) that also writes the fill value into the masked pixels there. Where odc
-  reprojects (``rasterio.warp.reproject``), GDAL's warper already honours the mask. The mask is read only
-  when the open file's header says it has one: a plain nodata file (Sentinel-2, Landsat) costs nothing more.
+  reprojects one band (``rasterio.warp.reproject``), GDAL's warper honours an internal/.msk mask but not an
+  alpha band, so the alpha band is warped onto the same window beside it. Masks are read only when the open
+  file's header says it has one: a plain nodata file (Sentinel-2, Landsat) costs nothing more.
 
 Imported only when odc-stac loads (it imports odc.loader). Module-level classes so the dask graph pickles.
 """
@@ -73,14 +74,56 @@ def _read(src: Any, cfg: Any, dst_geobox: Any, dst: np.ndarray | None = None) ->
         if ovr is None:
             with rio_env(VSI_CACHE=False):
                 roi, pix = _do_read(rasterio.band(rdr, bidx), cfg, dst_geobox, rr, dst=dst)
-                if rr.paste_ok and rr.read_shrink == 1 and not roi_is_empty(rr.roi_src) and pix.size:
-                    _mask_pasted(rdr, bidx, rr, pix, cfg)
+                if pix.size and not roi_is_empty(rr.roi_src):
+                    if rr.paste_ok and rr.read_shrink == 1:
+                        _mask_pasted(rdr, bidx, rr, pix, cfg)
+                    else:
+                        _mask_warped(rdr, bidx, rr, pix, cfg, dst_geobox)
                 return roi, pix
-        # an overview is always reprojected (read_shrink > 1), and the warper honours its mask
+        # an overview is always reprojected (read_shrink > 1)
         with rasterio.open(src.uri, "r", sharing=False, overview_level=ovr) as rdr_ovr:
             rr = _reproject_info_from_rio(rdr, dst_geobox, ttol=ttol)
             with rio_env(VSI_CACHE=False):
-                return _do_read(rasterio.band(rdr_ovr, bidx), cfg, dst_geobox, rr, dst=dst)
+                roi, pix = _do_read(rasterio.band(rdr_ovr, bidx), cfg, dst_geobox, rr, dst=dst)
+                if pix.size and not roi_is_empty(rr.roi_src):
+                    _mask_warped(rdr_ovr, bidx, rr, pix, cfg, dst_geobox)
+                return roi, pix
+
+
+def _alpha(rdr: Any, bidx: int) -> int | None:
+    """The file's alpha band (1-based), unless it is the band being read; from the header only."""
+    from rasterio.enums import ColorInterp
+
+    ks = [k + 1 for k, ci in enumerate(rdr.colorinterp) if ci == ColorInterp.alpha and k + 1 != bidx]
+    return ks[0] if ks else None
+
+
+def _fill(rdr: Any, bidx: int, pix: np.ndarray, cfg: Any) -> Any:
+    """The value odc-loader fills missing pixels of this read with."""
+    from odc.loader._reader import resolve_dst_nodata, resolve_src_nodata
+
+    fill = resolve_dst_nodata(pix.dtype, cfg, resolve_src_nodata(rdr.nodatavals[bidx - 1], cfg))
+    return 0 if fill is None else fill
+
+
+def _mask_warped(rdr: Any, bidx: int, rr: Any, pix: np.ndarray, cfg: Any, dst_geobox: Any) -> None:
+    """Fill where the file's alpha band, warped (nearest) onto the reprojected window, is 0."""
+    import rasterio.warp
+    from rasterio.enums import Resampling
+
+    alpha = _alpha(rdr, bidx)
+    if alpha is None:
+        return
+    a = np.zeros(pix.shape, dtype=rdr.dtypes[alpha - 1])
+    rasterio.warp.reproject(
+        rasterio.band(rdr, alpha),
+        a,
+        dst_crs=str(dst_geobox.crs),
+        dst_transform=dst_geobox[rr.roi_dst].transform,
+        dst_nodata=0,
+        resampling=Resampling.nearest,
+    )
+    pix[a == 0] = _fill(rdr, bidx, pix, cfg)
 
 
 def _mask_pasted(rdr: Any, bidx: int, rr: Any, pix: np.ndarray, cfg: Any) -> None:
@@ -92,20 +135,18 @@ def _mask_pasted(rdr: Any, bidx: int, rr: Any, pix: np.ndarray, cfg: Any) -> Non
     is odc-loader's (it already wrote the fill there), and the explicit mask is read.
     """
     from odc.geo.roi import w_
-    from odc.loader._reader import resolve_dst_nodata, resolve_src_nodata
-    from rasterio.enums import ColorInterp, MaskFlags
+    from rasterio.enums import MaskFlags
 
     explicit = MaskFlags.per_dataset in rdr.mask_flag_enums[bidx - 1]
-    alpha = [k + 1 for k, ci in enumerate(rdr.colorinterp) if ci == ColorInterp.alpha and k + 1 != bidx]
-    if not explicit and not alpha:
+    alpha = None if explicit else _alpha(rdr, bidx)
+    if not explicit and alpha is None:
         return
     win = w_[rr.roi_src]
     if explicit:
         masked = rdr.read_masks(bidx, window=win, out_shape=pix.shape) == 0
     else:
-        masked = rdr.read(alpha[0], window=win, out_shape=pix.shape) == 0
-    fill = resolve_dst_nodata(pix.dtype, cfg, resolve_src_nodata(rdr.nodatavals[bidx - 1], cfg))
-    pix[masked] = 0 if fill is None else fill
+        masked = rdr.read(alpha, window=win, out_shape=pix.shape) == 0
+    pix[masked] = _fill(rdr, bidx, pix, cfg)
 
 
 class NamingRioDriver(RioDriver):
