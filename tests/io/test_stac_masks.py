@@ -218,5 +218,5 @@ def test_a_nodata_catalog_reads_no_mask_and_opens_each_window_once(tmp_path, mon
     assert calls == [] and ours == len(opens) == 3 * 3 * 4  # 3 bands x 3 x 4 windows of 16 px
     np.testing.assert_array_equal(got[0], theirs[:, 0])
     _, masked = _red_masked(tmp_path, seed=5)
-    geoarray.from_stac([_item("m", masked)], bands=BANDS, chunk=16).imagery.values
+    geoarray.from_stac([_item("m", masked)], bands=BANDS, chunk=16).imagery.compute()
     assert len(calls) == 3 * 4  # once per window of the red file, which has a mask; none for green and nir
