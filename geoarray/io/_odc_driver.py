@@ -66,7 +66,8 @@ def _read(src: Any, cfg: Any, dst_geobox: Any, dst: np.ndarray | None = None) ->
 
     ttol = 0.9 if cfg.nearest else 0.05  # as odc-loader: nearest ignores sub-pixel shifts when pasting
     with rasterio.open(src.uri, "r", sharing=False) as rdr:
-        bidx = resolve_band_query(src, rdr.count)
+        resolve_band_query(src, rdr.count)  # odc-loader's check that the band exists
+        bidx = int(src.band)  # a 2-D band (see _plain_band): odc-loader's query gives this same int
         rr = _reproject_info_from_rio(rdr, dst_geobox, ttol=ttol)
         ovr = None
         if cfg.use_overviews and rr.read_shrink > 1:
