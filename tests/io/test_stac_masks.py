@@ -220,3 +220,30 @@ def test_a_nodata_catalog_reads_no_mask_and_opens_each_window_once(tmp_path, mon
     _, masked = _red_masked(tmp_path, seed=5)
     geoarray.from_stac([_item("m", masked)], bands=BANDS, chunk=16).imagery.compute()
     assert len(calls) == 3 * 4  # once per window of the red file, which has a mask; none for green and nir
+
+
+@pytest.mark.parametrize("data_type", ["uint16", None], ids=["uint16-cube", "float32-cube"])
+def test_stac_features_leaves_masked_pixels_as_nodata(tmp_path, data_type):
+    """stac_features over a catalog of masked COGs without nodata (one date in EPSG:32633, one in EPSG:32634
+    loaded onto it). Before: the model ran on the masked pixels and wrote classes there. Now the mask output
+    holds its nodata and the probabilities NaN exactly where rasterio's reprojection of the mask is 0."""
+    from stac_items import make_ckpt
+
+    bounds = (X0, Y0 - H * RES, X0 + W * RES, Y0)
+    tr34, w, h = calculate_default_transform("EPSG:32633", "EPSG:32634", W, H, *bounds, resolution=RES)
+    items, reds = [], []
+    for t, (crs, tr, shape) in enumerate((("EPSG:32633", TR, (H, W)), ("EPSG:32634", tr34, (h, w)))):
+        data, m = _pixels(10 + t, shape=shape), _mask(shape)
+        hrefs = {b: _cog(tmp_path / f"t{t}_{b}.tif", data[k], mask=m, crs=crs, transform=tr) for k, b in enumerate(BANDS)}
+        reds.append(hrefs["red"])
+        items.append(_item(f"t{t}", hrefs, crs=crs, transform=tr, shape=shape, data_type=data_type,
+                           when=dt.datetime(2022, 4 + t, 1, 10, 30, tzinfo=dt.UTC)))  # fmt: skip
+    ckpt = make_ckpt(tmp_path / "m.safetensors")
+    out = geoarray.stac_features(items, ckpt, tmp_path / "f.zarr", crs="EPSG:32633", resolution=RES, chunk=32,
+                                 progress=False)  # fmt: skip
+    nodata = out["mask"].attrs["nodata"]
+    for t, red in enumerate(reds):
+        want = _reference_invalid(out, red)
+        assert want.sum() > _mask().sum() * 0.9
+        np.testing.assert_array_equal(out["mask"].values[t] == nodata, want)
+        np.testing.assert_array_equal(np.isnan(out["probabilities"].values[t]).any(0), want)
