@@ -73,7 +73,9 @@ def from_stac(
         Pixels that an asset file's GDAL mask (an internal or ``.msk`` mask, or an alpha band) marks as
         fill get the fill value too (NaN in a float cube), also when reprojected and where items are
         mosaicked (another item's pixel then shows through); in an integer cube, fill in a band whose
-        probed file (see ``check``) has such a mask makes the pixel invalid on its own.
+        probed file (see ``check``) has such a mask makes the pixel invalid on its own, so a real value equal
+        to the fill in such a band (a masked file without nodata is filled with 0) is invalid too: pass
+        ``dtype="float32"`` to keep those, as NaN marks exactly the masked pixels.
         Integer cubes are half the size of float32 ones and load faster; predict converts each block.
     check
         Before any pixel is read, local hrefs must exist, and the file behind each requested band is opened

@@ -247,3 +247,19 @@ def test_stac_features_leaves_masked_pixels_as_nodata(tmp_path, data_type):
         assert want.sum() > _mask().sum() * 0.9
         np.testing.assert_array_equal(out["mask"].values[t] == nodata, want)
         np.testing.assert_array_equal(np.isnan(out["probabilities"].values[t]).any(0), want)
+
+
+def test_real_zeros_beside_a_mask_float_keeps_them_integer_marks_them(tmp_path):
+    """A masked file without nodata is filled with 0: in an integer cube a real 0 in that band cannot be told
+    from the fill, so it is invalid (documented); a float cube's NaN marks exactly the masked pixels."""
+    data, hrefs = _red_masked(tmp_path)
+    zeros = np.zeros((H, W), bool)
+    zeros[5:8, 40:45] = True  # real zeros, away from the mask
+    red = np.where(zeros, 0, data[0]).astype(np.uint16)
+    hrefs["red"] = _cog(tmp_path / "red_zeros.tif", red, mask=_mask())
+    item = _item("z", hrefs)
+    f = geoarray.from_stac([item], bands=BANDS, chunk=16, dtype="float32").imagery.values[0]
+    np.testing.assert_array_equal(np.isnan(f).any(0), _mask())
+    np.testing.assert_array_equal(f[0][zeros], 0)
+    ds = geoarray.from_stac([item], bands=BANDS, chunk=16)
+    np.testing.assert_array_equal(~ds.valid.values[0], _mask() | zeros)
