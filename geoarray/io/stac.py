@@ -195,7 +195,7 @@ def from_stac(
     if da.dtype.kind in "ui":  # an integer cube has no NaN: the fill value marks what is missing
         ds["valid"] = (da != plan.fill).any("band")
         text = f"some band is not the fill value {plan.fill}"
-        masked = [b for b in bands if b in plan.headers and plan.headers[b].masked]
+        masked = plan.masked
         if masked:  # a GDAL mask marks fill in its own file, as from_geotiff counts fill in any one file
             ds["valid"] = ds["valid"] & (da.sel(band=masked) != plan.fill).all("band")
             text += f", and none of the GDAL-masked bands {masked} is"

@@ -263,3 +263,17 @@ def test_real_zeros_beside_a_mask_float_keeps_them_integer_marks_them(tmp_path):
     np.testing.assert_array_equal(f[0][zeros], 0)
     ds = geoarray.from_stac([item], bands=BANDS, chunk=16)
     np.testing.assert_array_equal(~ds.valid.values[0], _mask() | zeros)
+
+
+def test_check_all_finds_a_mask_in_a_later_item(tmp_path):
+    """The valid rule for masked bands follows the files probed: with check='all' a mask in the second item's
+    red file counts though the first item's has none (with 'first' the masked pixels are still fill)."""
+    plain = _pixels(6)
+    first = _item("a", {b: _cog(tmp_path / f"a_{b}.tif", plain[k]) for k, b in enumerate(BANDS)})
+    data, hrefs = _red_masked(tmp_path, seed=7)
+    second = _item("b", hrefs, when=dt.datetime(2022, 5, 1, 10, 30, tzinfo=dt.UTC))
+    ds = geoarray.from_stac([first, second], bands=BANDS, chunk=16, check="all")
+    assert bool(ds.valid[0].all())
+    np.testing.assert_array_equal(~ds.valid.values[1], _mask())
+    once = geoarray.from_stac([first, second], bands=BANDS, chunk=16)  # check="first": red of "a" only
+    np.testing.assert_array_equal(once.imagery.values[1, 0], np.where(_mask(), 0, data[0]))
