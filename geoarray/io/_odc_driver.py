@@ -20,7 +20,13 @@ from typing import Any
 import numpy as np
 import rasterio
 import rasterio.errors
+from odc.geo.roi import roi_is_empty, w_
 from odc.loader import RioDriver, RioReader
+
+# odc-loader's private read steps (0.6.x): another layout fails this import, and from_stac then falls back to
+# odc-stac's own driver (see io/stac.py _naming_driver)
+from odc.loader._reader import pick_overview, resolve_band_query, resolve_dst_nodata, resolve_src_nodata
+from odc.loader._rio import _do_read, _reproject_info_from_rio, rio_env
 from odc.stac._mdtools import StacAuxReader, StacMDParser
 
 from geoarray.errors import STACError
@@ -60,10 +66,6 @@ def _plain_band(src: Any, kw: dict[str, Any]) -> bool:
 
 def _read(src: Any, cfg: Any, dst_geobox: Any, dst: np.ndarray | None = None) -> tuple[Any, np.ndarray]:
     """``odc.loader._rio._rio_read`` for one 2-D band, plus the file's GDAL mask where the window is pasted."""
-    from odc.geo.roi import roi_is_empty
-    from odc.loader._reader import pick_overview, resolve_band_query
-    from odc.loader._rio import _do_read, _reproject_info_from_rio, rio_env
-
     ttol = 0.9 if cfg.nearest else 0.05  # as odc-loader: nearest ignores sub-pixel shifts when pasting
     with rasterio.open(src.uri, "r", sharing=False) as rdr:
         resolve_band_query(src, rdr.count)  # odc-loader's check that the band exists
@@ -101,8 +103,6 @@ def _alpha(rdr: Any, bidx: int) -> int | None:
 
 def _fill(rdr: Any, bidx: int, pix: np.ndarray, cfg: Any) -> Any:
     """The value odc-loader fills missing pixels of this read with."""
-    from odc.loader._reader import resolve_dst_nodata, resolve_src_nodata
-
     fill = resolve_dst_nodata(pix.dtype, cfg, resolve_src_nodata(rdr.nodatavals[bidx - 1], cfg))
     return 0 if fill is None else fill
 
@@ -135,7 +135,6 @@ def _mask_pasted(rdr: Any, bidx: int, rr: Any, pix: np.ndarray, cfg: Any) -> Non
     alpha band itself is read (as :func:`geoarray.from_geotiff` does); a nodata tag beside an explicit mask
     is odc-loader's (it already wrote the fill there), and the explicit mask is read.
     """
-    from odc.geo.roi import w_
     from rasterio.enums import MaskFlags
 
     explicit = MaskFlags.per_dataset in rdr.mask_flag_enums[bidx - 1]
