@@ -15,6 +15,7 @@ pixels.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import os
 import shutil
@@ -26,7 +27,7 @@ from typing import Any, Literal
 
 import xarray as xr
 
-from geoarray.errors import BandError, PredictError, STACError
+from geoarray.errors import BandError, PredictError, STACError, StoreExistsError
 
 __all__ = ["stac_features"]
 
@@ -93,7 +94,10 @@ def stac_features(
         ``"cuda"``. It is decided here, for every worker: on a GPU cluster reached from a machine without a GPU
         (``scheduler=``), pass ``"cuda"``.
     overwrite
-        Replace outputs a previous run wrote in ``store``.
+        Replace outputs a previous run wrote in ``store``. Without it, an interrupted run resumes: it must read
+        what the first run read (the items, their names in ``bands``, the ``engine``, recorded in the outputs'
+        attrs ``stac_items``, ``stac_bands``, ``stac_engine``) onto the same grid (``crs``, ``resolution``,
+        ``bbox``, the dates ``time`` keeps) and in the same ``chunk``.
     progress
         Show a progress bar.
     storage_options
@@ -110,6 +114,8 @@ def stac_features(
         The items lack bands the checkpoint needs (the message names them), before any pixel is read.
     STACError
         Items that cannot be read or loaded, or a ``time`` range that keeps none of them.
+    StoreExistsError
+        Resuming outputs that a run with other items, ``bands`` or ``engine`` began.
     PredictError, StoreError, CheckpointError
         As :func:`geoarray.predict` (checked before the store is created or changed).
 
@@ -141,8 +147,13 @@ def stac_features(
     )  # fmt: skip
     # Every check, and the graph, before the store is touched or a local cluster started. An existing cluster
     # (scheduler=) is joined first: its workers, not this process, have the devices the checks are about.
+    source = _source(load, engine, its)
     with _client(scheduler, None):
         planned = plan_predict(cube, ckpt, storage_options=storage_options, **opts)
+        for da in planned.new.values():  # recorded in the outputs, checked when a run resumes them
+            da.attrs.update(source)
+        if not overwrite:
+            _check_resume(store, cube, planned.new, source, storage_options)
         with _client(None, workers):
             _prepare_store(cube, store, storage_options)
             _, report = run_planned(
@@ -246,6 +257,53 @@ def _check_bands(items: list[Any], load: list[str], needed: list[str], name: str
         f"first item lacking one has {has}. Pass bands= with the items' name for each of the checkpoint's bands "
         "(in its order), or filter out the items without them."
     )
+
+
+def _source(load: list[str], engine: str, items: list[Any]) -> dict[str, Any]:
+    """What the outputs' pixels are made from besides the grid: the items' band names (in the checkpoint's
+    order), the reader, and the items. A resumed run must read the same; the grid itself (crs, resolution,
+    bbox, the dates that time keeps) is compared with the store's by predict."""
+    ids = "\n".join(sorted(str(i.id) for i in items))
+    return {
+        "stac_bands": ",".join(load),
+        "stac_engine": str(engine),
+        "stac_items": f"{len(items)} items, sha256 {hashlib.sha256(ids.encode()).hexdigest()[:16]}",
+    }
+
+
+def _check_resume(
+    store: Any, cube: xr.Dataset, new: dict[str, xr.DataArray], source: dict[str, Any], storage_options: Any
+) -> None:
+    """Refuse to resume a partial output that a run with other bands, engine or items began: its chunks would
+    mix two inputs under one variable marked complete at the end. Nothing is written before this."""
+    from geoarray._constants import COMPLETE
+    from geoarray.cube import _grid_mismatch
+
+    try:
+        old = _open(store, storage_options)
+    except Exception:  # no store yet, or not a Zarr store (predict refuses that with its own message)
+        return
+    if _grid_mismatch(old, cube) is not None:
+        return  # another grid: predict refuses it, saying how it differs
+    for name in new:
+        if name not in old.data_vars or old[name].attrs.get(COMPLETE, True):
+            continue  # created, or complete (predict refuses that without overwrite)
+        attrs = old[name].attrs
+        what = {"stac_bands": "bands", "stac_engine": "engine", "stac_items": "items"}
+        for key, arg in what.items():
+            if key not in attrs or attrs[key] == source[key]:
+                continue
+            first, now = attrs[key], source[key]
+            how = (
+                f"Resume with {arg}={first!r} (the first run's)"
+                if arg != "items"
+                else "Resume with the first run's items (same search, same time range)"
+            )
+            raise StoreExistsError(
+                f"{name!r} in {str(store)!r} is a partial output of stac_features whose first run read "
+                f"{arg} {first!r}; this run reads {arg} {now!r}, and the chunks still missing would be made "
+                f"from other pixels than the ones already written. {how}, or pass overwrite=True to start again."
+            )
 
 
 def _client(scheduler: str | None, workers: int | None) -> AbstractContextManager[Any]:

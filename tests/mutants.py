@@ -218,6 +218,30 @@ MUTATIONS = [
         "",
         ("tests/test_heap.py::test_the_geoarray_command_keeps_freed_memory",),
     ),
+    Mutation(
+        "stac-pasted-window-without-its-mask",
+        "from_stac honours an asset's GDAL mask on the items' grid",
+        "geoarray/io/_odc_driver.py",
+        "                        _mask_pasted(rdr, bidx, rr, pix, cfg)\n",
+        "                        pass\n",
+        ("tests/io/test_stac_masks.py::test_masked_pixels_are_invalid_on_the_items_grid",),
+    ),
+    Mutation(
+        "stac-reprojected-alpha-ignored",
+        "from_stac honours an alpha band when it reprojects",
+        "geoarray/io/_odc_driver.py",
+        "    if alpha is None:\n        return\n    a = np.zeros",
+        "    if True:\n        return\n    a = np.zeros",
+        ("tests/io/test_stac_masks.py::test_an_alpha_band_masks_a_multi_band_asset",),
+    ),
+    Mutation(
+        "stac-features-resume-with-other-bands",
+        "a resumed stac-features run reads what the first run read",
+        "geoarray/stac_features.py",
+        "            if key not in attrs or attrs[key] == source[key]:\n",
+        "            if True:\n",
+        ("tests/bad_inputs/test_stac_resume.py::test_resume_with_other_bands_or_engine_is_refused_before_any_write",),
+    ),
 ]
 
 

@@ -6,7 +6,6 @@ Only headers are read (remote ones inside short GDAL timeouts); no pixels.
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from geoarray.errors import GeoArrayWarning, STACError
+from geoarray.errors import STACError
 from geoarray.io._stac_bands import Source
 from geoarray.io._stac_read import is_remote, local_path
 
@@ -77,7 +76,7 @@ class Header:
     crs: Any  # rasterio CRS or None
     transform: tuple[float, ...]
     shape: tuple[int, int]
-    masked: bool = False  # a GDAL per-dataset mask (internal/.msk mask, alpha band) and no nodata tag
+    masked: bool = False  # a GDAL per-dataset mask (internal/.msk mask) or an alpha band marks fill
 
 
 #: (AWSSession kwargs, GDAL options) from from_stac's storage_options, for the header probe of this call
@@ -112,7 +111,7 @@ def _open_header(href: str) -> Header:
     import contextlib
 
     import rasterio
-    from rasterio.enums import MaskFlags
+    from rasterio.enums import ColorInterp, MaskFlags
 
     # local files keep GDAL's defaults: sidecars (.aux.xml, .ovr, world files) are part of the header
     env = _remote_env() if is_remote(href) else contextlib.nullcontext()
@@ -124,7 +123,7 @@ def _open_header(href: str) -> Header:
             src.crs,
             tuple(src.transform)[:6],
             (src.height, src.width),
-            src.nodata is None and any(MaskFlags.per_dataset in f for f in src.mask_flag_enums),
+            any(MaskFlags.per_dataset in f for f in src.mask_flag_enums) or ColorInterp.alpha in src.colorinterp,
         )
 
 
@@ -173,33 +172,12 @@ def compare(item: dict[str, Any], key: str, name: str, src: Source, h: Header) -
             f"{where}: band {src.index} was asked for but the file has {h.count} band(s); "
             f"ask for {key!r}" + (f" or {key}.1 … {key}.{h.count}" if h.count > 1 else "") + "."
         )
-    _warn_if_masked(item, key, src, h, where)
     if h.count > 1 and not src.explicit and src.count is None:
         raise STACError(
             f"{where}: the file has {h.count} bands but the STAC metadata does not describe them (no "
             "raster:bands), so odc-stac would silently load band 1 only. Ask for the bands you want by "
             f"number: {[f'{key}.{i + 1}' for i in range(h.count)]}."
         )
-
-
-def _warn_if_masked(item: dict[str, Any], key: str, src: Source, h: Header, where: str) -> None:
-    """The STAC readers (odc-stac, stackstac) ignore GDAL masks: without a nodata value the masked pixels
-    would be loaded as data, so say so."""
-    if not h.masked:
-        return
-    docs = item["assets"][key].get("raster:bands") or item["assets"][key].get("bands") or []
-    doc = docs[src.index - 1] if len(docs) >= src.index and isinstance(docs[src.index - 1], dict) else {}
-    if doc.get("nodata", item["assets"][key].get("nodata")) is not None:
-        return
-    warnings.warn(
-        f"{where}: the file marks fill with a GDAL mask (an internal/.msk mask or an alpha band) and has no "
-        "nodata value; the STAC readers ignore such masks, so its masked pixels are loaded as data and not "
-        "marked invalid. Give the file a nodata value (e.g. `gdal_translate -a_nodata 0 ...` after filling "
-        "the masked pixels with 0) or set raster:bands nodata in the item, or read the files with "
-        "geoarray.from_geotiff, which reads masks.",
-        GeoArrayWarning,
-        stacklevel=5,
-    )
 
 
 def _corners(h: Header) -> tuple[tuple[float, float], tuple[float, float]]:

@@ -206,8 +206,9 @@ def test_stac_rotated_grid_is_refused_with_the_fix(tmp_path, l7):
     assert float(ds.x[1] - ds.x[0]) == 28.5 and float(ds.y[1] - ds.y[0]) == -28.5
 
 
-def test_stac_asset_with_a_gdal_mask_and_no_nodata_warns(tmp_path, l7):
-    """Before: the masked pixels were loaded as data without a word (odc-stac ignores GDAL masks)."""
+def test_stac_asset_with_a_gdal_mask_and_no_nodata_is_masked(tmp_path, l7):
+    """Before: the masked pixels were loaded as data (odc-stac read the pixels only), first silently, then
+    with a warning; now they are fill, and invalid, without a warning (more in tests/io/test_stac_masks.py)."""
     a, prof = l7
     path = tmp_path / "masked.tif"
     with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "w", **{**prof, "count": 1}) as dst:
@@ -215,13 +216,12 @@ def test_stac_asset_with_a_gdal_mask_and_no_nodata_warns(tmp_path, l7):
         dst.write_mask(np.where(_box(), 0, 255).astype(np.uint8))
     item = _item(tmp_path, l7)
     item.assets["red"].href = str(path)
-    del item.assets["red"].extra_fields["raster:bands"]
-    with pytest.warns(geoarray.errors.GeoArrayWarning, match="GDAL mask.*loaded as data"):
-        geoarray.from_stac([item], bands=["red"])
-    item.assets["red"].extra_fields["raster:bands"] = [{"nodata": 0}]  # the item names the fill: no warning
+    item.assets["red"].extra_fields["raster:bands"] = [{"data_type": "uint8"}]
     with warnings.catch_warnings():
         warnings.simplefilter("error", geoarray.errors.GeoArrayWarning)
-        geoarray.from_stac([item], bands=["red"])
+        ds = geoarray.from_stac([item], bands=["red", "nir"])
+    np.testing.assert_array_equal(~ds.valid.values[0], _box())
+    np.testing.assert_array_equal(ds.imagery.values[0, 0], np.where(_box(), 0, a[2]))
 
 
 # -- flipped grids beside north-up ones -------------------------------------------------------------------
