@@ -71,3 +71,70 @@ def test_probe_options_are_checked_before_work(cube, encoder):
     ):
         with pytest.raises(ProbeError, match=match):
             geoarray.probe(cube, encoder, **{**PROBE, **bad})
+
+
+# -- metrics ----------------------------------------------------------------------------------------------------
+def test_scores_refuses_class_names_that_do_not_fit_the_matrix():
+    # row 30: scores(cm 3x3, ["a", "b"]) dropped class 2 from the per-class dicts (the means kept it); 4 names ->
+    # IndexError
+    from geoarray.metrics import confusion_matrix, scores
+
+    cm = confusion_matrix(np.array([0, 1, 1, 1, 1, 2]), np.array([0, 0, 1, 1, 2, 2]), 3)
+    s = scores(cm, ["a", "b", "c"])
+    assert s["iou"] == pytest.approx({"a": 0.5, "b": 0.5, "c": 0.5})  # tp 1, 2, 1 over unions 2, 4, 2
+    for names in (["a", "b"], ["a", "b", "c", "d"]):
+        with pytest.raises(GeoArrayError, match="class names"):
+            scores(cm, names)
+
+
+def test_confusion_matrix_refuses_probabilities_as_class_ids():
+    # row 31: float predictions were truncated (0.9 -> class 0, 1.7 -> class 1) and counted
+    from geoarray.metrics import confusion_matrix
+
+    t = np.array([0, 1, 1])
+    assert confusion_matrix(np.array([0.0, 1.0, np.nan]), t, 2).tolist() == [[1, 0], [0, 1]]  # NaN skipped
+    with pytest.raises(GeoArrayError, match="not class ids"):
+        confusion_matrix(np.array([0.2, 0.9, 1.7]), t, 2)
+
+
+def test_topk_accuracy_refuses_targets_outside_the_classes_and_k_below_one():
+    # row 32: targets 7 and -1 (nodata) were counted as misses (top-1 0.4 of 5); k=0 -> 0.0
+    from geoarray.metrics import topk_accuracy
+
+    logits = np.eye(3)[[0, 1, 2, 0, 1]]
+    assert topk_accuracy(logits, np.array([0, 1, 2, 0, 0]), 1) == pytest.approx(0.8)
+    for target in ([0, 1, 7, 0, 1], [0, 1, -1, 0, 1]):
+        with pytest.raises(GeoArrayError, match="not class ids"):
+            topk_accuracy(logits, np.array(target), 1)
+    with pytest.raises(GeoArrayError, match="k=0"):
+        topk_accuracy(logits, np.array([0, 1, 2, 0, 1]), 0)
+
+
+def test_effective_rank_refuses_nan_and_1d_embeddings():
+    # row 33: NaN -> numpy LinAlgError "SVD did not converge"; 1-D -> LinAlgError
+    from geoarray.metrics import effective_rank
+
+    assert effective_rank(np.eye(4)) == pytest.approx(3.0)  # centred: 3 equal singular values
+    with pytest.raises(GeoArrayError, match="NaN"):
+        effective_rank(np.full((10, 4), np.nan))
+    with pytest.raises(GeoArrayError, match="samples, dims"):
+        effective_rank(np.ones(10))
+
+
+def test_evaluate_applies_valid_to_a_static_prediction():
+    # row 34: valid= was ignored when the prediction had no time dim: all-False valid still scored 0.8
+    import xarray as xr
+
+    from geoarray.metrics import evaluate
+
+    c = {"y": np.arange(2.0), "x": np.arange(5.0)}
+    attrs = {"classes": ["a", "b", "c"], "nodata": 255}
+    truth = xr.DataArray(np.array([[0, 1, 2, 0, 1]] * 2, np.uint8), dims=("y", "x"), coords=c, attrs=attrs)
+    pred = xr.DataArray(np.array([[0, 1, 1, 0, 1]] * 2, np.uint8), dims=("y", "x"), coords=c, attrs=attrs)
+    truth.name, pred.name = "labels", "mask"
+    valid = xr.DataArray(np.ones((2, 2, 5), bool), dims=("time", "y", "x"), coords=c)
+    assert evaluate(pred, truth, valid=valid)["accuracy"] == pytest.approx(0.8)  # counted once, not per date
+    valid[:, :, 2] = False  # the one wrong column: invalid on every date
+    valid[0, :, 0] = False  # valid on one date: still counted
+    s = evaluate(pred, truth, valid=valid)
+    assert s["accuracy"] == 1.0 and s["support"] == {"a": 4, "b": 4, "c": 0}
