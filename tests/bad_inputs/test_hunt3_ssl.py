@@ -138,3 +138,89 @@ def test_evaluate_applies_valid_to_a_static_prediction():
     valid[0, :, 0] = False  # valid on one date: still counted
     s = evaluate(pred, truth, valid=valid)
     assert s["accuracy"] == 1.0 and s["support"] == {"a": 4, "b": 4, "c": 0}
+
+
+# -- labels from vector regions ---------------------------------------------------------------------------------
+def _regions_file(path, cube, extra):
+    """A GeoJSON (EPSG:4326, not the cube's CRS) of the cube's west and east halves, classes 'west' and 'east',
+    then the ``extra`` (name, shapely geometry in the cube's CRS) features."""
+    import json
+
+    import shapely
+    from pyproj import Transformer
+    from shapely.geometry import mapping
+
+    to = Transformer.from_crs(cube.rio.crs, "EPSG:4326", always_xy=True)
+    x0, x1 = float(cube.x[0]) - 1, float(cube.x[-1]) + 1
+    xm = float(cube.x[cube.sizes["x"] // 2] - (cube.x[1] - cube.x[0]) / 2)  # a pixel edge: 24 columns each
+    y0, y1 = float(cube.y[-1]) - 1, float(cube.y[0]) + 1
+    feats = [("west", shapely.box(x0, y0, xm, y1)), ("east", shapely.box(xm, y0, x1, y1)), *extra]
+    doc = {
+        "type": "FeatureCollection",
+        "features": [
+            {
+                "type": "Feature",
+                "properties": {"name": n},
+                "geometry": mapping(shapely.transform(g, lambda xy: np.column_stack(to.transform(*xy.T))))
+                if not g.is_empty
+                else {"type": "Polygon", "coordinates": []},
+            }
+            for n, g in feats
+        ],
+    }
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_regions_with_an_empty_geometry_are_left_out(tmp_path, cube):
+    # row 20: a feature with an empty polygon became a class 'empty' of 0 pixels, silently carried by the model
+    import shapely
+
+    from geoarray.chips.regions import rasterize_regions
+
+    path = _regions_file(tmp_path / "r.geojson", cube, [("empty", shapely.Polygon())])
+    ids, names = rasterize_regions(cube, path, property="name")
+    assert names == ["east", "west"]
+    assert (ids == 1).sum() == 48 * 24 and (ids == 0).sum() == 48 * 24
+
+
+@pytest.mark.parametrize("where", ["outside", "under"])
+def test_region_classes_that_label_nothing_are_warned_about(tmp_path, cube, where):
+    # rows 21-22: a class whose polygon lies outside the cube, or classes painted over by a later polygon (GDAL
+    # burns last-wins), were kept as classes with no pixel or chip, silently
+    import shapely
+
+    from geoarray.chips import plan_chips, region_labels
+    from geoarray.chips.regions import rasterize_regions
+    from geoarray.errors import GeoArrayWarning
+
+    x0, y0 = float(cube.x[0]), float(cube.y[0])
+    extra = (
+        [("far", shapely.box(x0 + 1e5, y0, x0 + 1e5 + 100, y0 + 100))]
+        if where == "outside"
+        else [("all", shapely.box(x0 - 50, float(cube.y[-1]) - 50, float(cube.x[-1]) + 50, y0 + 50))]
+    )
+    path = _regions_file(tmp_path / "r.geojson", cube, extra)
+    unused = "'far'" if where == "outside" else "'east', 'west'"
+    with pytest.warns(GeoArrayWarning, match=f"region classes \\[{unused}\\] label no pixel"):
+        rasterize_regions(cube, path, property="name")
+    plan = plan_chips(cube, chip_size=16, val_fraction=0.0, labels=None)
+    with pytest.warns(GeoArrayWarning, match=f"region classes \\[{unused}\\] label no chip"):
+        region_labels(plan, cube, str(path), property="name")
+
+
+# -- predict_chips ----------------------------------------------------------------------------------------------
+def test_predict_chips_refuses_a_date_named_twice(tmp_path, cube):
+    # row 27: times=[0, 0] (or [0, "2021-03-01"]) ran the date twice: an output with a duplicate time coordinate
+    from geoarray.errors import PredictError
+
+    ck = make_checkpoint(
+        tmp_path / "vr.safetensors", "resnet18", task="vicreg", width=4, num_classes=0,
+        _meta={"training": {"chip_size": 16}},
+    )  # fmt: skip
+    out = geoarray.predict_chips(cube, ck, times=[1, 0], outputs="features")  # one output, given as a str
+    assert out["features"].shape[:1] == (2,) and list(out["time"].values) == list(cube["time"].values[[1, 0]])
+    first = str(cube["time"].values[0])[:10]
+    for times in ([0, 0], [0, first]):
+        with pytest.raises(PredictError, match="names a date twice"):
+            geoarray.predict_chips(cube, ck, times=times)
