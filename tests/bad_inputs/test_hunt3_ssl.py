@@ -224,3 +224,23 @@ def test_predict_chips_refuses_a_date_named_twice(tmp_path, cube):
     for times in ([0, 0], [0, first]):
         with pytest.raises(PredictError, match="names a date twice"):
             geoarray.predict_chips(cube, ck, times=times)
+
+
+# -- the CLI ----------------------------------------------------------------------------------------------------
+def test_cli_task_kw_takes_lists_with_commas():
+    # row 38: `geoarray fit --task vicreg --task-kw crop_scale=0.5,1` -> "task_kwargs crop_scale='0.5,1'; expected a
+    # pair of numbers", and nothing said how to pass a pair (or invariants' heads list) on the command line
+    from geoarray.cli._model import _parse_kv
+    from geoarray.tasks import get_task
+
+    kw = _parse_kv(
+        ["crop_scale=0.5,1", "heads=arrow_of_time, temporal_association", "blur_p=0", "tag=a b"], "--task-kw"
+    )
+    assert kw == {
+        "crop_scale": [0.5, 1],
+        "heads": ["arrow_of_time", "temporal_association"],
+        "blur_p": 0,
+        "tag": "a b",
+    }
+    assert get_task("vicreg", crop_scale=kw["crop_scale"]).augment.crop_scale == [0.5, 1]
+    assert get_task("invariants", heads=kw["heads"]).heads == ["arrow_of_time", "temporal_association"]
