@@ -160,6 +160,7 @@ def probe(
             test_fraction=test_fraction, seed=seed,
         )  # fmt: skip
     _need_two_classes(np.unique(y), "chip probe sampled" if kind == "chip" else "pixel probe sampled")
+    _warn_thin(y, test, "chips" if kind == "chip" else "pixels")
     k = int(y.max()) + 1
     rng = np.random.default_rng(seed)
     train_idx = np.flatnonzero(~test)
@@ -192,12 +193,11 @@ def _fractions(label_fractions: Any) -> list[float]:
         label_fractions = [label_fractions]
     try:
         fr = [float(f) for f in label_fractions]
+        shown: Any = list(label_fractions)
     except (TypeError, ValueError):
-        fr = []
+        fr, shown = [], label_fractions
     if not fr or not all(0 < f <= 1 for f in fr):
-        raise ProbeError(
-            f"label_fractions={label_fractions!r}; expected fractions in (0, 1], e.g. (0.01, 1.0)."
-        )
+        raise ProbeError(f"label_fractions={shown!r}; expected fractions in (0, 1], e.g. (0.01, 1.0).")
     return fr
 
 
@@ -212,6 +212,32 @@ def _need_two_classes(found: np.ndarray, what: str) -> None:
         raise ProbeError(
             f"every {what} is class {int(found[0])}; a probe needs labels of at least 2 classes (with one, every "
             "encoder scores top-1 = 1.0). Label more classes, or pass labels= / regions= that hold several."
+        )
+
+
+#: fewer held-out samples than this make top-1 a coarse number (each sample moves it by more than 5 %)
+MIN_TEST = 20
+
+
+def _warn_thin(y: np.ndarray, test: np.ndarray, what: str) -> None:
+    """Warn when the scores cannot mean much: few held-out samples, or held-out classes never trained on."""
+    import warnings
+
+    from geoarray.errors import GeoArrayWarning
+
+    n_test = int(test.sum())
+    unseen = sorted(set(np.unique(y[test]).tolist()) - set(np.unique(y[~test]).tolist()))
+    why = []
+    if n_test < MIN_TEST:
+        why.append(f"only {n_test} held-out {what} (each one moves top-1 by {100 / n_test:.0f} %)")
+    if unseen:
+        why.append(f"held-out classes {unseen} have no training sample (no protocol can predict them)")
+    if why:
+        warnings.warn(
+            f"probe's split is thin: {'; '.join(why)}; expected at least {MIN_TEST} held-out {what} of classes "
+            "seen in training. Label more of the cube, or pass a smaller tile_size (or chip_size).",
+            GeoArrayWarning,
+            stacklevel=3,
         )
 
 
