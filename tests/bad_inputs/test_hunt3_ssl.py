@@ -253,3 +253,17 @@ def test_cli_task_kw_takes_lists_with_commas():
     }
     assert get_task("vicreg", crop_scale=kw["crop_scale"]).augment.crop_scale == [0.5, 1]
     assert get_task("invariants", heads=kw["heads"]).heads == ["arrow_of_time", "temporal_association"]
+
+
+# -- fit --------------------------------------------------------------------------------------------------------
+def test_batch_size_one_on_a_pixel_model_names_pixels_not_chips(tmp_path, cube):
+    # row 3: barlow_twins on pixel_cnn with batch_size=1 said "(one chip, reduced to 1x1) ... or larger chips":
+    # pixel series have no chips to enlarge
+    from geoarray.errors import TrainError
+
+    with pytest.raises(TrainError, match=r"one pixel series\)\. Expected batch_size >= 2\.$"):
+        geoarray.fit(
+            cube, task="barlow_twins", model="pixel_cnn", model_kwargs={"width": 4, "out_channels": 4},
+            chip_size=16, batch_size=1, epochs=1, steps_per_epoch=1, pixels_per_chip=8, progress=False,
+            out=tmp_path / "b.safetensors",
+        )  # fmt: skip
