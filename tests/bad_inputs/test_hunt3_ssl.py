@@ -267,3 +267,15 @@ def test_batch_size_one_on_a_pixel_model_names_pixels_not_chips(tmp_path, cube):
             chip_size=16, batch_size=1, epochs=1, steps_per_epoch=1, pixels_per_chip=8, progress=False,
             out=tmp_path / "b.safetensors",
         )  # fmt: skip
+
+
+def test_a_vector_file_given_as_a_label_raster_points_to_regions(tmp_path, cube):
+    # row 23: read_labels("lc.gpkg", cube) -> "not a readable raster ... Expected a GeoTIFF", with no word on how
+    # polygons become labels
+    import shapely
+
+    from geoarray.errors import RasterError
+
+    path = _regions_file(tmp_path / "r.geojson", cube, [("x", shapely.box(0, 0, 1, 1))])
+    with pytest.raises(RasterError, match=r"It is a vector file: polygons label chips as regions=.*gdal_rasterize"):
+        geoarray.read_labels(path, cube)
