@@ -28,9 +28,7 @@ def _parse_kv(items: list[str] | None, flag: str = "--model-kw") -> dict[str, An
             raise TrainError(f"{flag} {item!r}; expected name=value, e.g. {flag} {example}.")
         k, v = item.split("=", 1)
         out[k] = _json_or_text(v)
-        if (
-            isinstance(out[k], str) and "," in v
-        ):  # crop_scale=0.5,1 or heads=arrow_of_time,temporal_association
+        if isinstance(out[k], str) and "," in v:  # crop_scale=0.5,1; heads=arrow_of_time,temporal_association
             out[k] = [_json_or_text(p.strip()) for p in v.split(",") if p.strip()]
     return out
 
@@ -221,9 +219,7 @@ def fit(
     score = "n/a" if tr.get("best_metric") is None else f"{tr['best_metric']:.4f}"
     typer.echo(f"wrote {path} (best epoch {tr['epoch']}, score {score}) in {time.perf_counter() - t0:.1f} s")
     if keep_state:  # the side file's name is the checkpoint's plus a suffix (training.state.state_path)
-        typer.echo(
-            f"kept the resume state {path}.train-state.safetensors (delete it when you no longer need --resume)"
-        )
+        typer.echo(f"kept the resume state {path}.train-state.safetensors (delete it when you no longer need --resume)")
 
 
 @app.command()
@@ -261,11 +257,8 @@ def predict(
         int | None, typer.Option(help="Chip models: chip size in pixels (default: the training chip size).")
     ] = None,
     precision: Annotated[
-        str,
-        typer.Option(
-            help="32, bf16 or 16: the model under autocast (16 needs a GPU; bf16 pays off on GPUs "
-            "and CPUs with AVX512-BF16/AMX)."
-        ),
+        str, typer.Option(help="32, bf16 or 16: the model under autocast (16 needs a GPU; bf16 pays off on GPUs "
+        "and CPUs with AVX512-BF16/AMX).")
     ] = "32",
 ) -> None:
     """Apply a checkpoint blockwise (with a halo) and write its outputs into the cube's Zarr store.

@@ -91,9 +91,7 @@ def open_checked(path: Path) -> Any:
                 "first, e.g. `gdal_rasterize -a CLASS_ID_FIELD -tr RES RES -te XMIN YMIN XMAX YMAX -ot Byte "
                 f"-a_nodata 255 {path.name} labels.tif`."
             )
-        raise RasterError(
-            f"{str(path)!r} is not a readable raster ({e}). Expected a GeoTIFF.{hint}"
-        ) from None
+        raise RasterError(f"{str(path)!r} is not a readable raster ({e}). Expected a GeoTIFF.{hint}") from None
 
 
 #: file suffixes of vector formats (given where a raster is expected)

@@ -354,10 +354,7 @@ class Trainer:
                 self.model.load_state_dict(ck.model.state_dict())
                 self.start_epoch = int(ck.meta.get("training", {}).get("epoch", 0))
                 self.best = float(ck.meta.get("training", {}).get("best_metric") or -math.inf)
-                log.info(
-                    "no resume file beside %s: continuing from its best epoch, with a fresh optimizer",
-                    self.shown,
-                )
+                log.info("no resume file beside %s: continuing from its best epoch, with a fresh optimizer", self.shown)
         except RuntimeError as e:  # shapes differ: other bands, classes or hparams
             first = str(e).strip().splitlines()[-1].strip()
             raise TrainError(
