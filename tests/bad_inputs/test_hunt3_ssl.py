@@ -51,7 +51,7 @@ def test_probe_refuses_labels_of_one_class(cube, encoder):
 def test_probe_refuses_a_label_variable_that_is_not_a_class_map(cube, encoder, var):
     # row 11: labels="imagery" -> xarray ValueError "('y', 'x') must be a permuted list of ('band', 'y', 'x')";
     # labels="valid" (bool) -> scored as classes 0/1, top-1 1.0
-    with pytest.raises(ProbeError, match="class map|integer class ids"):
+    with pytest.raises(ProbeError, match=r"class map|integer class ids"):
         geoarray.probe(cube, encoder, labels=var, **PROBE)
 
 
