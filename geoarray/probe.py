@@ -135,6 +135,12 @@ def probe(
     missing = [b for b in meta["input"]["bands"] if b not in present]
     if missing:
         raise BandError(f"the cube lacks bands {missing} the checkpoint needs; it has {present}.")
+    if "valid" not in cube.data_vars:  # the imagery's declared nodata masks its fill, as in predict
+        from geoarray._preprocess import declared_valid
+
+        declared = declared_valid(cube[var], [str(b) for b in meta["input"]["bands"]])
+        if declared is not None:
+            cube = cube.assign(valid=declared)
     lv, nodata = _label_array(cube, labels, regions, region_property, region_layer, per_date=kind == "chip")
     _need_two_classes(np.unique(lv[lv != nodata]), "labelled pixel")
     with torch.random.fork_rng():

@@ -82,6 +82,19 @@ def test_probe_warns_when_its_split_is_too_thin_to_mean_much(cube, encoder):
         geoarray.probe(cube, encoder, **{**PROBE, "max_pixels": 30})
 
 
+def test_probe_masks_the_fill_a_cube_declares_by_its_nodata_attr(cube, encoder):
+    # row 44: a cube without `valid` whose imagery declares nodata=-9999 (as a rioxarray-built cube does): probe
+    # fed the -9999 fill to the encoders as data, where predict masks it
+    fill = cube["valid"].expand_dims(band=cube["band"]).transpose(*cube["imagery"].dims)
+    img = cube["imagery"].where(fill, -9999.0)
+    masked = cube.assign(imagery=img)  # fill in the invalid pixels, and `valid` says where
+    declared = masked.drop_vars("valid")
+    declared["imagery"].attrs["nodata"] = -9999.0
+    want = geoarray.probe(masked, encoder, **{**PROBE, "protocols": ("knn", "linear")})
+    got = geoarray.probe(declared, encoder, **{**PROBE, "protocols": ("knn", "linear")})
+    np.testing.assert_allclose(got["top1"].to_numpy(), want["top1"].to_numpy())
+
+
 # -- metrics ----------------------------------------------------------------------------------------------------
 def test_scores_refuses_class_names_that_do_not_fit_the_matrix():
     # row 30: scores(cm 3x3, ["a", "b"]) dropped class 2 from the per-class dicts (the means kept it); 4 names ->
