@@ -226,6 +226,8 @@ def _outputs(kind: str, outputs: Sequence[str] | None) -> tuple[str, ...]:
         raise PredictError(f"a chip model with {kind!r} outputs; expected a classifier or a feature encoder.")
     if outputs is None:
         return available
+    if isinstance(outputs, str):  # "features": one output, not its letters
+        outputs = [outputs]
     wanted = [str(o) for o in outputs]
     if not wanted or any(o not in available for o in wanted):
         raise PredictError(f"outputs={wanted}; a chip {kind} checkpoint makes {list(available)}.")
@@ -273,6 +275,12 @@ def _times(cube: xr.Dataset, times: Sequence[int | str] | None) -> list[int]:
             shown = [str(d.date()) for d in index]
             raise PredictError(f"times: {t!r} matches {hits.size} dates of the cube; it has {shown}.")
         out.append(int(hits[0]))
+    if len(set(out)) < len(out):
+        shown = [str(d.date()) for d in index[out]]
+        raise PredictError(
+            f"times={list(times)!r} names a date twice ({shown}); expected each date once (the output's time "
+            "coordinate must be unique)."
+        )
     return out
 
 

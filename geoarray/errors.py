@@ -15,6 +15,7 @@ __all__ = [
     "DimensionError",
     "GeoArrayError",
     "GeoArrayWarning",
+    "MetricsError",
     "ModelError",
     "NoOverlapError",
     "OutputPathError",
@@ -113,3 +114,7 @@ class ProbeError(GeoArrayError, ValueError):
 
 class PlotError(GeoArrayError, ValueError):
     """A plot's input is not what it draws (e.g. a folder without the arrays a fit writes)."""
+
+
+class MetricsError(GeoArrayError, ValueError):
+    """Scores asked of inputs that cannot give them (non-integer class ids, names that do not fit a matrix)."""

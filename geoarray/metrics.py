@@ -11,14 +11,29 @@ from typing import Any
 import numpy as np
 
 from geoarray._constants import COMPLETE, LABEL_NODATA
-from geoarray.errors import CubeError, GeoArrayError
+from geoarray.errors import CubeError, GeoArrayError, MetricsError
 
 __all__ = ["change_f1", "confusion_matrix", "effective_rank", "evaluate", "scores", "topk_accuracy"]
 
 
+def _class_ids(a: Any, role: str) -> np.ndarray:
+    """``a`` flattened to int64 class ids; floats must hold whole numbers (NaN, as nodata, is skipped)."""
+    a = np.asarray(a).ravel()
+    if a.dtype.kind == "f":
+        whole = np.isnan(a) | (a == np.floor(a))
+        if not whole.all():
+            bad = a[~whole][:3].tolist()
+            raise MetricsError(
+                f"the {role} holds values such as {bad} that are not class ids; expected integer class ids (e.g. "
+                "predict's `mask`, or `probabilities.argmax('class')`, not the probabilities themselves)."
+            )
+        a = np.where(np.isnan(a), -1, a)
+    return a.astype(np.int64)
+
+
 def _bincount_block(p: np.ndarray, t: np.ndarray, n: int, ignore: int | None) -> np.ndarray:
-    p = np.asarray(p).ravel().astype(np.int64)
-    t = np.asarray(t).ravel().astype(np.int64)
+    p = _class_ids(p, "prediction")
+    t = _class_ids(t, "truth")
     ok = (t >= 0) & (t < n) & (p >= 0) & (p < n)
     if ignore is not None:
         ok &= t != ignore
@@ -71,6 +86,15 @@ def scores(cm: np.ndarray, classes: Sequence[str] | None = None) -> dict[str, An
     """Per-class IoU, Dice, precision, recall and F1 from a confusion matrix, plus their means over classes
     present in the truth or the prediction, and overall accuracy."""
     cm = np.asarray(cm, dtype=np.float64)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
+        raise MetricsError(
+            f"a confusion matrix of shape {cm.shape}; expected a square (classes, classes) one."
+        )
+    if classes is not None and len(classes) != len(cm):
+        raise MetricsError(
+            f"{len(classes)} class names {list(classes)} for a confusion matrix of {len(cm)} classes; expected "
+            f"one name per row (id 0..{len(cm) - 1}), in id order."
+        )
     tp = np.diag(cm)
     fp = cm.sum(0) - tp
     fn = cm.sum(1) - tp
@@ -118,7 +142,8 @@ def evaluate(pred: Any, truth: Any, *, valid: Any = None, allow_partial: bool = 
         does not name is an error, since no truth pixel could ever be it (a naming mismatch, most likely).
         With names on one side only, the ids must lie within that list.
     valid
-        Optional bool ``(time, y, x)``: truth pixels where it is False are skipped.
+        Optional bool ``(time, y, x)``: truth pixels where it is False are skipped (when neither map has a
+        ``time`` dim, the pixels with no valid date).
     allow_partial
         Score a prediction whose predict run has not finished (``geoarray_complete`` False): its missing
         chunks are nodata and skipped, so the scores describe only the part that was written.
@@ -159,8 +184,13 @@ def evaluate(pred: Any, truth: Any, *, valid: Any = None, allow_partial: bool = 
         lut = list(range(len(classes)))
     n = len(classes)
     t = _relabelled(truth, list(range(n)), t_nd, n)
-    if valid is not None and "time" in pred.dims:
-        t = t.where(valid.astype(bool), -1)
+    if valid is not None:
+        ok = valid.astype(bool)
+        if "time" in ok.dims and "time" not in t.dims and "time" not in pred.dims:
+            # a static map (e.g. a time-series model's) against static truth: a pixel counts when any date of
+            # it is valid, as predict marks such outputs; broadcasting valid would count each pixel per date
+            ok = ok.any("time")
+        t = t.where(ok, -1)
     p = _relabelled(pred, lut, p_nd, n)
     cm = confusion_matrix(p, t, n + 1, ignore_index=-1)  # row/column n: ids outside the named classes
     for da, count, named in ((truth, cm[n].sum(), n), (pred, cm[:, n].sum(), len(lut))):
@@ -274,6 +304,18 @@ def topk_accuracy(logits: Any, target: Any, k: int = 1) -> float:
     """Fraction of samples whose target is among the ``k`` largest logits (rows = samples)."""
     lg = np.asarray(logits)
     tg = np.asarray(target).ravel()
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise MetricsError(f"k={k!r}; expected a positive integer (top-k).")
+    if lg.ndim != 2 or len(lg) != tg.size:
+        raise MetricsError(
+            f"logits of shape {lg.shape} for {tg.size} targets; expected (samples, classes) with one row per target."
+        )
+    out = (tg < 0) | (tg >= lg.shape[1])
+    if out.any():
+        raise MetricsError(
+            f"{int(out.sum())} targets (e.g. {tg[out][:3].tolist()}) are not class ids 0..{lg.shape[1] - 1} of "
+            "the logits' columns; drop unlabelled samples (nodata) before scoring."
+        )
     top = np.argsort(-lg, axis=1)[:, :k]
     return float((top == tg[:, None]).any(axis=1).mean()) if tg.size else float("nan")
 
@@ -295,6 +337,13 @@ def change_f1(
 def effective_rank(embeddings: Any) -> float:
     """exp(entropy) of the normalised singular values of centred embeddings ``(n, d)`` (RankMe)."""
     z = np.asarray(embeddings, dtype=np.float64)
+    if z.ndim != 2:
+        raise MetricsError(f"embeddings of shape {z.shape}; expected (samples, dims).")
+    if not np.isfinite(z).all():
+        raise MetricsError(
+            f"{int((~np.isfinite(z)).sum())} embedding values are NaN or infinite; expected finite features "
+            "(drop the rows of invalid pixels first)."
+        )
     z = z - z.mean(0, keepdims=True)
     s = np.linalg.svd(z, compute_uv=False)
     p = s / max(s.sum(), 1e-12)

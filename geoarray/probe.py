@@ -101,19 +101,23 @@ def probe(
 
     from geoarray._probe_fit import knn_scores, linear_scores, standardize
     from geoarray.checkpoint import load_checkpoint
+    from geoarray.cube import conform_cube
     from geoarray.metrics import topk_accuracy
     from geoarray.models import create_model
 
+    # "knn" is one protocol, not three letters
+    protocols = (protocols,) if isinstance(protocols, str) else protocols
     bad = [p for p in protocols if p not in PROTOCOLS]
     if bad or not protocols:
         raise ProbeError(f"protocols={list(protocols)}; expected some of {list(PROTOCOLS)}.")
-    fr = [float(f) for f in label_fractions]
-    if not fr or not all(0 < f <= 1 for f in fr):
-        raise ProbeError(
-            f"label_fractions={list(label_fractions)}; expected fractions in (0, 1], e.g. (0.01, 1.0)."
-        )
+    fr = _fractions(label_fractions)
     if not 0 < test_fraction < 1:
         raise ProbeError(f"test_fraction={test_fraction!r}; expected a fraction between 0 and 1 (e.g. 0.3).")
+    _check_counts(
+        seed=seed, max_pixels=max_pixels, max_chips=max_chips, chip_size=chip_size, tile_size=tile_size
+    )
+    # the cube contract, as predict checks it: dates out of order would feed a pixel encoder shuffled series
+    cube = conform_cube(cube, var=var)
     if regions is None and labels not in cube.data_vars:
         raise ProbeError(
             f"probe needs labels, but the cube has no {labels!r} variable (it has {sorted(map(str, cube.data_vars))}) "
@@ -131,14 +135,21 @@ def probe(
     missing = [b for b in meta["input"]["bands"] if b not in present]
     if missing:
         raise BandError(f"the cube lacks bands {missing} the checkpoint needs; it has {present}.")
+    if "valid" not in cube.data_vars:  # the imagery's declared nodata masks its fill, as in predict
+        from geoarray._preprocess import declared_valid
+
+        declared = declared_valid(cube[var], [str(b) for b in meta["input"]["bands"]])
+        if declared is not None:
+            cube = cube.assign(valid=declared)
     lv, nodata = _label_array(cube, labels, regions, region_property, region_layer, per_date=kind == "chip")
+    _need_two_classes(np.unique(lv[lv != nodata]), "labelled pixel")
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         rand = create_model(meta["model"]["name"], **meta["model"]["hparams"]).eval()
     if kind == "chip":
         from geoarray._probe_chips import chip_features
 
-        size = chip_size or meta.get("training", {}).get("chip_size")
+        size = chip_size if chip_size is not None else meta.get("training", {}).get("chip_size")
         if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
             raise ProbeError(
                 f"chip_size={size!r}; pass chip_size= (pixels): the checkpoint does not record its chip size."
@@ -154,6 +165,8 @@ def probe(
             cube, ck, rand, lv[-1], nodata, var=var, max_pixels=max_pixels, tile_size=int(tile_size or 32),
             test_fraction=test_fraction, seed=seed,
         )  # fmt: skip
+    _need_two_classes(np.unique(y), "chip probe sampled" if kind == "chip" else "pixel probe sampled")
+    _warn_thin(y, test, "chips" if kind == "chip" else "pixels")
     k = int(y.max()) + 1
     rng = np.random.default_rng(seed)
     train_idx = np.flatnonzero(~test)
@@ -178,6 +191,71 @@ def probe(
                     }
                 )
     return pd.DataFrame(rows, columns=["encoder", "protocol", "label_fraction", "top1", "top5"])
+
+
+def _fractions(label_fractions: Any) -> list[float]:
+    """``label_fractions`` as a list of floats in (0, 1]; one number is taken as one fraction."""
+    if isinstance(label_fractions, (int, float, np.number)) and not isinstance(label_fractions, bool):
+        label_fractions = [label_fractions]
+    try:
+        fr = [float(f) for f in label_fractions]
+        shown: Any = list(label_fractions)
+    except (TypeError, ValueError):
+        fr, shown = [], label_fractions
+    if not fr or not all(0 < f <= 1 for f in fr):
+        raise ProbeError(f"label_fractions={shown!r}; expected fractions in (0, 1], e.g. (0.01, 1.0).")
+    return fr
+
+
+def _need_two_classes(found: np.ndarray, what: str) -> None:
+    """Refuse a probe of one class: every protocol of every encoder would score top-1 = 1.0."""
+    if found.size == 0:
+        raise ProbeError(
+            "no pixel is labelled (every one is nodata, or outside every region); expected labels or regions "
+            "over part of the cube."
+        )
+    if found.size < 2:
+        raise ProbeError(
+            f"every {what} is class {int(found[0])}; a probe needs labels of at least 2 classes (with one, every "
+            "encoder scores top-1 = 1.0). Label more classes, or pass labels= / regions= that hold several."
+        )
+
+
+#: fewer held-out samples than this make top-1 a coarse number (each sample moves it by more than 5 %)
+MIN_TEST = 20
+
+
+def _warn_thin(y: np.ndarray, test: np.ndarray, what: str) -> None:
+    """Warn when the scores cannot mean much: few held-out samples, or held-out classes never trained on."""
+    import warnings
+
+    from geoarray.errors import GeoArrayWarning
+
+    n_test = int(test.sum())
+    unseen = sorted(set(np.unique(y[test]).tolist()) - set(np.unique(y[~test]).tolist()))
+    why = []
+    if n_test < MIN_TEST:
+        why.append(f"only {n_test} held-out {what} (each one moves top-1 by {100 / n_test:.0f} %)")
+    if unseen:
+        why.append(f"held-out classes {unseen} have no training sample (no protocol can predict them)")
+    if why:
+        warnings.warn(
+            f"probe's split is thin: {'; '.join(why)}; expected at least {MIN_TEST} held-out {what} of classes "
+            "seen in training. Label more of the cube, or pass a smaller tile_size (or chip_size).",
+            GeoArrayWarning,
+            stacklevel=3,
+        )
+
+
+def _check_counts(**values: Any) -> None:
+    """``seed`` >= 0; ``max_pixels``, ``max_chips`` and (unless None) ``chip_size`` / ``tile_size`` >= 1."""
+    for name, v in values.items():
+        if v is None and name in ("chip_size", "tile_size"):
+            continue
+        low = 0 if name == "seed" else 1
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+            what = "a non-negative integer" if name == "seed" else "a positive integer"
+            raise ProbeError(f"{name}={v!r}; expected {what}.")
 
 
 def _encoder_kind(meta: dict[str, Any], ckpt: str) -> str:
@@ -220,6 +298,16 @@ def _label_array(
         raise ProbeError(
             f"{labels!r} has dims {tuple(map(str, lab.dims))}: multi-label masks; probe scores single-label "
             "classes (labels(y, x) or labels(time, y, x))."
+        )
+    if not set(map(str, lab.dims)) <= {"time", "y", "x"} or not {"y", "x"} <= set(map(str, lab.dims)):
+        raise ProbeError(
+            f"{labels!r} has dims {tuple(map(str, lab.dims))}; expected a class map labels(y, x) or "
+            "labels(time, y, x). Pass labels= the cube's label variable."
+        )
+    if lab.dtype.kind not in "iu":
+        raise ProbeError(
+            f"{labels!r} holds {lab.dtype} values; expected integer class ids. Convert them, e.g. "
+            f"`cube[{labels!r}] = cube[{labels!r}].fillna(255).astype('uint8')` with attrs nodata=255."
         )
     if "time" in lab.dims and not per_date:
         lab = lab.isel(time=-1)  # pixels: the last date's class, as training does

@@ -31,7 +31,7 @@ def read_regions(
 ) -> tuple[list[Any], list[Any], Any]:
     """Geometries (shapely), the values of ``property`` and the CRS of a vector file or a GeoDataFrame-like.
 
-    Features without a geometry or without a value are left out.
+    Features without a geometry (or with an empty one) or without a value are left out.
 
     Raises
     ------
@@ -44,7 +44,11 @@ def read_regions(
         geoms, values, crs = _read_file(Path(regions), property, layer)
     else:
         geoms, values, crs = _read_object(regions, property)
-    keep = [i for i, (g, v) in enumerate(zip(geoms, values, strict=True)) if g is not None and not _null(v)]
+    keep = [
+        i
+        for i, (g, v) in enumerate(zip(geoms, values, strict=True))
+        if g is not None and not g.is_empty and not _null(v)
+    ]
     if not keep:
         raise TrainError(
             f"no feature of regions={_name(regions)} has both a geometry and a {property!r} value; expected "
@@ -241,6 +245,7 @@ def region_labels(
         ws = getattr(plan, split)
         labelled = [Window(w.t, w.y, w.x, w.size, w.block, labels[split].get(i)) for i, w in enumerate(ws)]
         setattr(plan, split, [w for w in labelled if w.label is not None])
+    _warn_unused(names, [w.label for split in ("train", "val") for w in getattr(plan, split)], "chip")
     if not plan.train:
         raise TrainError(
             f"no training chip lies inside a region ({len(geoms)} regions, {len(plan.val)} validation chips "
@@ -289,4 +294,21 @@ def rasterize_regions(
             f"the regions do not overlap the cube (x {left:.6g}..{right:.6g}, y {bottom:.6g}..{top:.6g} in "
             f"{cube.rio.crs}; the regions' CRS: {src_crs}). Check the regions' CRS and extent."
         )
+    _warn_unused(names, np.unique(out[out >= 0]).tolist(), "pixel")
     return out, names
+
+
+def _warn_unused(names: Sequence[str], used: Any, what: str) -> None:
+    """Warn about region classes that label no ``what`` (chip or pixel) of the cube: a class the model or
+    probe then carries without a single sample, or classes painted over by another region."""
+    seen = {int(k) for k in used if k is not None}
+    unused = [n for k, n in enumerate(names) if k not in seen]
+    if unused:
+        warnings.warn(
+            f"region classes {unused} label no {what} of the cube (of {len(names)} classes {list(names)}): their "
+            f"polygons lie outside the cube{', are never the majority region of a chip' if what == 'chip' else ''}"
+            ", or lie under later overlapping regions (rasterised in file order, the last one wins). Expected "
+            "every class to label some of the cube; check the regions' extent and overlaps, or drop those classes.",
+            GeoArrayWarning,
+            stacklevel=3,
+        )

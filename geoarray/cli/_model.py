@@ -16,10 +16,9 @@ from geoarray.cli._outputs import _not_a_file
 
 
 def _parse_kv(items: list[str] | None, flag: str = "--model-kw") -> dict[str, Any]:
-    """``["width=16", "encoder=resnet18"]`` -> ``{"width": 16, "encoder": "resnet18"}``: values parsed as JSON
-    when they parse, else kept as strings."""
-    import json
-
+    """``["width=16", "encoder=resnet18", "crop_scale=0.5,1"]`` -> ``{"width": 16, "encoder": "resnet18",
+    "crop_scale": [0.5, 1]}``: values parsed as JSON when they parse; else a comma-separated value is a list (its
+    items parsed the same way), and anything else is kept as a string."""
     from geoarray.errors import TrainError
 
     out: dict[str, Any] = {}
@@ -28,11 +27,19 @@ def _parse_kv(items: list[str] | None, flag: str = "--model-kw") -> dict[str, An
             example = "width=16" if flag == "--model-kw" else "backbone_lr=1e-4"
             raise TrainError(f"{flag} {item!r}; expected name=value, e.g. {flag} {example}.")
         k, v = item.split("=", 1)
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k] = v
+        out[k] = _json_or_text(v)
+        if isinstance(out[k], str) and "," in v:  # crop_scale=0.5,1; heads=arrow_of_time,temporal_association
+            out[k] = [_json_or_text(p.strip()) for p in v.split(",") if p.strip()]
     return out
+
+
+def _json_or_text(v: str) -> Any:
+    import json
+
+    try:
+        return json.loads(v)
+    except json.JSONDecodeError:
+        return v
 
 
 def _parse_ids(text: str | None) -> list[int] | None:
@@ -84,8 +91,8 @@ def fit(
     task: Annotated[
         str,
         typer.Option(
-            help="segmentation, classification, pixel_classification, barlow_twins, or linear_probe / finetune "
-            "(with --init)."
+            help="segmentation, classification, pixel_classification, barlow_twins, vicreg, invariants, or "
+            "linear_probe / finetune (with --init)."
         ),
     ] = "segmentation",
     model: Annotated[str, typer.Option(help="Registry model name (geoarray models).")] = "unet",
@@ -94,7 +101,11 @@ def fit(
     ] = None,
     task_kw: Annotated[
         list[str] | None,
-        typer.Option("--task-kw", help="Task option name=value (repeat), e.g. --task-kw backbone_lr=1e-4."),
+        typer.Option(
+            "--task-kw",
+            help="Task option name=value (repeat), e.g. --task-kw backbone_lr=1e-4; a list as JSON or with "
+            "commas: --task-kw crop_scale=0.5,1, --task-kw 'heads=[\"arrow_of_time\"]'.",
+        ),
     ] = None,
     init: Annotated[
         str | None,

@@ -83,7 +83,19 @@ def open_checked(path: Path) -> Any:
     try:
         return rasterio.open(path)
     except rasterio.errors.RasterioIOError as e:
-        raise RasterError(f"{str(path)!r} is not a readable raster ({e}). Expected a GeoTIFF.") from None
+        hint = ""
+        if path.suffix.lower() in _VECTOR_SUFFIXES:
+            hint = (
+                " It is a vector file: polygons label chips as regions= (fit(task='classification', regions=..., "
+                "region_property=...), probe(regions=...)); for a label raster, burn them onto the cube's grid "
+                "first, e.g. `gdal_rasterize -a CLASS_ID_FIELD -tr RES RES -te XMIN YMIN XMAX YMAX -ot Byte "
+                f"-a_nodata 255 {path.name} labels.tif`."
+            )
+        raise RasterError(f"{str(path)!r} is not a readable raster ({e}). Expected a GeoTIFF.{hint}") from None
+
+
+#: file suffixes of vector formats (given where a raster is expected)
+_VECTOR_SUFFIXES = (".geojson", ".json", ".gpkg", ".shp", ".fgb", ".kml", ".gml", ".parquet", ".geoparquet")
 
 
 def read_info(path: Path) -> FileInfo:

@@ -257,10 +257,12 @@ class Trainer:
                 except ValueError as e:  # BatchNorm on a batch of one chip whose features shrink to 1x1
                     if "more than 1 value per channel" not in str(e):
                         raise
+                    pixels = getattr(self.model, "input_kind", None) == "pixels"
+                    one = "one pixel series" if pixels else "one chip, reduced to 1x1"
                     raise TrainError(
                         f"batch_size={self.cfg.batch_size}: {self.cfg.model!r} normalises its features with "
-                        "BatchNorm, which cannot train on one value per channel (one chip, reduced to 1x1). "
-                        "Expected batch_size >= 2, or larger chips."
+                        f"BatchNorm, which cannot train on one value per channel ({one}). "
+                        f"Expected batch_size >= 2{'' if pixels else ', or larger chips'}."
                     ) from None
             check_finite(loss.detach(), epoch + 1, step + 1)
             self.opt.zero_grad(set_to_none=True)
