@@ -52,7 +52,6 @@ def cluster(
     >>> with geoarray.distributed.cluster() as client:  # doctest: +SKIP
     ...     geoarray.fit(cube, task="segmentation", client=client, ...)
     """
-    import dask
     from distributed import Client, LocalCluster
 
     for name, v in (("n_workers", n_workers), ("threads_per_worker", threads_per_worker)):
@@ -76,41 +75,23 @@ def cluster(
             log.warning("GPUs found but dask-cuda is unavailable (%s); using CPU workers", e)
     elif gpus is True:
         raise TrainError("gpus=True but no CUDA device is visible.")
-    method = None
     if local is None:
         n = n_workers or max(1, (os.cpu_count() or 1) // threads_per_worker)
-        method = _start_method()
         # no dashboard; the scheduler's HTTP server (health, metrics) on a free local port: its default, 8787,
         # is often taken (another cluster), and distributed then warns on stderr
-        with dask.config.set({"distributed.worker.multiprocessing-method": method}):
-            local = LocalCluster(
-                n_workers=n,
-                threads_per_worker=threads_per_worker,
-                processes=True,
-                dashboard_address=None,
-                scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-            )
-    # the method stays set while the cluster lives: a Nanny that restarts its worker (killed, out of memory) reads it
-    with dask.config.set({"distributed.worker.multiprocessing-method": method} if method else {}):
-        try:
-            with Client(local) as client:
-                yield client
-        finally:
-            local.close()
+        local = LocalCluster(
+            n_workers=n,
+            threads_per_worker=threads_per_worker,
+            processes=True,
+            dashboard_address=None,
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+        )
+    try:
+        with Client(local) as client:
+            if type(local) is LocalCluster:  # workers that exit in ~0.1 s on close (see _worker_exit)
+                from geoarray._worker_exit import FastExit
 
-
-def _start_method() -> str:
-    """How the local cluster's Nannies start worker processes: ``forkserver`` where the platform has it.
-
-    Under dask's default, ``spawn``, a worker that has run torch leaves through the interpreter's full
-    finalisation (module teardown, native destructors): 1.5 s on 2 loaded cores, often past the Nanny's 4 s
-    close timeout, which then kills it, so every ``close()`` took 2.5-4 s. A ``forkserver`` child ends like any
-    multiprocessing child forked by Python: non-daemon threads joined, multiprocessing finalizers run, standard
-    streams flushed, then ``os._exit`` (worker-side ``atexit`` handlers do not run). Its workers exit in ~0.1 s and
-    start faster (forked from a server that has imported distributed and numpy once). It is Python 3.14's default
-    on Linux. Workers still import the user's ``__main__`` as under spawn (scripts need the
-    ``if __name__ == "__main__":`` guard either way).
-    """
-    import multiprocessing
-
-    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+                client.register_plugin(FastExit())
+            yield client
+    finally:
+        local.close()
