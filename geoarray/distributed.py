@@ -93,6 +93,10 @@ def cluster(
             )
     try:
         with Client(local) as client:
+            if type(local) is LocalCluster:  # workers that exit in ~0.1 s on close (see _worker_exit)
+                from geoarray._worker_exit import FastExit
+
+                client.register_plugin(FastExit())
             yield client
     finally:
         local.close()

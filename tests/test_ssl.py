@@ -339,3 +339,23 @@ def test_the_phenology_cube_has_the_structure_seed001_needs():
         phenology_cube(size=16, classes=["water", "rice"])
     with pytest.raises(CubeError, match=r"n_times=0; expected 1 to 365"):
         phenology_cube(size=16, n_times=0)
+
+
+def test_pixel_validation_reads_at_most_steps_per_epoch_batches(tmp_path, monkeypatch):
+    """A pixel stream's val set is chips x pixels_per_chip / batch_size batches; steps_per_epoch caps them too."""
+    from geoarray.tasks._ssl import SSLTask
+
+    calls: list[int] = []
+    step = SSLTask.validation_step
+
+    def counted(self, net, batch, state):
+        calls.append(len(batch.x))
+        return step(self, net, batch, state)
+
+    monkeypatch.setattr(SSLTask, "validation_step", counted)
+    c = synthetic_cube(size=96, n_times=6, seed=1, chunks=48).drop_vars("labels")
+    kw = dict(SMALL, batch_size=16)
+    out = tmp_path / "m.safetensors"
+    geoarray.fit(c, task="barlow_twins", pixels_per_chip=64, steps_per_epoch=3, epochs=1, out=str(out), **kw)
+    assert calls == [16] * 3  # 3 validation batches (uncapped: 16 on this cube)
+    assert np.isfinite(read_metadata(out)["training"]["metrics"]["val_loss"])

@@ -6,8 +6,10 @@ They read only ``valid`` and the labels (and the imagery, for ``min_valid``), on
 from __future__ import annotations
 
 import math
+import uuid
 from collections import defaultdict
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -51,6 +53,82 @@ def _label_masks(
     return lab, pos
 
 
+def _judge(
+    valid: np.ndarray | None,
+    img: np.ndarray | None,
+    lv: np.ndarray | None,
+    shape: tuple[int, int, int],
+    origin: tuple[int, int],
+    items: list[tuple[str, int, Any]],
+    min_valid: float,
+    min_positive: int,
+    positive_classes: Sequence[int] | None,
+    lab_dims: tuple[str, ...],
+    nodata: int,
+) -> tuple[list[tuple[str, int, str | None]], int]:
+    """One read block's verdicts: ``(split, index, reason dropped or None)`` per window, and its labelled pixels."""
+    ok = np.asarray(valid, dtype=bool) if valid is not None else np.ones(shape, dtype=bool)
+    if img is not None:
+        ok = ok & np.isfinite(np.asarray(img, dtype=np.float32)).all(axis=1)
+    labelled = pos = None
+    total = 0
+    if lv is not None:
+        labelled, pos = _label_masks(np.asarray(lv), lab_dims, nodata, positive_classes)
+        total = int(labelled.any(0).sum())
+    y0, x0 = origin
+    out: list[tuple[str, int, str | None]] = []
+    for split, i, w in items:
+        ys, xs = slice(w.y - y0, w.y - y0 + w.size), slice(w.x - x0, w.x - x0 + w.size)
+        t = list(w.t)
+        okw = ok[t][:, ys, xs]
+        reason = None
+        if min_valid > 0 and okw.mean() < min_valid:
+            reason = "min_valid"
+        elif labelled is not None and pos is not None:
+            lt = labelled[t] if labelled.shape[0] > 1 else labelled
+            if not (lt[:, ys, xs] & okw).any():
+                reason = "unlabelled"
+            elif min_positive > 0:
+                pt = pos[t] if pos.shape[0] > 1 else pos
+                if int((pt[:, ys, xs] & okw).any(0).sum()) < min_positive:
+                    reason = "min_positive"
+        out.append((split, i, reason))
+    return out, total
+
+
+class _Chunks:
+    """The chunk keys of a dask array ``(..., y, x)``, to cut any y/x rectangle from in a hand-made task.
+
+    A dask slice (or a ``Delayed`` argument) per read block costs its own graph, culling and optimisation: on a
+    cube of hundreds of blocks that was most of the time. Each block's task names the chunks it covers instead.
+    """
+
+    def __init__(self, a: Any) -> None:
+        self.array = a
+        self.keys = np.empty(a.numblocks, dtype=object)
+        for idx in np.ndindex(*a.numblocks):
+            self.keys[idx] = (a.name, *idx)
+        self.ey = np.cumsum((0, *a.chunks[-2]))
+        self.ex = np.cumsum((0, *a.chunks[-1]))
+
+    def cut(self, b: Any) -> tuple[Any, int, int, int, int]:
+        iy0, ix0 = int(np.searchsorted(self.ey, b.y0, "right")) - 1, int(np.searchsorted(self.ex, b.x0, "right")) - 1
+        iy1, ix1 = int(np.searchsorted(self.ey, b.y1, "left")), int(np.searchsorted(self.ex, b.x1, "left"))
+        nested = self.keys[..., iy0:iy1, ix0:ix1].tolist()  # the task gets these chunks' arrays in their place
+        return nested, b.y0 - int(self.ey[iy0]), b.x0 - int(self.ex[ix0]), b.y1 - b.y0, b.x1 - b.x0
+
+
+def _judge_cuts(rest: tuple[Any, ...], *cuts: Any) -> tuple[list[tuple[str, int, str | None]], int]:
+    """:func:`_judge` on arrays given as numpy or as ``_Chunks.cut`` (computed chunks, concatenated and cut)."""
+    arrays = []
+    for a in cuts:
+        if isinstance(a, tuple):
+            nested, oy, ox, h, w = a
+            a = np.block(nested)[..., oy : oy + h, ox : ox + w]
+        arrays.append(a)
+    return _judge(*arrays, *rest)
+
+
 def apply_filters(
     cube: xr.Dataset,
     plan: Any,
@@ -66,8 +144,15 @@ def apply_filters(
     ``labelled_pixels``).
 
     Reads ``valid`` and ``labels`` block by block (and the imagery, to check it is finite, when
-    ``min_valid > 0``). A labelled pixel has a label other than nodata on a date where it is valid.
+    ``min_valid > 0``), in one ``dask.compute`` for all blocks: each read block is one task that reduces its
+    pixels to its windows' verdicts, so only verdicts are kept (not blocks) and blocks are read in parallel.
+    A labelled pixel has a label other than nodata on a date where it is valid.
     """
+    import dask
+    import dask.array
+    from dask.delayed import Delayed
+    from dask.highlevelgraph import HighLevelGraph
+
     has_valid = "valid" in cube.data_vars
     lab = (
         cube[labels].transpose(*[d for d in ("time", "class", "y", "x") if d in cube[labels].dims])
@@ -75,46 +160,48 @@ def apply_filters(
         else None
     )
     nodata = label_nodata(lab) if lab is not None else -1
+    lab_dims = tuple(map(str, lab.dims)) if lab is not None else ()
     by_block: dict[int, list[tuple[str, int, Any]]] = defaultdict(list)
     for split in ("train", "val"):
         for i, w in enumerate(getattr(plan, split)):
             by_block[w.block].append((split, i, w))
-    keep: dict[str, set[int]] = {"train": set(), "val": set()}
-    total = 0
+    sources = (
+        cube["valid"].transpose("time", "y", "x") if has_valid else None,
+        cube[var].transpose("time", "band", "y", "x") if min_valid > 0 else None,
+        lab,
+    )
+    arrays = [s.data if s is not None else None for s in sources]
+    chunks = [_Chunks(a) if isinstance(a, dask.array.Array) else None for a in arrays]
+    lazy = any(c is not None for c in chunks)
+    tasks: list[tuple[Any, ...]] = []
+    judged: list[tuple[list[tuple[str, int, str | None]], int]] = []
     for bi, items in by_block.items():
         b = plan.extent(bi, [w for _, _, w in items])  # random windows reach past their block
-        sl: dict[str, Any] = {"y": slice(b.y0, b.y1), "x": slice(b.x0, b.x1)}
-        if has_valid:
-            ok = np.asarray(cube["valid"].transpose("time", "y", "x").isel(sl).values, dtype=bool)
+        parts = [
+            None if a is None else c.cut(b) if c is not None else np.asarray(a[..., b.y0 : b.y1, b.x0 : b.x1])
+            for a, c in zip(arrays, chunks, strict=True)
+        ]
+        shape = (cube.sizes["time"], b.y1 - b.y0, b.x1 - b.x0)
+        rest = (shape, (b.y0, b.x0), items, min_valid, min_positive, positive_classes, lab_dims, nodata)
+        # the block's own options sit in a partial, so the scheduler never reads the windows as task arguments
+        if lazy:
+            tasks.append((partial(_judge_cuts, rest), *parts))
         else:
-            ok = np.ones((cube.sizes["time"], b.y1 - b.y0, b.x1 - b.x0), dtype=bool)
-        if min_valid > 0:
-            img = cube[var].transpose("time", "band", "y", "x").isel(sl)
-            ok = ok & np.isfinite(np.asarray(img.values, dtype=np.float32)).all(axis=1)
-        labelled = pos = None
-        if lab is not None:
-            labelled, pos = _label_masks(
-                np.asarray(lab.isel(sl).values), tuple(map(str, lab.dims)), nodata, positive_classes
-            )
-            total += int(labelled.any(0).sum())
-        for split, i, w in items:
-            ys, xs = slice(w.y - b.y0, w.y - b.y0 + w.size), slice(w.x - b.x0, w.x - b.x0 + w.size)
-            t = list(w.t)
-            okw = ok[t][:, ys, xs]
-            if min_valid > 0 and okw.mean() < min_valid:
-                plan.dropped["min_valid"] += 1
-                continue
-            if labelled is not None and pos is not None:
-                lt = labelled[t] if labelled.shape[0] > 1 else labelled
-                if not (lt[:, ys, xs] & okw).any():
-                    plan.dropped["unlabelled"] += 1
-                    continue
-                if min_positive > 0:
-                    pt = pos[t] if pos.shape[0] > 1 else pos
-                    if int((pt[:, ys, xs] & okw).any(0).sum()) < min_positive:
-                        plan.dropped["min_positive"] += 1
-                        continue
-            keep[split].add(i)
+            judged.append(_judge_cuts(rest, *parts))
+    if lazy:  # one graph, one compute: a task per block on top of the arrays' own graphs
+        name = f"apply-filters-{uuid.uuid4().hex}"
+        layer: dict[Any, Any] = {(name, n): task for n, task in enumerate(tasks)}
+        graph = HighLevelGraph.from_collections(name, layer, dependencies=[c.array for c in chunks if c is not None])
+        judged = list(dask.compute(*[Delayed(k, graph, layer=name) for k in layer]))
+    keep: dict[str, set[int]] = {"train": set(), "val": set()}
+    total = 0
+    for verdicts, n in judged:
+        total += n
+        for split, i, reason in verdicts:
+            if reason is None:
+                keep[split].add(i)
+            else:
+                plan.dropped[reason] += 1
     plan.train = [w for i, w in enumerate(plan.train) if i in keep["train"]]
     plan.val = [w for i, w in enumerate(plan.val) if i in keep["val"]]
     if lab is not None:

@@ -210,7 +210,8 @@ def fit(
     progress
         A progress bar per epoch. Epoch summaries go to the ``geoarray.training`` logger at INFO level.
     readers, steps_per_epoch
-        Background reader threads; an optional cap on steps per epoch.
+        Background reader threads; an optional cap on steps per epoch (for pixel streams, on validation
+        batches per epoch too: their batches are ``batch_size`` pixels).
     storage_options
         fsspec options of the ``out`` / ``resume`` / ``log_dir`` URLs (s3fs: ``{"key": ..., "secret": ...,
         "client_kwargs": {"endpoint_url": ...}}``; without them the AWS environment variables or profile). Under

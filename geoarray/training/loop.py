@@ -292,8 +292,14 @@ class Trainer:
 
         self.net.eval()
         acc = self.setup.task.new_state()
+        # a pixel stream's batches are batch_size pixel series: a val set of n chips is n * pixels_per_chip /
+        # batch_size batches (576 for 9 chips of the Landsat SSL run, 510 s). Under steps_per_epoch validation
+        # reads that many batches too, the first ones of the unshuffled stream: the same pixels every epoch.
+        cap = self.cfg.steps_per_epoch if self.setup.stream_kind == "pixels" else None
         with torch.no_grad():
-            for batch in self.val_stream:
+            for i, batch in enumerate(self.val_stream):
+                if cap is not None and i >= cap:
+                    break
                 batch = self._to(batch)
                 with self._autocast():
                     self.setup.task.validation_step(self.net, batch, acc)
