@@ -26,7 +26,7 @@ import ctypes
 import os
 import platform
 
-__all__ = ["WORKER_ENV", "keep_freed"]
+__all__ = ["WORKER_ENV", "environ_now", "keep_freed", "restore_environ", "worker_config"]
 
 _TRIM = 2**31 - 1  # mallopt takes a C int: 2 GiB of free heap top at most stays
 _SETTINGS = ((-4, 0), (-1, _TRIM), (-8, 1))  # mallopt's M_MMAP_MAX, M_TRIM_THRESHOLD, M_ARENA_MAX (malloc.h)
@@ -48,6 +48,21 @@ def keep_freed() -> bool:
     except OSError:
         return False
     return all(libc.mallopt(param, value) == 1 for param, value in _SETTINGS)
+
+
+def environ_now() -> dict[str, str | None]:
+    """This process's values of :data:`WORKER_ENV`'s variables, for :func:`restore_environ`."""
+    return {k: os.environ.get(k) for k in WORKER_ENV}
+
+
+def restore_environ(saved: dict[str, str | None]) -> None:
+    """Put the variables back: distributed's Nanny sets ``pre-spawn-environ`` in its own process's environment
+    before each spawn, where every later subprocess of the user's would inherit them."""
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 def worker_config() -> dict[str, str]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 from geoarray._devices import cuda_count
@@ -62,6 +62,7 @@ def cluster(
             yield client
         return
     local: Any = None
+    on_close: list[Callable[[], None]] = []
     if gpus and cuda_count() > 0:
         try:  # dask-cuda is an optional extra and fails to import without CUDA bindings
             from dask_cuda import LocalCUDACluster
@@ -81,16 +82,22 @@ def cluster(
         # is often taken (another cluster), and distributed then warns on stderr
         import dask
 
-        from geoarray._heap import worker_config
+        from geoarray._heap import environ_now, restore_environ, worker_config
 
-        with dask.config.set(worker_config()):  # its workers keep the memory torch frees (geoarray._heap)
-            local = LocalCluster(
-                n_workers=n,
-                threads_per_worker=threads_per_worker,
-                processes=True,
-                dashboard_address=None,
-                scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-            )
+        saved = environ_now()  # the Nanny leaves its pre-spawn variables in this process's environment
+        try:
+            with dask.config.set(worker_config()):  # its workers keep the memory torch frees (geoarray._heap)
+                local = LocalCluster(
+                    n_workers=n,
+                    threads_per_worker=threads_per_worker,
+                    processes=True,
+                    dashboard_address=None,
+                    scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                )
+        except BaseException:
+            restore_environ(saved)
+            raise
+        on_close.append(lambda: restore_environ(saved))
     try:
         with Client(local) as client:
             if type(local) is LocalCluster:  # workers that exit in ~0.1 s on close (see _worker_exit)
@@ -100,3 +107,5 @@ def cluster(
             yield client
     finally:
         local.close()
+        for undo in on_close:
+            undo()

@@ -33,12 +33,19 @@ def steady():  # the heap settles after a few passes (where the block lands amon
 """
 
 
-def _run(code: str, env: dict[str, str] | None = None) -> int:
+def _plain_environ() -> dict[str, str]:
+    """This process's environment without glibc's malloc variables (a cluster's Nanny, dask's own included,
+    leaves its pre-spawn variables in the environment of the process that started it)."""
     import os
+
+    return {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+
+
+def _run(code: str, env: dict[str, str] | None = None) -> int:
 
     out = subprocess.run(
         [sys.executable, "-c", PROBE + code], capture_output=True, text=True, timeout=120,
-        env={**os.environ, **(env or {})},
+        env={**_plain_environ(), **(env or {})},
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     return int(out.stdout.strip().splitlines()[-1])
@@ -62,10 +69,14 @@ def test_geoarrays_local_cluster_workers_keep_freed_memory():
 import geoarray.distributed
 with geoarray.distributed.cluster(n_workers=1, gpus=False) as client:
     kept = list(client.run(steady).values())[0]
-print(steady())  # the client's own process is left alone
+import os
+print(int("MALLOC_ARENA_MAX" in os.environ))  # after the cluster, the client's environment is as it was
+print(steady())  # and its own process is left alone
 print(kept)
 """
-    out = subprocess.run([sys.executable, "-c", PROBE + code], capture_output=True, text=True, timeout=180)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE + code], capture_output=True, text=True, timeout=180, env=_plain_environ()
+    )
     assert out.returncode == 0, out.stderr
-    here, worker = (int(v) for v in out.stdout.split()[-2:])
-    assert here > 10_000 and worker < 500, (here, worker)
+    leaked, here, worker = (int(v) for v in out.stdout.split()[-3:])
+    assert here > 10_000 and worker < 500 and not leaked, (here, worker, leaked)
