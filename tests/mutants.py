@@ -158,9 +158,9 @@ MUTATIONS = [
         "integer-stac-without-valid",
         "nodata in a STAC cube is invalid, not data",
         "geoarray/io/stac.py",
-        '        ds["valid"] = (da != plan.fill).any("band")\n',
+        '        ds["valid"] = (da != plan.fill).all("band")\n',
         '        ds["valid"] = (da == da).all("band")\n',
-        ("tests/io/test_stac.py::test_an_integer_cube_marks_pixels_that_are_nodata_in_every_band_invalid",),
+        ("tests/io/test_stac.py::test_an_integer_cube_marks_pixels_that_are_nodata_in_any_band_invalid",),
     ),
     Mutation(
         "tiles-without-halo",

@@ -56,9 +56,9 @@ def test_stac_features_equals_a_direct_predict(catalog, direct, tmp_path):
     assert "imagery" not in out.data_vars  # only the outputs are stored
     assert out["mask"].attrs["geoarray_complete"] is True and out["mask"].attrs["precision"] == "32"
     # the zone-34 date was reprojected onto the zone-33 grid, and gives outputs there: on exactly the pixels
-    # where some band holds data (nodata 0 in every band, or outside the footprint, is invalid, not data)
+    # where every band holds data (nodata 0 in any band, or outside the footprint, is invalid, not data)
     img = geoarray.from_stac(catalog["items"], bands=BANDS, **OPTS).imagery.values
-    covered = (img != 0).any(1)  # (time, y, x)
+    covered = (img != 0).all(1)  # (time, y, x)
     assert direct.sizes["time"] == 3 and covered[2].mean() > 0.7 and not covered.all()
     np.testing.assert_array_equal(np.isfinite(direct["probabilities"].values).all(1), covered)
     np.testing.assert_array_equal(direct["mask"].values != direct["mask"].attrs["nodata"], covered)

@@ -42,7 +42,6 @@ class Plan:
     headers: dict[str, Header] = field(default_factory=dict)  # probed header per requested name
     dtype: np.dtype | None = None
     fill: Any = None
-    masked: list[str] = field(default_factory=list)  # requested names with a GDAL-masked file among those probed
 
 
 def asset_key(j: int) -> str:
@@ -101,7 +100,6 @@ def plan_load(
 
     # probe: the first item with each requested band (check="first") or every one (check="all")
     headers: dict[str, Header] = {}
-    masked: list[str] = []
     if check != "none":
         check_local_files(docs, bands, sources)
         seen: dict[str, Header] = {}
@@ -114,8 +112,6 @@ def plan_load(
                     seen[href] = probe(doc, src.asset, name)
                 compare(doc, src.asset, name, src, seen[href])
                 headers.setdefault(name, seen[href])
-                if seen[href].masked and name not in masked:
-                    masked.append(name)
 
     # one odc-stac band name per requested band: the same band index in every item
     counts, load_names = [], []
@@ -162,7 +158,7 @@ def plan_load(
             {**doc, "stac_version": "1.1.0", "properties": props, "assets": assets, "stac_extensions": exts}
         )
     out_dtype, fill = _dtype_and_fill(out_items, len(bands), dtype, headers)
-    return Plan(out_items, list(bands), load_names, multiband, headers, out_dtype, fill, masked)
+    return Plan(out_items, list(bands), load_names, multiband, headers, out_dtype, fill)
 
 
 def _normalised_dict(item: Any) -> dict[str, Any]:

@@ -68,14 +68,14 @@ def from_stac(
         Output dtype; default: the assets' own (from ``raster:bands``), else float32. Float cubes fill
         missing pixels with NaN, integer cubes with the assets' ``nodata`` (else the nodata tag the probed
         files share, see ``check``, else 0). An integer cube also
-        gets ``valid(time, y, x)``: False where every band holds the fill value (nodata, or outside every
-        item's footprint), as :func:`geoarray.from_geotiff` does, so training and predict skip those pixels.
+        gets ``valid(time, y, x)``: False where any band holds the fill value (its nodata, or outside every
+        item's footprint), as NaN in any band does in a float cube and as :func:`geoarray.from_geotiff`
+        counts fill in any one file, so training and predict skip those pixels.
         Pixels that an asset file's GDAL mask (an internal or ``.msk`` mask, or an alpha band) marks as
         fill get the fill value too (NaN in a float cube), also when reprojected and where items are
-        mosaicked (another item's pixel then shows through); in an integer cube, fill in a band whose
-        probed file (see ``check``) has such a mask makes the pixel invalid on its own, so a real value equal
-        to the fill in such a band (a masked file without nodata is filled with 0) is invalid too: pass
-        ``dtype="float32"`` to keep those, as NaN marks exactly the masked pixels.
+        mosaicked (another item's pixel then shows through). So in an integer cube a real value equal to the
+        fill (a masked file without nodata is filled with 0) is invalid too: pass ``dtype="float32"`` to keep
+        those, as NaN marks exactly the missing pixels.
         Integer cubes are half the size of float32 ones and load faster; predict converts each block.
     check
         Before any pixel is read, local hrefs must exist, and the file behind each requested band is opened
@@ -193,13 +193,11 @@ def from_stac(
     da.attrs = attrs
     ds = xr.Dataset({"imagery": da})
     if da.dtype.kind in "ui":  # an integer cube has no NaN: the fill value marks what is missing
-        ds["valid"] = (da != plan.fill).any("band")
-        text = f"some band is not the fill value {plan.fill}"
-        masked = plan.masked
-        if masked:  # a GDAL mask marks fill in its own file, as from_geotiff counts fill in any one file
-            ds["valid"] = ds["valid"] & (da.sel(band=masked) != plan.fill).all("band")
-            text += f", and none of the GDAL-masked bands {masked} is"
-        ds["valid"].attrs = {"long_name": f"valid pixel ({text})"}
+        # fill in any band makes the pixel invalid: the declared nodata says that band is missing there, as NaN
+        # does in a float cube of the same items (predict skips a pixel with NaN in any band) and as
+        # from_geotiff counts fill in any one file; a model fed the fill as a reflectance answers garbage
+        ds["valid"] = (da != plan.fill).all("band")
+        ds["valid"].attrs = {"long_name": f"valid pixel (no band holds the fill value {plan.fill})"}
     epsg = gbox.crs.epsg
     return ds.rio.write_crs(f"EPSG:{epsg}" if epsg is not None else gbox.crs.to_wkt())
 

@@ -285,14 +285,15 @@ def test_a_datetime_with_a_utc_offset_is_the_same_instant_in_both_engines(tmp_pa
 
 
 @pytest.mark.parametrize("engine", ["odc", "stackstac"])
-def test_an_integer_cube_marks_pixels_that_are_nodata_in_every_band_invalid(tmp_path, engine):
-    """uint16 assets with nodata 0: a pixel is invalid where every band is 0, and predict leaves it NaN."""
+def test_an_integer_cube_marks_pixels_that_are_nodata_in_any_band_invalid(tmp_path, engine):
+    """uint16 assets with nodata 0: a pixel is invalid where any band is 0 (that band is missing there, as NaN
+    says in a float cube of the same items), and predict leaves it NaN."""
     from stac_items import make_ckpt
 
     rng = np.random.default_rng(3)
     data = rng.integers(1, 10_000, size=(3, 24, 24), dtype=np.uint16)
     data[:, 0, :5] = 0  # nodata in every band: invalid
-    data[0, 5, :4] = 0  # nodata in one band only: still valid (the other bands hold data)
+    data[0, 5, :4] = 0  # nodata in one band only: invalid too (a model fed 0 as a reflectance answers garbage)
     tr = from_origin(600_000.0, 4_000_000.0, 10.0, 10.0)
     b = transform_bounds(CRS, "EPSG:4326", 600_000.0, 4_000_000.0 - 240.0, 600_240.0, 4_000_000.0)
     item = pystac.Item(
@@ -309,6 +310,7 @@ def test_an_integer_cube_marks_pixels_that_are_nodata_in_every_band_invalid(tmp_
     assert ds.imagery.dtype == np.uint16
     expected = np.ones((24, 24), dtype=bool)
     expected[0, :5] = False
+    expected[5, :4] = False
     np.testing.assert_array_equal(ds["valid"].values[0], expected)
     np.testing.assert_array_equal(ds.imagery.values[0], data)
     out = geoarray.predict(ds, make_ckpt(tmp_path / "m.safetensors")).compute()
