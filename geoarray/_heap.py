@@ -4,9 +4,10 @@ glibc gives large freed blocks back to the kernel: a block over its mmap thresho
 when freed, the heap's top is trimmed, and each thread's arena lets go of its heaps. A CNN's feature maps are such
 blocks, so on a CPU every forward pass maps them again, and the kernel zeroes each page at its first touch.
 Measured with 2 threads of 1 torch thread (predict's way), per input pixel: the default UNet (depth 5, width 32)
-through ``stac_features`` took 10.1-10.5 CPU-s and ~870k page faults with glibc's defaults, 8.8-8.9 CPU-s and
-~210-330k faults with the settings below (peak RSS 2.4 -> 2.8-3.0 GB); a width-32 UNet on 560² tiles alone ran at
-2873 ns/px against 2314 (0.39 -> 0.004 faults/px).
+through ``stac_features`` took 8.9-9.1 CPU-s and ~860-890k page faults with glibc's defaults, 6.9-8.6 CPU-s and
+49-82k faults with the settings below (peak RSS 2.3 -> 2.85 GB; a loaded machine); the B1 UNet 5.4-5.5 CPU-s
+against 4.7-4.8 (faults 137-418k -> 0.1-2k); a width-32 UNet on 560² tiles alone ran at 2873 ns/px against 2314
+(0.39 -> 0.004 faults/px).
 
 The settings: ``M_MMAP_MAX=0`` (large blocks come from the heap), ``M_TRIM_THRESHOLD`` 2 GiB (the heap's top
 stays) and ``M_ARENA_MAX=1`` (one heap for all threads, so a block one thread frees is there for the other). This

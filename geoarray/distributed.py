@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, Literal
 
 from geoarray._devices import cuda_count
@@ -62,7 +62,7 @@ def cluster(
             yield client
         return
     local: Any = None
-    on_close: list[Callable[[], None]] = []
+    saved: dict[str, str | None] | None = None  # malloc variables to put back (a LocalCluster of ours)
     if gpus and cuda_count() > 0:
         try:  # dask-cuda is an optional extra and fails to import without CUDA bindings
             from dask_cuda import LocalCUDACluster
@@ -97,7 +97,6 @@ def cluster(
         except BaseException:
             restore_environ(saved)
             raise
-        on_close.append(lambda: restore_environ(saved))
     try:
         with Client(local) as client:
             if type(local) is LocalCluster:  # workers that exit in ~0.1 s on close (see _worker_exit)
@@ -107,5 +106,5 @@ def cluster(
             yield client
     finally:
         local.close()
-        for undo in on_close:
-            undo()
+        if saved is not None:
+            restore_environ(saved)
