@@ -82,3 +82,87 @@ def test_ddp_fit_runs_nccl_ranks_on_cuda_workers(tmp_path):
     assert meta["training"]["epoch"] >= 1 and meta["training"]["world_size"] == ranks
     pred = geoarray.predict(cube, out, device="cuda")["mask"].isel(time=0).values
     assert pred.shape == (256, 256) and set(np.unique(pred)) <= set(range(5)) | {255}
+
+
+# -- the GPU decisions, checked here on the CPU (no CUDA device is faked: these are the pure decisions) --------
+
+
+def _physical(infos, picks):
+    """(host, device) each rank ends on: its pick-th visible device (by CUDA_VISIBLE_DEVICES, else by index)."""
+    out = []
+    for (host, visible, count), i in zip(infos, picks, strict=True):
+        ids = visible.split(",")[:count] if visible else [str(j) for j in range(count)]
+        out.append((host, ids[i]))
+    return out
+
+
+def _dask_cuda(order, n):
+    """What dask-cuda's workers see (dask_cuda.utils.cuda_visible_devices: worker i's own GPU first), taken in
+    ``order`` (ranks follow the sorted worker addresses, not dask-cuda's worker index)."""
+    return [("node", ",".join(map(str, [*range(i, n), *range(i)])), n) for i in order]
+
+
+@pytest.mark.parametrize(
+    "infos, want",
+    [
+        (_dask_cuda([1, 0], 2), [0, 0]),  # rank 0 on the worker of GPU 1: cuda:0 there is GPU 1, not cuda:{rank}
+        (_dask_cuda([2, 0, 3, 1], 4), [0, 0, 0, 0]),
+        ([("node", None, 2)] * 2, [0, 1]),  # a plain LocalCluster: both see every GPU, one each (LOCAL_RANK)
+        ([("node", "0,1", 2)] * 2, [0, 1]),  # a Slurm job's one CUDA_VISIBLE_DEVICES for two worker processes
+        ([("node", "GPU-aa", 1), ("node", "GPU-bb", 1)], [0, 0]),  # one GPU bound per worker, by UUID
+        ([("a", None, 1), ("b", None, 1), ("a", "1", 1)], [0, 0, 0]),  # two hosts, counted apart
+    ],
+)
+def test_every_nccl_rank_gets_its_own_gpu(infos, want):
+    """``rank % device_count`` put two ranks of a dask-cuda cluster on one GPU (worker i lists its own GPU
+    first), which NCCL refuses; each rank now takes the first device of its list that no other rank of its host
+    holds."""
+    from geoarray.training.ddp import rank_gpus
+
+    picks = rank_gpus(infos)
+    assert picks == want
+    ends = _physical(infos, picks)
+    assert len(set(ends)) == len(ends)
+
+
+def test_more_nccl_ranks_than_gpus_is_a_clear_error():
+    from geoarray.errors import TrainError
+    from geoarray.training.ddp import rank_gpus
+
+    with pytest.raises(TrainError, match=r"one GPU per rank, but host 'node' runs 3 ranks.*device='cpu'"):
+        rank_gpus([("node", None, 2)] * 3)
+
+
+def test_init_process_group_arguments():
+    """nccl binds the rank's device (``device_id``, so barrier() and the communicator use it); gloo, as before,
+    does not. The keywords are checked against torch's own signature."""
+    import datetime
+    import inspect
+
+    import torch.distributed as dist
+
+    from geoarray.training.ddp import init_kwargs
+
+    nccl = init_kwargs("nccl", "10.0.0.1", 29500, 1, 2, 60.0, 0)
+    gloo = init_kwargs("gloo", "10.0.0.1", 29500, 1, 2, 60.0, None)
+    assert nccl.pop("device_id") == torch.device("cuda", 0)
+    common = {"init_method": "tcp://10.0.0.1:29500", "rank": 1, "world_size": 2}
+    assert nccl == {"backend": "nccl", **common, "timeout": datetime.timedelta(seconds=60)}
+    assert gloo == {"backend": "gloo", **common, "timeout": datetime.timedelta(seconds=60)}
+    sig = inspect.signature(dist.init_process_group)
+    sig.bind(**init_kwargs("nccl", "h", 1, 0, 1, 5.0, 3))
+    with pytest.raises(ValueError, match="needs its CUDA device index"):
+        init_kwargs("nccl", "h", 1, 0, 1, 5.0, None)
+
+
+def test_receptive_field_runs_where_the_model_is():
+    """save_checkpoint measures the receptive field by running the model; its probe inputs were CPU float32
+    whatever the model's device and dtype, so saving a CUDA model (every GPU fit) failed. A float64 model shows
+    it here: the same radius as in float32."""
+    from geoarray.models import create_model, receptive_field
+
+    torch.manual_seed(0)
+    m = create_model("unet", in_channels=3, num_classes=2, width=8, depth=2)
+    d = create_model("unet", in_channels=3, num_classes=2, width=8, depth=2).double()
+    d.load_state_dict(m.state_dict())
+    assert receptive_field(d) == receptive_field(m) > 0

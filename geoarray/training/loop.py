@@ -228,7 +228,7 @@ class Trainer:
         import torch
         import torch.distributed as dist
 
-        flag = torch.tensor([1 if stop else 0])
+        flag = torch.tensor([1 if stop else 0], device=self.device)  # nccl has no CPU tensors
         dist.broadcast(flag, src=0)
         return bool(flag.item())
 
