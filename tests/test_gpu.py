@@ -166,3 +166,14 @@ def test_receptive_field_runs_where_the_model_is():
     d = create_model("unet", in_channels=3, num_classes=2, width=8, depth=2).double()
     d.load_state_dict(m.state_dict())
     assert receptive_field(d) == receptive_field(m) > 0
+
+
+@pytest.mark.parametrize(
+    "cap, native", [((6, 1), False), ((7, 0), False), ((7, 5), False), ((8, 0), True), ((8, 9), True), ((12, 0), True)]
+)
+def test_bf16_needs_an_ampere_or_newer_gpu(cap, native):
+    """``torch.cuda.is_bf16_supported()`` also says True where bf16 is only emulated (its default
+    ``including_emulation=True``: a T4 or V100), so predict's and fit's "Ampere or newer" check never refused."""
+    from geoarray._devices import gpu_has_bf16
+
+    assert gpu_has_bf16(cap) is native
