@@ -177,3 +177,15 @@ def test_bf16_needs_an_ampere_or_newer_gpu(cap, native):
     from geoarray._devices import gpu_has_bf16
 
     assert gpu_has_bf16(cap) is native
+
+
+def test_why_the_cuda_cluster_did_not_start():
+    """cluster() said "dask-cuda is unavailable ... pip install geoarray[gpu]" for any failure, also when
+    dask-cuda was there and refused more workers than GPUs (its "Can not scale beyond visible devices")."""
+    from geoarray.distributed import cuda_cluster_problem
+
+    missing = cuda_cluster_problem(ImportError("cannot import name 'bindings' from 'cuda'"), None)
+    assert "cannot be imported" in missing and "pip install 'geoarray[gpu]'" in missing
+    many = cuda_cluster_problem(ValueError("Can not scale beyond visible devices", [0, 1]), 4)
+    assert "did not start (n_workers=4: at most one worker per GPU): ValueError" in many
+    assert "pip install" not in many
