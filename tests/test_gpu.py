@@ -84,6 +84,65 @@ def test_ddp_fit_runs_nccl_ranks_on_cuda_workers(tmp_path):
     assert pred.shape == (256, 256) and set(np.unique(pred)) <= set(range(5)) | {255}
 
 
+
+@pytest.mark.gpu
+@needs_cuda
+def test_predict_under_autocast_on_cuda(tmp_path):
+    """precision="16" (and "bf16" on Ampere or newer; below it, the clear refusal) on the GPU, against float32 on
+    the same GPU: float16 rounds each layer's output to 11 bits (2^-11 ~ 5e-4 relative), so probabilities within
+    2e-2 and the same mask wherever the float32 top-two margin exceeds 4e-2; bf16 (8 bits) within 1e-1, margin
+    2e-1. Outputs come back float32 with the precision in their attrs."""
+    from geoarray._devices import gpu_has_bf16
+    from geoarray.errors import PredictError
+    from geoarray.models import create_model
+
+    cube = synthetic_cube(size=256, n_times=2, seed=0, chunks=128)
+    bands = [str(b) for b in cube.band.values]
+    torch.manual_seed(0)
+    model = create_model("unet", in_channels=len(bands), num_classes=3, width=8, depth=2)
+    ck = geoarray.save_checkpoint(
+        tmp_path / "m.safetensors", model, task="segmentation", bands=bands, mean=[0.3] * 4, std=[0.2] * 4
+    )
+    ref = geoarray.predict(cube, ck, device="cuda")[["probabilities", "mask"]].compute()
+    p32 = ref.probabilities.values
+    ok = np.isfinite(p32)
+    top2 = np.sort(np.nan_to_num(p32), axis=1)[:, -2:]
+    runs = [("16", 2e-2)]
+    if gpu_has_bf16(torch.cuda.get_device_capability(0)):
+        runs.append(("bf16", 1e-1))
+    else:
+        with pytest.raises(PredictError, match=r"precision='bf16' needs a GPU with bfloat16"):
+            geoarray.predict(cube, ck, device="cuda", precision="bf16")
+    for precision, tol in runs:
+        out = geoarray.predict(cube, ck, device="cuda", precision=precision)[["probabilities", "mask"]].compute()
+        p = out.probabilities
+        assert p.dtype == np.float32 and p.attrs["precision"] == precision
+        assert np.abs(p.values[ok] - p32[ok]).max() <= tol, precision
+        clear = (top2[:, 1] - top2[:, 0]) > 2 * tol
+        np.testing.assert_array_equal(out["mask"].values[clear], ref["mask"].values[clear])
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_fit_on_cuda_in_float16_saves_a_checkpoint(tmp_path):
+    """A single-process fit on the GPU under float16 autocast with a GradScaler: the checkpoint is written (its
+    receptive field is measured by running the CUDA model) with the same halo as the same model's on the CPU,
+    and its score is finite."""
+    from geoarray.checkpoint import load_checkpoint
+
+    store = tmp_path / "c.zarr"
+    geoarray.write_cube(synthetic_cube(size=256, n_times=2, seed=0), store, chunk=128)
+    kw = dict(
+        task="segmentation", model="unet", model_kwargs={"width": 8, "depth": 2}, chip_size=64, epochs=1,
+        batch_size=4, progress=False,
+    )  # fmt: skip
+    gpu = geoarray.fit(geoarray.open_cube(store), device="cuda", precision="16", out=tmp_path / "g.safetensors", **kw)
+    cpu = geoarray.fit(geoarray.open_cube(store), device="cpu", out=tmp_path / "c.safetensors", **kw)
+    g, c = load_checkpoint(gpu).meta, load_checkpoint(cpu).meta
+    assert g["halo"] == c["halo"] > 0
+    assert np.isfinite(float(g["training"]["best_metric"]))
+
+
 # -- the GPU decisions, checked here on the CPU (no CUDA device is faked: these are the pure decisions) --------
 
 
