@@ -1,5 +1,7 @@
 """The GPU path. ``gpu``-marked tests need CUDA and run with ``pytest -m gpu`` (benchmarks/gpu_check.py runs
-them and fails if one is skipped where CUDA exists); the extra's import check runs wherever dask-cuda is."""
+them and fails if one is skipped where CUDA exists); the extra's import check runs wherever dask-cuda is; the GPU
+decisions (which GPU a DDP rank takes, init_process_group's arguments, bf16 by compute capability, why a CUDA
+cluster did not start) and gpu_check's no-CUDA exit are checked on any machine."""
 
 from __future__ import annotations
 
@@ -248,3 +250,15 @@ def test_why_the_cuda_cluster_did_not_start():
     many = cuda_cluster_problem(ValueError("Can not scale beyond visible devices", [0, 1]), 4)
     assert "did not start (n_workers=4: at most one worker per GPU): ValueError" in many
     assert "pip install" not in many
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA exit")
+def test_gpu_check_without_cuda_exits_0_and_says_skipped():
+    """``benchmarks/gpu_check.py`` on a machine without CUDA: exit status 0, one line, nothing started."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert (r.returncode, r.stdout) == (0, "no CUDA device: skipped\n"), r.stderr[-2000:]
