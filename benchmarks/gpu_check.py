@@ -132,10 +132,13 @@ def fit_check(store: Path, out: Path, n_gpus: int, epochs: int) -> Path:
         t_cpu = time.perf_counter() - t0
     tg, tc = load_checkpoint(g).meta["training"], load_checkpoint(c).meta["training"]
     sg, sc = float(tg["best_metric"]), float(tc["best_metric"])
+    how = "gloo on CPU workers (dry run)" if DRY["on"] else "nccl on GPU"
     print(
-        f"DDP fit, {ranks} rank(s): nccl on GPU {t_gpu:.1f} s, gloo on CPU {t_cpu:.1f} s; best validation score "
+        f"DDP fit, {ranks} rank(s): {how} {t_gpu:.1f} s, gloo on CPU {t_cpu:.1f} s; best validation score "
         f"GPU {sg:.4f} vs CPU {sc:.4f} (tolerance {FIT_TOL:g})"
     )
+    if tg.get("world_size") != ranks:
+        sys.exit(f"FAIL: the GPU fit ran {tg.get('world_size')} DDP rank(s); expected {ranks}.")
     if abs(sg - sc) > FIT_TOL:
         sys.exit("FAIL: the GPU fit's validation score is far from the CPU fit's.")
     return g

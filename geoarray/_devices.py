@@ -115,9 +115,21 @@ def check_precision(precision: str, device: str, error: type[GeoArrayError], *, 
                 ),
                 stacklevel=3,
             )
-    if precision == "bf16" and not on_cpu and check_cuda and not torch.cuda.is_bf16_supported():
-        raise error(f"precision='bf16' needs a GPU with bfloat16 (Ampere or newer); {device!r} has none. Use '16'.")
+    if precision == "bf16" and not on_cpu and check_cuda:
+        # not torch.cuda.is_bf16_supported(): by default it also says True for GPUs that only emulate bf16
+        # (including_emulation=True: Turing, Volta), and it asks about the current device, not `device`
+        cap = torch.cuda.get_device_capability(torch.device(device).index)
+        if not gpu_has_bf16(cap):
+            raise error(
+                f"precision='bf16' needs a GPU with bfloat16 (Ampere or newer, compute capability 8.0+); "
+                f"{device!r} is {cap[0]}.{cap[1]}. Use precision='16' (float16) there."
+            )
     return precision
+
+
+def gpu_has_bf16(capability: tuple[int, int]) -> bool:
+    """A CUDA GPU of this compute capability computes in bfloat16 natively (Ampere, 8.0, or newer)."""
+    return capability[0] >= 8
 
 
 def autocast(device: str, precision: str) -> Any:

@@ -83,13 +83,14 @@ def clear_caches() -> None:
 
 @functools.lru_cache(maxsize=16)
 def on_device(spec: RunSpec) -> RunSpec:
-    """A run planned with ``device="auto"`` under a distributed client, as this worker runs it: on its GPU when
-    it has one (whole blocks), else on its CPU (in tiles). The precision is checked against that device here.
+    """A run planned under a distributed client with ``device="auto"`` or ``"cuda"``, as this worker runs it:
+    ``"auto"`` on its GPU when it has one (whole blocks), else on its CPU (in tiles). The device and precision
+    are checked here, on the worker (the client may have no GPU, or another one: bf16 needs Ampere or newer).
     """
     from geoarray._devices import check_precision, resolve_device
     from geoarray.errors import PredictError
 
-    device = resolve_device("auto", PredictError)
+    device = resolve_device(spec.device, PredictError)
     precision = check_precision(spec.precision, device, PredictError)
     return replace(spec, device=device, precision=precision, tile=spec.tile if device == "cpu" else None)
 
@@ -259,7 +260,7 @@ def run_block(
     """
     from geoarray._preprocess import normalize_fill
 
-    if block.run.device == "auto":
+    if block.run.device != "cpu":  # "auto" or a GPU: decided and checked on this worker (cached)
         block = replace(block, run=on_device(block.run))
     spec = block.run
     mean, std, scale = spec.norm

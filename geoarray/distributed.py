@@ -42,8 +42,9 @@ def cluster(
     address
         Scheduler address (``"tcp://host:8786"``) to connect to an existing cluster.
     gpus
-        ``"auto"``: LocalCUDACluster (one worker per GPU) when CUDA GPUs and dask-cuda are available;
-        ``True``: require it; ``False``: CPU workers.
+        ``"auto"``: LocalCUDACluster (one worker per GPU) when CUDA GPUs and dask-cuda are available, else
+        CPU workers (with a warning that says why, when there are GPUs: dask-cuda missing or not importable,
+        more ``n_workers`` than GPUs); ``True``: require it (those cases raise); ``False``: CPU workers.
     n_workers, threads_per_worker
         Size of a LocalCluster (default: one single-threaded worker process per core).
 
@@ -70,10 +71,8 @@ def cluster(
             local = LocalCUDACluster(n_workers=n_workers, threads_per_worker=threads_per_worker)
         except Exception as e:
             if gpus is True:
-                raise TrainError(
-                    f"gpus=True but LocalCUDACluster is unavailable ({e}); pip install geoarray[gpu]."
-                ) from None
-            log.warning("GPUs found but dask-cuda is unavailable (%s); using CPU workers", e)
+                raise TrainError(f"gpus=True, but {cuda_cluster_problem(e, n_workers)}.") from None
+            log.warning("GPUs found, but %s; using CPU workers", cuda_cluster_problem(e, n_workers))
     elif gpus is True:
         raise TrainError("gpus=True but no CUDA device is visible.")
     if local is None:
@@ -108,3 +107,11 @@ def cluster(
         local.close()
         if saved is not None:
             restore_environ(saved)
+
+
+def cuda_cluster_problem(error: Exception, n_workers: int | None) -> str:
+    """Why ``LocalCUDACluster`` could not start, and the fix, for a message."""
+    if isinstance(error, ImportError):
+        return f"dask-cuda cannot be imported ({error}); install the extra: pip install 'geoarray[gpu]'"
+    fix = f" (n_workers={n_workers}: at most one worker per GPU)" if n_workers is not None else ""
+    return f"dask-cuda's LocalCUDACluster did not start{fix}: {type(error).__name__}: {error}"

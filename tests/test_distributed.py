@@ -197,6 +197,26 @@ def test_cluster_uses_cuda_workers_when_available():
     assert on_workers and all(on_workers.values()), on_workers
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks workers without a GPU")
+def test_cuda_on_workers_without_a_gpu_is_a_device_error(store, tmp_path, client):
+    """device='cuda' on a cluster whose workers have no GPU: fit refuses before any rank starts, naming the
+    workers (the backend was chosen from worker 0 alone, and the ranks failed one by one); predict's tasks check
+    the device on their worker, as device='auto' did (they failed loading the checkpoint, a CheckpointError)."""
+    from geoarray.errors import PredictError
+    from geoarray.models import create_model
+
+    cube = geoarray.open_cube(store)
+    cfg = _cfg(tmp_path / "c.safetensors", device="cuda", epochs=1)
+    with pytest.raises(TrainError, match=r"device='cuda', but worker\(s\) \['tcp://.*'\] see no CUDA GPU"):
+        run_ddp(client, cube, cfg, prepare(cube, cfg), timeout=60)
+    bands = [str(b) for b in cube.band.values]
+    model = create_model("unet", in_channels=len(bands), num_classes=2, width=4, depth=2)
+    ck = geoarray.save_checkpoint(tmp_path / "m.safetensors", model, task="segmentation", bands=bands)
+    mask = geoarray.predict(cube.isel(y=slice(0, 64), x=slice(0, 64)), ck, device="cuda")["mask"]
+    with pytest.raises(PredictError, match=r"device='cuda', but torch sees no CUDA GPU here"):
+        client.compute(mask.data).result()
+
+
 def test_vicreg_under_ddp_takes_variance_and_covariance_over_the_gathered_batch(client):
     """Two gloo ranks on LocalCluster worker processes each hold two rows whose local stds are below 1 (so a
     local variance term would be about 0.4) but whose global stds over all four rows are above 2: the variance term is 0

@@ -108,6 +108,10 @@ def _footprint(model: GeoModel, length: int, axis: int, gen: torch.Generator) ->
     across = max(s, 16)
     h, w = (length, across) if axis == 0 else (across, length)
     x, extra = _example_input(model, 2, h, w, gen)
+    p = next(model.parameters(), None)  # the probe runs where the model is (a CUDA model saved after fit)
+    if p is not None:
+        x = x.to(p.device, p.dtype)
+        extra = {k: v.to(p.device) for k, v in extra.items()}
     x.requires_grad_(True)
     out = model(x, **extra)
     cy, cx = (h // 2) // s * s, (w // 2) // s * s

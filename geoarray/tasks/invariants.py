@@ -210,7 +210,7 @@ class InvariantsTask(Task):
         was = module.training
         module.eval()
         with torch.no_grad():
-            f = module.frame_features(torch.stack(chips))["features"].float()
+            f = module.frame_features(torch.stack(chips))["features"].float().cpu()  # numpy below
         module.train(was)
         z = f.permute(0, 2, 3, 1).reshape(-1, f.shape[1])
         z = z[torch.linspace(0, len(z) - 1, min(WATCH_PIXELS, len(z))).long()]

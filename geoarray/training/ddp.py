@@ -24,7 +24,7 @@ from geoarray.training.config import FitConfig
 from geoarray.training.loop import Trainer
 from geoarray.training.prepare import Setup
 
-__all__ = ["fit_ddp", "run_ddp"]
+__all__ = ["fit_ddp", "init_kwargs", "rank_gpus", "run_ddp"]
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,10 @@ def _rank_main(
     cfg: FitConfig,
     setup: Setup,
     timeout: float,
+    gpu: int | None = None,
 ) -> dict[str, Any]:
-    """One DDP rank, inside a Dask worker."""
+    """One DDP rank, inside a Dask worker; ``gpu`` is the CUDA device index it trains on (nccl), from
+    :func:`rank_gpus`."""
     cube = lazy.value
     import torch
     import torch.distributed as dist
@@ -72,24 +74,20 @@ def _rank_main(
 
     # ranks run only in Dask workers, where the process is the worker's: keep torch to its thread budget
     torch.set_num_threads(max(1, get_worker().state.nthreads))
-    dist.init_process_group(
-        backend,
-        init_method=f"tcp://{master}:{port}",
-        rank=rank,
-        world_size=world,
-        timeout=datetime.timedelta(seconds=timeout),
-    )
+    if backend == "nccl":
+        assert gpu is not None  # run_ddp gives every nccl rank its device
+        torch.cuda.set_device(gpu)  # before init: nccl's communicator and barrier() use the current device
+        cfg.device = f"cuda:{gpu}"
+    elif cfg.device == "auto":
+        cfg.device = "cpu"
+    dist.init_process_group(**init_kwargs(backend, master, port, rank, world, timeout, gpu))
     try:
-        if backend == "nccl":
-            torch.cuda.set_device(rank % torch.cuda.device_count())
-            cfg.device = f"cuda:{torch.cuda.current_device()}"
-        elif cfg.device == "auto":
-            cfg.device = "cpu"
         trainer = Trainer(cube, cfg, setup, rank=rank, world=world)
-        steps = torch.tensor([trainer.steps_per_epoch])
+        # on the rank's device: nccl has no CPU tensors (its only device type is cuda)
+        steps = torch.tensor([trainer.steps_per_epoch], device=trainer.device)
         dist.all_reduce(steps, op=dist.ReduceOp.MIN)  # every rank must run the same number of steps
         trainer.steps_per_epoch = int(steps.item())
-        ids = [trainer.model.parameters().__next__().device.index] if backend == "nccl" else None
+        ids = [gpu] if backend == "nccl" else None
         trainer.ddp_model = DistributedDataParallel(trainer.net, device_ids=ids)
         out = trainer.run()
         report = {
@@ -112,6 +110,64 @@ def _rank_main(
         return report
     finally:
         dist.destroy_process_group()
+
+
+def init_kwargs(
+    backend: str, master: str, port: int, rank: int, world: int, timeout: float, gpu: int | None
+) -> dict[str, Any]:
+    """The arguments of ``torch.distributed.init_process_group`` for one rank. Under nccl the rank's device is
+    bound (``device_id``): the communicator forms at once (an NCCL error shows here, not in the first
+    collective) and ``barrier()`` runs on that device rather than a guessed one."""
+    import torch
+
+    kw: dict[str, Any] = {
+        "backend": backend,
+        "init_method": f"tcp://{master}:{port}",
+        "rank": rank,
+        "world_size": world,
+        "timeout": datetime.timedelta(seconds=timeout),
+    }
+    if backend == "nccl":
+        if gpu is None:
+            raise ValueError("an nccl rank needs its CUDA device index")
+        kw["device_id"] = torch.device("cuda", gpu)
+    return kw
+
+
+def gpu_info() -> tuple[str, str | None, int]:
+    """This worker's host name, its ``CUDA_VISIBLE_DEVICES`` and the CUDA devices torch sees (run on workers)."""
+    import os
+
+    return socket.gethostname(), os.environ.get("CUDA_VISIBLE_DEVICES"), cuda_count()
+
+
+def rank_gpus(infos: list[tuple[str, str | None, int]]) -> list[int]:
+    """The CUDA device index each rank trains on, from each rank's worker's :func:`gpu_info`, in rank order.
+
+    NCCL needs every rank on its own GPU. A worker takes the first device in its own list that no earlier rank
+    on its host has taken: under dask-cuda (``LocalCUDACluster``, ``dask cuda worker``) each worker's
+    ``CUDA_VISIBLE_DEVICES`` lists its own GPU first (worker i sees ``"i,i+1,...,0,..."``), so every rank takes
+    ``cuda:0`` (never ``cuda:{rank}``: rank order is not dask-cuda's worker order); workers of one host that see
+    the same devices in the same order (a plain LocalCluster, a Slurm job's one ``CUDA_VISIBLE_DEVICES``) take
+    one each in rank order, as torchrun's ``LOCAL_RANK`` does. Devices are compared by their
+    ``CUDA_VISIBLE_DEVICES`` entries (physical indices or UUIDs), or by index where it is unset.
+    """
+    taken: dict[str, set[str]] = {}
+    out = []
+    for rank, (host, visible, count) in enumerate(infos):
+        ids = [v.strip() for v in visible.split(",")][:count] if visible else [str(i) for i in range(count)]
+        used = taken.setdefault(host, set())
+        free = [i for i, d in enumerate(ids) if d not in used]
+        if not free:
+            on_host = sum(1 for h, _, _ in infos if h == host)
+            raise TrainError(
+                f"DDP over nccl needs one GPU per rank, but host {host!r} runs {on_host} ranks and rank {rank} "
+                f"finds none of its {count} visible GPU(s) ({visible or 'all'}) free. Start one worker per GPU "
+                "(geoarray.distributed.cluster() or dask-cuda's LocalCUDACluster do), or pass device='cpu'."
+            )
+        used.add(ids[free[0]])
+        out.append(free[0])
+    return out
 
 
 def _check_shards(cfg: FitConfig, setup: Setup, world: int) -> None:
@@ -157,8 +213,18 @@ def run_ddp(
         raise TrainError("the Dask cluster has no workers; start some (e.g. geoarray.distributed.cluster()).")
     world = len(workers)
     _check_shards(cfg, setup, world)
-    gpu = client.run(cuda_count, workers=[workers[0]])[workers[0]] > 0 and cfg.device in ("auto", "cuda")
+    seen = client.run(gpu_info, workers=workers)
+    infos = [(str(h), v, int(n)) for h, v, n in (seen[w] for w in workers)]
+    no_gpu = [w for w, (_, _, n) in zip(workers, infos, strict=True) if n == 0]
+    if cfg.device == "cuda" and no_gpu:
+        raise TrainError(
+            f"device='cuda', but worker(s) {no_gpu} see no CUDA GPU; expected a GPU on every worker (one DDP "
+            "rank per worker). Use a GPU cluster (geoarray.distributed.cluster() on a GPU machine, dask-cuda), "
+            "or device='auto' / 'cpu'."
+        )
+    gpu = not no_gpu and cfg.device in ("auto", "cuda")
     backend = "nccl" if gpu else "gloo"
+    gpus: list[int | None] = [*rank_gpus(infos)] if gpu else [None] * world
     master = _host_of(workers[0])
     port = client.run(_free_port, workers=[workers[0]])[workers[0]]
     # unique keys: a key reused from an earlier run would hand back that run's finished rank, and the new ranks
@@ -177,6 +243,7 @@ def run_ddp(
             cfg,
             setup,
             timeout,
+            gpus[rank],
             workers=[w],
             allow_other_workers=False,
             pure=False,

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from geoarray._devices import check_precision
 from geoarray.errors import TrainError
 from geoarray.training import state
 from geoarray.training.config import FitConfig
@@ -48,6 +49,8 @@ class Trainer:
         cfg = self.files.cfg
         self.cube, self.cfg, self.setup, self.rank, self.world = cube, cfg, setup, rank, world
         self.device = _device(cfg.device)
+        if self.device.startswith("cuda"):  # bf16 needs an Ampere or newer GPU: checked on the rank's own
+            check_precision(cfg.precision, self.device, TrainError)
         with seeded_torch(cfg.seed, self.device):
             self.model = create_model(cfg.model, **setup.model_kwargs).to(self.device)
             if cfg.init is not None:  # a protocol: the pretrained encoder's weights, every one but the head's
@@ -228,7 +231,7 @@ class Trainer:
         import torch
         import torch.distributed as dist
 
-        flag = torch.tensor([1 if stop else 0])
+        flag = torch.tensor([1 if stop else 0], device=self.device)  # nccl has no CPU tensors
         dist.broadcast(flag, src=0)
         return bool(flag.item())
 
