@@ -206,7 +206,10 @@ def assemble(neighbours: list[list[np.ndarray]], crop: tuple[int, int, int, int]
 
 
 def _postprocess(logits: Any, kind: str, spec: RunSpec) -> list[np.ndarray]:
-    """Model outputs ``(N, K, h, w)`` -> the float/mask arrays predict writes, in spec order."""
+    """Model outputs ``(N, K, h, w)`` -> the float/mask arrays predict writes, in spec order.
+
+    The activation and argmax run where the logits are (on a GPU, before the copy to the host: a mask crosses
+    the bus as class ids, and the host, which sets the pace around a GPU, does not run softmax)."""
     import torch
 
     outs: list[np.ndarray] = []
@@ -217,22 +220,22 @@ def _postprocess(logits: Any, kind: str, spec: RunSpec) -> list[np.ndarray]:
         probs = torch.softmax(logits, dim=1) if "probabilities" in spec.outputs else None
         for name in spec.outputs:
             if probs is not None and name == "probabilities":
-                outs.append(np.ascontiguousarray(probs.numpy(), dtype=spec.float_dtype))
+                outs.append(np.ascontiguousarray(probs.cpu().numpy(), dtype=spec.float_dtype))
             elif name == "mask":
                 # softmax keeps the order of the logits, so this is the probabilities' argmax without them;
                 # over the channel dim, innermost in the model's channels_last output (2x numpy's on probs)
-                outs.append(logits.argmax(1).numpy().astype(spec.mask_dtype))
+                outs.append(logits.argmax(1).cpu().numpy().astype(spec.mask_dtype))
     elif kind == "multilabel":
         probs = torch.sigmoid(logits.float())
         for name in spec.outputs:
             if name == "probabilities":
-                outs.append(probs.numpy().astype(spec.float_dtype, copy=False))
+                outs.append(probs.cpu().numpy().astype(spec.float_dtype, copy=False))
             elif name == "mask":
-                outs.append((probs > spec.threshold).numpy().astype(spec.mask_dtype))
+                outs.append((probs > spec.threshold).cpu().numpy().astype(spec.mask_dtype))
     elif spec.parts:  # slices of the channels, one per output
         outs.extend(split_parts(logits, spec))
     else:
-        outs.append(logits.float().numpy().astype(spec.float_dtype, copy=False))
+        outs.append(logits.float().cpu().numpy().astype(spec.float_dtype, copy=False))
     return outs
 
 
@@ -316,7 +319,7 @@ def _run_window(model: Any, window: np.ndarray, ok: np.ndarray, block: BlockSpec
             idx = np.flatnonzero(run)
             x = torch.from_numpy(np.ascontiguousarray(window[idx]))[None].to(device)
             dates = torch.as_tensor(np.asarray(block.dates, dtype=np.float32)[idx])[None].to(device)
-            res = [model(x, dates=dates)[0][..., oy : oy + by, ox : ox + bx].cpu()] if len(idx) else []
+            res = [model(x, dates=dates)[0][..., oy : oy + by, ox : ox + bx]] if len(idx) else []
             outs_full = _scatter([_postprocess(r, kind, spec) for r in res], idx, t, spec, shape_k, by, bx)
     invalid = ~valid | ~run[:, None, None]
     _mark_invalid(outs_full, invalid, spec, class_axis=1)

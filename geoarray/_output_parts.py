@@ -91,5 +91,5 @@ def split_parts(logits: Any, spec: Any) -> list[Any]:
         _, a, b, has_dim, act = where[name]
         part = logits[:, a:b].float()
         part = torch.sigmoid(part) if act == "sigmoid" else part
-        outs.append((part if has_dim else part[:, 0]).numpy().astype(spec.float_dtype))
+        outs.append((part if has_dim else part[:, 0]).cpu().numpy().astype(spec.float_dtype))
     return outs

@@ -52,7 +52,7 @@ def tiled(model: Any, window: np.ndarray, block: Any) -> Any:
         return model(x)
 
     if tile is None or (by <= tile and bx <= tile):
-        return run(window)[..., oy : oy + by, ox : ox + bx].cpu()
+        return run(window)[..., oy : oy + by, ox : ox + bx]  # on the device: predict's postprocess runs there
     wy, wx = window.shape[-2:]
     out = None
     for ty, ty1 in _spans(by, tile):
