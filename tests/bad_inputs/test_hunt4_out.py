@@ -103,3 +103,30 @@ def test_an_explicit_model_must_be_the_inits(cube, pixel_encoder, tmp_path):
     for named in ({"model": "pixel_cnn"}, {}):
         ck = geoarray.load_checkpoint(geoarray.fit(cube, **named, **opts))
         assert ck.meta["model"]["name"] == "pixel_cnn"
+
+
+# -- export_geotiff ---------------------------------------------------------------------------------------------
+def test_exported_class_maps_keep_class_ids_in_their_overviews(tmp_path):
+    # out #3: a mask larger than one 512 px tile got GDAL's COG default overviews, cubic: ids 0/2/4/6 of the
+    # real L8 scene became 0..7 in the overview (ids no pixel holds); probabilities went outside [0, 1]
+    import rasterio
+    import xarray as xr
+
+    n = 1100
+    y, x = np.arange(n)[::-1] * 30.0 + 15, np.arange(n) * 30.0 + 15
+    ids = np.zeros((n, n), np.uint8)
+    ids[:, 1::2] = 6  # alternating columns: any interpolation makes values between 0 and 6
+    ids[:5] = 255
+    mask = xr.DataArray(ids, dims=("y", "x"), coords={"y": y, "x": x}, name="mask", attrs={"nodata": 255})
+    p = np.zeros((1, n, n), np.float32)
+    p[0, :, ::7] = 1.0
+    prob = xr.DataArray(p, dims=("class", "y", "x"), coords={"class": ["a"], "y": y, "x": x}, name="p")
+    for da, name in ((mask, "m.tif"), (prob, "p.tif")):
+        geoarray.export_geotiff(da.rio.write_crs("EPSG:32633"), tmp_path / name)
+    with rasterio.open(tmp_path / "m.tif") as src:
+        assert src.overviews(1) == [2, 4]
+        for f in (2, 4):
+            assert set(np.unique(src.read(1, out_shape=(n // f, n // f)))) <= {0, 6, 255}
+    with rasterio.open(tmp_path / "p.tif") as src:
+        o = src.read(1, out_shape=(n // 2, n // 2))
+        assert 0 <= o.min() and o.max() <= 1
