@@ -233,3 +233,32 @@ def test_cli_scheduler_with_a_bad_address_is_a_one_line_error(tmp_path):
     )
     assert r.exit_code != 0 and "no Dask scheduler answers at 'tcp://127.0.0.1:1'" in r.output, r.output
     assert not (tmp_path / "m.safetensors").exists()
+
+
+# -- the examples -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "name",
+    [
+        "seed000_invariants",
+        "seed001_barlow_twins",
+        "seed002_vicreg",
+        "seed003_geotiff_unet",
+        "seed004_multilabel_unet",
+        "stac_to_features",
+    ],
+)
+def test_examples_refuse_an_out_that_is_a_file(tmp_path, capsys, name):
+    # out #45: `seed003_geotiff_unet.py --out afile.txt` (and every other example) -> FileExistsError traceback
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[2] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_hunt4_{name}", path)
+    mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    f = tmp_path / "afile.txt"
+    f.write_text("mine")
+    with pytest.raises(SystemExit) as e:
+        mod.main(["--out", str(f)])
+    assert e.value.code == 2 and "is a file; expected a folder" in capsys.readouterr().err
+    assert f.read_text() == "mine"
