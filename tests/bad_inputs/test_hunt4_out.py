@@ -262,3 +262,55 @@ def test_examples_refuse_an_out_that_is_a_file(tmp_path, capsys, name):
         mod.main(["--out", str(f)])
     assert e.value.code == 2 and "is a file; expected a folder" in capsys.readouterr().err
     assert f.read_text() == "mine"
+
+
+# -- geoarray.plot ----------------------------------------------------------------------------------------------
+def test_class_masks_refuses_class_ids_over_dates(tmp_path):
+    # out #26: class_masks(labels(time, y, x)) drew date i's pixels of id 1 as the panel of class i (the L7
+    # cube's 'water' panel showed vegetation); a real multi-label stack still draws
+    from geoarray import plot
+    from geoarray.errors import PlotError
+
+    ids = np.random.default_rng(0).integers(0, 4, (4, 20, 20)).astype(np.uint8)
+    with pytest.raises(PlotError, match=r"4 layers for 4 classes and values \[0, 1, 2, 3\].*isel\(time=0\)"):
+        plot.class_masks(ids, ["a", "b", "c", "d"], tmp_path / "c.png")
+    stack = (ids == np.arange(4)[:, None, None]).astype(np.uint8)
+    stack[:, 0] = 255
+    assert plot.class_masks(stack, ["a", "b", "c", "d"], tmp_path / "ok.png").is_file()
+    assert plot.class_masks(ids[0], ["a", "b", "c", "d"], tmp_path / "ids.png").is_file()
+
+
+def test_overlay_refuses_masks_that_do_not_fit(tmp_path):
+    # out #24-25: ids past the class list were drawn in the last class's colour, and a mask of another shape
+    # than the image was drawn beside it, no word
+    from geoarray import plot
+    from geoarray.errors import PlotError
+
+    rgb = np.zeros((10, 12, 3))
+    with pytest.raises(PlotError, match=r"holds ids \[7\] beyond the 2 classes"):
+        plot.overlay(rgb, {"m": np.full((10, 12), 7, np.uint8)}, ["a", "b"], tmp_path / "o.png")
+    with pytest.raises(PlotError, match=r"has shape \(12, 10\); expected the image's \(y, x\) shape \(10, 12\)"):
+        plot.overlay(rgb, {"m": np.zeros((12, 10), np.uint8)}, ["a", "b"], tmp_path / "o.png")
+    ok = np.zeros((10, 12), np.uint8)
+    ok[0] = 255
+    assert plot.overlay(rgb, {"m": ok}, ["a", "b"], tmp_path / "new" / "o.png").is_file()  # folder made
+
+
+def test_false_color_and_curves_say_what_they_need(cube, tmp_path):
+    # out #21-23, #27: false_color(imagery(time, band, y, x)) returned a 4-D "RGB" (1, y, x, 3) / raised a raw
+    # KeyError for a missing band; curves("missing.csv") / curves(log_dir) raised FileNotFoundError /
+    # IsADirectoryError
+    from geoarray import plot
+    from geoarray.errors import PlotError
+
+    with pytest.raises(PlotError, match=r"takes a \(band, y, x\) image.*isel\(time=0\)"):
+        plot.false_color(cube.imagery, bands=["red", "green", "blue"])
+    with pytest.raises(PlotError, match=r"bands \['B4'\] are not in the image; it has \['blue', 'green', 'red', 'nir'\]"):
+        plot.false_color(cube.imagery.isel(time=0), bands=["B4", "green", "blue"])
+    rgb = plot.false_color(cube.imagery.isel(time=[0]), bands=["red", "green", "blue"])  # one date: taken
+    assert rgb.shape == (48, 48, 3) and 0 <= rgb.min() and rgb.max() <= 1
+    with pytest.raises(PlotError, match=r"does not exist; expected a fit's metrics.csv or its log_dir"):
+        plot.curves(tmp_path / "missing.csv", tmp_path / "c.png")
+    (tmp_path / "log").mkdir()
+    (tmp_path / "log" / "metrics.csv").write_text("epoch,train_loss,val_loss\n1,1.0,1.2\n2,0.5,0.9\n")
+    assert plot.curves(tmp_path / "log", tmp_path / "c.png").is_file()
