@@ -79,7 +79,7 @@ def make_search(out: Path) -> Path:
             item.add_asset(
                 COMMON[name],
                 pystac.Asset(
-                    href=str(f), media_type=pystac.MediaType.COG, roles=["data"],
+                    href=str(f.resolve()), media_type=pystac.MediaType.COG, roles=["data"],  # not relative to the cwd
                     extra_fields={
                         "eo:bands": [{"name": name, "common_name": COMMON[name]}],
                         "raster:bands": [{"data_type": "uint8", "nodata": 0}],

@@ -35,8 +35,22 @@ def _friendly(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import warnings
+
+        from geoarray.errors import GeoArrayWarning
+
+        shown = warnings.showwarning
+
+        def show(message: Any, category: Any, *rest: Any, **kw: Any) -> None:
+            if issubclass(category, GeoArrayWarning):  # one line, in the command's words, not a source line
+                typer.secho(f"warning: {_cli_words(str(message), fn)}", err=True, fg=typer.colors.YELLOW)
+            else:
+                shown(message, category, *rest, **kw)
+
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.showwarning = show
+                return fn(*args, **kwargs)
         except GeoArrayError as e:
             typer.secho(f"error: {_cli_words(str(e), fn)}", err=True, fg=typer.colors.RED)
             raise typer.Exit(2) from None

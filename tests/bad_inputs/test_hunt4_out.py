@@ -314,3 +314,41 @@ def test_false_color_and_curves_say_what_they_need(cube, tmp_path):
     (tmp_path / "log").mkdir()
     (tmp_path / "log" / "metrics.csv").write_text("epoch,train_loss,val_loss\n1,1.0,1.2\n2,0.5,0.9\n")
     assert plot.curves(tmp_path / "log", tmp_path / "c.png").is_file()
+
+
+def test_cli_prints_library_warnings_as_one_line_in_its_own_words(tmp_path):
+    # out #18-19: `geoarray predict --halo 2` / `--precision bf16` printed Python's warning format: the file
+    # path, line number and the source line `_, report = _predict(...)` under the message, which named halo=
+    import warnings
+
+    from typer.testing import CliRunner
+
+    from geoarray.cli import app
+
+    store = tmp_path / "c.zarr"
+    geoarray.write_cube(synthetic_cube(size=96, n_times=1, seed=1), store, chunk=32)
+    ck = make_checkpoint(tmp_path / "u.safetensors", "unet", classes=["a", "b"], num_classes=2, width=4, depth=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")  # as outside the test suite (which turns GeoArrayWarnings into errors)
+        r = CliRunner().invoke(app, ["predict", str(store), "-c", str(ck), "--halo", "2"])
+    assert r.exit_code == 0, r.output
+    assert "warning: --halo 2 is smaller than the model's receptive field" in r.output
+    assert "Pass --halo auto for a seamless output" in r.output
+    assert "GeoArrayWarning" not in r.output and "_predict(" not in r.output
+
+
+def test_stac_example_with_a_relative_out_writes_hrefs_that_resolve(tmp_path, monkeypatch):
+    # out #46: `stac_to_features.py --quick --out ex_stac` wrote hrefs relative to the cwd ('ex_stac/cogs/...')
+    # into ex_stac/search.json, which resolves them relative to itself: STACError "no such file
+    # .../ex_stac/ex_stac/cogs/LE07_2000-01-15_B1.tif" after the COGs were made
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[2] / "examples" / "stac_to_features.py"
+    spec = importlib.util.spec_from_file_location("_hunt4_stac_example", path)
+    mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    monkeypatch.chdir(tmp_path)
+    search = mod.make_search(Path("rel"))
+    cube = geoarray.from_stac(str(search), bands=["blue"], crs="EPSG:31985", resolution=28.5)
+    assert cube.sizes["time"] == 4 and int(cube.imagery.isel(time=0).max()) > 0
