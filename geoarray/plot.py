@@ -31,7 +31,10 @@ def _plt() -> Any:
 
 
 def _out(path: str | Path) -> Path:
-    """The PNG's path, its folder made (as export_geotiff does)."""
+    """The PNG's path, its folder made (as export_geotiff does); a URL or a directory is refused."""
+    from geoarray._atomic import check_file_path
+
+    check_file_path(path, "a PNG")
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     return out

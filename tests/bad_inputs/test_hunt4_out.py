@@ -352,3 +352,29 @@ def test_stac_example_with_a_relative_out_writes_hrefs_that_resolve(tmp_path, mo
     search = mod.make_search(Path("rel"))
     cube = geoarray.from_stac(str(search), bands=["blue"], crs="EPSG:31985", resolution=28.5)
     assert cube.sizes["time"] == 4 and int(cube.imagery.isel(time=0).max()) > 0
+
+
+def test_local_outputs_refuse_a_url(cube, tmp_path, monkeypatch):
+    # out #47: `geoarray export s3://bkt/c.zarr mask -o s3://bkt/m.tif` printed "wrote s3:/bkt/m.tif": a local
+    # file under the folder 's3:' (the CLI's Path turned '//' into '/'); export_geotiff and the plots alike
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from geoarray import plot
+    from geoarray.cli import app
+    from geoarray.errors import OutputPathError
+
+    monkeypatch.chdir(tmp_path)
+    da = cube.labels.isel(time=0)
+    for url in ("s3://bkt/m.tif", Path("s3://bkt/m.tif"), "gs://bkt/m.tif"):
+        with pytest.raises(OutputPathError, match=r"is a URL; a Cloud-Optimized GeoTIFF is written to a local file"):
+            geoarray.export_geotiff(da, url)
+    with pytest.raises(OutputPathError, match=r"is a URL; a PNG is written to a local file"):
+        plot.class_masks(da.values, ["a", "b", "c", "d"], "s3://bkt/c.png")
+    store = tmp_path / "c.zarr"
+    geoarray.write_cube(cube, store)
+    r = CliRunner().invoke(app, ["export", str(store), "labels", "-o", "s3://bkt/m.tif", "--time", "0"])
+    assert r.exit_code == 2 and "is a URL" in r.output, r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.zarr"]  # no folder 's3:'
+    assert geoarray.export_geotiff(da, "C:/x.tif").is_file()  # a one-letter "scheme" is a path (a drive)
