@@ -134,7 +134,7 @@ def test_exported_class_maps_keep_class_ids_in_their_overviews(tmp_path):
 
 # -- predict options --------------------------------------------------------------------------------------------
 def test_a_halo_below_the_receptive_field_warns_of_seams(tmp_path):
-    # out #20: predict(halo=2) on a model of receptive field 8 in 3 x 3 blocks: probabilities off by 0.06 at
+    # out #17: predict(halo=2) on a model of receptive field 8 in 3 x 3 blocks: probabilities off by 0.06 at
     # block edges, no word (the real L7 cube); halo="auto" and a one-block cube stay silent
     import warnings
 
@@ -167,7 +167,7 @@ def test_a_halo_below_the_receptive_field_warns_of_seams(tmp_path):
     ],
 )
 def test_malformed_store_urls_are_refused_before_anything_is_written(cube, tmp_path, monkeypatch, url, match):
-    # out #31-35: no endpoint is needed: each is refused before any request
+    # out #39-43: no endpoint is needed: each is refused before any request
     from geoarray.errors import StoreError
 
     monkeypatch.chdir(tmp_path)
@@ -179,7 +179,7 @@ def test_malformed_store_urls_are_refused_before_anything_is_written(cube, tmp_p
 
 
 def test_a_file_url_is_the_local_store(cube, tmp_path, monkeypatch):
-    # out #36: write_cube("file:///abs/c.zarr") wrote the local folder './file:/abs/c.zarr', and open_cube of the
+    # out #44: write_cube("file:///abs/c.zarr") wrote the local folder './file:/abs/c.zarr', and open_cube of the
     # same URL answered "no Zarr store at 'file:/abs/c.zarr'"
     monkeypatch.chdir(tmp_path)
     (tmp_path / "w").mkdir()
@@ -191,7 +191,7 @@ def test_a_file_url_is_the_local_store(cube, tmp_path, monkeypatch):
 
 
 def test_an_unreachable_scheduler_fails_fast_with_a_clear_error():
-    # out #37-40: cluster("tcp://127.0.0.1:1") -> distributed's OSError "Timed out trying to connect" after
+    # out #48-50: cluster("tcp://127.0.0.1:1") -> distributed's OSError "Timed out trying to connect" after
     # 30 s; a port that accepts but never speaks -> Client() hung forever; "garbage" / "http://..." -> ValueError
     import socket
     import time
@@ -221,7 +221,7 @@ def test_an_unreachable_scheduler_fails_fast_with_a_clear_error():
 
 
 def test_cli_scheduler_with_a_bad_address_is_a_one_line_error(tmp_path):
-    # out #41: `geoarray fit STORE --scheduler tcp://127.0.0.1:1` -> a 30 s wait, then distributed's traceback
+    # out #51: `geoarray fit STORE --scheduler tcp://127.0.0.1:1` -> a 30 s wait, then distributed's traceback
     from typer.testing import CliRunner
 
     from geoarray.cli import app
@@ -248,7 +248,7 @@ def test_cli_scheduler_with_a_bad_address_is_a_one_line_error(tmp_path):
     ],
 )
 def test_examples_refuse_an_out_that_is_a_file(tmp_path, capsys, name):
-    # out #45: `seed003_geotiff_unet.py --out afile.txt` (and every other example) -> FileExistsError traceback
+    # out #34: `seed003_geotiff_unet.py --out afile.txt` (and every other example) -> FileExistsError traceback
     import importlib.util
     from pathlib import Path
 
@@ -266,7 +266,7 @@ def test_examples_refuse_an_out_that_is_a_file(tmp_path, capsys, name):
 
 # -- geoarray.plot ----------------------------------------------------------------------------------------------
 def test_class_masks_refuses_class_ids_over_dates(tmp_path):
-    # out #26: class_masks(labels(time, y, x)) drew date i's pixels of id 1 as the panel of class i (the L7
+    # out #28: class_masks(labels(time, y, x)) drew date i's pixels of id 1 as the panel of class i (the L7
     # cube's 'water' panel showed vegetation); a real multi-label stack still draws
     from geoarray import plot
     from geoarray.errors import PlotError
@@ -281,7 +281,7 @@ def test_class_masks_refuses_class_ids_over_dates(tmp_path):
 
 
 def test_overlay_refuses_masks_that_do_not_fit(tmp_path):
-    # out #24-25: ids past the class list were drawn in the last class's colour, and a mask of another shape
+    # out #27: ids past the class list were drawn in the last class's colour, and a mask of another shape
     # than the image was drawn beside it, no word
     from geoarray import plot
     from geoarray.errors import PlotError
@@ -297,7 +297,7 @@ def test_overlay_refuses_masks_that_do_not_fit(tmp_path):
 
 
 def test_false_color_and_curves_say_what_they_need(cube, tmp_path):
-    # out #21-23, #27: false_color(imagery(time, band, y, x)) returned a 4-D "RGB" (1, y, x, 3) / raised a raw
+    # out #25, #26, #29: false_color(imagery(time, band, y, x)) returned a 4-D "RGB" (1, y, x, 3) / raised a raw
     # KeyError for a missing band; curves("missing.csv") / curves(log_dir) raised FileNotFoundError /
     # IsADirectoryError
     from geoarray import plot
@@ -317,7 +317,7 @@ def test_false_color_and_curves_say_what_they_need(cube, tmp_path):
 
 
 def test_cli_prints_library_warnings_as_one_line_in_its_own_words(tmp_path):
-    # out #18-19: `geoarray predict --halo 2` / `--precision bf16` printed Python's warning format: the file
+    # out #18: `geoarray predict --halo 2` / `--precision bf16` printed Python's warning format: the file
     # path, line number and the source line `_, report = _predict(...)` under the message, which named halo=
     import warnings
 
@@ -338,7 +338,7 @@ def test_cli_prints_library_warnings_as_one_line_in_its_own_words(tmp_path):
 
 
 def test_stac_example_with_a_relative_out_writes_hrefs_that_resolve(tmp_path, monkeypatch):
-    # out #46: `stac_to_features.py --quick --out ex_stac` wrote hrefs relative to the cwd ('ex_stac/cogs/...')
+    # out #35: `stac_to_features.py --quick --out ex_stac` wrote hrefs relative to the cwd ('ex_stac/cogs/...')
     # into ex_stac/search.json, which resolves them relative to itself: STACError "no such file
     # .../ex_stac/ex_stac/cogs/LE07_2000-01-15_B1.tif" after the COGs were made
     import importlib.util
