@@ -209,8 +209,8 @@ def location(store: str | os.PathLike[str] | Location, storage_options: dict[str
         return Location(store.rstrip("/"), _canonical(storage_options or {}, store))
     if isinstance(store, str) and store.startswith("file://"):
         store = urlparse(store).path
-    elif isinstance(store, str):
-        _check_not_a_broken_url(store)
+    elif isinstance(store, (str, os.PathLike)):
+        _check_not_a_broken_url(str(store))
     if storage_options:
         raise StoreError(
             f"storage_options were given for the local path {str(store)!r}; they apply to URLs only "
@@ -270,6 +270,7 @@ def _check_not_a_broken_url(path: str) -> None:
     scheme = head[:-1]
     if head.endswith(":") and len(scheme) > 1 and scheme.lower() in fsspec.available_protocols() and scheme != "file":
         raise StoreError(
-            f"{path!r} looks like a URL with a slash missing (it would be the local folder {head!r}); expected "
-            f"{scheme.lower()}://{path.split('/', 1)[1].lstrip('/') if '/' in path else ''}."
+            f"{path!r} looks like a URL that lost a slash (here it would be the local folder {head!r}); expected "
+            f"{scheme.lower()}://{path.split('/', 1)[1].lstrip('/') if '/' in path else ''} (a command option "
+            "that takes a local path, such as ingest's --output, takes no URL)."
         )

@@ -150,6 +150,6 @@ def _connect(address: str) -> Any:
                 f"not a Dask scheduler (another service on that port?). {fix}"
             )
     try:
-        return Client(address, timeout=f"{CONNECT_TIMEOUT * 4}s")
+        return Client(address)
     except OSError as e:
         raise ClusterError(f"cannot connect to the Dask scheduler at {address!r} ({e}). {fix}") from None

@@ -163,7 +163,7 @@ def test_a_halo_below_the_receptive_field_warns_of_seams(tmp_path):
         ("S3://bkt/c.zarr", r"protocol 'S3', which fsspec does not know; protocols are lower case: s3://bkt"),
         ("s4://bkt/c.zarr", r"protocol 's4', which fsspec does not know"),  # was: raw ValueError
         ("s3://bkt/c.zarr?x=1", r"holds a query or fragment \(\?x=1\)"),  # was: written under 'c.zarr?x=1'
-        ("s3:/bkt/c.zarr", r"a URL with a slash missing .*expected s3://bkt/c.zarr"),  # was: local folder 's3:'
+        ("s3:/bkt/c.zarr", r"a URL that lost a slash .*expected s3://bkt/c.zarr"),  # was: local folder 's3:'
     ],
 )
 def test_malformed_store_urls_are_refused_before_anything_is_written(cube, tmp_path, monkeypatch, url, match):
@@ -378,3 +378,21 @@ def test_local_outputs_refuse_a_url(cube, tmp_path, monkeypatch):
     assert r.exit_code == 2 and "is a URL" in r.output, r.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.zarr"]  # no folder 's3:'
     assert geoarray.export_geotiff(da, "C:/x.tif").is_file()  # a one-letter "scheme" is a path (a drive)
+
+
+def test_ingest_refuses_a_url_output_it_would_write_locally(tmp_path, monkeypatch):
+    # out #43: `geoarray ingest geotiff x.tif -o s3://bkt/c.zarr` (typer's Path collapses '//') wrote the local
+    # folder 's3:/bkt/c.zarr'
+    import rasterio
+    from typer.testing import CliRunner
+
+    from geoarray.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    prof = dict(driver="GTiff", width=8, height=8, count=1, dtype="uint8", crs="EPSG:32633",
+                transform=rasterio.transform.from_origin(500000, 4000080, 10, 10))  # fmt: skip
+    with rasterio.open(tmp_path / "a_20200105.tif", "w", **prof) as dst:
+        dst.write(np.arange(64, dtype=np.uint8).reshape(1, 8, 8))
+    r = CliRunner().invoke(app, ["ingest", "geotiff", "a_20200105.tif", "-o", "s3://bkt/c.zarr"])
+    assert r.exit_code == 2 and "lost a slash" in r.output, r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_20200105.tif"]
