@@ -396,3 +396,21 @@ def test_ingest_refuses_a_url_output_it_would_write_locally(tmp_path, monkeypatc
     r = CliRunner().invoke(app, ["ingest", "geotiff", "a_20200105.tif", "-o", "s3://bkt/c.zarr"])
     assert r.exit_code == 2 and "lost a slash" in r.output, r.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_20200105.tif"]
+
+
+def test_a_static_map_is_scored_against_the_last_dates_labels():
+    # out #14: evaluate(mask(y, x) of a whole-series model, labels(time, y, x)) scored the map against every date
+    # in turn (4 x the pixels on the L7 cube, mixing dates whose classes differ); such a model trains on the
+    # last date's labels (chips/stream.py), so a map equal to them scored < 1
+    import xarray as xr
+
+    from geoarray.metrics import evaluate
+
+    rng = np.random.default_rng(0)
+    truth = xr.DataArray(rng.integers(0, 3, (3, 10, 10)).astype(np.uint8), dims=("time", "y", "x"), name="labels",
+                         attrs={"classes": ["a", "b", "c"], "nodata": 255})  # fmt: skip
+    pred = truth.isel(time=-1).drop_vars([], errors="ignore").rename("mask")
+    valid = xr.DataArray(np.ones((3, 10, 10), bool), dims=("time", "y", "x"))
+    valid[-1, :2] = False  # pixels invalid on the last date but valid before: still scored (any valid date)
+    out = evaluate(pred, truth, valid=valid)
+    assert out["accuracy"] == 1.0 and sum(out["support"].values()) == 100
