@@ -47,6 +47,13 @@ def cluster(
     n_workers, threads_per_worker
         Size of a LocalCluster (default: one single-threaded worker process per core).
 
+    Raises
+    ------
+    ClusterError
+        ``address`` is not a scheduler address, or no Dask scheduler answers there (a refused port, an unknown
+        host, or a port that sends no Dask handshake within 5 s): within seconds, before distributed's own
+        30 s of retries.
+
     Examples
     --------
     >>> with geoarray.distributed.cluster() as client:  # doctest: +SKIP
