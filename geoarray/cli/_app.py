@@ -39,21 +39,22 @@ def _friendly(fn: F) -> F:
 
         from geoarray.errors import GeoArrayWarning
 
-        shown = warnings.showwarning
+        formatted = warnings.formatwarning
 
-        def show(message: Any, category: Any, *rest: Any, **kw: Any) -> None:
+        def fmt(message: Any, category: Any, *rest: Any, **kw: Any) -> str:
             if issubclass(category, GeoArrayWarning):  # one line, in the command's words, not a source line
-                typer.secho(f"warning: {_cli_words(str(message), fn)}", err=True, fg=typer.colors.YELLOW)
-            else:
-                shown(message, category, *rest, **kw)
+                return f"warning: {_cli_words(str(message), fn)}\n"
+            return formatted(message, category, *rest, **kw)
 
+        # the format, not showwarning: a recorder (pytest.warns, catch_warnings(record=True)) still gets them
+        warnings.formatwarning = fmt
         try:
-            with warnings.catch_warnings():
-                warnings.showwarning = show
-                return fn(*args, **kwargs)
+            return fn(*args, **kwargs)
         except GeoArrayError as e:
             typer.secho(f"error: {_cli_words(str(e), fn)}", err=True, fg=typer.colors.RED)
             raise typer.Exit(2) from None
+        finally:
+            warnings.formatwarning = formatted
 
     return wrapper  # type: ignore[return-value]
 

@@ -319,6 +319,7 @@ def test_false_color_and_curves_say_what_they_need(cube, tmp_path):
 def test_cli_prints_library_warnings_as_one_line_in_its_own_words(tmp_path):
     # out #18: `geoarray predict --halo 2` / `--precision bf16` printed Python's warning format: the file
     # path, line number and the source line `_, report = _predict(...)` under the message, which named halo=
+    import sys
     import warnings
 
     from typer.testing import CliRunner
@@ -328,8 +329,12 @@ def test_cli_prints_library_warnings_as_one_line_in_its_own_words(tmp_path):
     store = tmp_path / "c.zarr"
     geoarray.write_cube(synthetic_cube(size=96, n_times=1, seed=1), store, chunk=32)
     ck = make_checkpoint(tmp_path / "u.safetensors", "unet", classes=["a", "b"], num_classes=2, width=4, depth=2)
+    def show(message, category, filename, lineno, file=None, line=None):  # Python's default, not pytest's recorder
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
     with warnings.catch_warnings():
         warnings.simplefilter("default")  # as outside the test suite (which turns GeoArrayWarnings into errors)
+        warnings.showwarning = show
         r = CliRunner().invoke(app, ["predict", str(store), "-c", str(ck), "--halo", "2"])
     assert r.exit_code == 0, r.output
     assert "warning: --halo 2 is smaller than the model's receptive field" in r.output
