@@ -156,6 +156,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
     s = _sizes(args.quick)
     t0 = time.perf_counter()
+    if args.out.exists() and not args.out.is_dir():
+        ap.error(f"--out {args.out} is a file; expected a folder for the example's outputs")
     args.out.mkdir(parents=True, exist_ok=True)
 
     store = args.out / "change.zarr"

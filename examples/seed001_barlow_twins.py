@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = ap.parse_args(argv)
     size, bt_epochs, ft_epochs = (96, 6, 8) if args.quick else (192, 30, 20)
     t0 = time.perf_counter()
+    if args.out.exists() and not args.out.is_dir():
+        ap.error(f"--out {args.out} is a file; expected a folder for the example's outputs")
     args.out.mkdir(parents=True, exist_ok=True)
 
     # 1. the cube (labels are kept for the probe and the classifier; Barlow Twins never reads them)

@@ -228,6 +228,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not 2 <= countries <= len(COUNTRIES):
         ap.error(f"--countries must be 2..{len(COUNTRIES)}")
     t0 = time.perf_counter()
+    if args.out.exists() and not args.out.is_dir():
+        ap.error(f"--out {args.out} is a file; expected a folder for the example's outputs")
     args.out.mkdir(parents=True, exist_ok=True)
     if (
         quick

@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap.add_argument("--chip-size", type=int, default=64)
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
+    if args.out.exists() and not args.out.is_dir():
+        ap.error(f"--out {args.out} is a file; expected a folder for the example's outputs")
     args.out.mkdir(parents=True, exist_ok=True)
 
     if args.image is None:

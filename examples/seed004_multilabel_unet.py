@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap.add_argument("--out", type=Path, default=Path("seed004-out"))
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
+    if args.out.exists() and not args.out.is_dir():
+        ap.error(f"--out {args.out} is a file; expected a folder for the example's outputs")
     args.out.mkdir(parents=True, exist_ok=True)
 
     store = args.out / "dstl.zarr"

@@ -79,7 +79,7 @@ def make_search(out: Path) -> Path:
             item.add_asset(
                 COMMON[name],
                 pystac.Asset(
-                    href=str(f), media_type=pystac.MediaType.COG, roles=["data"],
+                    href=str(f.resolve()), media_type=pystac.MediaType.COG, roles=["data"],  # not relative to the cwd
                     extra_fields={
                         "eo:bands": [{"name": name, "common_name": COMMON[name]}],
                         "raster:bands": [{"data_type": "uint8", "nodata": 0}],
@@ -99,6 +99,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap.add_argument("--workers", type=int, default=None, help="run predict on a local Dask cluster of N workers")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
+    if args.out.exists() and not args.out.is_dir():
+        ap.error(f"--out {args.out} is a file; expected a folder for the example's outputs")
     args.out.mkdir(parents=True, exist_ok=True)
 
     # 1. the saved search

@@ -43,8 +43,17 @@ def check_file_path(
     A directory (``os.replace`` onto it is an IsADirectoryError), a path under a file, or, when ``suffixes``
     are given, another suffix (compared case-insensitively: a GeoTIFF named ``.png`` misleads its readers).
     """
+    import re
+
     from geoarray.errors import OutputPathError
 
+    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]+):/", str(path))  # pathlib makes s3://b/k 's3:/b/k'; C:/ is a drive
+    if scheme and scheme.group(1).lower() != "file":
+        raise OutputPathError(
+            f"{str(path)!r} is a URL; {what} is written to a local file only (here it would be the local folder "
+            f"'{scheme.group(1)}:'). Write it locally, then upload it (e.g. `aws s3 cp out.tif s3://bucket/` or "
+            "fsspec's `fs.put`)."
+        )
     out = Path(path)
     if out.is_dir():
         raise OutputPathError(

@@ -59,3 +59,23 @@ def _outputs(kind: str, out_spec: dict[str, Any], outputs: Sequence[str] | None)
     if bad or not wanted:
         raise PredictError(f"outputs={wanted}; a {kind} checkpoint makes {available}.")
     return [o for o in available if o in wanted]
+
+
+def warn_small_halo(halo: Any, h: int, receptive: int, shape: tuple[int, int], blocks: tuple[int, int]) -> None:
+    """A halo the caller chose below the model's receptive field: outputs near block (and CPU tile) edges differ
+    from whole-image inference. Silent when the image is one block no larger than the smallest tile."""
+    import warnings
+
+    from geoarray import _tiles
+    from geoarray.errors import GeoArrayWarning
+
+    if halo == "auto" or h >= receptive or (blocks == (1, 1) and max(shape) <= _tiles.CPU_TILE):
+        return
+    warnings.warn(
+        f"halo={halo!r} is smaller than the model's receptive field ({receptive} px, the checkpoint's halo): "
+        f"outputs within {receptive} px of the edges of the {blocks[0]} x {blocks[1]} blocks differ from "
+        "whole-image inference, so seams can show. Pass halo='auto' for a seamless output (or keep the "
+        "smaller halo knowingly, for speed).",
+        GeoArrayWarning,
+        stacklevel=4,
+    )

@@ -203,10 +203,14 @@ def location(store: str | os.PathLike[str] | Location, storage_options: dict[str
             f"storage_options={storage_options!r}; expected a dict of fsspec options such as "
             "{'key': ..., 'secret': ..., 'client_kwargs': {'endpoint_url': ...}} (or None)."
         )
+    if isinstance(store, str) and "://" in store and not store.startswith("file://"):
+        _check_url(store)
     if isinstance(store, str) and is_url(store):
         return Location(store.rstrip("/"), _canonical(storage_options or {}, store))
     if isinstance(store, str) and store.startswith("file://"):
         store = urlparse(store).path
+    elif isinstance(store, (str, os.PathLike)):
+        _check_not_a_broken_url(str(store))
     if storage_options:
         raise StoreError(
             f"storage_options were given for the local path {str(store)!r}; they apply to URLs only "
@@ -223,3 +227,50 @@ def _canonical(options: dict[str, Any], url: str) -> str:
             f"storage_options for {url!r} hold a value that is not JSON-serialisable ({e}); expected plain "
             "strings, numbers, booleans, lists and dicts, so the options can travel to dask workers."
         ) from None
+
+
+#: protocols whose URL names a bucket (or container) first: s3://bucket/key
+_BUCKETED = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss")
+
+
+def _check_url(url: str) -> None:
+    """Refuse a URL fsspec would misread: an unknown or upper-case protocol (a raw ValueError in fsspec), no bucket
+    or nothing after the protocol (``s3://`` became the local folder ``s3:``), a query or fragment (written
+    under a key that ends in it, and not found again by open_cube)."""
+    import fsspec
+
+    scheme, rest = url.split("://", 1)
+    known = fsspec.available_protocols()
+    if scheme not in known:
+        hint = (
+            f"protocols are lower case: {scheme.lower()}://{rest}"
+            if scheme.lower() in known
+            else "expected one fsspec knows, such as s3://, gs://, az://, memory://"
+        )
+        raise StoreError(f"{url!r} has the protocol {scheme!r}, which fsspec does not know; {hint}.")
+    parsed = urlparse(url)
+    if not rest.strip("/") or (scheme in _BUCKETED and not parsed.netloc):
+        raise StoreError(
+            f"{url!r} names no {'bucket' if scheme in _BUCKETED else 'location'}; expected a URL such as "
+            f"{scheme}://bucket/site.zarr."
+        )
+    if parsed.query or parsed.fragment:
+        raise StoreError(
+            f"{url!r} holds a query or fragment ({'?' + parsed.query if parsed.query else '#' + parsed.fragment}); "
+            "expected a plain store URL such as s3://bucket/site.zarr. Pass options (endpoint, credentials, "
+            "region) in storage_options."
+        )
+
+
+def _check_not_a_broken_url(path: str) -> None:
+    """A local path that is a URL missing a slash (``s3:/bucket/site.zarr``) would make a local folder ``s3:``."""
+    import fsspec
+
+    head = path.split("/", 1)[0]
+    scheme = head[:-1]
+    if head.endswith(":") and len(scheme) > 1 and scheme.lower() in fsspec.available_protocols() and scheme != "file":
+        raise StoreError(
+            f"{path!r} looks like a URL that lost a slash (here it would be the local folder {head!r}); expected "
+            f"{scheme.lower()}://{path.split('/', 1)[1].lstrip('/') if '/' in path else ''} (a command option "
+            "that takes a local path, such as ingest's --output, takes no URL)."
+        )

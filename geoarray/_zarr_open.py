@@ -71,8 +71,8 @@ def _open_zarr(
     if loc.remote:
         _check_remote_store(loc)
         return _open_checked(loc.url, loc.url, chunks, loc.zarr_kwargs())
-    if isinstance(store, Location):
-        store = store.url
+    if isinstance(store, Location) or str(store).startswith("file://"):
+        store = loc.url  # a file:// URL is its local path (Path() would read it as the folder 'file:')
     path = _check_store_exists(store)
     if not path.is_dir():
         raise StoreError(_not_a_directory(path))

@@ -273,7 +273,7 @@ def write_cube(
     loc = location(store, storage_options)
     if loc.remote:
         return _write_remote(ds, loc, mode=mode, var=var, chunk=chunk, progress=progress)
-    path = Path(store)
+    path = Path(loc.url) if str(store).startswith("file://") else Path(store)  # not the local folder 'file:'
     if path.exists() and not path.is_dir():
         other = (
             path.with_suffix(".zarr") if path.suffix != ".zarr" else path.with_name(f"{path.stem}-cube.zarr")

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from typing import Any, Literal
 
 from geoarray._devices import cuda_count
-from geoarray.errors import TrainError
+from geoarray.errors import ClusterError, TrainError
 
 __all__ = ["cluster"]
 
@@ -48,6 +48,13 @@ def cluster(
     n_workers, threads_per_worker
         Size of a LocalCluster (default: one single-threaded worker process per core).
 
+    Raises
+    ------
+    ClusterError
+        ``address`` is not a scheduler address, or no Dask scheduler answers there (a refused port, an unknown
+        host, or a port that sends no Dask handshake within 5 s): within seconds, before distributed's own
+        30 s of retries.
+
     Examples
     --------
     >>> with geoarray.distributed.cluster() as client:  # doctest: +SKIP
@@ -59,7 +66,7 @@ def cluster(
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
             raise TrainError(f"{name}={v!r}; expected a positive integer (or leave it out for the default).")
     if address:
-        with Client(address) as client:
+        with _connect(address) as client:
             yield client
         return
     local: Any = None
@@ -115,3 +122,51 @@ def cuda_cluster_problem(error: Exception, n_workers: int | None) -> str:
         return f"dask-cuda cannot be imported ({error}); install the extra: pip install 'geoarray[gpu]'"
     fix = f" (n_workers={n_workers}: at most one worker per GPU)" if n_workers is not None else ""
     return f"dask-cuda's LocalCUDACluster did not start{fix}: {type(error).__name__}: {error}"
+
+
+#: seconds to wait for a scheduler's TCP port and handshake (distributed retries a refused port for 30 s)
+CONNECT_TIMEOUT = 5
+
+
+def _connect(address: str) -> Any:
+    """A Client of the scheduler at ``address``; a ClusterError within seconds when it cannot be one."""
+    import socket
+
+    from distributed import Client
+    from distributed.comm.addressing import parse_address, parse_host_port
+    from distributed.comm.registry import backends
+
+    fix = "Check the host and port (a scheduler listens on 8786 by default; start one with `dask scheduler`)."
+    try:
+        scheme, loc = parse_address(str(address))
+        host, port = parse_host_port(loc) if scheme != "inproc" else (loc, 0)
+    except ValueError as e:
+        raise ClusterError(
+            f"address={address!r} is not a scheduler address ({e}); expected e.g. 'tcp://host:8786'."
+        ) from None
+    if scheme not in backends:
+        raise ClusterError(
+            f"address={address!r} has the scheme {scheme!r}; expected a Dask scheduler address such as "
+            f"'tcp://host:8786' (schemes: {', '.join(sorted(backends))})."
+        )
+    if scheme in ("tcp", "tls"):
+        try:  # a refused port or an unknown host fails now, not after distributed's 30 s of retries
+            sock = socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT)
+        except OSError as e:
+            why = e.strerror or type(e).__name__
+            raise ClusterError(f"no Dask scheduler answers at {address!r} ({why}). {fix}") from None
+        # a plain-TCP scheduler speaks first (its handshake); a silent port would hang Client forever
+        with sock:
+            try:
+                said = sock.recv(1) if scheme == "tcp" else b"-"
+            except OSError:
+                said = b""
+        if not said:
+            raise ClusterError(
+                f"{address!r} accepts connections but sent no Dask handshake within {CONNECT_TIMEOUT} s: it is "
+                f"not a Dask scheduler (another service on that port?). {fix}"
+            )
+    try:
+        return Client(address)
+    except OSError as e:
+        raise ClusterError(f"cannot connect to the Dask scheduler at {address!r} ({e}). {fix}") from None

@@ -11,6 +11,7 @@ __all__ = [
     "BandError",
     "CRSError",
     "CheckpointError",
+    "ClusterError",
     "CubeError",
     "DimensionError",
     "GeoArrayError",
@@ -118,3 +119,7 @@ class PlotError(GeoArrayError, ValueError):
 
 class MetricsError(GeoArrayError, ValueError):
     """Scores asked of inputs that cannot give them (non-integer class ids, names that do not fit a matrix)."""
+
+
+class ClusterError(GeoArrayError, OSError):
+    """A Dask scheduler that cannot be reached (a wrong address, nothing listening, a host that is not there)."""

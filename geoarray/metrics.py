@@ -140,7 +140,9 @@ def evaluate(pred: Any, truth: Any, *, valid: Any = None, allow_partial: bool = 
         are skipped. When both have a ``classes`` attr, prediction ids are matched to truth ids **by name**
         (a model trained with the classes in another order scores correctly); a predicted class the truth
         does not name is an error, since no truth pixel could ever be it (a naming mismatch, most likely).
-        With names on one side only, the ids must lie within that list.
+        With names on one side only, the ids must lie within that list. A static prediction ``(y, x)`` (a
+        whole-series model's) against ``(time, y, x)`` truth is scored against the last date's labels, the ones
+        such a model is trained on.
     valid
         Optional bool ``(time, y, x)``: truth pixels where it is False are skipped (when neither map has a
         ``time`` dim, the pixels with no valid date).
@@ -183,6 +185,10 @@ def evaluate(pred: Any, truth: Any, *, valid: Any = None, allow_partial: bool = 
         classes = t_names or p_names or _ids_present(pred, truth, p_nd, t_nd)
         lut = list(range(len(classes)))
     n = len(classes)
+    if "time" in truth.dims and "time" not in pred.dims:
+        # a static map (a whole-series model's) against labels(time, y, x): the last date's labels, which are
+        # what such a model trains on (chips/stream.py), not every date's in turn
+        truth = truth.isel(time=-1)
     t = _relabelled(truth, list(range(n)), t_nd, n)
     if valid is not None:
         ok = valid.astype(bool)

@@ -30,6 +30,28 @@ def _plt() -> Any:
     return plt
 
 
+def _out(path: str | Path) -> Path:
+    """The PNG's path, its folder made (as export_geotiff does); a URL or a directory is refused."""
+    from geoarray._atomic import check_file_path
+
+    check_file_path(path, "a PNG")
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _rows(metrics: str | Path) -> list[dict[str, Any]]:
+    """The rows of a fit's ``metrics.csv``: the file, or the log folder holding it."""
+    from geoarray.errors import PlotError
+
+    p = Path(metrics)
+    p = p / "metrics.csv" if p.is_dir() else p
+    if not p.is_file():
+        raise PlotError(f"{str(p)!r} does not exist; expected a fit's metrics.csv or its log_dir folder.")
+    with open(p) as f:
+        return list(csv.DictReader(f))
+
+
 def _stretch(rgb: np.ndarray, lo: float = 2, hi: float = 98) -> np.ndarray:
     out = np.zeros_like(rgb, dtype=np.float32)
     for i in range(rgb.shape[-1]):
@@ -44,7 +66,21 @@ def _stretch(rgb: np.ndarray, lo: float = 2, hi: float = 98) -> np.ndarray:
 
 def false_color(da: Any, bands: Sequence[str] | None = None) -> np.ndarray:
     """``(y, x, 3)`` RGB in [0, 1] from a ``(band, y, x)`` DataArray: the named bands, or PCA of all bands."""
+    from geoarray.errors import PlotError
+
+    if "time" in da.dims and da.sizes["time"] == 1:
+        da = da.isel(time=0)
+    if set(map(str, da.dims)) != {"band", "y", "x"}:
+        raise PlotError(
+            f"false_color takes a (band, y, x) image; got dims {tuple(map(str, da.dims))}. Select one date: "
+            "`cube.imagery.isel(time=0)`."
+        )
+    da = da.transpose("band", "y", "x")
     if bands is not None:
+        have = [str(b) for b in da["band"].values]
+        missing = [b for b in bands if b not in have]
+        if missing:
+            raise PlotError(f"bands {missing} are not in the image; it has {have}.")
         return _stretch(np.stack([np.asarray(da.sel(band=b).values) for b in bands], -1))
     return pca_rgb(np.asarray(da.values))
 
@@ -62,6 +98,18 @@ def pca_rgb(features: np.ndarray) -> np.ndarray:
         rgb[ok, : comps.shape[1]] = comps
     rgb[~ok] = np.nan
     return _stretch(rgb.reshape(h, w, 3))
+
+
+def _check_ids(m: np.ndarray, n: int, nodata: int, what: str) -> None:
+    """Class ids 0..n-1 (or nodata): an id past the class list would be drawn in another class's colour."""
+    from geoarray.errors import PlotError
+
+    bad = np.unique(m[(m != nodata) & ((m < 0) | (m >= n))])
+    if bad.size:
+        raise PlotError(
+            f"{what} holds ids {bad[:5].tolist()} beyond the {n} classes (ids 0..{n - 1}, nodata {nodata}); "
+            "expected one class name per id. Pass every class name, or the mask's own nodata."
+        )
 
 
 def _class_cmap(n: int) -> Any:
@@ -97,6 +145,14 @@ def overlay(
 ) -> Path:
     """Side-by-side panels: the image, then each class map (truth, prediction, ...) blended over it with
     ``alpha`` (1.0: the class maps alone, for an image whose colours would mix with the classes')."""
+    from geoarray.errors import PlotError
+
+    shape = np.shape(rgb)[:2]
+    for name, m in masks.items():
+        m = np.asarray(m)
+        if m.shape != shape:
+            raise PlotError(f"mask {name!r} has shape {m.shape}; expected the image's (y, x) shape {shape}.")
+        _check_ids(m, len(classes), nodata, f"mask {name!r}")
     plt = _plt()
     n = 1 + len(masks)
     fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4.6), constrained_layout=True)
@@ -123,7 +179,7 @@ def overlay(
     )
     if title:
         fig.suptitle(title)
-    out = Path(path)
+    out = _out(path)
     fig.savefig(out, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return out
@@ -134,12 +190,26 @@ def class_masks(mask: np.ndarray, classes: Sequence[str], path: str | Path, *, n
 
     ``mask`` is a class-id image ``(y, x)``, or a multi-label stack ``(class, y, x)`` of 0/1 masks.
     """
+    from geoarray.errors import PlotError
+
+    m = np.asarray(mask)
+    if m.ndim == 2:
+        _check_ids(m, len(classes), nodata, "mask")
+    elif m.ndim == 3:
+        held = np.unique(m[m != nodata])
+        if m.shape[0] != len(classes) or not set(held.tolist()) <= {0, 1}:
+            raise PlotError(
+                f"a 3-D mask is a multi-label stack (class, y, x) of 0/1 masks, one per class; this one has "
+                f"{m.shape[0]} layers for {len(classes)} classes and values {held[:6].tolist()}. For class ids "
+                "over dates, draw one date: `labels.isel(time=0)`."
+            )
+    else:
+        raise PlotError(f"mask has shape {m.shape}; expected class ids (y, x) or 0/1 masks (class, y, x).")
     plt = _plt()
     n = len(classes)
     cols = min(n, 5)
     rows = int(np.ceil(n / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False, constrained_layout=True)
-    m = np.asarray(mask)
     for i, ax in enumerate(axes.ravel()):
         ax.set_axis_off()
         if i < n:
@@ -147,7 +217,7 @@ def class_masks(mask: np.ndarray, classes: Sequence[str], path: str | Path, *, n
             on = panel == 1 if m.ndim == 3 else panel == i
             ax.imshow(np.where(panel == nodata, np.nan, on.astype(float)), cmap="gray", vmin=0, vmax=1)
             ax.set_title(str(classes[i]))
-    out = Path(path)
+    out = _out(path)
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
@@ -156,22 +226,26 @@ def class_masks(mask: np.ndarray, classes: Sequence[str], path: str | Path, *, n
 def curves(
     metrics: str | Path | list[dict[str, Any]], path: str | Path, *, keys: Sequence[str] | None = None
 ) -> Path:
-    """Training curves from ``metrics.csv`` (or rows): losses on the left, validation scores on the right."""
+    """Training curves from ``metrics.csv`` (its file, its log folder, or rows): losses on the left, validation
+    scores on the right."""
     plt = _plt()
-    rows = list(csv.DictReader(open(metrics))) if isinstance(metrics, (str, Path)) else list(metrics)
+    rows = _rows(metrics) if isinstance(metrics, (str, Path)) else list(metrics)
     epochs = [int(r["epoch"]) for r in rows]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
     names = keys or [k for k in rows[0] if k not in ("epoch", "lr", "seconds")]
     for k in names:
         vals = [float(r[k]) if r.get(k) not in (None, "") else np.nan for r in rows]
         (a if "loss" in k else b).plot(epochs, vals, marker="o", label=k)
+    from matplotlib.ticker import MaxNLocator
+
     for ax, t in ((a, "loss"), (b, "validation")):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.set_xlabel("epoch")
         ax.set_title(t)
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend()
-    out = Path(path)
+    out = _out(path)
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
@@ -246,7 +320,7 @@ def cross_correlation(
         f"off-diag rms {np.sqrt((off**2).mean()) if off.size else 0.0:.3f}",
         fontsize=9,
     )
-    out = Path(path)
+    out = _out(path)
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
@@ -261,12 +335,7 @@ def effective_rank(
     from geoarray.errors import PlotError
 
     plt = _plt()
-    if isinstance(metrics, (str, Path)):
-        p = Path(metrics)
-        p = p / "metrics.csv" if p.is_dir() else p
-        rows = list(csv.DictReader(open(p)))
-    else:
-        rows = list(metrics)
+    rows = _rows(metrics) if isinstance(metrics, (str, Path)) else list(metrics)
     keys = [k for k in ("effective_rank", "val_effective_rank") if rows and k in rows[0]]
     if not keys:
         raise PlotError(
@@ -289,7 +358,7 @@ def effective_rank(
     ax.set_title("embedding effective rank per epoch")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    out = Path(path)
+    out = _out(path)
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out

@@ -26,7 +26,7 @@ from geoarray._constants import MASK_NODATA, MASK_NODATA_WIDE
 from geoarray._devices import run_device
 from geoarray._inference import RunSpec, clear_caches, remember_model
 from geoarray._outputs import layout, wrap
-from geoarray._predict_checks import _check_dates, _check_options, _outputs
+from geoarray._predict_checks import _check_dates, _check_options, _outputs, warn_small_halo
 from geoarray._preprocess import date_features, declared_valid
 from geoarray._storage import is_url, location
 from geoarray._tiles import tile_for
@@ -72,7 +72,8 @@ def predict(
         The imagery variable.
     halo
         Pixels read around each block. ``"auto"`` uses the checkpoint's receptive field, which makes the
-        output seamless; a smaller halo is faster and differs near block edges. Rounded up to the stride.
+        output seamless; a smaller halo is faster and differs near block edges (a GeoArrayWarning says so when
+        the cube spans more than one block). Rounded up to the stride.
     batch_size
         Dates per forward pass for image models (default: all dates of a block), pixels per pass for
         time-series models (default 65536).
@@ -284,6 +285,8 @@ def plan_predict(
                 f"at least {need}. Rechunk: `cube = cube.chunk(y={max(need, DEFAULT_CHUNK)}, x={max(need, DEFAULT_CHUNK)})`, "
                 "or pass a smaller `halo=` (not seamless)."
             )
+
+    warn_small_halo(halo, h, int(meta.get("halo", 0)), (ny, nx), (len(ych), len(xch)))
 
     # Tasks read their own window only without a halo: with one, neighbouring tasks would each decode the
     # chunks they share, where the chunk-neighbour graph decodes every chunk once.

@@ -16,7 +16,7 @@ from conftest import make_checkpoint, tree_digest
 import geoarray
 from geoarray.checkpoint import read_metadata
 from geoarray.datasets import synthetic_cube
-from geoarray.errors import BandError, PredictError, StoreExistsError
+from geoarray.errors import BandError, GeoArrayWarning, PredictError, StoreExistsError
 from geoarray.predict import partial_outputs
 
 CLASSES = ["water", "forest", "field", "urban", "new_building"]
@@ -107,7 +107,8 @@ def test_seamless_small_chunks_equal_one_chunk_and_whole_image(gained, name, hp,
     assert _max_rel(ref, one, scale) <= 1e-5
     assert _max_rel(ref, many.values, scale) <= 1e-5
     # negative control: one stride less of halo is visibly wrong with this model
-    short = geoarray.predict(many_cube, ckpt, halo=meta["halo"] - meta["stride"]).features.values
+    with pytest.warns(GeoArrayWarning, match="seams can show"):
+        short = geoarray.predict(many_cube, ckpt, halo=meta["halo"] - meta["stride"]).features.values
     assert _max_rel(ref, short, scale) > 1e-3
 
 
@@ -128,7 +129,8 @@ def test_blocks_larger_than_the_cpu_tile_run_tile_by_tile_and_stay_seamless(gain
     assert tiles._spans(211, 64) == [(0, 64), (64, 128), (128, 211)]  # a 19-row rest joins the tile before
     tiled = geoarray.predict(c, ckpt).features.values
     assert _max_rel(ref, tiled, scale) <= 1e-5
-    short = geoarray.predict(c, ckpt, halo=meta["halo"] - meta["stride"]).features.values
+    with pytest.warns(GeoArrayWarning, match="seams can show"):
+        short = geoarray.predict(c, ckpt, halo=meta["halo"] - meta["stride"]).features.values
     assert _max_rel(ref, short, scale) > 1e-3
     monkeypatch.setattr(tiles, "CPU_TILE", 4096)  # one pass over the block: the short halo changes nothing
     whole = geoarray.predict(c, ckpt, halo=meta["halo"] - meta["stride"]).features.values
@@ -258,7 +260,8 @@ def test_chunk_smaller_than_halo(gained, cube):
     ckpt = gained("unet", 3.0, width=4)
     with pytest.raises(PredictError, match=r"smaller than the halo \(96 px\).*at least 96"):
         geoarray.predict(cube.chunk({"y": 64, "x": 64}), ckpt)
-    out = geoarray.predict(cube.chunk({"y": 64, "x": 64}), ckpt, halo=16)  # explicit small halo is allowed
+    with pytest.warns(GeoArrayWarning, match="seams can show"):  # explicit small halo is allowed
+        out = geoarray.predict(cube.chunk({"y": 64, "x": 64}), ckpt, halo=16)
     f = out.features
     assert f.shape[2:] == (150, 131)
     # each block is the model run on the block plus 16 px around it (cut at the image border), cropped
@@ -722,7 +725,8 @@ def test_bf16_blockwise_equals_bf16_whole_image(gained):
         assert whole.attrs["precision"] == "bf16"
         whole = whole.values
         many = geoarray.predict(many_cube, ckpt, precision="bf16").features.values
-        short = geoarray.predict(many_cube, ckpt, precision="bf16", halo=meta["halo"] - meta["stride"])
+        with pytest.warns(GeoArrayWarning, match="seams can show"):
+            short = geoarray.predict(many_cube, ckpt, precision="bf16", halo=meta["halo"] - meta["stride"])
         short = short.features.values
     scale = float(np.nanmax(np.abs(f32)))
     err = _max_rel(f32, whole, scale)

@@ -120,6 +120,12 @@ def _time_sets(dates: np.ndarray, times: TimeSelection) -> list[tuple[int, ...]]
     idx = tuple(_time_index(dates, t) for t in times)
     if not idx:
         raise TrainError("times=[]; expected at least one time index or date, or 'each' / 'all'.")
+    if len(set(idx)) < len(idx):
+        shown = [str(np.datetime_as_string(dates[i], unit="D")) for i in idx]
+        raise TrainError(
+            f"times={list(times)!r} names a date twice ({shown}); expected each date once (a chip of one date "
+            "repeated trains on the same pixels twice). Drop the repeat."
+        )
     return [idx]
 
 
@@ -204,10 +210,12 @@ def plan_chips(
         Minimum number of *labelled* pixels in a chip: pixels whose label is not the label variable's
         ``nodata`` on a date where the pixel is valid. Class 0 counts like any class (a chip labelled only with
         class 0 is kept); with ``positive_classes``, only pixels of those classes count (seed 003's slumps
-        filter: ``min_positive=50, positive_classes=[1]``). 0: no threshold.
+        filter: ``min_positive=50, positive_classes=[1]``). 0: no threshold (but see ``positive_classes``).
     positive_classes
         Class ids that ``min_positive`` counts (default: every labelled pixel). For multi-label
-        ``labels(class, y, x)``: a pixel counts when one of these classes' masks is 1.
+        ``labels(class, y, x)``: a pixel counts when one of these classes' masks is 1. Given without
+        ``min_positive`` (left at 0), it means ``min_positive=1``: a chip needs at least one pixel of these
+        classes.
     labels
         The label variable. When the cube has it, chips without a single labelled, valid pixel are always
         dropped (they would train on nothing and make an all-ignored batch); pass None for unsupervised plans.
@@ -227,6 +235,8 @@ def plan_chips(
         training tiles, or filters that leave no chip (the message names the filter; ``dropped["unlabelled"]``
         counts chips with no labelled pixel).
     """
+    if positive_classes is not None and min_positive == 0:
+        min_positive = 1  # naming the classes asks for chips that hold them
     ny, nx = cube.sizes["y"], cube.sizes["x"]
     if chip_size <= 0 or chip_size > min(ny, nx):
         raise TrainError(

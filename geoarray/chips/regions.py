@@ -136,8 +136,20 @@ def _read_object(obj: Any, property: str) -> tuple[list[Any], list[Any], Any]:
 
 def _class_names(values: list[Any]) -> tuple[list[str], list[str]]:
     """Each value's class name, and the sorted names: numbers in numeric order (2 before 10, and 1.0 is
-    "1"), anything else as text."""
-    if all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in values):
+    "1"), anything else as text. Numbers mixed with text are refused: ``1`` and ``"1"`` would merge into one
+    class (or, as ``1.0`` and ``"1"``, split into two), and the class order would be neither numeric nor
+    alphabetical."""
+    numeric = [isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in values]
+    if any(numeric) and not all(numeric):
+        nums = sorted({repr(v) for v, n in zip(values, numeric, strict=True) if n})
+        texts = sorted({repr(v) for v, n in zip(values, numeric, strict=True) if not n})
+        raise TrainError(
+            f"the region values mix numbers ({', '.join(nums[:5])}) and text ({', '.join(texts[:5])}); expected "
+            "one type, so that a class is one value (1 and '1' would be the same class name). Make the "
+            "property all text or all numbers, e.g. gdf[prop] = gdf[prop].astype(str), or fix the features "
+            "whose value has the other type."
+        )
+    if all(numeric):
         named = [str(int(v)) if float(v).is_integer() else str(float(v)) for v in values]
         order = {n: float(v) for n, v in zip(named, values, strict=True)}
         return named, sorted(order, key=order.__getitem__)

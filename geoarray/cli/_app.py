@@ -35,11 +35,26 @@ def _friendly(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import warnings
+
+        from geoarray.errors import GeoArrayWarning
+
+        formatted = warnings.formatwarning
+
+        def fmt(message: Any, category: Any, *rest: Any, **kw: Any) -> str:
+            if issubclass(category, GeoArrayWarning):  # one line, in the command's words, not a source line
+                return f"warning: {_cli_words(str(message), fn)}\n"
+            return formatted(message, category, *rest, **kw)
+
+        # the format, not showwarning: a recorder (pytest.warns, catch_warnings(record=True)) still gets them
+        warnings.formatwarning = fmt
         try:
             return fn(*args, **kwargs)
         except GeoArrayError as e:
             typer.secho(f"error: {_cli_words(str(e), fn)}", err=True, fg=typer.colors.RED)
             raise typer.Exit(2) from None
+        finally:
+            warnings.formatwarning = formatted
 
     return wrapper  # type: ignore[return-value]
 

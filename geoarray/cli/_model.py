@@ -95,7 +95,10 @@ def fit(
             "linear_probe / finetune (with --init)."
         ),
     ] = "segmentation",
-    model: Annotated[str, typer.Option(help="Registry model name (geoarray models).")] = "unet",
+    model: Annotated[
+        str | None,
+        typer.Option(help="Registry model name (geoarray models); default unet, with --init the init's."),
+    ] = None,
     model_kw: Annotated[
         list[str] | None, typer.Option("--model-kw", help="Model hparam name=value (repeat).")
     ] = None,

@@ -224,7 +224,9 @@ def export_geotiff(
     """Write a 2-D ``(y, x)`` or 3-D ``(dim, y, x)`` variable as a Cloud-Optimized GeoTIFF.
 
     The CRS and transform come from the variable's ``spatial_ref`` and coordinates; the names along the
-    first dim (classes, features, bands) become band descriptions. The file is written to a temporary
+    first dim (classes, features, bands) become band descriptions. Overviews (made by GDAL for rasters larger
+    than a 512 px tile) are resampled by nearest neighbour for integer and bool variables (class ids stay
+    class ids) and by averaging for floats (probabilities stay in [0, 1]). The file is written to a temporary
     name and renamed, so a failed export never leaves a partial file.
 
     Parameters
@@ -298,6 +300,9 @@ def export_geotiff(
     if len(dims) == 3:
         attrs["long_name"] = tuple(str(v) for v in data[dims[0]].values)
         data = data.rename({dims[0]: "band"})
+    # overviews: class ids must not be interpolated (GDAL's COG default, cubic, makes ids no pixel holds, e.g.
+    # 1 between classes 0 and 2), and cubic takes probabilities outside [0, 1]
+    resampling = "AVERAGE" if np.issubdtype(data.dtype, np.floating) else "NEAREST"
     data = data.copy()
     data.attrs = attrs
     data.encoding = {}
@@ -306,5 +311,7 @@ def export_geotiff(
         data = data.rio.write_nodata(nodata, encoded=False)
     return atomic_write(
         out,
-        lambda tmp: data.rio.to_raster(tmp, driver="COG", compress=compress, recalc_transform=False),
+        lambda tmp: data.rio.to_raster(
+            tmp, driver="COG", compress=compress, overview_resampling=resampling, recalc_transform=False
+        ),
     )

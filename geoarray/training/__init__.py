@@ -31,7 +31,7 @@ def fit(
     *,
     task: str,
     # model
-    model: str = "unet",
+    model: str | None = None,
     model_kwargs: dict[str, Any] | None = None,
     task_kwargs: dict[str, Any] | None = None,
     init: str | os.PathLike[str] | None = None,
@@ -134,7 +134,9 @@ def fit(
         out; given, it must equal them), and the cube must have them.
 
     model, model_kwargs
-        A registry name (``geoarray.models.list_models()``) and its hyper-parameters; ``in_channels`` and
+        A registry name (``geoarray.models.list_models()``; default ``"unet"``, or for ``init=`` the init's
+        model, and a model named that differs from it, ``"unet"`` included, is refused) and its
+        hyper-parameters; ``in_channels`` and
         ``num_classes`` are filled in from the bands and classes.
 
     labels, bands, var
@@ -155,9 +157,10 @@ def fit(
         ``min_positive``: how many *labelled* pixels a chip needs: pixels whose label is not the labels'
         ``nodata``, on a date where they are valid. Class 0 counts like any other class, so a chip labelled only
         with class 0 is kept; pass ``positive_classes`` (class ids) to count only those classes (seed 003's
-        filter: ``min_positive=50, positive_classes=[1]``). Chips without a single labelled pixel are always
-        skipped, whatever ``min_positive`` is: with sparse labels (a few polygons rasterised onto a scene) most
-        chips have none, and a batch of them has nothing to learn from.
+        filter: ``min_positive=50, positive_classes=[1]``); ``positive_classes`` alone (``min_positive`` left
+        at 0) means ``min_positive=1``: chips that hold at least one pixel of those classes. Chips without a
+        single labelled pixel are always skipped, whatever ``min_positive`` is: with sparse labels (a few
+        polygons rasterised onto a scene) most chips have none, and a batch of them has nothing to learn from.
     augment
         Random flips, 90° rotations and radiometric jitter of training chips.
     regions, region_property, region_layer
@@ -252,6 +255,7 @@ def fit(
     opts = dict(locals())
     opts.pop("cube")
     opts.pop("client")
+    opts["model"] = "unet" if model is None else model
     opts["model_kwargs"] = dict(model_kwargs or {})
     opts["task_kwargs"] = dict(task_kwargs) if isinstance(task_kwargs, dict) else (task_kwargs or {})
     opts["bands"] = list(bands) if bands is not None else None
@@ -265,18 +269,20 @@ def fit(
     if isinstance(storage_options, dict):
         opts["storage_options"] = dict(storage_options)
     cfg = FitConfig(**opts)
-    return run(cube, cfg, client=client)
+    return run(cube, cfg, client=client, model_given=model is not None)
 
 
-def run(cube: xr.Dataset, cfg: FitConfig, *, client: Any = None) -> Path | str:
-    """Train with a ready :class:`FitConfig` (what :func:`fit` does after checking its options)."""
+def run(cube: xr.Dataset, cfg: FitConfig, *, client: Any = None, model_given: bool = False) -> Path | str:
+    """Train with a ready :class:`FitConfig` (what :func:`fit` does after checking its options).
+    ``model_given``: ``cfg.model`` was named by the caller, so with ``init=`` it must be the init's model
+    (left out, fit's default ``"unet"`` stands for "the init's")."""
     from geoarray._preprocess import declared_valid
     from geoarray.cube import conform_cube
     from geoarray.training.prepare import _device, _labels_of, prepare
     from geoarray.training.protocols import resolve_init
 
     _check_paths(cfg)
-    cfg = resolve_init(cube, cfg)  # the encoder's model and bands, checked against the run
+    cfg = resolve_init(cube, cfg, model_given=model_given)  # the encoder's model and bands, checked
     if client is None:
         _device(cfg.device)  # a wrong device fails now, not after the statistics pass
     _labels_of(cube, cfg)  # first: its message says how to align labels, which is the usual fix

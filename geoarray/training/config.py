@@ -22,7 +22,7 @@ class FitConfig:
     Grouped as in ``fit``'s signature: the task and model, the data (chips), optimisation, and runtime. The
     chip filters: ``min_valid`` is the fraction of valid pixels a chip needs; ``min_positive`` the number of
     labelled pixels it needs (label not nodata, on a valid date; class 0 counts), of ``positive_classes`` only
-    when given. Chips without any labelled pixel are always skipped. ``init`` (the pretrained encoder of
+    when given (which alone means ``min_positive=1``). Chips without any labelled pixel are always skipped. ``init`` (the pretrained encoder of
     ``task="linear_probe"`` / ``"finetune"``, and only of them) and ``label_fraction`` (in (0, 1]) are checked
     here; the init checkpoint itself is checked against the cube by :func:`~.protocols.resolve_init`. See
     :func:`geoarray.fit`.

@@ -47,9 +47,10 @@ def as_task(cfg: FitConfig) -> str:
     return _AS_TASK.get(str(_meta(cfg)["input"].get("kind")), cfg.task)
 
 
-def resolve_init(cube: xr.Dataset, cfg: FitConfig) -> FitConfig:
+def resolve_init(cube: xr.Dataset, cfg: FitConfig, *, model_given: bool = False) -> FitConfig:
     """Check ``cfg.init`` against the run and return the config with the encoder's model, hparams (all but
-    ``num_classes``, which the labels set) and bands. Raises before any work."""
+    ``num_classes``, which the labels set) and bands. Raises before any work. ``model_given``: the caller
+    named ``cfg.model`` (else ``"unet"``, fit's default, stands for "the init's model")."""
     if cfg.init is None:
         return cfg
     meta = _meta(cfg)
@@ -63,7 +64,7 @@ def resolve_init(cube: xr.Dataset, cfg: FitConfig) -> FitConfig:
             "task='barlow_twins') or of chips (resnet18, resnet50). Pass init= such a checkpoint."
         )
     # "unet" is fit's default model and never a feature encoder: left at it, the model comes from init
-    if cfg.model not in ("unet", name):
+    if cfg.model != name and (model_given or cfg.model != "unet"):
         raise TrainError(
             f"model={cfg.model!r}, but {where} holds a {name!r} encoder. Drop model= (it comes from init) or "
             f"pass model={name!r}."
