@@ -200,6 +200,18 @@ def _task_states(dask_scheduler: Any, keys: list[str]) -> list[str]:
     return [dask_scheduler.tasks[k].state if k in dask_scheduler.tasks else "forgotten" for k in keys]
 
 
+def _ask(client: Any, fn: Any, workers: list[str]) -> dict[str, Any]:
+    """``client.run(fn)`` on ``workers``; a worker lost meanwhile is a TrainError, as during training."""
+    try:
+        return client.run(fn, workers=workers)
+    except OSError as e:  # distributed's CommClosedError: the worker's connection closed under the call
+        lost = sorted(set(workers) - set(live_workers(client)))
+        raise TrainError(
+            f"Dask worker(s) {lost or workers} died before DDP training started ({type(e).__name__}); no rank "
+            "ran. Check the workers' memory limits and logs, then run again."
+        ) from None
+
+
 def run_ddp(
     client: Any, cube: xr.Dataset, cfg: FitConfig, setup: Setup, *, timeout: float = 120.0
 ) -> list[dict[str, Any]]:
@@ -213,7 +225,7 @@ def run_ddp(
         raise TrainError("the Dask cluster has no workers; start some (e.g. geoarray.distributed.cluster()).")
     world = len(workers)
     _check_shards(cfg, setup, world)
-    seen = client.run(gpu_info, workers=workers)
+    seen = _ask(client, gpu_info, workers)
     infos = [(str(h), v, int(n)) for h, v, n in (seen[w] for w in workers)]
     no_gpu = [w for w, (_, _, n) in zip(workers, infos, strict=True) if n == 0]
     if cfg.device == "cuda" and no_gpu:
@@ -226,7 +238,7 @@ def run_ddp(
     backend = "nccl" if gpu else "gloo"
     gpus: list[int | None] = [*rank_gpus(infos)] if gpu else [None] * world
     master = _host_of(workers[0])
-    port = client.run(_free_port, workers=[workers[0]])[workers[0]]
+    port = _ask(client, _free_port, [workers[0]])[workers[0]]
     # unique keys: a key reused from an earlier run would hand back that run's finished rank, and the new ranks
     # would wait for it forever
     run_id = uuid.uuid4().hex
