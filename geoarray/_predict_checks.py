@@ -61,15 +61,17 @@ def _outputs(kind: str, out_spec: dict[str, Any], outputs: Sequence[str] | None)
     return [o for o in available if o in wanted]
 
 
-def warn_small_halo(halo: Any, h: int, receptive: int, shape: tuple[int, int], blocks: tuple[int, int]) -> None:
+def warn_small_halo(
+    halo: Any, h: int, receptive: int, shape: tuple[int, int], blocks: tuple[int, int], tile: int | None
+) -> None:
     """A halo the caller chose below the model's receptive field: outputs near block (and CPU tile) edges differ
-    from whole-image inference. Silent when the image is one block no larger than the smallest tile."""
+    from whole-image inference. Silent when the image is one block that runs whole (no larger than the tile; on
+    GPUs, ``tile`` None, blocks always run whole)."""
     import warnings
 
-    from geoarray import _tiles
     from geoarray.errors import GeoArrayWarning
 
-    if halo == "auto" or h >= receptive or (blocks == (1, 1) and max(shape) <= _tiles.CPU_TILE):
+    if halo == "auto" or h >= receptive or (blocks == (1, 1) and (tile is None or max(shape) <= tile)):
         return
     warnings.warn(
         f"halo={halo!r} is smaller than the model's receptive field ({receptive} px, the checkpoint's halo): "

@@ -286,7 +286,8 @@ def plan_predict(
                 "or pass a smaller `halo=` (not seamless)."
             )
 
-    warn_small_halo(halo, h, int(meta.get("halo", 0)), (ny, nx), (len(ych), len(xch)))
+    tile = tile_for("cpu" if device == "auto" else device, stride, h) if input_kind == "image" else None
+    warn_small_halo(halo, h, int(meta.get("halo", 0)), (ny, nx), (len(ych), len(xch)), tile)
 
     # Tasks read their own window only without a halo: with one, neighbouring tasks would each decode the
     # chunks they share, where the chunk-neighbour graph decodes every chunk once.
@@ -328,7 +329,7 @@ def plan_predict(
         ckpt_options=location(path, ck_options).options_json,
         parts=layout(out_spec),
         halo=h,
-        tile=tile_for("cpu" if device == "auto" else device, stride, h) if input_kind == "image" else None,
+        tile=tile,
     )
     arrays, blocks = build_graph(data, valid, (ych, xch), spec, h, run_times, dates, direct=direct)
     new = wrap(arrays, cube, wanted, spec, meta, prefix, Path(path).name)

@@ -154,6 +154,22 @@ def test_a_halo_below_the_receptive_field_warns_of_seams(tmp_path):
     assert np.nanmax(np.abs(one - seamless)) < 1e-5 < np.nanmax(np.abs(short - seamless))
 
 
+def test_one_block_larger_than_the_cpu_tile_warns_only_where_it_runs_in_tiles():
+    # a 2048² image in one block with a short halo: on a CPU it runs in 512² tiles (seams between them), on a
+    # GPU (tile None) whole, where there is nothing to warn of
+    import warnings
+
+    from geoarray._predict_checks import warn_small_halo
+    from geoarray.errors import GeoArrayWarning
+
+    with pytest.warns(GeoArrayWarning, match="seams can show"):
+        warn_small_halo(2, 2, 8, (2048, 2048), (1, 1), 512)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_small_halo(2, 2, 8, (2048, 2048), (1, 1), None)
+        warn_small_halo(2, 2, 8, (500, 500), (1, 1), 512)
+
+
 # -- object storage and cluster user errors ---------------------------------------------------------------------
 @pytest.mark.parametrize(
     "url, match",
