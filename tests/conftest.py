@@ -218,7 +218,10 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "local_cluster" in getattr(item, "fixturenames", ()):
             item.add_marker(PROCESSES)
-    if _in_xdist_worker(config):  # the groups, for the controller's scheduler (below)
+    if _in_xdist_worker(config):
+        # the seed examples (20-70 s each, the suite's longest) first: started last, one would run alone at the end
+        items.sort(key=lambda item: item.path.name != "test_examples.py")  # stable: the rest keep their order
+        # the groups, for the controller's scheduler (below)
         import json
         import os
 
