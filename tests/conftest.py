@@ -253,7 +253,8 @@ def pytest_xdist_make_scheduler(config, log):
 
         def _split_scope(self, nodeid: str) -> str:
             if self._groups is None:
-                self._groups = json.loads((Path(config._geoarray_xdist_dir) / "groups.json").read_text())
+                found = Path(config._geoarray_xdist_dir) / "groups.json"
+                self._groups = json.loads(found.read_text()) if found.exists() else {}
             group = self._groups.get(nodeid)
             return f"group:{group}" if group else super()._split_scope(nodeid)
 
