@@ -184,14 +184,11 @@ def write_to_store(
         ds.to_zarr(target, mode="a", zarr_format=3, consolidated=False, compute=False, **root.zarr_kwargs())
     if resume:
         log.info("resuming %s in %s", resume, where)
-        for n in resume:  # a killed run can leave zarr's half-written `<chunk>.<token>.partial` files behind
-            var = root.child(n)
-            for key in var.keys() if not var.remote else ():
-                if key.endswith(".partial"):
-                    var.fs.rm_file(var.path.rstrip("/") + "/" + key)
+        _drop_partial_files(root, resume)  # a killed run leaves them behind
 
     names = list(new)
     written, present = _write_blocks(names, arrays, blocks, root, progress=progress)
+    _drop_partial_files(root, names)  # from a worker killed mid-write in this run (Dask ran the block again)
     missing = [n for n in names if not _all_chunks(root.child(n).open_array(mode="r"), root.child(n))]
     if missing:  # e.g. another process replaced the variable meanwhile: never mark holes complete
         raise StoreError(
@@ -200,6 +197,16 @@ def write_to_store(
     for n in names:
         root.child(n).open_array(mode="r+").attrs.update({COMPLETE: True})
     return WriteReport(where, tuple(create), tuple(replace), tuple(resume), written, present)
+
+
+def _drop_partial_files(root: Location, names: list[str]) -> None:
+    """Remove zarr's half-written ``<chunk>.<token>.partial`` files (a process killed between writing a chunk's
+    bytes and renaming them into place leaves one) from local stores; every chunk itself is whole or absent."""
+    for n in names:
+        var = root.child(n)
+        for key in var.keys() if not var.remote else ():
+            if key.endswith(".partial"):
+                var.fs.rm_file(var.path.rstrip("/") + "/" + key)
 
 
 def _plan(

@@ -188,12 +188,111 @@ def make_checkpoint(
     )
 
 
+# -- parallel runs (pyproject's addopts: pytest-xdist, -n auto --maxprocesses 4 --dist loadgroup) ----------------
+#: the xdist group of the tests that start worker processes (a LocalCluster, DDP ranks over gloo), kill them, or
+#: time them / count their page faults: one xdist worker runs them all, one after another, so two clusters never
+#: share the cores, a session cluster starts once, and a module's cluster once per module
+PROCESSES = pytest.mark.xdist_group("processes")
+
+MYPY_TEST = "test_quality.py::test_mypy_clean"
+
+
+def _in_xdist_worker(config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def pytest_configure(config):
+    if _in_xdist_worker(config):
+        # one torch thread per xdist worker and core: 2 workers x 2 OpenMP threads on 2 cores spin against each
+        # other (tests that need another count set it and give it back)
+        import os
+
+        import torch
+
+        workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "local_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(PROCESSES)
+    if _in_xdist_worker(config):
+        # the seed examples (20-70 s each, the suite's longest) first: started last, one would run alone at the end
+        items.sort(key=lambda item: item.path.name != "test_examples.py")  # stable: the rest keep their order
+        # the groups, for the controller's scheduler (below)
+        import json
+        import os
+
+        folder = Path(config.workerinput["geoarray_xdist_dir"])
+        groups = {}
+        for item in items:
+            marks = item.iter_markers("xdist_group")
+            names = sorted({str(m.args[0] if m.args else m.kwargs["name"]) for m in marks})
+            if names:
+                groups[item.nodeid] = "_".join(names)
+        part = folder / f"groups-{config.workerinput['workerid']}.json"
+        part.write_text(json.dumps(groups))  # every worker collects the same tests: any one's list will do
+        os.replace(part, folder / "groups.json")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's loadgroup, with the groups the workers found: xdist 3.8 tells its controller a test's group by
+    appending it to the test's node id, which pytest 9.2's structured node ids no longer take, so loadgroup
+    silently sent grouped tests to any worker (pytest-dev/pytest-xdist#1386)."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    import json
+
+    from xdist.scheduler import LoadGroupScheduling
+
+    class Groups(LoadGroupScheduling):
+        _groups: dict[str, str] | None = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            if self._groups is None:
+                found = Path(config._geoarray_xdist_dir) / "groups.json"
+                self._groups = json.loads(found.read_text()) if found.exists() else {}
+            group = self._groups.get(nodeid)
+            return f"group:{group}" if group else super()._split_scope(nodeid)
+
+    return Groups(config, log)
+
+
 def pytest_collection_finish(session):
-    """Start mypy in the background when tests/test_quality.py::test_mypy_clean is among the tests to run."""
-    if any(item.nodeid.endswith("test_quality.py::test_mypy_clean") for item in session.items):
+    """Start mypy in the background when tests/test_quality.py::test_mypy_clean is among the tests to run (under
+    xdist the controller starts it, once: see pytest_xdist_node_collection_finished)."""
+    if _in_xdist_worker(session.config):
+        return
+    if any(item.nodeid.endswith(MYPY_TEST) for item in session.items):
         from test_quality import start_mypy
 
         session.config._geoarray_mypy = start_mypy()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    """xdist's controller: a folder shared with the workers (the groups they collect, mypy's verdict)."""
+    import tempfile
+
+    config = node.config
+    if getattr(config, "_geoarray_xdist_dir", None) is None:
+        config._geoarray_xdist_dir = tempfile.mkdtemp(prefix="geoarray-xdist-")
+    node.workerinput["geoarray_xdist_dir"] = config._geoarray_xdist_dir
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node, ids):
+    """xdist's controller: start mypy once, when the first worker's collection holds the test that waits for it;
+    the worker that runs the test reads its verdict from the shared folder."""
+    config = node.config
+    wanted = any(i.partition("@")[0].endswith(MYPY_TEST) for i in ids)
+    if wanted and getattr(config, "_geoarray_mypy", None) is None:
+        from test_quality import start_mypy
+
+        config._geoarray_mypy = start_mypy(verdict_dir=Path(config._geoarray_xdist_dir))
 
 
 def pytest_unconfigure(config):
@@ -201,6 +300,11 @@ def pytest_unconfigure(config):
     if proc is not None and proc.poll() is None:  # the session stopped before the test that waits for it
         proc.kill()
         proc.wait()
+    folder = getattr(config, "_geoarray_xdist_dir", None)
+    if folder is not None:
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 from s3_server import s3  # noqa: E402, F401  (the local S3 API fixture, for tests/test_object_storage.py)

@@ -273,8 +273,9 @@ def _check_import(copy: Path) -> None:
 
 
 def _pytest(copy: Path, test: str, log: Path, *, stop_first: bool = True) -> tuple[int, float]:
-    # -m "not gpu" replaces the default "not slow and not gpu": a row may name a slow test on purpose
-    cmd = [sys.executable, "-m", "pytest", test, "-q", "-p", "no:cacheprovider", "-m", "not gpu"]
+    # -m "not gpu" replaces the default "not slow and not gpu": a row may name a slow test on purpose; -n 0: a
+    # row's one test runs in pytest's own process (xdist workers cost more to start than they save here)
+    cmd = [sys.executable, "-m", "pytest", test, "-q", "-p", "no:cacheprovider", "-m", "not gpu", "-n", "0"]
     cmd += ["-x"] if stop_first else ["-rf"]
     t0 = time.perf_counter()
     with open(log, "w") as f:

@@ -6,6 +6,10 @@ import logging
 import time
 
 import psutil
+import pytest
+
+# it times a close: in the xdist worker that runs the LocalCluster tests one by one (conftest.py)
+pytestmark = pytest.mark.xdist_group("processes")
 
 
 def _torch_work(n):

@@ -18,6 +18,8 @@ from geoarray.training.config import FitConfig
 from geoarray.training.ddp import run_ddp
 from geoarray.training.prepare import prepare
 
+pytestmark = pytest.mark.xdist_group("processes")  # worker processes: one xdist worker runs them (conftest.py)
+
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):

@@ -26,6 +26,8 @@ from geoarray.datasets import synthetic_cube
 from geoarray.errors import PredictError
 from geoarray.predict import clear_caches
 
+pytestmark = pytest.mark.xdist_group("processes")  # worker processes: one xdist worker runs them (conftest.py)
+
 CLASSES = ["a", "b", "c", "d", "e"]
 
 

@@ -14,7 +14,10 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc settings")
+pytestmark = [
+    pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc settings"),
+    pytest.mark.xdist_group("processes"),  # starts a LocalCluster: in the xdist worker that runs them all (conftest.py)
+]
 
 PROBE = """
 import resource
