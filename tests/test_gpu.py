@@ -35,11 +35,8 @@ def test_the_gpu_extra_imports():
     assert dask_cuda.__version__ and LocalCUDACluster
 
 
-@pytest.mark.gpu
-@needs_cuda
-def test_predict_on_cuda_matches_the_cpu(tmp_path):
-    """Same checkpoint, same cube: CUDA (TF32 convolutions by default) within 1e-2 of the CPU's probabilities,
-    and the same mask wherever the CPU's top-two margin exceeds 2e-2 (see benchmarks/gpu_check.py)."""
+def _cube_and_unet(tmp_path):
+    """A 2-date 256² synthetic cube in 128² chunks and a small seeded 3-class UNet checkpoint on its bands."""
     from geoarray.models import create_model
 
     cube = synthetic_cube(size=256, n_times=2, seed=0, chunks=128)
@@ -49,6 +46,15 @@ def test_predict_on_cuda_matches_the_cpu(tmp_path):
     ck = geoarray.save_checkpoint(
         tmp_path / "m.safetensors", model, task="segmentation", bands=bands, mean=[0.3] * 4, std=[0.2] * 4
     )
+    return cube, ck
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_predict_on_cuda_matches_the_cpu(tmp_path):
+    """Same checkpoint, same cube: CUDA (TF32 convolutions by default) within 1e-2 of the CPU's probabilities,
+    and the same mask wherever the CPU's top-two margin exceeds 2e-2 (see benchmarks/gpu_check.py)."""
+    cube, ck = _cube_and_unet(tmp_path)
     cpu = geoarray.predict(cube, ck, device="cpu")[["probabilities", "mask"]].compute()
     gpu = geoarray.predict(cube, ck, device="cuda")[["probabilities", "mask"]].compute()
     p_cpu, p_gpu = cpu.probabilities.values, gpu.probabilities.values
@@ -96,15 +102,8 @@ def test_predict_under_autocast_on_cuda(tmp_path):
     2e-1. Outputs come back float32 with the precision in their attrs."""
     from geoarray._devices import gpu_has_bf16
     from geoarray.errors import PredictError
-    from geoarray.models import create_model
 
-    cube = synthetic_cube(size=256, n_times=2, seed=0, chunks=128)
-    bands = [str(b) for b in cube.band.values]
-    torch.manual_seed(0)
-    model = create_model("unet", in_channels=len(bands), num_classes=3, width=8, depth=2)
-    ck = geoarray.save_checkpoint(
-        tmp_path / "m.safetensors", model, task="segmentation", bands=bands, mean=[0.3] * 4, std=[0.2] * 4
-    )
+    cube, ck = _cube_and_unet(tmp_path)
     ref = geoarray.predict(cube, ck, device="cuda")[["probabilities", "mask"]].compute()
     p32 = ref.probabilities.values
     ok = np.isfinite(p32)
